@@ -1,0 +1,4 @@
+import type { Command } from 'commander';
+
+/** Placeholder until this command group lands; registers nothing. */
+export function registerBackupCommands(_program: Command): void {}

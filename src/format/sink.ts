@@ -1,0 +1,38 @@
+/**
+ * Contracts between the stages of the data path.
+ *
+ *   device → cbw ──ClusterSink──▶ archive writer ──ByteSink──▶ store (S3, file, stdout)
+ *
+ * Both sinks apply backpressure by returning a promise that resolves only
+ * when the data has been accepted into a bounded buffer.
+ */
+
+/** Where CBW and the background pass hand clusters, in any order. */
+export interface ClusterSink {
+  /**
+   * Accepts one cluster of one device. `data.length` is CLUSTER_SIZE except
+   * for the last cluster of a device whose size is not a cluster multiple,
+   * where it is the remainder. The caller may reuse `data` once this resolves.
+   */
+  writeCluster(deviceId: number, cluster: number, data: Buffer): Promise<void>;
+}
+
+/** An append-only byte stream: an S3 multipart upload, a file, stdout. */
+export interface ByteSink {
+  /** Resolves once the chunk is accepted (bounded buffering = backpressure). */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Completes the stream; only now may the result become visible. */
+  close(): Promise<void>;
+  /** Abandons the stream; nothing partial may remain visible. */
+  abort(reason: unknown): Promise<void>;
+}
+
+/** Random access to a finished archive: a local file or S3 ranged GETs. */
+export interface RangeSource {
+  /** Total size in bytes. */
+  readonly size: number;
+  /** A human-readable name for errors (path or s3 URI). */
+  readonly name: string;
+  read(offset: number, length: number): Promise<Buffer>;
+  close(): Promise<void>;
+}

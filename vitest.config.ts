@@ -1,0 +1,14 @@
+import { defineConfig } from 'vitest/config';
+
+// The machine has 2 cores; tests spawn qemu tools and servers, so keep
+// file-level parallelism modest and timeouts generous for CI.
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    pool: 'forks',
+    maxWorkers: 2,
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    reporters: ['default'],
+  },
+});
