@@ -1,0 +1,4 @@
+export * from './server.js';
+export * from './types.js';
+export * from './errors.js';
+export * from './address.js';
