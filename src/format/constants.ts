@@ -7,3 +7,5 @@ export const BLOCKS_PER_CLUSTER = CLUSTER_SIZE / ZERO_BLOCK_SIZE;
 export const MAX_EXTENT_DATA = 4 * 1024 * 1024;
 /** The device table is indexed by a u8 id. */
 export const MAX_DEVICES = 255;
+/** At most 64 clusters (= MAX_EXTENT_DATA / CLUSTER_SIZE) per extent. */
+export const MAX_CLUSTERS_PER_EXTENT = MAX_EXTENT_DATA / CLUSTER_SIZE;

@@ -1,4 +1,229 @@
-import type { Command } from 'commander';
+import { resolve } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Option, type Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { BackupError, UsageError } from '../../errors.js';
+import { formatBytes, parsePositiveInt, parseSize, printJson } from '../output.js';
+import { AgentClient } from '../../agent/control-client.js';
+import type { BackupStatus, DiskStatus } from '../../agent/backup-request.js';
 
-/** Placeholder until this command group lands; registers nothing. */
-export function registerBackupCommands(_program: Command): void {}
+/**
+ * Where the CLI finds the agent: --agent, else $COWSTREAM_AGENT_SOCKET, else
+ * the control socket of an agent whose stateDir is /var/lib/cowstream.
+ */
+export const DEFAULT_AGENT_SOCKET = '/var/lib/cowstream/agent.sock';
+
+export function agentSocket(flag: string | undefined): string {
+  return flag ?? process.env.COWSTREAM_AGENT_SOCKET ?? DEFAULT_AGENT_SOCKET;
+}
+
+/** Options of `cowstream backup` as commander parses them (also handed to runQemuBackup). */
+export interface BackupCliOptions {
+  disk: string[];
+  incremental?: boolean;
+  fleecing?: string;
+  fleecingMax?: string;
+  speed?: string;
+  configFile: string[];
+  cbwTimeout?: string;
+  onCbwError?: 'break-snapshot' | 'break-guest-write';
+  key?: string;
+  to: string;
+  wait?: boolean;
+  json?: boolean;
+  progress?: boolean;
+  agent?: string;
+  /** QMP socket of a QEMU process: pull-mode backup instead of the agent (src/cli/commands/backup-qemu.ts). */
+  qemu?: string;
+  /** `node[=name]` drives of the QEMU backup. */
+  drive: string[];
+}
+
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
+/** `--to` forms: s3, -, file:PATH, or a bare path (= file:, resolved against the cwd). */
+export function targetFromFlag(to: string): string {
+  if (to === 's3' || to === '-') return to;
+  const path = to.startsWith('file:') ? to.slice(5) : to;
+  if (path === '') throw new UsageError('--to file: needs a path');
+  return `file:${resolve(path)}`;
+}
+
+/** Builds the POST /backups body from CLI flags (UsageError on bad values). */
+export function backupBodyFromOptions(o: BackupCliOptions): Record<string, unknown> {
+  const body: Record<string, unknown> = { mode: o.incremental ? 'incremental' : 'full', target: targetFromFlag(o.to) };
+  if (o.disk.length > 0) body.disks = o.disk;
+  if (o.fleecing !== undefined) {
+    body.fleecing = { dir: resolve(o.fleecing), maxBytes: parseSize(o.fleecingMax ?? '1G', '--fleecing-max') };
+  } else if (o.fleecingMax !== undefined) throw new UsageError('--fleecing-max needs --fleecing DIR');
+  if (o.speed !== undefined) {
+    const s = parseSize(o.speed, '--speed');
+    if (s <= 0) throw new UsageError('--speed must be positive');
+    body.speed = s;
+  }
+  if (o.configFile.length > 0) body.configFiles = o.configFile.map((f) => resolve(f));
+  if (o.cbwTimeout !== undefined) body.cbwTimeoutMs = parsePositiveInt(o.cbwTimeout, '--cbw-timeout', 3_600_000);
+  if (o.onCbwError !== undefined) body.onCbwError = o.onCbwError;
+  if (o.key !== undefined) body.key = resolve(o.key);
+  return body;
+}
+
+function makeBar(enabled: boolean): { update(s: BackupStatus): void; stop(): void } {
+  if (!enabled) return { update() {}, stop() {} };
+  const bar = new cliProgress.SingleBar(
+    {
+      format: 'backup {bar} {percentage}% | {done}/{all} | {rate}/s | ETA {eta_formatted}',
+      stream: process.stderr,
+      hideCursor: true,
+      etaBuffer: 20,
+      // --progress on a non-TTY (CI logs): print a line every 2 s instead of redrawing.
+      noTTYOutput: process.stderr.isTTY !== true,
+      notTTYSchedule: 2000,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  const t0 = Date.now();
+  return {
+    update(s) {
+      const total = Math.max(1, s.total);
+      const rate = formatBytes(Math.round(s.transferred / Math.max(0.001, (Date.now() - t0) / 1000)));
+      const payload = { done: formatBytes(s.transferred), all: formatBytes(s.total), rate };
+      if (!started) {
+        bar.start(total, s.transferred, payload);
+        started = true;
+      } else {
+        bar.setTotal(total);
+        bar.update(s.transferred, payload);
+      }
+    },
+    stop() {
+      if (started) bar.stop();
+    },
+  };
+}
+
+function describeStatus(s: BackupStatus): string {
+  const lines = [
+    `backup ${s.uuid}: ${s.status}`,
+    `  mode:        ${s.mode}${s.modeReason ? ` (${s.modeReason})` : ''}${s.parentUuid ? `, parent ${s.parentUuid}` : ''}`,
+    `  disks:       ${s.disks.join(', ')}`,
+    `  target:      ${s.target}${s.key ? ` (s3://${s.bucket}/${s.key})` : ''}`,
+    `  progress:    ${formatBytes(s.transferred)} of ${formatBytes(s.total)} (${formatBytes(s.zeroBytes)} zero), ${formatBytes(s.archiveBytes)} written`,
+    `  started:     ${s.startTime}${s.endTime ? `, ended ${s.endTime}` : ''}`,
+  ];
+  if (s.error) lines.push(`  error:       ${s.error}`);
+  return lines.join('\n');
+}
+
+function describeDisk(d: DiskStatus): string {
+  const bm = d.bitmap.state === 'valid' ? `valid, ${formatBytes(d.bitmap.dirtyBytes ?? 0)} dirty` : `invalid (${d.bitmap.reason ?? 'unknown reason'}; the next backup is full)`;
+  const last = d.lastBackup ? `${d.lastBackup.mode} ${d.lastBackup.uuid} at ${d.lastBackup.time}` : 'none';
+  return `  ${d.name}  ${formatBytes(d.size)}  ${d.path}\n    dirty bitmap: ${bm}\n    last backup:  ${last}`;
+}
+
+async function runAgentBackup(o: BackupCliOptions): Promise<void> {
+  const body = backupBodyFromOptions(o);
+  const toStdout = body.target === '-';
+  if (toStdout && o.json) throw new UsageError('--to - writes the archive to stdout and cannot be combined with --json');
+  // Messages never go to stdout when stdout carries the archive.
+  const say = (text: string): void => void (toStdout ? process.stderr : process.stdout).write(text + '\n');
+  const client = new AgentClient(agentSocket(o.agent));
+  const started = await client.startBackup(body);
+  if (!o.json) say(`backup ${started.uuid} started: ${started.mode}${started.modeReason ? ` (${started.modeReason})` : ''} → ${started.key ? `s3://${started.bucket}/${started.key}` : started.target}`);
+
+  if (toStdout) {
+    const res = await client.raw('GET', '/backups/current/stream');
+    if ((res.statusCode ?? 500) >= 400) {
+      const chunks: Buffer[] = [];
+      for await (const c of res) chunks.push(c as Buffer);
+      throw new BackupError(`agent refused the archive stream: ${Buffer.concat(chunks).toString('utf8').trim()}`);
+    }
+    await pipeline(res, process.stdout, { end: false });
+  }
+
+  if (!o.wait && !toStdout) {
+    if (o.json) printJson(started);
+    return;
+  }
+  const bar = makeBar(!o.json && !toStdout && (o.progress === true || process.stderr.isTTY === true));
+  let final: BackupStatus;
+  try {
+    final = await client.waitForBackup(started.uuid, (s) => bar.update(s));
+  } finally {
+    bar.stop();
+  }
+  if (o.json) printJson(final);
+  else say(describeStatus(final));
+  if (final.status !== 'done') throw new BackupError(`backup ${final.uuid} ${final.status}${final.error ? `: ${final.error}` : ''}`);
+}
+
+async function runQemu(o: BackupCliOptions): Promise<void> {
+  // The QEMU pull-mode module is written by another helper; load it lazily so
+  // this command works (and typechecks) whether or not it exists yet.
+  const spec = new URL('./backup-qemu.js', import.meta.url).href;
+  let mod: { runQemuBackup?: (opts: BackupCliOptions) => Promise<void> };
+  try {
+    mod = (await import(spec)) as typeof mod;
+  } catch (err) {
+    throw new UsageError(`--qemu backups are not available in this build (cannot load backup-qemu module: ${(err as Error).message})`, { cause: err });
+  }
+  if (typeof mod.runQemuBackup !== 'function') throw new UsageError('--qemu backups are not available: backup-qemu module has no runQemuBackup');
+  await mod.runQemuBackup(o);
+}
+
+export function registerBackupCommands(program: Command): void {
+  program
+    .command('backup')
+    .description('start a live backup of the agent\'s disks (or of a QEMU VM with --qemu)')
+    .option('--disk <name>', 'disk to back up (repeatable; default: all disks)', collect, [])
+    .option('--incremental', 'only the clusters changed since the last successful backup (falls back to full, saying why, when the dirty bitmap is invalid)')
+    .option('--fleecing <dir>', 'copy-before-write into a scratch store in DIR (on the agent host) instead of waiting for the target')
+    .option('--fleecing-max <size>', 'scratch store limit, e.g. 512M (default 1G)')
+    .option('--speed <rate>', 'limit the background copy to RATE bytes/s, e.g. 50M (guest-write copies are never limited)')
+    .option('--config-file <file>', 'embed a config file in the archive (repeatable)', collect, [])
+    .option('--cbw-timeout <ms>', 'longest a guest write may wait for its copy-before-write')
+    .addOption(new Option('--on-cbw-error <policy>', 'what a copy-before-write failure breaks').choices(['break-snapshot', 'break-guest-write']))
+    .option('--key <file>', 'encrypt with this key file (path on the agent host)')
+    .option('--to <target>', 's3 (the configured bucket), file:PATH or PATH (a .cwa file written by the agent), or - (stdout)', 's3')
+    .option('--wait', 'wait until the backup ends, showing progress; exit non-zero if it failed')
+    .option('--progress', 'show the progress bar even when stderr is not a TTY')
+    .option('--json', 'print JSON')
+    .option('--agent <socket>', `agent control socket (default $COWSTREAM_AGENT_SOCKET or ${DEFAULT_AGENT_SOCKET})`)
+    .option('--qemu <socket>', 'back up a running QEMU through its QMP socket (pull mode) instead of the agent')
+    .option('--drive <node[=name]>', 'QEMU block node to back up, optionally named (repeatable, with --qemu)', collect, [])
+    .action(async (o: BackupCliOptions) => {
+      if (o.qemu !== undefined) return runQemu(o);
+      if (o.drive.length > 0) throw new UsageError('--drive needs --qemu <socket>');
+      return runAgentBackup(o);
+    });
+
+  program
+    .command('status')
+    .description('show the agent\'s current/last backup and its disks with their dirty bitmaps')
+    .option('--json', 'print JSON')
+    .option('--agent <socket>', `agent control socket (default $COWSTREAM_AGENT_SOCKET or ${DEFAULT_AGENT_SOCKET})`)
+    .action(async (o: { json?: boolean; agent?: string }) => {
+      const client = new AgentClient(agentSocket(o.agent));
+      const disks = await client.disks();
+      let backup: BackupStatus | null = null;
+      try {
+        backup = await client.status();
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'NOT_FOUND') throw err;
+      }
+      if (o.json) return printJson({ backup, disks });
+      process.stdout.write((backup ? describeStatus(backup) : 'no backup since the agent started') + '\ndisks:\n' + disks.map(describeDisk).join('\n') + '\n');
+    });
+
+  program
+    .command('cancel')
+    .description('cancel the running backup (its dirty bits are merged back; nothing is lost)')
+    .option('--json', 'print JSON')
+    .option('--agent <socket>', `agent control socket (default $COWSTREAM_AGENT_SOCKET or ${DEFAULT_AGENT_SOCKET})`)
+    .action(async (o: { json?: boolean; agent?: string }) => {
+      const st = await new AgentClient(agentSocket(o.agent)).cancel();
+      if (o.json) return printJson(st);
+      process.stdout.write(describeStatus(st) + '\n');
+    });
+}

@@ -1,4 +1,117 @@
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { UsageError } from '../../errors.js';
+import { describeLocator } from '../../catalog/chain.js';
+import { restoreArchive, DEFAULT_PARALLEL, MAX_PARALLEL, type RestoreProgress } from '../../restore/engine.js';
+import { buildRestorePlan, sourceOpener } from '../../restore/locate.js';
+import type { StoreFlags } from '../../store/config.js';
+import { formatBytes, parsePositiveInt, printJson } from '../output.js';
+import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store.js';
+import { runRestoreViaCatalog } from './restore-via-catalog.js';
 
-/** Placeholder until this command group lands; registers nothing. */
-export function registerRestoreCommands(_program: Command): void {}
+interface RestoreFlags extends StoreFlags {
+  to?: string;
+  device: string[];
+  parallel?: string;
+  verify?: boolean;
+  key?: string;
+  force?: boolean;
+  json?: boolean;
+  progress?: boolean;
+  viaCatalog?: boolean;
+  host?: string;
+  wait?: boolean;
+  catalog?: string;
+}
+
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
+function makeBar(enabled: boolean): { update(p: RestoreProgress): void; stop(): void } {
+  if (!enabled) return { update() {}, stop() {} };
+  const bar = new cliProgress.SingleBar(
+    { format: 'restore {bar} {percentage}% | {done}/{all} | fetched {fetched} | ETA {eta_formatted}', stream: process.stderr, hideCursor: true },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  return {
+    update(p) {
+      const payload = { done: formatBytes(p.bytesDone), all: formatBytes(p.bytesTotal), fetched: formatBytes(p.fetchedBytes) };
+      if (!started) {
+        bar.start(Math.max(1, p.bytesTotal), p.bytesDone, payload);
+        started = true;
+      } else bar.update(p.bytesDone, payload);
+    },
+    stop() {
+      if (started) bar.stop();
+    },
+  };
+}
+
+async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
+  if (o.viaCatalog) {
+    // The catalogue path (CATALOG helper): request the restore, the agent executes it.
+    await runRestoreViaCatalog({ ref, ...o });
+    return;
+  }
+  if (!o.to) throw new UsageError('restore needs --to <dir|file>');
+  const parallel = o.parallel !== undefined ? parsePositiveInt(o.parallel, '--parallel', MAX_PARALLEL) : DEFAULT_PARALLEL;
+  const ctx = archiveContextFromFlags(o);
+  const key = o.key ? await loadKeyFile(o.key) : undefined;
+  const { ZstdPool } = await import('../../codec/zstd-pool.js');
+  const pool = new ZstdPool({});
+  const bar = makeBar(!o.json && (o.progress === true || process.stderr.isTTY === true));
+  try {
+    const plan = await buildRestorePlan(ref, ctx, o.device.length > 0 ? { devices: o.device } : {});
+    const result = await restoreArchive({
+      plan,
+      openSource: sourceOpener(ctx),
+      // a trailing '/' means "directory" even for one device: keep it
+      target: resolve(o.to) + (o.to.endsWith('/') ? '/' : ''),
+      parallel,
+      verify: o.verify ?? false,
+      ...(key ? { key } : {}),
+      compressor: pool,
+      force: o.force ?? false,
+      onProgress: (p) => bar.update(p),
+    });
+    bar.stop();
+    if (o.json) {
+      printJson({ ok: true, ...result, chain: plan.chain.map((c) => ({ uuid: c.uuid, source: describeLocator(c.locator) })) });
+    } else {
+      const secs = Math.max(0.001, result.durationMs / 1000);
+      process.stdout.write(
+        `restored archive ${result.archiveUuid} (chain of ${result.chainLength}) in ${secs.toFixed(1)} s: ` +
+          `${formatBytes(result.bytesTotal)} of disk, ${formatBytes(result.fetchedBytes)} fetched in ${result.ranges} ranges, ` +
+          `${(result.bytesTotal / 1e6 / secs).toFixed(0)} MB/s${result.verified ? ', verified' : ''}\n`,
+      );
+      for (const d of result.devices) process.stdout.write(`  ${d.name} → ${d.path} (${formatBytes(d.size)})\n`);
+    }
+  } finally {
+    bar.stop();
+    await pool.close();
+    ctx.client?.destroy();
+  }
+}
+
+export function registerRestoreCommands(program: Command): void {
+  addStoreOptions(
+    program
+      .command('restore <ref>')
+      .description(
+        'restore an archive (and its incremental chain) to raw images; ref = archive UUID (looked up under the bucket/prefix), s3://bucket/key, a key, or a local .cwa file',
+      )
+      .option('--to <path>', 'target: an existing directory or a path ending in "/" (gets <NAME>.raw per device; also any new path when restoring several devices), else one file or block device')
+      .option('--device <name>', 'restore only this device (repeatable)', collect, [] as string[])
+      .option('--parallel <n>', `ranged GETs in flight (1-${MAX_PARALLEL}, default ${DEFAULT_PARALLEL})`)
+      .option('--verify', 'check every extent (naming all damaged clusters) and read back what was written')
+      .option('--key <file>', 'key file for encrypted archives')
+      .option('--force', 'overwrite an existing file or block device (must be large enough)')
+      .option('--json', 'print the result as JSON')
+      .option('--progress', 'show a progress bar even when stderr is not a TTY')
+      .option('--via-catalog', 'ask the catalogue to have the host agent restore (see --host, --wait)')
+      .option('--host <id>', 'with --via-catalog: the host whose agent restores')
+      .option('--wait', 'with --via-catalog: follow the restore until it is done')
+      .option('--catalog <url>', 'with --via-catalog: catalogue URL'),
+  ).action(async (ref: string, o: RestoreFlags) => runRestore(ref, o));
+}

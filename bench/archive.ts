@@ -1,0 +1,138 @@
+/**
+ * bench:archive — `cowstream archive create` throughput against the zstd CLI
+ * (`zstd -1 -T0`, the baseline) on the same ~1 GiB image in the same run.
+ *
+ *   npm run bench:archive            (image cached in bench/work/, ~1 GiB)
+ *   BENCH_IMAGE_MIB=256 npm run bench:archive   (smaller image)
+ *   BENCH_LEVEL=3 BENCH_RUNS=3 ...               (level, best-of-N runs)
+ *
+ * The image is "realistic": ~68% a tar stream of /usr/lib (binaries, shared
+ * objects, text, already-compressed files), laid out in 48 MiB data regions
+ * separated by zero regions, like a filesystem image with free space.
+ * Both tools read the image from the page cache (it is read once first) and
+ * write their output to a file on the same disk. Timings are wall-clock of
+ * the whole process, node startup included.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { createReadStream, existsSync, mkdirSync, openSync, closeSync, writeSync, ftruncateSync, statSync, rmSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const MiB = 1024 * 1024;
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const work = join(root, 'bench', 'work');
+const imageMiB = Number(process.env.BENCH_IMAGE_MIB ?? 1024);
+const level = Number(process.env.BENCH_LEVEL ?? 1);
+const runs = Number(process.env.BENCH_RUNS ?? 2);
+const image = join(work, `image-${imageMiB}M.raw`);
+const DATA_REGION = 48 * MiB;
+
+/** Builds the image: DATA_REGION of tar data, then zeros, repeated; data ≈ 68% of the size. */
+async function buildImage(): Promise<void> {
+  if (existsSync(image) && statSync(image).size === imageMiB * MiB) return;
+  mkdirSync(work, { recursive: true });
+  const total = imageMiB * MiB;
+  const dataTarget = Math.floor((total * 0.68) / MiB) * MiB;
+  const zeroGap = Math.floor((total - dataTarget) / Math.ceil(dataTarget / DATA_REGION) / 4096) * 4096;
+  process.stderr.write(`building ${image}: ${dataTarget / MiB} MiB of tar(/usr/lib) in ${DATA_REGION / MiB} MiB regions, zero gaps of ${(zeroGap / MiB).toFixed(1)} MiB\n`);
+  const fd = openSync(image + '.tmp', 'w');
+  let pos = 0;
+  let dataLeft = dataTarget;
+  let regionLeft = DATA_REGION;
+  // Re-run tar until enough data (the machine's /usr/lib is usually > 700 MiB anyway).
+  while (dataLeft > 0) {
+    const tar = spawn('tar', ['cf', '-', '/usr/lib'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    for await (const chunk of tar.stdout as AsyncIterable<Buffer>) {
+      let c = chunk;
+      while (c.length > 0 && dataLeft > 0) {
+        const n = Math.min(c.length, regionLeft, dataLeft);
+        writeSync(fd, c, 0, n, pos);
+        pos += n;
+        dataLeft -= n;
+        regionLeft -= n;
+        c = c.subarray(n);
+        if (regionLeft === 0) {
+          pos += zeroGap; // a hole: reads back as zeros
+          regionLeft = DATA_REGION;
+        }
+      }
+      if (dataLeft === 0) {
+        tar.kill();
+        break;
+      }
+    }
+  }
+  ftruncateSync(fd, total);
+  closeSync(fd);
+  spawnSync('mv', [image + '.tmp', image]);
+}
+
+async function warm(path: string): Promise<void> {
+  for await (const _ of createReadStream(path, { highWaterMark: 4 * MiB })) void _;
+}
+
+const GNU_TIME = existsSync('/usr/bin/time') ? '/usr/bin/time' : null;
+
+/** Wall-clock seconds and, with GNU time, CPU seconds (user+sys) of a child process. */
+function timed(cmd: string, args: string[]): { seconds: number; cpu: number; stdout: string } {
+  const argv = GNU_TIME ? [GNU_TIME, '-f', 'BENCHCPU %U %S', cmd, ...args] : [cmd, ...args];
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(argv[0], argv.slice(1), { cwd: root, encoding: 'utf8', maxBuffer: 16 * MiB });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  const m = /BENCHCPU ([\d.]+) ([\d.]+)/.exec(r.stderr);
+  return { seconds, cpu: m ? Number(m[1]) + Number(m[2]) : NaN, stdout: r.stdout };
+}
+
+async function main(): Promise<void> {
+  await buildImage();
+  await warm(image);
+  const bytes = statSync(image).size;
+  const cwa = join(work, 'bench.cwa');
+  const zst = join(work, 'bench.zst');
+  const best = { cow: Infinity, zstd: Infinity, cowCpu: Infinity, zstdCpu: Infinity };
+  let cowOut = 0;
+  let zstdOut = 0;
+  let inProcess = 0;
+  for (let i = 0; i < runs; i++) {
+    rmSync(cwa, { force: true });
+    const c = timed('node', ['bin/cowstream.js', 'archive', 'create', cwa, `disk0=${image}`, '--level', String(level), '--json']);
+    if (c.seconds < best.cow) {
+      best.cow = c.seconds;
+      inProcess = (JSON.parse(c.stdout) as { seconds: number }).seconds;
+    }
+    best.cowCpu = Math.min(best.cowCpu, c.cpu);
+    cowOut = statSync(cwa).size;
+    const z = timed('zstd', [`-${level}`, '-T0', '-q', '-f', image, '-o', zst]);
+    best.zstd = Math.min(best.zstd, z.seconds);
+    best.zstdCpu = Math.min(best.zstdCpu, z.cpu);
+    zstdOut = statSync(zst).size;
+  }
+  const mbps = (s: number): number => bytes / 1e6 / s;
+  const cowMBps = mbps(best.cow);
+  const zstdMBps = mbps(best.zstd);
+  const result = {
+    machine: `${cpus().length} × ${cpus()[0]?.model ?? '?'}, node ${process.version}`,
+    image: { path: image, bytes, nonZeroShare: 0.68 },
+    level,
+    runs,
+    loadAverage: loadavg().map((x) => +x.toFixed(2)),
+    cowstream: { seconds: +best.cow.toFixed(3), cpuSeconds: best.cowCpu, inProcessSeconds: inProcess, MBps: +cowMBps.toFixed(1), outputBytes: cowOut, ratio: +(bytes / cowOut).toFixed(3) },
+    zstdCli: { command: `zstd -${level} -T0`, seconds: +best.zstd.toFixed(3), cpuSeconds: best.zstdCpu, MBps: +zstdMBps.toFixed(1), outputBytes: zstdOut, ratio: +(bytes / zstdOut).toFixed(3) },
+    throughputVsZstd: +(cowMBps / zstdMBps).toFixed(3),
+    /** zstd CPU seconds / cowstream CPU seconds: the throughput ratio both would reach with all cores to themselves. */
+    cpuEfficiencyVsZstd: +(best.zstdCpu / best.cowCpu).toFixed(3),
+    goal: 0.75,
+  };
+  console.log(`image            ${(bytes / MiB).toFixed(0)} MiB (${image})`);
+  console.log(`cowstream create ${cowMBps.toFixed(1)} MB/s  (${best.cow.toFixed(2)} s wall, ${inProcess.toFixed(2)} s in-process)  ratio ${result.cowstream.ratio}`);
+  console.log(`zstd -${level} -T0       ${zstdMBps.toFixed(1)} MB/s  (${best.zstd.toFixed(2)} s wall)  ratio ${result.zstdCli.ratio}`);
+  console.log(`CPU seconds      cowstream ${best.cowCpu.toFixed(2)}, zstd ${best.zstdCpu.toFixed(2)} (zstd/cowstream ${result.cpuEfficiencyVsZstd})`);
+  console.log(`throughput ratio ${result.throughputVsZstd} (goal ≥ 0.75); load average ${result.loadAverage.join(' ')}`);
+  console.log(JSON.stringify(result));
+  rmSync(cwa, { force: true });
+  rmSync(zst, { force: true });
+}
+
+await main();

@@ -1,0 +1,321 @@
+/**
+ * bench:s3 — archives to S3 and back, against ONE local s3rver in one run.
+ *
+ *   npm run bench:s3                       (~1 GiB image, cached in bench/work/)
+ *   BENCH_IMAGE_MIB=256 npm run bench:s3   (smaller image)
+ *   BENCH_PARALLEL=8 ...                   (restore parallelism, default 8)
+ *
+ * Backup of the same image, each in its own process (peak RSS = largest process, /usr/bin/time):
+ *   cowstream   image → ArchiveWriter (ZstdPool, zstd -1) → S3ArchiveSink (multipart)
+ *   (a)         plain lib-storage Upload of the raw image
+ *   (b)         zstd -1 -T0 -c image | Upload   (the vzdump-style pipeline)
+ *   (c)         restic backup --stdin to the same endpoint
+ * Restore of the cowstream archive:
+ *   parallel    restoreArchive (coalesced ranged GETs, ZstdPool, positional writes)
+ *   sequential  one GetObject stream, extents decoded one at a time, written in order
+ *
+ * The s3rver runs as `cowstream s3 serve` in its own process; all clients go
+ * through 127.0.0.1. Throughput is MB/s of disk data (image bytes / seconds).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, ftruncateSync, statSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+
+const MiB = 1024 * 1024;
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const work = join(root, 'bench', 'work');
+const imageMiB = Number(process.env.BENCH_IMAGE_MIB ?? 1024);
+const parallel = Number(process.env.BENCH_PARALLEL ?? 8);
+const image = join(work, `image-${imageMiB}M.raw`);
+const CREDS = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
+
+interface ChildResult {
+  seconds: number;
+  [k: string]: unknown;
+}
+
+/** Same image recipe as bench/archive.ts (tar of /usr/lib in 48 MiB regions, ~32 % zero gaps). */
+async function buildImage(): Promise<void> {
+  if (existsSync(image) && statSync(image).size === imageMiB * MiB) return;
+  mkdirSync(work, { recursive: true });
+  const total = imageMiB * MiB;
+  const region = 48 * MiB;
+  const dataTarget = Math.floor((total * 0.68) / MiB) * MiB;
+  const zeroGap = Math.floor((total - dataTarget) / Math.ceil(dataTarget / region) / 4096) * 4096;
+  process.stderr.write(`building ${image}\n`);
+  const fd = openSync(image + '.tmp', 'w');
+  let pos = 0;
+  let dataLeft = dataTarget;
+  let regionLeft = region;
+  while (dataLeft > 0) {
+    const tar = spawn('tar', ['cf', '-', '/usr/lib'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    for await (const chunk of tar.stdout as AsyncIterable<Buffer>) {
+      let c = chunk;
+      while (c.length > 0 && dataLeft > 0) {
+        const n = Math.min(c.length, regionLeft, dataLeft);
+        writeSync(fd, c, 0, n, pos);
+        pos += n;
+        dataLeft -= n;
+        regionLeft -= n;
+        c = c.subarray(n);
+        if (regionLeft === 0) {
+          pos += zeroGap;
+          regionLeft = region;
+        }
+      }
+      if (dataLeft === 0) {
+        tar.kill();
+        break;
+      }
+    }
+  }
+  ftruncateSync(fd, total);
+  closeSync(fd);
+  spawnSync('mv', [image + '.tmp', image]);
+}
+
+async function client(endpoint: string): Promise<S3Client> {
+  const { createS3Client } = await import('../src/store/config.js');
+  return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+}
+
+// ---------------------------------------------------------------- child modes
+
+async function childBackup(endpoint: string, key: string): Promise<ChildResult> {
+  const { ZstdPool } = await import('../src/codec/zstd-pool.js');
+  const { ArchiveWriter } = await import('../src/format/writer.js');
+  const { S3ArchiveSink } = await import('../src/store/s3-sink.js');
+  const { CLUSTER_SIZE } = await import('../src/format/constants.js');
+  const c = await client(endpoint);
+  const size = statSync(image).size;
+  const t0 = performance.now();
+  const pool = new ZstdPool({ level: 1 });
+  const uuid = key.replace(/^.*\//, '').replace(/\.cwa$/, '');
+  const sink = new S3ArchiveSink({ client: c, bucket: 'bench', key, expectedBytes: size, queueSize: 4, metadata: { uuid, hostId: 'bench', deviceNames: ['disk0'] } });
+  const w = await ArchiveWriter.create({ hostId: 'bench', uuid, devices: [{ id: 0, name: 'disk0', size }], compressor: pool, output: sink });
+  const fh = await open(image, 'r');
+  const buf = Buffer.alloc(4 * MiB);
+  for (let off = 0; off < size; off += buf.length) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - off), off);
+    for (let p = 0; p < bytesRead; p += CLUSTER_SIZE) {
+      await w.writeCluster(0, (off + p) / CLUSTER_SIZE, buf.subarray(p, Math.min(bytesRead, p + CLUSTER_SIZE)));
+    }
+  }
+  await fh.close();
+  const summary = await w.finish();
+  await pool.close();
+  return { seconds: (performance.now() - t0) / 1000, storedBytes: summary.bytesWritten, memoryBound: sink.memoryBound };
+}
+
+async function childUpload(endpoint: string, key: string, from: string): Promise<ChildResult> {
+  const c = await client(endpoint);
+  const t0 = performance.now();
+  const body = from === '-' ? process.stdin : createReadStream(from, { highWaterMark: MiB });
+  await new Upload({ client: c, params: { Bucket: 'bench', Key: key, Body: body }, partSize: 8 * MiB, queueSize: 4 }).done();
+  return { seconds: (performance.now() - t0) / 1000 };
+}
+
+async function childRestore(endpoint: string, key: string, out: string, mode: 'parallel' | 'sequential'): Promise<ChildResult> {
+  const { ZstdPool } = await import('../src/codec/zstd-pool.js');
+  const c = await client(endpoint);
+  const pool = new ZstdPool({ level: 1 });
+  const t0 = performance.now();
+  if (mode === 'parallel') {
+    const { buildRestorePlan, sourceOpener } = await import('../src/restore/locate.js');
+    const { restoreArchive } = await import('../src/restore/engine.js');
+    const ctx = { store: { bucket: 'bench', prefix: '', endpoint }, client: c };
+    const plan = await buildRestorePlan(`s3://bench/${key}`, ctx);
+    await restoreArchive({ plan, openSource: sourceOpener(ctx), target: out, compressor: pool, parallel });
+  } else {
+    // Baseline: one sequential GetObject stream; each extent decoded (one at a
+    // time) as soon as its bytes have arrived; clusters written in order.
+    const { openArchive } = await import('../src/format/reader.js');
+    const { S3RangeSource } = await import('../src/store/s3-source.js');
+    const { decodeExtent } = await import('../src/format/extent.js');
+    const { CLUSTER_SIZE } = await import('../src/format/constants.js');
+    const src = await S3RangeSource.open(c, 'bench', key);
+    const reader = await openArchive(src, { compressor: pool });
+    const size = reader.header.devices[0]!.size;
+    const fh = await open(out, 'w');
+    await fh.truncate(size);
+    const xs = reader.index.extents;
+    const first = xs[0]!.offset;
+    const last = xs[xs.length - 1]!;
+    const res = await c.send(new GetObjectCommand({ Bucket: 'bench', Key: key, Range: `bytes=${first}-${last.offset + last.length - 1}` }));
+    let pending: Buffer[] = [];
+    let have = 0;
+    let pos = first;
+    let i = 0;
+    for await (const chunk of res.Body as AsyncIterable<Buffer>) {
+      pending.push(chunk);
+      have += chunk.length;
+      while (i < xs.length && pos + have >= xs[i]!.offset + xs[i]!.length) {
+        const all = Buffer.concat(pending);
+        const x = xs[i]!;
+        const bytes = all.subarray(x.offset - pos, x.offset - pos + x.length);
+        // write runs of consecutive clusters with one writev (same as the parallel engine)
+        const cls = await decodeExtent(bytes, { compressor: pool, archiveUuid: reader.header.uuid });
+        for (let a = 0; a < cls.length; ) {
+          let b = a + 1;
+          while (b < cls.length && cls[b]!.cluster === cls[b - 1]!.cluster + 1) b++;
+          await fh.writev(cls.slice(a, b).map((x) => x.data), cls[a]!.cluster * CLUSTER_SIZE);
+          a = b;
+        }
+        const rest = all.subarray(x.offset + x.length - pos);
+        pending = [rest];
+        have = rest.length;
+        pos = x.offset + x.length;
+        i++;
+      }
+    }
+    await fh.close();
+  }
+  await pool.close();
+  return { seconds: (performance.now() - t0) / 1000 };
+}
+
+async function child(argv: string[]): Promise<void> {
+  const [mode, endpoint, key, extra] = argv;
+  let r: ChildResult;
+  if (mode === 'backup') r = await childBackup(endpoint!, key!);
+  else if (mode === 'upload') r = await childUpload(endpoint!, key!, extra!);
+  else if (mode === 'restore-parallel') r = await childRestore(endpoint!, key!, extra!, 'parallel');
+  else if (mode === 'restore-sequential') r = await childRestore(endpoint!, key!, extra!, 'sequential');
+  else throw new Error(`unknown child mode ${mode}`);
+  process.stdout.write(JSON.stringify(r) + '\n');
+  process.exit(0);
+}
+
+// ---------------------------------------------------------------- parent
+
+/** Runs a command under /usr/bin/time; returns wall seconds, peak RSS (largest process) and stdout. */
+function measured(shell: string, env: NodeJS.ProcessEnv = {}): { wall: number; maxRssMiB: number; stdout: string } {
+  const t0 = performance.now();
+  const r = spawnSync('/usr/bin/time', ['-f', 'MAXRSS %M', 'bash', '-c', shell], {
+    cwd: root,
+    env: { ...process.env, ...CREDS, ...env },
+    encoding: 'utf8',
+    maxBuffer: 64 * MiB,
+  });
+  const wall = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`${shell} failed (${r.status}): ${r.stderr.slice(-2000)}`);
+  const m = /MAXRSS (\d+)/.exec(r.stderr);
+  return { wall, maxRssMiB: m ? Number(m[1]) / 1024 : NaN, stdout: r.stdout };
+}
+
+async function storedBytes(c: S3Client, bucket: string, prefix: string): Promise<number> {
+  let total = 0;
+  let token: string | undefined;
+  do {
+    const res = await c.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
+    for (const o of res.Contents ?? []) total += o.Size ?? 0;
+    token = res.IsTruncated ? res.NextContinuationToken : undefined;
+  } while (token);
+  return total;
+}
+
+async function startServer(dir: string): Promise<{ endpoint: string; proc: ChildProcess }> {
+  const proc = spawn(process.execPath, ['bin/cowstream.js', 's3', 'serve', '--dir', dir, '--bucket', 'bench', '--json'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: proc.stdout! }).once('line', resolve);
+    proc.once('exit', (code) => reject(new Error(`s3 serve exited ${code}`)));
+  });
+  return { endpoint: (JSON.parse(line) as { endpoint: string }).endpoint, proc };
+}
+
+async function parent(): Promise<void> {
+  await buildImage();
+  const size = statSync(image).size;
+  const tmp = mkdtempSync(join(tmpdir(), 'cowstream-bench-s3-'));
+  const { endpoint, proc } = await startServer(join(tmp, 's3'));
+  const c = await client(endpoint);
+  const self = `node_modules/.bin/tsx bench/s3.ts --child`;
+  const rows: { name: string; seconds: number; stored: number; rss: number; note?: string }[] = [];
+  const mbps = (s: number): string => (size / 1e6 / s).toFixed(0);
+  try {
+    // warm the page cache so every variant reads the image from memory
+    for await (const _ of createReadStream(image, { highWaterMark: 4 * MiB })) void _;
+    process.stderr.write(`image ${image} (${imageMiB} MiB), ${availableParallelism()} cores, s3rver at ${endpoint}\n`);
+
+    const uuid = '01900000-0000-7000-8000-00000000b001';
+    const archKey = `cowstream/archives/bench/${uuid}.cwa`;
+    {
+      const m = measured(`${self} backup ${endpoint} ${archKey}`);
+      const r = JSON.parse(m.stdout.trim().split('\n').pop()!) as ChildResult & { storedBytes: number; memoryBound: number };
+      rows.push({ name: 'cowstream backup (zstd -1, multipart)', seconds: r.seconds, stored: await storedBytes(c, 'bench', 'cowstream/'), rss: m.maxRssMiB, note: `sink bound ${(r.memoryBound / MiB).toFixed(0)} MiB` });
+    }
+    {
+      const m = measured(`${self} upload ${endpoint} raw/image.raw ${image}`);
+      const r = JSON.parse(m.stdout.trim().split('\n').pop()!) as ChildResult;
+      rows.push({ name: '(a) plain Upload of the raw image', seconds: r.seconds, stored: await storedBytes(c, 'bench', 'raw/'), rss: m.maxRssMiB });
+    }
+    {
+      // wall time of the whole pipeline (zstd starts before node is ready, so the in-process time would flatter it)
+      const m = measured(`zstd -1 -T0 -c ${image} | ${self} upload ${endpoint} zstd/image.raw.zst -`);
+      rows.push({ name: '(b) zstd -1 -T0 -c image \\| Upload', seconds: m.wall, stored: await storedBytes(c, 'bench', 'zstd/'), rss: m.maxRssMiB, note: 'wall incl. node start' });
+    }
+    {
+      await c.send(new CreateBucketCommand({ Bucket: 'restic' })).catch(() => undefined);
+      const env = { RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: `s3:${endpoint}/restic` };
+      try {
+        measured('restic init', env);
+        const m = measured(`restic backup --no-cache --stdin --stdin-filename image.raw < ${image}`, env);
+        rows.push({ name: '(c) restic backup --stdin', seconds: m.wall, stored: await storedBytes(c, 'restic', ''), rss: m.maxRssMiB });
+      } catch (err) {
+        rows.push({ name: '(c) restic backup --stdin', seconds: NaN, stored: NaN, rss: NaN, note: `failed: ${String((err as Error).message).split('\n').slice(-3).join(' ')}` });
+      }
+    }
+
+    const restoreRows: { name: string; seconds: number; rss: number }[] = [];
+    const outPar = join(tmp, 'restore-par.raw');
+    const outSeq = join(tmp, 'restore-seq.raw');
+    {
+      const m = measured(`${self} restore-sequential ${endpoint} ${archKey} ${outSeq}`);
+      restoreRows.push({ name: 'sequential single-stream read + decompress', seconds: (JSON.parse(m.stdout.trim().split('\n').pop()!) as ChildResult).seconds, rss: m.maxRssMiB });
+    }
+    {
+      const m = measured(`${self} restore-parallel ${endpoint} ${archKey} ${outPar}`);
+      restoreRows.push({ name: `cowstream restore --parallel ${parallel}`, seconds: (JSON.parse(m.stdout.trim().split('\n').pop()!) as ChildResult).seconds, rss: m.maxRssMiB });
+    }
+    const same = spawnSync('cmp', ['-s', image, outPar]).status === 0 && spawnSync('cmp', ['-s', image, outSeq]).status === 0;
+
+    const lines: string[] = [];
+    lines.push(`backup of a ${imageMiB} MiB image (${(size / 1e6).toFixed(0)} MB) to s3rver on loopback, ${availableParallelism()} cores`);
+    lines.push('| variant | seconds | MB/s (disk data) | bytes stored | ratio | peak RSS |');
+    lines.push('|---|---:|---:|---:|---:|---:|');
+    for (const r of rows) {
+      lines.push(
+        `| ${r.name} | ${r.seconds.toFixed(2)} | ${Number.isNaN(r.seconds) ? '-' : mbps(r.seconds)} | ${Number.isNaN(r.stored) ? '-' : r.stored.toLocaleString('en-US')} | ${Number.isNaN(r.stored) ? '-' : (size / r.stored).toFixed(2)} | ${Number.isNaN(r.rss) ? '-' : `${r.rss.toFixed(0)} MiB`} |${r.note ? ` ${r.note}` : ''}`,
+      );
+    }
+    lines.push('');
+    lines.push(`restore of the cowstream archive (output byte-identical to the image: ${same ? 'yes' : 'NO'})`);
+    lines.push('| variant | seconds | MB/s (disk data) | peak RSS |');
+    lines.push('|---|---:|---:|---:|');
+    for (const r of restoreRows) lines.push(`| ${r.name} | ${r.seconds.toFixed(2)} | ${mbps(r.seconds)} | ${r.rss.toFixed(0)} MiB |`);
+    const ours = rows[0]!.seconds;
+    const b = rows[2]!.seconds;
+    lines.push('');
+    lines.push(`goal backup ≥ (b): ${ours <= b ? 'MET' : 'NOT MET'} (${mbps(ours)} vs ${mbps(b)} MB/s)`);
+    const speedup = restoreRows[0]!.seconds / restoreRows[1]!.seconds;
+    lines.push(`goal parallel restore ≥ 2× sequential: ${speedup >= 2 ? 'MET' : 'NOT MET'} (${speedup.toFixed(2)}×)`);
+    process.stdout.write(lines.join('\n') + '\n');
+    if (!same) process.exitCode = 1;
+  } finally {
+    c.destroy();
+    proc.kill('SIGTERM');
+    await new Promise((r) => proc.once('exit', r));
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+const argv = process.argv.slice(2);
+if (argv[0] === '--child') await child(argv.slice(1));
+else await parent();
+

@@ -1,0 +1,182 @@
+import { mkdir } from 'node:fs/promises';
+import { describeError } from '../errors.js';
+import { FileDevice } from '../device/file-device.js';
+import { CbwDevice, DirtyBitmapStore } from '../cbw/index.js';
+import { NbdServer, type NbdExport } from '../nbd/index.js';
+import { createS3Client, normalizePrefix } from '../store/config.js';
+import { embeddedS3Dir, startEmbeddedS3, type EmbeddedS3 } from '../store/embedded-s3.js';
+import type { AgentConfig } from './config.js';
+import { ControlServer } from './control-server.js';
+import { BackupManager, type AgentDisk } from './backup-manager.js';
+import { createLogger, type Logger } from './log.js';
+import { lockStateDir } from './state-lock.js';
+import type { AgentStore } from './targets.js';
+import type { ByteSink, ClusterSink } from '../format/sink.js';
+import { startCatalogIntegration, type CatalogIntegration } from './catalog-integration.js';
+
+export interface StartAgentOptions {
+  log?: Logger;
+  /**
+   * Test seam (programmatic only, not in the config file): wraps the ByteSink
+   * of every backup target, e.g. to make the sink deliberately slow or fail.
+   */
+  wrapSink?: (sink: ByteSink, target: string) => ByteSink;
+  /** Test seam: wraps the ClusterSink between the CBW job and the archive writer (e.g. slow). */
+  wrapClusterSink?: (sink: ClusterSink) => ClusterSink;
+}
+
+export interface Agent {
+  readonly config: AgentConfig;
+  /** The TCP address the NBD server actually bound (port 0 → ephemeral). */
+  readonly nbdAddress: { host: string; port: number };
+  readonly nbdSocket: string | undefined;
+  readonly controlSocket: string;
+  /** The S3 store for the `s3` target (the configured bucket or the embedded s3rver). */
+  readonly s3: { endpoint?: string; bucket: string; prefix: string; embedded: boolean } | null;
+  /** The catalogue URL when `catalog` is configured. */
+  readonly catalogUrl: string | null;
+  readonly backups: BackupManager;
+  readonly disks: readonly AgentDisk[];
+  /** Clean shutdown: cancel a running backup, stop NBD, close disks, persist bitmaps with the clean marker. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts the host agent: disks (FileDevice → CbwDevice with persistent dirty
+ * bitmaps), the NBD server (export name = disk name), the S3 store (embedded
+ * s3rver when none is configured), the control API and, with `catalog`, the
+ * catalogue integration (embedded catalogue + restore poller).
+ *
+ * Any failure while starting undoes what was started, in reverse order.
+ */
+export async function startAgent(config: AgentConfig, opts: StartAgentOptions = {}): Promise<Agent> {
+  const log = opts.log ?? createLogger(config.logLevel);
+  for (const w of config.warnings) log.warn(w);
+  const cleanups: Array<() => Promise<void>> = [];
+  const undo = async (): Promise<void> => {
+    while (cleanups.length > 0) {
+      const c = cleanups.pop()!;
+      await c().catch((err: unknown) => log.warn('cleanup failed', { error: describeError(err) }));
+    }
+  };
+  try {
+    await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+    const unlock = await lockStateDir(config.stateDir);
+    cleanups.push(unlock);
+
+    // Disks + dirty bitmaps (validity decided here: unclean stop / changed disk → invalid, next backup full).
+    const bitmaps = new DirtyBitmapStore(config.stateDir);
+    const disks: AgentDisk[] = [];
+    for (const [id, d] of config.disks.entries()) {
+      const raw = await FileDevice.open(d.path, { readOnly: d.readOnly });
+      cleanups.push(() => raw.close());
+      const dirty = await bitmaps.open({ name: d.name, path: d.path, size: raw.size });
+      // A failed start must not leave the bitmap marked 'running' forever: but
+      // the disk may have been written meanwhile only through us, and nothing
+      // was, so recording a clean state is correct.
+      cleanups.push(() => dirty.shutdown());
+      const device = new CbwDevice(raw, { deviceId: id, dirty });
+      disks.push({ id, name: d.name, path: d.path, device, dirty });
+      const st = dirty.status();
+      log.info('disk opened', { disk: d.name, path: d.path, size: raw.size, bitmap: st.valid ? 'valid' : 'invalid', ...(st.valid ? { dirtyBytes: st.dirtyBytes } : { reason: st.invalidReason }) });
+    }
+    // Order matters on stop: devices close before bitmaps record the fingerprint.
+    cleanups.push(async () => {
+      for (const d of disks) await d.device.flush().catch(() => undefined);
+    });
+
+    // S3 store for the `s3` target.
+    let store: AgentStore | null = null;
+    let embedded: EmbeddedS3 | null = null;
+    if (config.store) {
+      const client = createS3Client({ ...config.store, prefix: normalizePrefix(config.store.prefix) });
+      cleanups.push(async () => client.destroy());
+      store = { client, bucket: config.store.bucket, prefix: normalizePrefix(config.store.prefix), ...(config.store.endpoint ? { endpoint: config.store.endpoint } : {}), embedded: false };
+    } else {
+      embedded = await startEmbeddedS3({ dir: embeddedS3Dir(config.stateDir) });
+      const e = embedded;
+      cleanups.push(() => e.close());
+      const sc = embedded.storeConfig('');
+      const client = createS3Client(sc);
+      cleanups.push(async () => client.destroy());
+      store = { client, bucket: sc.bucket, prefix: '', endpoint: embedded.endpoint, embedded: true };
+      log.info('embedded S3 started', { endpoint: embedded.endpoint, bucket: sc.bucket, dir: embedded.dir });
+    }
+
+    // NBD exports: the CbwDevice of each disk.
+    const exports = new Map<string, NbdExport>();
+    for (const d of disks) exports.set(d.name, { device: d.device, description: `cowstream disk ${d.name} (${d.path})` });
+    const nbd = new NbdServer({
+      exports,
+      tcp: { host: config.nbd.host, port: config.nbd.port },
+      ...(config.nbd.socket ? { unixSocket: config.nbd.socket } : {}),
+      logger: { warn: (m, f) => log.warn(m, f), info: (m, f) => log.info(m, f), debug: (m, f) => log.debug(m, f) },
+    });
+    const addrs = await nbd.listen();
+    cleanups.push(() => nbd.close());
+
+    // Catalogue (embedded or remote) + restore poller.
+    let catalog: CatalogIntegration | null = null;
+    if (config.catalog) {
+      catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path) });
+      const c = catalog;
+      cleanups.push(() => c.stop());
+    }
+
+    const nbdAddress = addrs.tcp ?? { host: config.nbd.host, port: config.nbd.port };
+    const s3Info = store ? { ...(store.endpoint ? { endpoint: store.endpoint } : {}), bucket: store.bucket, prefix: store.prefix, embedded: store.embedded } : null;
+    const backups = new BackupManager({
+      hostId: config.hostId,
+      disks,
+      store,
+      log,
+      ...(opts.wrapSink ? { wrapSink: opts.wrapSink } : {}),
+      ...(opts.wrapClusterSink ? { wrapClusterSink: opts.wrapClusterSink } : {}),
+      info: () => ({
+        hostId: config.hostId,
+        pid: process.pid,
+        nbd: `${nbdAddress.host}:${nbdAddress.port}`,
+        ...(addrs.unixSocket ? { nbdSocket: addrs.unixSocket } : {}),
+        disks: disks.map((d) => d.name),
+        s3: s3Info,
+        catalog: catalog?.url ?? null,
+      }),
+    });
+    cleanups.push(() => backups.shutdown());
+
+    const control = await ControlServer.start(config.control.socket, backups, log);
+    cleanups.push(() => control.close());
+
+    log.info('agent ready', {
+      hostId: config.hostId,
+      nbd: nbdAddress,
+      ...(addrs.unixSocket ? { nbdSocket: addrs.unixSocket } : {}),
+      control: control.socketPath,
+      disks: disks.map((d) => d.name),
+      ...(s3Info ? { s3: s3Info } : {}),
+      ...(catalog ? { catalog: catalog.url } : {}),
+    });
+
+    let stopping: Promise<void> | null = null;
+    return {
+      config,
+      nbdAddress,
+      nbdSocket: addrs.unixSocket,
+      controlSocket: control.socketPath,
+      s3: s3Info,
+      catalogUrl: catalog?.url ?? null,
+      backups,
+      disks,
+      stop(): Promise<void> {
+        // Reverse order: control API, running backup (cancel → bitmaps reclaimed),
+        // catalogue, NBD (in-flight requests answered), flush, S3, bitmaps
+        // (clean marker + fingerprint), devices.
+        stopping ??= undo();
+        return stopping;
+      },
+    };
+  } catch (err) {
+    await undo();
+    throw err;
+  }
+}

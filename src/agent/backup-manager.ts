@@ -1,0 +1,362 @@
+import type { ServerResponse } from 'node:http';
+import { readFile, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { v7 as uuidv7 } from 'uuid';
+import { BackupCancelledError, BackupError, ConflictError, CowstreamError, UsageError, describeError } from '../errors.js';
+import { ArchiveWriter } from '../format/writer.js';
+import { ZstdPool } from '../codec/zstd-pool.js';
+import { readKeyFile } from '../codec/crypto.js';
+import {
+  incrementalBlocker,
+  startBackup,
+  type BackupDisk,
+  type BackupSession,
+  type CbwDevice,
+  type PersistentDirtyBitmap,
+} from '../cbw/index.js';
+import { BackupRequestError, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
+import type { ControlBackend } from './control-server.js';
+import type { ByteSink, ClusterSink } from '../format/sink.js';
+import type { Logger } from './log.js';
+import { openTarget, type AgentStore, type OpenedTarget } from './targets.js';
+
+/** One exported disk of the agent. */
+export interface AgentDisk {
+  /** Archive device id = index in the config (CbwDevice.deviceId). */
+  id: number;
+  name: string;
+  path: string;
+  device: CbwDevice;
+  dirty: PersistentDirtyBitmap;
+}
+
+/** Embedded config files are small text files; bound what a request can make us read. */
+const MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024;
+
+interface Run {
+  status: BackupStatus;
+  session: BackupSession | null;
+  target: OpenedTarget | null;
+  /** Set while the archive is being written (also during finish(), after the job copied everything). */
+  writer: ArchiveWriter | null;
+  cancelRequested: boolean;
+  /** Why the backup failed before its snapshot was taken (reported by POST /backups itself). */
+  startError: unknown;
+  /** Settles when the run is completely over (bitmaps completed, target closed/aborted). */
+  finished: Promise<void>;
+}
+
+/**
+ * Runs at most one backup at a time over the agent's disks and keeps the
+ * status of the current/last one for the control API.
+ *
+ * Bitmap transaction (src/cbw session): the ArchiveWriter is created before
+ * startBackup; after the job ends the writer is finished (or aborted) and
+ * only then `session.complete(archiveOk)` abdicates or reclaims the dirty
+ * bitmaps — a failed upload therefore never loses a dirty bit.
+ */
+export class BackupManager implements ControlBackend {
+  private run: Run | null = null;
+
+  constructor(
+    private readonly ctx: {
+      hostId: string;
+      disks: AgentDisk[];
+      store: AgentStore | null;
+      log: Logger;
+      info: () => Record<string, unknown>;
+      /** Test seam: wraps every target's ByteSink (e.g. a deliberately slow or failing sink). */
+      wrapSink?: (sink: ByteSink, target: string) => ByteSink;
+      /** Test seam: wraps the ClusterSink between the CBW job and the archive writer. */
+      wrapClusterSink?: (sink: ClusterSink) => ClusterSink;
+    },
+  ) {}
+
+  info(): Record<string, unknown> {
+    return this.ctx.info();
+  }
+
+  current(): BackupStatus | null {
+    if (!this.run) return null;
+    this.refresh(this.run);
+    return { ...this.run.status };
+  }
+
+  get active(): boolean {
+    return this.run?.status.status === 'active';
+  }
+
+  async disks(): Promise<DiskStatus[]> {
+    return this.ctx.disks.map((d) => {
+      const s = d.dirty.status();
+      return {
+        name: d.name,
+        path: d.path,
+        size: d.device.size,
+        bitmap: {
+          state: s.valid ? 'valid' : 'invalid',
+          ...(s.valid ? {} : { reason: s.invalidReason ?? 'invalid' }),
+          dirtyBytes: s.valid ? s.dirtyBytes : null,
+        },
+        inBackup: s.frozen,
+        lastBackup: s.lastBackup && s.lastBackup.uuid ? { uuid: s.lastBackup.uuid, time: s.lastBackup.time, mode: s.lastBackup.mode } : null,
+      };
+    });
+  }
+
+  attachStream(res: ServerResponse): void {
+    const run = this.run;
+    if (!run || run.status.status !== 'active') throw new ConflictError('no backup is running');
+    if (!run.target?.stream) throw new ConflictError(`the current backup writes to ${run.status.target}, not to a stream ("-")`);
+    run.target.stream.attach(res);
+  }
+
+  async cancel(): Promise<BackupStatus> {
+    const run = this.run;
+    if (!run || run.status.status !== 'active') throw new ConflictError('no backup is running');
+    this.requestCancel(run, 'backup cancelled');
+    // Wait (bounded) for the bitmaps to be reclaimed so the answer is final.
+    await Promise.race([run.finished, new Promise((r) => setTimeout(r, 10_000).unref())]);
+    return this.current()!;
+  }
+
+  /** Cancels a running backup and waits for it to be fully wound down (clean shutdown). */
+  async shutdown(): Promise<void> {
+    const run = this.run;
+    if (!run) return;
+    if (run.status.status === 'active') this.requestCancel(run, 'backup cancelled: the agent is stopping');
+    await run.finished;
+  }
+
+  /**
+   * Cancels wherever the run is: before the snapshot, while copying (job),
+   * or while the archive is being finished (the job already copied
+   * everything but the target has not accepted it all yet).
+   */
+  private requestCancel(run: Run, why: string): void {
+    run.cancelRequested = true;
+    const err = new BackupCancelledError(why);
+    run.session?.job.cancel();
+    run.writer?.abort(err).catch(() => undefined);
+    run.target?.stream?.abort(err).catch(() => undefined);
+  }
+
+  async startBackup(req: BackupRequest): Promise<BackupStatus> {
+    if (this.run?.status.status === 'active') {
+      throw new ConflictError(`backup ${this.run.status.uuid} is still running; cancel it or wait (GET /backups/current)`);
+    }
+    const disks = this.selectDisks(req.disks);
+    const names = disks.map((d) => d.name);
+
+    // Mode: an incremental needs valid bitmaps on every disk and one common parent archive.
+    let mode = req.mode;
+    let modeReason: string | undefined;
+    let parentUuid: string | null = null;
+    if (req.mode === 'incremental') {
+      const why = incrementalBlocker(disks.map((d) => ({ id: d.id, name: d.name, device: d.device, dirty: d.dirty })));
+      const parents = new Set(disks.map((d) => d.dirty.status().lastBackup?.uuid ?? null));
+      if (why) {
+        mode = 'full';
+        modeReason = `full backup instead of incremental: ${why}`;
+      } else if (parents.size !== 1 || parents.has(null)) {
+        mode = 'full';
+        modeReason = 'full backup instead of incremental: the selected disks were last backed up in different archives (an incremental needs one parent archive)';
+      } else parentUuid = [...parents][0]!;
+    }
+
+    const configs = await this.readConfigFiles(req.configFiles ?? []);
+    let encryptionKey: Buffer | undefined;
+    if (req.key !== undefined) {
+      try {
+        encryptionKey = await readKeyFile(req.key);
+      } catch (err) {
+        throw new BackupRequestError('key', `key: ${describeError(err)}`);
+      }
+    }
+    if (req.target.kind === 's3' && !this.ctx.store) throw new BackupRequestError('target', 'target "s3": no S3 store is configured');
+
+    const uuid = uuidv7();
+    const now = new Date().toISOString();
+    let resolveFinished!: () => void;
+    const run: Run = {
+      status: {
+        status: 'active',
+        uuid,
+        mode,
+        ...(modeReason ? { modeReason } : {}),
+        requestedMode: req.mode,
+        parentUuid,
+        disks: names,
+        total: 0,
+        transferred: 0,
+        zeroBytes: 0,
+        archiveBytes: 0,
+        cbwClusters: 0,
+        maxCbwWaitMs: 0,
+        startTime: now,
+        endTime: null,
+        error: null,
+        target: req.target.kind === 's3' ? 's3' : req.target.kind === 'file' ? `file:${req.target.path}` : '-',
+      },
+      session: null,
+      target: null,
+      writer: null,
+      cancelRequested: false,
+      startError: null,
+      finished: new Promise<void>((r) => (resolveFinished = r)),
+    };
+    this.run = run; // from here on a second request gets 409
+    if (modeReason) this.ctx.log.warn('incremental downgraded to full', { uuid, reason: modeReason });
+
+    let onStarted!: () => void;
+    const snapshotTaken = new Promise<void>((r) => (onStarted = r));
+    const finished = this.execute(run, req, disks, { uuid, parentUuid, configs, encryptionKey }, onStarted).finally(() => resolveFinished());
+    if (req.target.kind === 'stream') {
+      // The header can only be written once the reader attached: answer now.
+      return { ...run.status };
+    }
+    // Other targets: answer once the snapshot is taken (or the start failed).
+    await Promise.race([finished, snapshotTaken]);
+    if (run.startError !== null) {
+      const e = run.startError;
+      throw e instanceof CowstreamError ? e : new BackupError(`backup could not start: ${describeError(e)}`, { cause: e });
+    }
+    return this.current()!;
+  }
+
+  private selectDisks(names: string[] | undefined): AgentDisk[] {
+    if (!names) return [...this.ctx.disks];
+    return names.map((n, i) => {
+      const d = this.ctx.disks.find((x) => x.name === n);
+      if (!d) throw new BackupRequestError(`disks[${i}]`, `disks[${i}]: unknown disk "${n}" (known: ${this.ctx.disks.map((x) => x.name).join(', ')})`);
+      return d;
+    });
+  }
+
+  private async readConfigFiles(paths: string[]): Promise<{ name: string; data: Buffer }[]> {
+    const out: { name: string; data: Buffer }[] = [];
+    for (let i = 0; i < paths.length; i++) {
+      const p = paths[i]!;
+      try {
+        const st = await stat(p);
+        if (!st.isFile()) throw new Error('not a regular file');
+        if (st.size > MAX_CONFIG_FILE_BYTES) throw new Error(`larger than ${MAX_CONFIG_FILE_BYTES} bytes`);
+        out.push({ name: basename(p), data: await readFile(p) });
+      } catch (err) {
+        throw new BackupRequestError(`configFiles[${i}]`, `configFiles[${i}]: cannot read "${p}": ${(err as Error).message}`);
+      }
+    }
+    const dup = out.find((c, i) => out.findIndex((o) => o.name === c.name) !== i);
+    if (dup) throw new BackupRequestError('configFiles', `configFiles: two files are named "${dup.name}"`);
+    return out;
+  }
+
+  private refresh(run: Run): void {
+    const s = run.session;
+    if (s) {
+      const p = s.job.progress();
+      run.status.total = p.total;
+      run.status.transferred = p.transferred;
+      run.status.zeroBytes = p.zeroBytes;
+      run.status.cbwClusters = p.cbwClusters;
+      run.status.maxCbwWaitMs = Math.round(p.maxCbwWaitMs);
+      if (p.fleecing) run.status.fleecingPeakBytes = p.fleecing.peakUsedBytes;
+    }
+    if (run.target) run.status.archiveBytes = run.target.sink.bytes;
+  }
+
+  private async execute(
+    run: Run,
+    req: BackupRequest,
+    disks: AgentDisk[],
+    meta: { uuid: string; parentUuid: string | null; configs: { name: string; data: Buffer }[]; encryptionKey: Buffer | undefined },
+    onStarted: () => void,
+  ): Promise<void> {
+    const log = this.ctx.log;
+    let writer: ArchiveWriter | null = null;
+    const compressor = new ZstdPool(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {});
+    let archiveOk = false;
+    let failure: unknown = null;
+    try {
+      run.target = await openTarget(req.target, {
+        hostId: this.ctx.hostId,
+        uuid: meta.uuid,
+        parentUuid: meta.parentUuid,
+        deviceNames: disks.map((d) => d.name),
+        expectedBytes: disks.reduce((a, d) => a + d.device.size, 0),
+        store: this.ctx.store,
+        onWarning: (w) => log.warn('store warning', { uuid: meta.uuid, warning: w.message }),
+        ...(this.ctx.wrapSink ? { wrapSink: this.ctx.wrapSink } : {}),
+      });
+      if (run.target.key) {
+        run.status.key = run.target.key;
+        run.status.bucket = run.target.bucket!;
+      }
+      writer = await ArchiveWriter.create({
+        hostId: this.ctx.hostId,
+        devices: disks.map((d) => ({ id: d.id, name: d.name, size: d.device.size })),
+        parentUuid: meta.parentUuid,
+        configs: meta.configs,
+        uuid: meta.uuid,
+        compressor,
+        ...(meta.encryptionKey ? { encryptionKey: meta.encryptionKey } : {}),
+        output: run.target.sink,
+      });
+      run.writer = writer;
+      if (run.cancelRequested) throw new BackupCancelledError('backup cancelled before it started');
+      const bdisks: BackupDisk[] = disks.map((d) => ({ id: d.id, name: d.name, device: d.device, dirty: d.dirty }));
+      run.session = await startBackup({
+        disks: bdisks,
+        mode: run.status.mode,
+        sink: this.ctx.wrapClusterSink ? this.ctx.wrapClusterSink(writer) : writer,
+        ...(req.speed !== undefined ? { speedBytesPerSec: req.speed } : {}),
+        ...(req.cbwTimeoutMs !== undefined ? { cbwTimeoutMs: req.cbwTimeoutMs } : {}),
+        ...(req.onCbwError !== undefined ? { onCbwError: req.onCbwError } : {}),
+        ...(req.fleecing ? { fleecing: { dir: req.fleecing.dir, maxBytes: req.fleecing.maxBytes } } : {}),
+      });
+      if (run.cancelRequested) run.session.job.cancel();
+      onStarted();
+      log.info('backup started', { uuid: meta.uuid, mode: run.status.mode, parentUuid: meta.parentUuid, disks: run.status.disks, target: run.status.target, fleecing: req.fleecing?.dir });
+      const r = await run.session.done;
+      if (r.status === 'done' && run.cancelRequested) {
+        failure = new BackupCancelledError('backup cancelled');
+      } else if (r.status === 'done') {
+        const summary = await writer.finish();
+        writer = null;
+        archiveOk = true;
+        log.info('backup done', { uuid: meta.uuid, bytesWritten: summary.bytesWritten, storedBytes: summary.storedBytes, zeroBytes: summary.zeroBytes, cbwClusters: r.cbwClusters, maxCbwWaitMs: Math.round(r.maxCbwWaitMs) });
+      } else {
+        failure = r.errorObject ?? new Error(r.error ?? r.status);
+      }
+    } catch (err) {
+      failure = err;
+      if (!run.session && !run.cancelRequested) run.startError = err;
+    }
+    if (!archiveOk) {
+      if (writer) await writer.abort(failure).catch((e: unknown) => log.warn('archive abort failed', { uuid: meta.uuid, error: describeError(e) }));
+      else if (run.target && !run.session) await run.target.sink.abort(failure).catch(() => undefined);
+    }
+    // Abdicate (ok) or reclaim (failure/cancel) the dirty bitmaps — after the archive's fate is known.
+    if (run.session) {
+      try {
+        await run.session.complete(archiveOk, { uuid: meta.uuid });
+      } catch (err) {
+        log.error('persisting dirty bitmaps failed', { uuid: meta.uuid, error: describeError(err) });
+        if (archiveOk) {
+          archiveOk = false;
+          failure = err;
+        }
+      }
+    }
+    await compressor.close().catch(() => undefined);
+    this.refresh(run);
+    run.status.endTime = new Date().toISOString();
+    if (archiveOk) run.status.status = 'done';
+    else {
+      const cancelled = run.cancelRequested || (run.session?.job.progress().status === 'cancelled');
+      run.status.status = cancelled ? 'cancelled' : 'error';
+      run.status.error = cancelled ? 'backup cancelled' : describeError(failure);
+      log.warn(cancelled ? 'backup cancelled' : 'backup failed', { uuid: meta.uuid, error: run.status.error });
+    }
+  }
+}

@@ -1,0 +1,132 @@
+import { isAbsolute } from 'node:path';
+import { z } from 'zod';
+import { UsageError } from '../errors.js';
+import { parseSize } from '../cli/output.js';
+import { firstIssuePath, formatZodIssues } from './zod-errors.js';
+
+/** A bad control-API body; `field` names the offending field path. */
+export class BackupRequestError extends UsageError {
+  override readonly code: string = 'BAD_REQUEST';
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super(message);
+    this.field = field;
+  }
+}
+
+/** Where the archive goes. */
+export type BackupTarget = { kind: 's3' } | { kind: 'file'; path: string } | { kind: 'stream' };
+
+const sizeField = z.union([
+  z.number().int('must be an integer number of bytes').positive('must be positive'),
+  z.string().transform((s, ctx) => {
+    try {
+      const n = parseSize(s);
+      if (n <= 0) throw new Error('must be positive');
+      return n;
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `invalid size "${s}" (expected bytes or e.g. "50M")` });
+      return z.NEVER;
+    }
+  }),
+]);
+
+const targetField = z
+  .string()
+  .default('s3')
+  .transform((s, ctx): BackupTarget => {
+    if (s === 's3') return { kind: 's3' };
+    if (s === '-') return { kind: 'stream' };
+    if (s.startsWith('file:')) {
+      const path = s.slice(5);
+      if (!isAbsolute(path)) {
+        ctx.addIssue({ code: 'custom', message: `file target needs an absolute path on the agent host, got "${path}"` });
+        return z.NEVER;
+      }
+      return { kind: 'file', path };
+    }
+    ctx.addIssue({ code: 'custom', message: `unknown target "${s}" (expected "s3", "file:/abs/path.cwa" or "-")` });
+    return z.NEVER;
+  });
+
+export const backupRequestSchema = z.strictObject({
+  disks: z
+    .array(z.string().min(1))
+    .min(1, 'must name at least one disk (omit it to back up all disks)')
+    .max(255)
+    .refine((a) => new Set(a).size === a.length, 'disk names must be unique')
+    .optional(),
+  mode: z.enum(['full', 'incremental']),
+  target: targetField,
+  fleecing: z
+    .strictObject({
+      dir: z.string().refine(isAbsolute, 'must be an absolute path on the agent host'),
+      maxBytes: sizeField,
+    })
+    .optional(),
+  speed: sizeField.optional(),
+  configFiles: z.array(z.string().refine(isAbsolute, 'must be an absolute path on the agent host')).max(64).optional(),
+  cbwTimeoutMs: z.number().int().positive().max(3_600_000).optional(),
+  onCbwError: z.enum(['break-snapshot', 'break-guest-write']).optional(),
+  key: z.string().refine(isAbsolute, 'must be an absolute path to a key file on the agent host').optional(),
+  compressionLevel: z.number().int().min(1).max(19).optional(),
+});
+
+export type BackupRequest = z.output<typeof backupRequestSchema>;
+
+/** Validates a POST /backups body; throws BackupRequestError naming the field. */
+export function parseBackupRequest(body: unknown): BackupRequest {
+  if (body === undefined) throw new BackupRequestError('(body)', '(body): request body is required: {"mode": "full"|"incremental", "target": ...}');
+  const r = backupRequestSchema.safeParse(body);
+  if (!r.success) throw new BackupRequestError(firstIssuePath(r.error.issues), `invalid backup request: ${formatZodIssues(r.error.issues)}`);
+  return r.data;
+}
+
+export type BackupState = 'active' | 'done' | 'error' | 'cancelled';
+
+/** GET /backups/current body. */
+export interface BackupStatus {
+  status: BackupState;
+  uuid: string;
+  mode: 'full' | 'incremental';
+  /** Why the mode differs from the requested one (e.g. bitmap invalid after an unclean stop). */
+  modeReason?: string;
+  requestedMode: 'full' | 'incremental';
+  parentUuid: string | null;
+  disks: string[];
+  /** Bytes the backup has to copy (dirty bytes for an incremental). */
+  total: number;
+  /** Bytes copied so far (data + zero). */
+  transferred: number;
+  zeroBytes: number;
+  /** Bytes written to the target (compressed archive bytes). */
+  archiveBytes: number;
+  /** Clusters captured by copy-before-write (a guest write hit them first). */
+  cbwClusters: number;
+  /** Longest time a guest write waited for its copy-before-write (ms). */
+  maxCbwWaitMs: number;
+  /** Peak bytes held in the fleecing scratch store. */
+  fleecingPeakBytes?: number;
+  startTime: string;
+  endTime: string | null;
+  error: string | null;
+  target: string;
+  /** Object key for `s3` targets. */
+  key?: string;
+  bucket?: string;
+}
+
+/** GET /disks item. */
+export interface DiskStatus {
+  name: string;
+  path: string;
+  size: number;
+  bitmap: {
+    state: 'valid' | 'invalid';
+    reason?: string;
+    dirtyBytes: number | null;
+  };
+  /** A backup of this disk is running (its bitmap is frozen). */
+  inBackup: boolean;
+  lastBackup: { uuid: string; time: string; mode: 'full' | 'incremental' } | null;
+}

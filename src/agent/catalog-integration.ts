@@ -1,0 +1,83 @@
+import { ConfigError, describeError } from '../errors.js';
+import { startEmbeddedCatalog } from '../catalog/embedded.js';
+import type { Logger as CatalogLogger } from '../catalog/log.js';
+import type { EmbeddedS3 } from '../store/embedded-s3.js';
+import type { AgentConfig } from './config.js';
+import type { Logger } from './log.js';
+import { RestorePoller } from './restore-poller.js';
+import type { AgentStore } from './targets.js';
+
+export interface CatalogIntegration {
+  url: string;
+  poller: RestorePoller;
+  stop(): Promise<void>;
+}
+
+/** Adapts the agent's JSON-lines logger to the catalogue's logger shape (with child()). */
+function catalogLogger(log: Logger, keys: Record<string, unknown> = {}): CatalogLogger {
+  return {
+    debug: (m, e) => log.debug(m, { ...keys, ...e }),
+    info: (m, e) => log.info(m, { ...keys, ...e }),
+    warn: (m, e) => log.warn(m, { ...keys, ...e }),
+    error: (m, e) => log.error(m, { ...keys, ...e }),
+    child: (k) => catalogLogger(log, { ...keys, ...k }),
+  };
+}
+
+/**
+ * The agent's side of the catalogue. With `catalog: { embedded: true }` it
+ * runs the embedded catalogue (dynalite under <stateDir>/catalog-db, the API
+ * handler on loopback HTTP, the indexer fed by the embedded S3's events).
+ * With any catalogue it runs the restore poller (src/agent/restore-poller.ts),
+ * which claims this host's PENDING restore jobs and executes them — only into
+ * `restore.allowedDirs`, never onto an exported disk.
+ */
+export async function startCatalogIntegration(opts: {
+  config: AgentConfig;
+  store: AgentStore | null;
+  embeddedS3: EmbeddedS3 | null;
+  log: Logger;
+  exportedPaths: string[];
+}): Promise<CatalogIntegration> {
+  const { config, log } = opts;
+  const cat = config.catalog!;
+  const stops: Array<() => Promise<void>> = [];
+  let url: string;
+  if ('url' in cat) url = cat.url;
+  else {
+    if (!opts.embeddedS3) {
+      throw new ConfigError('catalog.embedded: the embedded catalogue indexes the embedded S3 store; remove `store` or set `catalog.url`');
+    }
+    const s3 = opts.embeddedS3;
+    const catalog = await startEmbeddedCatalog({
+      stateDir: config.stateDir,
+      ...(cat.port !== undefined ? { port: cat.port } : {}),
+      s3: { endpoint: s3.endpoint, bucket: s3.bucket, region: 'us-east-1', credentials: s3.credentials, onEvent: (l) => s3.onEvent(l) },
+      logger: catalogLogger(log, { component: 'catalog' }),
+    });
+    stops.push(() => catalog.close());
+    url = catalog.url;
+    log.info('embedded catalogue started', { url });
+  }
+
+  const poller = new RestorePoller({
+    catalogUrl: url,
+    hostId: config.hostId,
+    allowedDirs: config.restore.allowedDirs,
+    forbiddenPaths: opts.exportedPaths,
+    store: opts.store ? { client: opts.store.client, bucket: opts.store.bucket, prefix: opts.store.prefix } : null,
+    ...(config.restore.pollIntervalMs !== undefined ? { pollIntervalMs: config.restore.pollIntervalMs } : {}),
+    log,
+  });
+  poller.start();
+  stops.push(() => poller.stop());
+  log.info('restore poller started', { catalog: url, allowedDirs: config.restore.allowedDirs });
+
+  return {
+    url,
+    poller,
+    async stop() {
+      for (const s of stops.reverse()) await s().catch((err: unknown) => log.warn('catalogue stop failed', { error: describeError(err) }));
+    },
+  };
+}

@@ -1,0 +1,178 @@
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { firstIssuePath, formatZodIssues } from './zod-errors.js';
+
+/** A config error that names the offending field path (e.g. `disks[0].path`). */
+export class AgentConfigError extends ConfigError {
+  readonly field: string;
+  constructor(field: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.field = field;
+  }
+}
+
+/**
+ * Export names double as file names (`restore --to DIR` writes `<NAME>.raw`)
+ * and as S3 metadata, so they are stricter than the NBD spec (which allows
+ * any UTF-8 string up to 4096 bytes): ASCII letters, digits, `.`, `_`, `-`,
+ * starting with a letter or digit, at most 64 characters.
+ */
+export const DISK_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const HOST_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+const listenSchema = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'expected "host:port", e.g. "127.0.0.1:10809"')
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0..65535');
+
+const diskSchema = z.strictObject({
+  name: z.string().regex(DISK_NAME_RE, 'disk name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63} (it is the NBD export name)'),
+  path: z.string().min(1, 'path must not be empty'),
+  readOnly: z.boolean().optional(),
+});
+
+const storeSchema = z.strictObject({
+  bucket: z.string().min(3).max(63),
+  prefix: z.string().default(''),
+  region: z.string().min(1).optional(),
+  endpoint: z.string().url().optional(),
+  forcePathStyle: z.boolean().optional(),
+});
+
+const catalogSchema = z.union([
+  z.strictObject({ url: z.string().url() }),
+  z.strictObject({ embedded: z.literal(true), port: z.number().int().min(0).max(65535).optional() }),
+]);
+
+export const agentConfigSchema = z
+  .strictObject({
+    hostId: z.string().regex(HOST_ID_RE, 'hostId must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}'),
+    stateDir: z.string().min(1),
+    disks: z.array(diskSchema).min(1, 'at least one disk is required').max(255, 'at most 255 disks (archive device table limit)'),
+    nbd: z
+      .strictObject({
+        listen: listenSchema.default('127.0.0.1:10809'),
+        socket: z.string().min(1).optional(),
+      })
+      .default({ listen: '127.0.0.1:10809' }),
+    control: z.strictObject({ socket: z.string().min(1).optional() }).optional(),
+    store: storeSchema.optional(),
+    catalog: catalogSchema.optional(),
+    restore: z
+      .strictObject({
+        allowedDirs: z.array(z.string().min(1)).default([]),
+        /** How often the restore poller asks the catalogue for PENDING jobs (default 5000 ms). */
+        pollIntervalMs: z.number().int().min(100).max(3_600_000).optional(),
+      })
+      .optional(),
+    /** QEMU integration is a later milestone: accepted and ignored with a warning. */
+    qemu: z.unknown().optional(),
+    log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).optional(),
+  })
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.disks.forEach((d, i) => {
+      const prev = seen.get(d.name);
+      if (prev !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['disks', i, 'name'], message: `duplicate disk name "${d.name}" (also disks[${prev}])` });
+      }
+      seen.set(d.name, i);
+    });
+  });
+
+type RawConfig = z.output<typeof agentConfigSchema>;
+
+export interface DiskConfig {
+  name: string;
+  /** Absolute path of a raw image file or block device. */
+  path: string;
+  readOnly: boolean;
+}
+
+export interface AgentConfig {
+  hostId: string;
+  stateDir: string;
+  disks: DiskConfig[];
+  nbd: { host: string; port: number; socket?: string };
+  control: { socket: string };
+  store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
+  catalog?: { url: string } | { embedded: true; port?: number };
+  restore: { allowedDirs: string[]; pollIntervalMs?: number };
+  /** Raw `qemu` section, unused for now (see warnings). */
+  qemu?: unknown;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Non-fatal remarks found while validating (e.g. ignored sections). */
+  warnings: string[];
+}
+
+/**
+ * Validates a parsed JSON config. Relative paths resolve against `baseDir`
+ * (the config file's directory). Disk paths must exist and be regular files
+ * or block devices. Throws AgentConfigError naming the bad field.
+ */
+export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()): AgentConfig {
+  const parsed = agentConfigSchema.safeParse(input);
+  if (!parsed.success) {
+    throw new AgentConfigError(firstIssuePath(parsed.error.issues), `invalid agent config: ${formatZodIssues(parsed.error.issues)}`);
+  }
+  const raw: RawConfig = parsed.data;
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+
+  const disks: DiskConfig[] = raw.disks.map((d, i) => {
+    const path = abs(d.path);
+    let st;
+    try {
+      st = statSync(path);
+    } catch (err) {
+      throw new AgentConfigError(`disks[${i}].path`, `invalid agent config: disks[${i}].path: cannot open "${path}": ${(err as Error).message}`, { cause: err });
+    }
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw new AgentConfigError(`disks[${i}].path`, `invalid agent config: disks[${i}].path: "${path}" is not a regular file or block device`);
+    }
+    return { name: d.name, path, readOnly: d.readOnly ?? false };
+  });
+
+  const lastColon = raw.nbd.listen.lastIndexOf(':');
+  let host = raw.nbd.listen.slice(0, lastColon);
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  const port = Number(raw.nbd.listen.slice(lastColon + 1));
+  const stateDir = abs(raw.stateDir);
+
+  const warnings: string[] = [];
+  if (raw.qemu !== undefined) warnings.push('config section "qemu" is not supported by this agent yet and is ignored');
+
+  const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}) };
+
+  return {
+    hostId: raw.hostId,
+    stateDir,
+    disks,
+    nbd: { host, port, ...(raw.nbd.socket !== undefined ? { socket: abs(raw.nbd.socket) } : {}) },
+    control: { socket: raw.control?.socket !== undefined ? abs(raw.control.socket) : join(stateDir, 'agent.sock') },
+    ...(raw.store !== undefined ? { store: { ...raw.store } } : {}),
+    ...(catalog !== undefined ? { catalog } : {}),
+    restore: { allowedDirs: (raw.restore?.allowedDirs ?? []).map(abs), ...(raw.restore?.pollIntervalMs !== undefined ? { pollIntervalMs: raw.restore.pollIntervalMs } : {}) },
+    ...(raw.qemu !== undefined ? { qemu: raw.qemu } : {}),
+    logLevel: raw.log?.level ?? 'info',
+    warnings,
+  };
+}
+
+/** Reads and validates an agent config file (JSON). */
+export function loadAgentConfig(file: string): AgentConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new AgentConfigError('(file)', `cannot read agent config "${file}": ${(err as Error).message}`, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new AgentConfigError('(file)', `agent config "${file}" is not valid JSON: ${(err as Error).message}`, { cause: err });
+  }
+  return parseAgentConfig(json, dirname(resolve(file)));
+}

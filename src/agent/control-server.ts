@@ -1,0 +1,124 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { ConfigError, ConflictError, CowstreamError, NotFoundError } from '../errors.js';
+import { MethodNotAllowedError, readJsonBody, sendError, sendJson } from './http-util.js';
+import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
+import type { Logger } from './log.js';
+
+/** What the control API drives; implemented by the agent's BackupManager. */
+export interface ControlBackend {
+  startBackup(req: BackupRequest): Promise<BackupStatus>;
+  current(): BackupStatus | null;
+  cancel(): Promise<BackupStatus>;
+  disks(): Promise<DiskStatus[]>;
+  /** Attaches the HTTP response as the consumer of a `-` (stream) target. */
+  attachStream(res: ServerResponse): void;
+  info(): Record<string, unknown>;
+}
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+
+/**
+ * HTTP+JSON control API on a Unix socket (usable with `curl --unix-socket`).
+ * The socket is created mode 0600: whoever can talk to it can read every
+ * exported disk, so only the agent's user may connect.
+ */
+export class ControlServer {
+  private constructor(
+    private readonly server: Server,
+    readonly socketPath: string,
+  ) {}
+
+  static async start(socketPath: string, backend: ControlBackend, log: Logger): Promise<ControlServer> {
+    await removeStaleSocket(socketPath);
+    await mkdir(dirname(socketPath), { recursive: true });
+    const routes: Record<string, Record<string, Handler>> = {
+      '/': { GET: async (_q, s) => sendJson(s, 200, backend.info()) },
+      '/backups': {
+        POST: async (q, s) => {
+          const req = parseBackupRequest(await readJsonBody(q));
+          const st = await backend.startBackup(req);
+          sendJson(s, 202, { uuid: st.uuid, mode: st.mode, ...(st.modeReason ? { modeReason: st.modeReason } : {}), parentUuid: st.parentUuid, target: st.target, ...(st.key ? { key: st.key, bucket: st.bucket } : {}) });
+        },
+      },
+      '/backups/current': {
+        GET: async (_q, s) => {
+          const cur = backend.current();
+          if (!cur) throw new NotFoundError('no backup has run since the agent started');
+          sendJson(s, 200, cur);
+        },
+      },
+      '/backups/current/cancel': {
+        POST: async (q, s) => {
+          await readJsonBody(q);
+          sendJson(s, 200, await backend.cancel());
+        },
+      },
+      '/backups/current/stream': {
+        GET: async (_q, s) => backend.attachStream(s),
+      },
+      '/disks': { GET: async (_q, s) => sendJson(s, 200, { disks: await backend.disks() }) },
+    };
+
+    const server = createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://agent');
+      const route = routes[url.pathname.replace(/\/+$/, '') || '/'];
+      const method = req.method ?? 'GET';
+      const run = async (): Promise<void> => {
+        if (!route) throw new NotFoundError(`unknown route ${url.pathname}`);
+        const h = route[method];
+        if (!h) throw new MethodNotAllowedError(method, url.pathname, Object.keys(route));
+        await h(req, res);
+      };
+      run().catch((err: unknown) => {
+        if (!(err instanceof CowstreamError) || err instanceof ConflictError) log.debug('control request failed', { method, path: url.pathname, error: String(err) });
+        if (!res.headersSent) sendError(res, err);
+        else res.destroy(err as Error);
+      });
+    });
+    await new Promise<void>((resolveP, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolveP();
+      });
+    });
+    await chmod(socketPath, 0o600);
+    return new ControlServer(server, socketPath);
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((r) => {
+      this.server.close(() => r());
+      this.server.closeAllConnections();
+    });
+    await unlink(this.socketPath).catch(() => undefined);
+  }
+}
+
+/**
+ * A socket file left by a killed agent blocks listen() with EADDRINUSE.
+ * Remove it only if nothing answers on it, so two agents never share a socket.
+ */
+async function removeStaleSocket(path: string): Promise<void> {
+  let st;
+  try {
+    st = await lstat(path);
+  } catch {
+    return; // nothing there
+  }
+  // Never delete something that is not a socket (a misconfigured path must not cost a file).
+  if (!st.isSocket()) throw new ConfigError(`control.socket: ${path} exists and is not a socket`);
+  const alive = await new Promise<boolean>((r) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      r(true);
+    });
+    s.once('error', () => r(false));
+  });
+  if (alive) throw new ConflictError(`another process is already listening on control socket ${path}`);
+  await unlink(path).catch(() => undefined);
+}

@@ -1,0 +1,293 @@
+/**
+ * The catalogue HTTP API as one function from an API Gateway HTTP API
+ * (payload format 2.0) event to a structured result. lambda/api.ts exports
+ * it as the Lambda handler; the embedded catalogue converts node:http
+ * requests into the same events, so both run exactly this code.
+ */
+import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import { randomUUID } from 'node:crypto';
+import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { ConflictError, CowstreamError, ForbiddenError, FormatError, NotFoundError, RestoreError, UsageError, describeError } from '../errors.js';
+import { nullLogger, type Logger } from './log.js';
+import {
+  claimBodySchema,
+  completeBodySchema,
+  createRestoreBodySchema,
+  diskNameSchema,
+  hostIdSchema,
+  parseOrUsage,
+  progressBodySchema,
+  RESTORE_STATUSES,
+  uuidSchema,
+  type ArchiveRecord,
+  type RestoreJob,
+  type RestoreStatus,
+} from './records.js';
+import type { CatalogRepository } from './repository.js';
+
+/** Builds the JSON restore plan stored at `restore-plans/<id>.json` (STORE helper's planner). */
+export type RestorePlanBuilder = (req: {
+  restoreId: string;
+  archive: ArchiveRecord;
+  chain: ArchiveRecord[];
+  devices?: string[];
+}) => Promise<unknown>;
+
+export interface ApiDeps {
+  repo: CatalogRepository;
+  s3: S3Client;
+  bucket: string;
+  buildPlan: RestorePlanBuilder;
+  logger?: Logger;
+}
+
+export type ApiEvent = APIGatewayProxyEventV2;
+export type ApiResult = APIGatewayProxyStructuredResultV2;
+export type ApiHandler = (event: ApiEvent) => Promise<ApiResult>;
+
+export const RESTORE_PLAN_PREFIX = 'restore-plans/';
+export const restorePlanKey = (id: string): string => `${RESTORE_PLAN_PREFIX}${id}.json`;
+
+/** The largest request body we parse: every valid body is far smaller. */
+const MAX_BODY_BYTES = 64 * 1024;
+
+interface Request {
+  params: string[];
+  query: Record<string, string | undefined>;
+  body: () => unknown;
+}
+
+type Route = { method: string; pattern: RegExp; run: (deps: ApiDeps, req: Request) => Promise<ApiResult> };
+
+const ID = '([^/]+)';
+
+function json(statusCode: number, body: unknown): ApiResult {
+  return { statusCode, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) };
+}
+
+function errorResult(statusCode: number, code: string, message: string): ApiResult {
+  return json(statusCode, { error: { code, message } });
+}
+
+function param(value: string, schema: typeof uuidSchema, what: string): string {
+  return parseOrUsage(schema, decodeURIComponent(value), what);
+}
+
+function optionalInt(value: string | undefined, name: string): number | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (!/^\d{1,6}$/.test(value) || Number(value) < 1) throw new UsageError(`${name} must be a positive integer`);
+  return Number(value);
+}
+
+const routes: Route[] = [
+  {
+    method: 'GET',
+    pattern: /^\/archives$/,
+    run: async ({ repo }, { query }) => {
+      const hostId = query.host ? parseOrUsage(hostIdSchema, query.host, 'host') : undefined;
+      const disk = query.disk ? parseOrUsage(diskNameSchema, query.disk, 'disk') : undefined;
+      if (disk !== undefined && hostId === undefined) throw new UsageError('disk filter needs host');
+      const page = await repo.listArchives({
+        hostId,
+        disk,
+        limit: optionalInt(query.limit, 'limit'),
+        cursor: query.cursor,
+        includeDeleted: query.includeDeleted === 'true',
+      });
+      return json(200, page);
+    },
+  },
+  {
+    method: 'GET',
+    pattern: new RegExp(`^/archives/${ID}$`),
+    run: async ({ repo }, { params }) => json(200, await repo.requireArchive(param(params[0]!, uuidSchema, 'archive id'))),
+  },
+  {
+    method: 'GET',
+    pattern: new RegExp(`^/archives/${ID}/chain$`),
+    run: async ({ repo }, { params }) => json(200, { items: await repo.getChain(param(params[0]!, uuidSchema, 'archive id')) }),
+  },
+  {
+    method: 'DELETE',
+    pattern: new RegExp(`^/archives/${ID}$`),
+    run: async ({ repo, s3 }, { params }) => {
+      const id = param(params[0]!, uuidSchema, 'archive id');
+      const archive = await repo.requireArchive(id);
+      if (archive.status === 'DELETED') return json(200, archive);
+      const children = await repo.listChildren(id);
+      if (children.length > 0) {
+        throw new ConflictError(`archive ${id} is the parent of ${children.map((c) => c.uuid).join(', ')}; delete those first`);
+      }
+      await s3.send(new DeleteObjectCommand({ Bucket: archive.bucket, Key: archive.key }));
+      await repo.markDeleted(id, undefined, 'deleted through the catalogue API');
+      return json(200, await repo.requireArchive(id));
+    },
+  },
+  {
+    method: 'POST',
+    pattern: /^\/restores$/,
+    run: async (deps, { body }) => {
+      const req = parseOrUsage(createRestoreBodySchema, body(), 'restore request');
+      const archive = await deps.repo.requireArchive(req.archiveId);
+      if (archive.status !== 'INDEXED' && archive.status !== 'VERIFIED') {
+        throw new ConflictError(`archive ${archive.uuid} is ${archive.status}${archive.reason ? ` (${archive.reason})` : ''} and cannot be restored`);
+      }
+      if (req.devices) {
+        const names = new Set(archive.devices.map((d) => d.name));
+        const unknown = req.devices.filter((d) => !names.has(d));
+        if (unknown.length > 0) throw new UsageError(`devices: archive ${archive.uuid} has no device ${unknown.join(', ')}`);
+      }
+      const chain = await deps.repo.getChain(archive.uuid);
+      const broken = chain.find((a) => a.status !== 'INDEXED' && a.status !== 'VERIFIED');
+      if (broken) throw new ConflictError(`archive ${broken.uuid} in the chain is ${broken.status}; the restore cannot be planned`);
+      const id = randomUUID();
+      let plan: unknown;
+      try {
+        plan = await deps.buildPlan({ restoreId: id, archive, chain, devices: req.devices });
+      } catch (err) {
+        // A chain that cannot be planned (missing parent, damaged index) is a state problem, not a server fault.
+        if (err instanceof RestoreError || err instanceof FormatError || err instanceof NotFoundError) {
+          throw new ConflictError(`cannot plan the restore of ${archive.uuid}: ${err.message}`, { cause: err });
+        }
+        throw err;
+      }
+      const planKey = restorePlanKey(id);
+      await deps.s3.send(
+        new PutObjectCommand({ Bucket: deps.bucket, Key: planKey, Body: JSON.stringify(plan), ContentType: 'application/json' }),
+      );
+      const now = new Date().toISOString();
+      const job: RestoreJob = {
+        id,
+        archiveId: archive.uuid,
+        hostId: req.hostId,
+        ...(req.devices ? { devices: req.devices } : {}),
+        target: req.target,
+        status: 'PENDING',
+        planKey,
+        progress: { bytesDone: 0, bytesTotal: 0 },
+        createdAt: now,
+        updatedAt: now,
+      };
+      await deps.repo.createRestore(job);
+      return json(202, { restoreId: id });
+    },
+  },
+  {
+    method: 'GET',
+    pattern: new RegExp(`^/restores/${ID}$`),
+    run: async ({ repo }, { params }) => json(200, await repo.requireRestore(param(params[0]!, uuidSchema, 'restore id'))),
+  },
+  {
+    method: 'GET',
+    pattern: /^\/hosts$/,
+    run: async ({ repo }) => json(200, { items: await repo.listHosts() }),
+  },
+  {
+    method: 'GET',
+    pattern: new RegExp(`^/hosts/${ID}/restores$`),
+    run: async ({ repo }, { params, query }) => {
+      const host = parseOrUsage(hostIdSchema, decodeURIComponent(params[0]!), 'host id');
+      const status = (query.status ?? 'PENDING').toUpperCase();
+      if (!(RESTORE_STATUSES as readonly string[]).includes(status)) {
+        throw new UsageError(`status must be one of ${RESTORE_STATUSES.join(', ')}`);
+      }
+      return json(200, await repo.listRestores(host, status as RestoreStatus, optionalInt(query.limit, 'limit'), query.cursor));
+    },
+  },
+  {
+    method: 'POST',
+    pattern: new RegExp(`^/restores/${ID}/claim$`),
+    run: async ({ repo }, { params, body }) => {
+      const { agentId } = parseOrUsage(claimBodySchema, body(), 'claim');
+      return json(200, await repo.claimRestore(param(params[0]!, uuidSchema, 'restore id'), agentId));
+    },
+  },
+  {
+    method: 'POST',
+    pattern: new RegExp(`^/restores/${ID}/progress$`),
+    run: async ({ repo }, { params, body }) => {
+      const p = parseOrUsage(progressBodySchema, body(), 'progress');
+      if (p.bytesDone > p.bytesTotal) throw new UsageError('bytesDone: must not exceed bytesTotal');
+      const job = await repo.reportProgress(param(params[0]!, uuidSchema, 'restore id'), { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }, p.agentId);
+      return json(200, job);
+    },
+  },
+  {
+    method: 'POST',
+    pattern: new RegExp(`^/restores/${ID}/complete$`),
+    run: async ({ repo }, { params, body }) => {
+      const c = parseOrUsage(completeBodySchema, body(), 'completion');
+      if (!c.ok && !c.error) throw new UsageError('error: required when ok is false');
+      return json(200, await repo.completeRestore(param(params[0]!, uuidSchema, 'restore id'), c.ok, c.error, c.agentId));
+    },
+  },
+  {
+    method: 'POST',
+    pattern: new RegExp(`^/restores/${ID}/cancel$`),
+    run: async ({ repo }, { params }) => json(200, await repo.cancelRestore(param(params[0]!, uuidSchema, 'restore id'))),
+  },
+];
+
+/** The request path without the stage prefix API Gateway adds for named stages. */
+function routePath(event: ApiEvent): string {
+  let path = event.rawPath || '/';
+  const stage = event.requestContext?.stage;
+  if (stage && stage !== '$default' && (path === `/${stage}` || path.startsWith(`/${stage}/`))) path = path.slice(stage.length + 1) || '/';
+  return path.length > 1 ? path.replace(/\/+$/, '') : path;
+}
+
+function parseBody(event: ApiEvent): unknown {
+  if (event.body === undefined || event.body === null || event.body === '') throw new UsageError('a JSON body is required');
+  const raw = event.isBase64Encoded ? Buffer.from(event.body, 'base64') : Buffer.from(event.body, 'utf8');
+  if (raw.length > MAX_BODY_BYTES) throw new UsageError(`body larger than ${MAX_BODY_BYTES} bytes`);
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch (err) {
+    throw new UsageError(`body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** Maps the error hierarchy to HTTP: 400 usage, 403 forbidden, 404 not found, 409 conflict, 500 else. */
+export function errorToResult(err: unknown, logger: Logger): ApiResult {
+  if (err instanceof UsageError) return errorResult(400, err.code, err.message);
+  if (err instanceof ForbiddenError) return errorResult(403, err.code, err.message);
+  if (err instanceof NotFoundError) return errorResult(404, err.code, err.message);
+  if (err instanceof ConflictError) return errorResult(409, err.code, err.message);
+  logger.error('request failed', { error: describeError(err) });
+  const code = err instanceof CowstreamError ? err.code : 'INTERNAL';
+  return errorResult(500, code, err instanceof CowstreamError ? err.message : 'internal error');
+}
+
+export function createApiHandler(deps: ApiDeps): ApiHandler {
+  const logger = deps.logger ?? nullLogger;
+  return async (event: ApiEvent): Promise<ApiResult> => {
+    const method = (event.requestContext?.http?.method ?? 'GET').toUpperCase();
+    const path = routePath(event);
+    let methodMismatch = false;
+    try {
+      for (const route of routes) {
+        const m = route.pattern.exec(path);
+        if (!m) continue;
+        if (route.method !== method) {
+          methodMismatch = true;
+          continue;
+        }
+        const query: Record<string, string | undefined> = { ...(event.queryStringParameters ?? {}) };
+        let parsed: { value: unknown } | undefined;
+        const result = await route.run(deps, {
+          params: m.slice(1),
+          query,
+          body: () => (parsed ??= { value: parseBody(event) }).value,
+        });
+        logger.info('request', { method, path, status: result.statusCode });
+        return result;
+      }
+    } catch (err) {
+      const result = errorToResult(err, logger);
+      logger.info('request', { method, path, status: result.statusCode, error: describeError(err) });
+      return result;
+    }
+    if (methodMismatch) return errorResult(405, 'METHOD_NOT_ALLOWED', `${method} is not allowed on ${path}`);
+    return errorResult(404, 'NOT_FOUND', `no route ${method} ${path}`);
+  };
+}

@@ -1,0 +1,366 @@
+/**
+ * Restore planner (pure): given an incremental chain, newest archive first,
+ * decide for every cluster of every restored device which archive supplies
+ * it — the newest archive that has the cluster (as data OR as a zero run)
+ * wins; a cluster absent from an archive comes from its parent. Then group
+ * the winning extents of each archive into coalesced byte ranges (~8–16 MiB)
+ * so the restore can fetch them with few parallel ranged GETs.
+ *
+ * Works on runs, never on per-cluster arrays: memory is O(runs), not O(disk).
+ * The result is a JSON-serialisable RestorePlan (the catalogue stores it as
+ * `restore-plans/<id>.json`; the agent's poller executes it).
+ */
+import { z } from 'zod';
+import { CLUSTER_SIZE } from '../format/constants.js';
+import { RestoreError } from '../errors.js';
+
+export type ArchiveLocator =
+  | { kind: 's3'; bucket: string; key: string }
+  | { kind: 'file'; path: string };
+
+export interface PlannerDevice {
+  id: number;
+  name: string;
+  size: number;
+}
+
+export interface PlannerDataRun {
+  deviceId: number;
+  firstCluster: number;
+  count: number;
+  extentOffset: number;
+  extentLength: number;
+}
+
+export interface PlannerZeroRun {
+  deviceId: number;
+  firstCluster: number;
+  count: number;
+}
+
+/** What the planner needs of one archive: header identity + index runs. */
+export interface PlannerArchive {
+  uuid: string;
+  parentUuid: string | null;
+  hostId: string;
+  createdAt?: number;
+  locator: ArchiveLocator;
+  /** Object/file size in bytes, for sanity checks of extent offsets. */
+  size: number;
+  /** Fingerprint of the encryption key (null/absent = not encrypted). */
+  keyFingerprint?: string | null;
+  devices: PlannerDevice[];
+  dataRuns: PlannerDataRun[];
+  zeroRuns: PlannerZeroRun[];
+}
+
+/** [firstCluster, count] */
+export type ClusterRun = [number, number];
+
+export interface PlanDevice {
+  name: string;
+  size: number;
+  clusters: number;
+  dataClusters: number;
+  zeroClusters: number;
+  /** Clusters no archive of the chain covers (only possible if the root is not a full archive). */
+  missingClusters: number;
+  /** Winning zero runs: holes in a fresh file, written as zeroes over an existing target. */
+  zeroRuns: ClusterRun[];
+  /** Clusters no archive covers, as runs (left untouched / zero). */
+  missingRuns: ClusterRun[];
+}
+
+/** Winning clusters inside one extent: [planDeviceIndex, archiveDeviceId, firstCluster, count]. */
+export type ExtentRun = [number, number, number, number];
+
+export interface PlanExtent {
+  /** Absolute offset of the extent in its archive. */
+  offset: number;
+  length: number;
+  runs: ExtentRun[];
+}
+
+/** One ranged GET: a byte range of one archive covering ≥ 1 whole extents. */
+export interface PlanRange {
+  /** Index into `chain`. */
+  archive: number;
+  offset: number;
+  length: number;
+  extents: PlanExtent[];
+}
+
+export interface RestorePlan {
+  version: 1;
+  /** The archive the restore is "of" (chain[0]). */
+  archiveUuid: string;
+  hostId: string;
+  /** Newest first; chain[last] is the full archive. */
+  chain: { uuid: string; parentUuid: string | null; locator: ArchiveLocator; size: number; keyFingerprint?: string | null }[];
+  devices: PlanDevice[];
+  ranges: PlanRange[];
+  totals: { deviceBytes: number; dataClusters: number; zeroClusters: number; missingClusters: number; fetchBytes: number };
+}
+
+export interface PlanOptions {
+  /** Restrict to these device names (default: all devices of the newest archive). */
+  devices?: string[];
+  /** Upper bound of one coalesced range (default 16 MiB). */
+  maxRangeBytes?: number;
+  /** Largest hole between two extents still read through (default 256 KiB). */
+  maxGapBytes?: number;
+}
+
+export const DEFAULT_MAX_RANGE_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_MAX_GAP_BYTES = 256 * 1024;
+
+/** Sorted, disjoint, merged [start, end) intervals. */
+type Interval = [number, number];
+
+/** a \ b for sorted disjoint interval lists (two-pointer sweep). */
+function subtract(a: Interval[], b: Interval[]): Interval[] {
+  const out: Interval[] = [];
+  let j = 0;
+  for (const [s0, e] of a) {
+    let s = s0;
+    while (j < b.length && b[j]![1] <= s) j++;
+    let k = j;
+    while (s < e) {
+      if (k >= b.length || b[k]![0] >= e) {
+        out.push([s, e]);
+        break;
+      }
+      const [bs, be] = b[k]!;
+      if (bs > s) out.push([s, bs]);
+      s = Math.max(s, be);
+      k++;
+    }
+  }
+  return out;
+}
+
+/** Union of two sorted disjoint interval lists. */
+function union(a: Interval[], b: Interval[]): Interval[] {
+  const all = [...a, ...b].sort((x, y) => x[0] - y[0]);
+  const out: Interval[] = [];
+  for (const iv of all) {
+    const last = out[out.length - 1];
+    if (last && iv[0] <= last[1]) last[1] = Math.max(last[1], iv[1]);
+    else out.push([iv[0], iv[1]]);
+  }
+  return out;
+}
+
+function normalize(list: Interval[]): Interval[] {
+  return union(list, []);
+}
+
+function checkRun(arch: PlannerArchive, first: number, count: number, clusters: number, what: string): void {
+  if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 1 || first + count > clusters) {
+    throw new RestoreError(`archive ${arch.uuid}: ${what} [${first}, +${count}) lies outside its device (${clusters} clusters)`);
+  }
+}
+
+/**
+ * Builds the plan. `chain` must be newest first and linked by parentUuid
+ * (validated here). Throws RestoreError on inconsistent input.
+ */
+export function planRestore(chain: PlannerArchive[], opts: PlanOptions = {}): RestorePlan {
+  if (chain.length === 0) throw new RestoreError('empty archive chain');
+  for (let i = 0; i + 1 < chain.length; i++) {
+    if (chain[i]!.parentUuid !== chain[i + 1]!.uuid) {
+      throw new RestoreError(`archive chain broken: ${chain[i]!.uuid} has parent ${chain[i]!.parentUuid}, not ${chain[i + 1]!.uuid}`);
+    }
+  }
+  const maxRange = opts.maxRangeBytes ?? DEFAULT_MAX_RANGE_BYTES;
+  const maxGap = opts.maxGapBytes ?? DEFAULT_MAX_GAP_BYTES;
+  const newest = chain[0]!;
+  let wanted = newest.devices;
+  if (opts.devices && opts.devices.length > 0) {
+    const byName = new Map(newest.devices.map((d) => [d.name, d]));
+    wanted = opts.devices.map((n) => {
+      const d = byName.get(n);
+      if (!d) throw new RestoreError(`archive ${newest.uuid} has no device "${n}" (devices: ${newest.devices.map((x) => x.name).join(', ')})`);
+      return d;
+    });
+  }
+  const devices: PlanDevice[] = [];
+  const claimed: Interval[][] = [];
+  for (const d of wanted) {
+    const clusters = Math.ceil(d.size / CLUSTER_SIZE);
+    devices.push({ name: d.name, size: d.size, clusters, dataClusters: 0, zeroClusters: 0, missingClusters: 0, zeroRuns: [], missingRuns: [] });
+    claimed.push([]);
+  }
+  const planIndexByName = new Map(devices.map((d, i) => [d.name, i]));
+
+  // Winning extents per archive: offset → extent.
+  const perArchive: Map<number, PlanExtent>[] = chain.map(() => new Map());
+
+  chain.forEach((arch, ai) => {
+    // archive-local device id → plan device index
+    const idMap = new Map<number, number>();
+    for (const d of arch.devices) {
+      const pi = planIndexByName.get(d.name);
+      if (pi !== undefined) idMap.set(d.id, pi);
+    }
+    const clustersOf = new Map(arch.devices.map((d) => [d.id, Math.ceil(d.size / CLUSTER_SIZE)]));
+    type Tagged = { first: number; count: number; data?: PlannerDataRun };
+    const runsByDevice = new Map<number, Tagged[]>();
+    const push = (deviceId: number, t: Tagged): void => {
+      if (!idMap.has(deviceId)) return;
+      let l = runsByDevice.get(deviceId);
+      if (!l) runsByDevice.set(deviceId, (l = []));
+      l.push(t);
+    };
+    for (const r of arch.dataRuns) {
+      const c = clustersOf.get(r.deviceId);
+      if (c === undefined) throw new RestoreError(`archive ${arch.uuid}: data run for unknown device id ${r.deviceId}`);
+      checkRun(arch, r.firstCluster, r.count, c, 'data run');
+      if (!Number.isSafeInteger(r.extentOffset) || r.extentOffset < 0 || r.extentLength < 1 || r.extentOffset + r.extentLength > arch.size) {
+        throw new RestoreError(`archive ${arch.uuid}: extent at ${r.extentOffset}+${r.extentLength} lies outside the archive (${arch.size} bytes)`);
+      }
+      push(r.deviceId, { first: r.firstCluster, count: r.count, data: r });
+    }
+    for (const r of arch.zeroRuns) {
+      const c = clustersOf.get(r.deviceId);
+      if (c === undefined) throw new RestoreError(`archive ${arch.uuid}: zero run for unknown device id ${r.deviceId}`);
+      checkRun(arch, r.firstCluster, r.count, c, 'zero run');
+      push(r.deviceId, { first: r.firstCluster, count: r.count });
+    }
+    for (const [deviceId, runs] of runsByDevice) {
+      const pi = idMap.get(deviceId)!;
+      const limit = devices[pi]!.clusters; // newest size wins; clusters beyond it are ignored
+      runs.sort((a, b) => a.first - b.first);
+      const taken = claimed[pi]!;
+      const added: Interval[] = [];
+      for (const run of runs) {
+        const end = Math.min(run.first + run.count, limit);
+        if (end <= run.first) continue;
+        for (const [s, e] of subtract([[run.first, end]], taken)) {
+          added.push([s, e]);
+          if (run.data) {
+            const ex = perArchive[ai]!;
+            let pe = ex.get(run.data.extentOffset);
+            if (!pe) ex.set(run.data.extentOffset, (pe = { offset: run.data.extentOffset, length: run.data.extentLength, runs: [] }));
+            pe.runs.push([pi, deviceId, s, e - s]);
+            devices[pi]!.dataClusters += e - s;
+          } else {
+            devices[pi]!.zeroRuns.push([s, e - s]);
+            devices[pi]!.zeroClusters += e - s;
+          }
+        }
+      }
+      claimed[pi] = union(taken, normalize(added));
+    }
+  });
+
+  devices.forEach((d, pi) => {
+    const missing = subtract([[0, d.clusters]], claimed[pi]!);
+    d.missingRuns = missing.map(([s, e]) => [s, e - s]);
+    d.missingClusters = missing.reduce((n, [s, e]) => n + (e - s), 0);
+    d.zeroRuns = mergeRuns(d.zeroRuns);
+  });
+
+  const ranges: PlanRange[] = [];
+  perArchive.forEach((extents, ai) => {
+    const sorted = [...extents.values()].sort((a, b) => a.offset - b.offset);
+    let cur: PlanRange | undefined;
+    for (const ex of sorted) {
+      const end = cur ? cur.offset + cur.length : 0;
+      if (cur && ex.offset >= end && ex.offset - end <= maxGap && ex.offset + ex.length - cur.offset <= maxRange) {
+        cur.length = ex.offset + ex.length - cur.offset;
+        cur.extents.push(ex);
+      } else {
+        cur = { archive: ai, offset: ex.offset, length: ex.length, extents: [ex] };
+        ranges.push(cur);
+      }
+    }
+  });
+
+  return {
+    version: 1,
+    archiveUuid: newest.uuid,
+    hostId: newest.hostId,
+    chain: chain.map((a) => ({ uuid: a.uuid, parentUuid: a.parentUuid, locator: a.locator, size: a.size, keyFingerprint: a.keyFingerprint ?? null })),
+    devices,
+    ranges,
+    totals: {
+      deviceBytes: devices.reduce((n, d) => n + d.size, 0),
+      dataClusters: devices.reduce((n, d) => n + d.dataClusters, 0),
+      zeroClusters: devices.reduce((n, d) => n + d.zeroClusters, 0),
+      missingClusters: devices.reduce((n, d) => n + d.missingClusters, 0),
+      fetchBytes: ranges.reduce((n, r) => n + r.length, 0),
+    },
+  };
+}
+
+function mergeRuns(runs: ClusterRun[]): ClusterRun[] {
+  const iv = normalize(runs.map(([s, c]) => [s, s + c] as Interval));
+  return iv.map(([s, e]) => [s, e - s]);
+}
+
+const locatorSchema = z.union([
+  z.object({ kind: z.literal('s3'), bucket: z.string().min(1), key: z.string().min(1) }),
+  z.object({ kind: z.literal('file'), path: z.string().min(1) }),
+]);
+const nonNeg = z.number().int().nonnegative();
+const runSchema = z.tuple([nonNeg, nonNeg]);
+const planSchema = z.object({
+  version: z.literal(1),
+  archiveUuid: z.string().min(1),
+  hostId: z.string(),
+  chain: z
+    .array(z.object({ uuid: z.string().min(1), parentUuid: z.string().nullable(), locator: locatorSchema, size: nonNeg, keyFingerprint: z.string().nullable().optional() }))
+    .min(1),
+  devices: z.array(
+    z.object({
+      name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/).max(128),
+      size: nonNeg,
+      clusters: nonNeg,
+      dataClusters: nonNeg,
+      zeroClusters: nonNeg,
+      missingClusters: nonNeg,
+      zeroRuns: z.array(runSchema),
+      missingRuns: z.array(runSchema),
+    }),
+  ),
+  ranges: z.array(
+    z.object({
+      archive: nonNeg,
+      offset: nonNeg,
+      length: z.number().int().positive(),
+      extents: z.array(z.object({ offset: nonNeg, length: z.number().int().positive(), runs: z.array(z.tuple([nonNeg, nonNeg, nonNeg, z.number().int().positive()])) })).min(1),
+    }),
+  ),
+  totals: z.object({ deviceBytes: nonNeg, dataClusters: nonNeg, zeroClusters: nonNeg, missingClusters: nonNeg, fetchBytes: nonNeg }),
+});
+
+/**
+ * Validates a plan loaded from JSON (e.g. `restore-plans/<id>.json`): shape,
+ * and that every index/offset stays inside the chain, devices and ranges —
+ * a plan is untrusted input for the agent.
+ */
+export function parseRestorePlan(json: unknown): RestorePlan {
+  const res = planSchema.safeParse(json);
+  if (!res.success) throw new RestoreError(`invalid restore plan: ${res.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  const plan = res.data as RestorePlan;
+  for (const d of plan.devices) {
+    if (d.clusters !== Math.ceil(d.size / CLUSTER_SIZE)) throw new RestoreError(`invalid restore plan: device ${d.name} cluster count does not match its size`);
+    for (const [s, c] of [...d.zeroRuns, ...d.missingRuns]) {
+      if (s + c > d.clusters) throw new RestoreError(`invalid restore plan: run [${s}, +${c}) outside device ${d.name}`);
+    }
+  }
+  for (const r of plan.ranges) {
+    const a = plan.chain[r.archive];
+    if (!a) throw new RestoreError(`invalid restore plan: range refers to archive #${r.archive}, chain has ${plan.chain.length}`);
+    if (r.offset + r.length > a.size) throw new RestoreError(`invalid restore plan: range ${r.offset}+${r.length} beyond archive ${a.uuid}`);
+    for (const e of r.extents) {
+      if (e.offset < r.offset || e.offset + e.length > r.offset + r.length) throw new RestoreError('invalid restore plan: extent outside its range');
+      for (const [pi, , s, c] of e.runs) {
+        const d = plan.devices[pi];
+        if (!d || s + c > d.clusters) throw new RestoreError(`invalid restore plan: extent run outside device #${pi}`);
+      }
+    }
+  }
+  return plan;
+}

@@ -1,0 +1,124 @@
+/**
+ * The catalogue's records. zod schemas are the single source of truth: the
+ * repository validates what it reads back from DynamoDB (a hand-edited or
+ * older item must not crash a handler) and the API validates request bodies.
+ */
+import { z } from 'zod';
+import { UsageError } from '../errors.js';
+
+export const ARCHIVE_STATUSES = ['INDEXED', 'REJECTED', 'VERIFIED', 'CORRUPT', 'DELETED'] as const;
+export type ArchiveStatus = (typeof ARCHIVE_STATUSES)[number];
+
+export const RESTORE_STATUSES = ['PENDING', 'CLAIMED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] as const;
+export type RestoreStatus = (typeof RESTORE_STATUSES)[number];
+
+/** Jobs in these states can still change; the rest are final. */
+export const ACTIVE_RESTORE_STATUSES: readonly RestoreStatus[] = ['PENDING', 'CLAIMED', 'RUNNING'];
+
+/**
+ * Host ids and disk names end up inside DynamoDB keys joined with `#` and
+ * inside S3 keys, so they are restricted to a safe alphabet.
+ */
+export const hostIdSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 chars of [A-Za-z0-9._-]');
+export const diskNameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 chars of [A-Za-z0-9._-]');
+export const uuidSchema = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID');
+const isoSchema = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be an ISO-8601 timestamp');
+const nonNegInt = z.number().int().nonnegative();
+
+export const archiveDeviceSchema = z.object({ name: z.string().min(1).max(255), size: nonNegInt });
+export type ArchiveDevice = z.infer<typeof archiveDeviceSchema>;
+
+export const archiveRecordSchema = z.object({
+  uuid: uuidSchema,
+  hostId: z.string().min(1),
+  devices: z.array(archiveDeviceSchema),
+  createdAt: isoSchema,
+  parentUuid: uuidSchema.nullable(),
+  chainDepth: nonNegInt,
+  bytesStored: nonNegInt,
+  zeroBytes: nonNegInt,
+  dataBytes: nonNegInt,
+  /** logical data bytes / stored bytes; 0 when nothing was stored. */
+  compressionRatio: z.number().nonnegative(),
+  status: z.enum(ARCHIVE_STATUSES),
+  reason: z.string().optional(),
+  bucket: z.string().min(1),
+  key: z.string().min(1),
+  etag: z.string().optional(),
+  /** S3 event sequencer of the last event applied: orders out-of-order deliveries. */
+  sequencer: z.string().optional(),
+  indexedAt: isoSchema,
+  lastVerifiedAt: isoSchema.optional(),
+  deletedAt: isoSchema.optional(),
+});
+export type ArchiveRecord = z.infer<typeof archiveRecordSchema>;
+
+export const restoreTargetSchema = z.object({ path: z.string().min(1).max(4096) }).strict();
+
+export const restoreProgressSchema = z.object({ bytesDone: nonNegInt, bytesTotal: nonNegInt });
+export type RestoreProgress = z.infer<typeof restoreProgressSchema>;
+
+export const restoreJobSchema = z.object({
+  id: uuidSchema,
+  archiveId: uuidSchema,
+  hostId: z.string().min(1),
+  devices: z.array(z.string()).optional(),
+  target: restoreTargetSchema,
+  status: z.enum(RESTORE_STATUSES),
+  planKey: z.string().min(1),
+  claimedBy: z.string().optional(),
+  progress: restoreProgressSchema,
+  error: z.string().optional(),
+  createdAt: isoSchema,
+  updatedAt: isoSchema,
+  claimedAt: isoSchema.optional(),
+  finishedAt: isoSchema.optional(),
+});
+export type RestoreJob = z.infer<typeof restoreJobSchema>;
+
+export const hostRecordSchema = z.object({
+  hostId: z.string().min(1),
+  firstSeenAt: isoSchema,
+  /** createdAt of the newest archive ever indexed for the host (freshness alarm). */
+  lastArchiveAt: isoSchema.optional(),
+});
+export type HostRecord = z.infer<typeof hostRecordSchema>;
+
+// ---- API request bodies -------------------------------------------------
+
+export const createRestoreBodySchema = z
+  .object({
+    archiveId: uuidSchema,
+    hostId: hostIdSchema,
+    devices: z.array(diskNameSchema).min(1).max(255).optional(),
+    target: restoreTargetSchema,
+  })
+  .strict();
+export type CreateRestoreBody = z.infer<typeof createRestoreBodySchema>;
+
+export const claimBodySchema = z.object({ agentId: z.string().min(1).max(256) }).strict();
+export const progressBodySchema = z
+  .object({ agentId: z.string().min(1).max(256).optional(), bytesDone: nonNegInt, bytesTotal: nonNegInt })
+  .strict();
+export const completeBodySchema = z
+  .object({ ok: z.boolean(), error: z.string().max(4096).optional(), agentId: z.string().min(1).max(256).optional() })
+  .strict();
+
+/** Renders zod issues as one line naming each bad field, e.g. `target.path: Required`. */
+export function formatIssues(issues: readonly z.core.$ZodIssue[]): string {
+  return issues
+    .slice(0, 5)
+    .map((i) => {
+      const path = i.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p))).join('.');
+      const keys = i.code === 'unrecognized_keys' ? ` (${(i as { keys?: string[] }).keys?.join(', ')})` : '';
+      return `${path || '(body)'}: ${i.message}${keys}`;
+    })
+    .join('; ');
+}
+
+/** Parses `value` or throws UsageError with a message naming the bad fields. */
+export function parseOrUsage<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new UsageError(`invalid ${what}: ${formatIssues(r.error.issues)}`);
+  return r.data;
+}

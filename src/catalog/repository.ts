@@ -1,0 +1,570 @@
+/**
+ * DynamoDB single-table repository of the catalogue (design: docs/ARCHITECTURE.md).
+ *
+ * Items:
+ *   archive   pk=ARCHIVE#<uuid> sk=A        gsi1 HOST#<host>/<created>#<uuid>, gsi2 ARCHIVES/<created>#<uuid>,
+ *                                            gsi3 PARENT#<parent>/<created>#<uuid>, gsi4 VERIFY/<lastVerified|0>#<uuid>
+ *   disk idx  pk=ARCHIVE#<uuid> sk=DISK#<d>  gsi2 HOSTDISK#<host>#<disk>/<created>#<uuid>
+ *   restore   pk=RESTORE#<id>   sk=R        gsi1 HOSTRESTORES#<host>#<STATUS>/<created>#<id>
+ *   host      pk=HOST#<host>    sk=H        gsi1 HOSTS/<host>
+ *
+ * Every state change is a conditional write so concurrent handlers (Lambda
+ * retries, two agents) cannot both win.
+ */
+import {
+  BatchGetCommand,
+  DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  QueryCommand,
+  UpdateCommand,
+  type QueryCommandInput,
+} from '@aws-sdk/lib-dynamodb';
+import { CatalogError, ConflictError, NotFoundError } from '../errors.js';
+import { decodeCursor, encodeCursor } from './cursor.js';
+import {
+  ACTIVE_RESTORE_STATUSES,
+  archiveRecordSchema,
+  hostRecordSchema,
+  restoreJobSchema,
+  type ArchiveRecord,
+  type ArchiveStatus,
+  type HostRecord,
+  type RestoreJob,
+  type RestoreProgress,
+  type RestoreStatus,
+} from './records.js';
+import { GSI } from './table.js';
+
+export const DEFAULT_PAGE_LIMIT = 50;
+export const MAX_PAGE_LIMIT = 500;
+
+export interface Page<T> {
+  items: T[];
+  cursor?: string;
+}
+
+export interface ListArchivesQuery {
+  hostId?: string;
+  disk?: string;
+  limit?: number;
+  cursor?: string;
+  includeDeleted?: boolean;
+}
+
+export type IndexOutcome = 'created' | 'unchanged' | 'replaced' | 'stale';
+export type DeleteOutcome = 'deleted' | 'unchanged' | 'unknown' | 'stale';
+
+const ARCHIVE_SK = 'A';
+const RESTORE_SK = 'R';
+const HOST_SK = 'H';
+const ZERO_TIME = '0000-00-00T00:00:00.000Z';
+/** Archives in these states are re-verified; CORRUPT/REJECTED/DELETED leave the queue. */
+const VERIFIABLE: readonly ArchiveStatus[] = ['INDEXED', 'VERIFIED'];
+
+const archivePk = (uuid: string): string => `ARCHIVE#${uuid}`;
+const restorePk = (id: string): string => `RESTORE#${id}`;
+const hostRestoresPk = (host: string, status: RestoreStatus): string => `HOSTRESTORES#${host}#${status}`;
+
+/**
+ * S3 event sequencers are hex strings of varying length; AWS documents that
+ * they compare lexicographically after left-padding the shorter with zeros.
+ */
+export function compareSequencer(a: string, b: string): number {
+  const n = Math.max(a.length, b.length);
+  const pa = a.toUpperCase().padStart(n, '0');
+  const pb = b.toUpperCase().padStart(n, '0');
+  return pa < pb ? -1 : pa > pb ? 1 : 0;
+}
+
+function isConditionFailure(err: unknown): boolean {
+  const name = (err as Error)?.name;
+  return name === 'ConditionalCheckFailedException' || name === 'TransactionCanceledException';
+}
+
+function clampLimit(limit: number | undefined): number {
+  if (limit === undefined) return DEFAULT_PAGE_LIMIT;
+  return Math.max(1, Math.min(MAX_PAGE_LIMIT, Math.floor(limit)));
+}
+
+function stripKeys(item: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(item)) {
+    if (k === 'pk' || k === 'sk' || /^gsi\d(pk|sk)$/.test(k) || k === 'entity') continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+export class CatalogRepository {
+  constructor(
+    readonly doc: DynamoDBDocumentClient,
+    readonly tableName: string,
+  ) {}
+
+  // ---- archives ---------------------------------------------------------
+
+  private archiveItem(rec: ArchiveRecord): Record<string, unknown> {
+    const sortable = `${rec.createdAt}#${rec.uuid}`;
+    const item: Record<string, unknown> = {
+      ...rec,
+      pk: archivePk(rec.uuid),
+      sk: ARCHIVE_SK,
+      entity: 'archive',
+      gsi1pk: `HOST#${rec.hostId}`,
+      gsi1sk: sortable,
+      gsi2pk: 'ARCHIVES',
+      gsi2sk: sortable,
+    };
+    if (rec.parentUuid) {
+      item.gsi3pk = `PARENT#${rec.parentUuid}`;
+      item.gsi3sk = sortable;
+    }
+    if (VERIFIABLE.includes(rec.status)) {
+      item.gsi4pk = 'VERIFY';
+      item.gsi4sk = `${rec.lastVerifiedAt ?? ZERO_TIME}#${rec.uuid}`;
+    }
+    return item;
+  }
+
+  private parseArchive(item: Record<string, unknown>): ArchiveRecord {
+    const r = archiveRecordSchema.safeParse(stripKeys(item));
+    if (!r.success) throw new CatalogError(`corrupt archive item ${String(item.pk)}: ${r.error.issues[0]?.message}`);
+    return r.data;
+  }
+
+  async getArchive(uuid: string): Promise<ArchiveRecord | null> {
+    const r = await this.doc.send(new GetCommand({ TableName: this.tableName, Key: { pk: archivePk(uuid), sk: ARCHIVE_SK }, ConsistentRead: true }));
+    return r.Item ? this.parseArchive(r.Item) : null;
+  }
+
+  async requireArchive(uuid: string): Promise<ArchiveRecord> {
+    const a = await this.getArchive(uuid);
+    if (!a) throw new NotFoundError(`archive ${uuid} not found`);
+    return a;
+  }
+
+  /**
+   * Writes an archive record idempotently. A re-delivered event for the same
+   * object (same etag) is a no-op and keeps VERIFIED/CORRUPT state; an event
+   * older than the last one applied (S3 sequencer) is ignored; a newer upload
+   * under the same uuid replaces the record.
+   */
+  async putArchive(rec: ArchiveRecord): Promise<IndexOutcome> {
+    // Disk index items first: harmless if the archive put then loses a race.
+    for (const d of rec.devices) {
+      await this.doc.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: {
+            pk: archivePk(rec.uuid),
+            sk: `DISK#${d.name}`,
+            entity: 'disk',
+            uuid: rec.uuid,
+            gsi2pk: `HOSTDISK#${rec.hostId}#${d.name}`,
+            gsi2sk: `${rec.createdAt}#${rec.uuid}`,
+          },
+        }),
+      );
+    }
+    try {
+      await this.doc.send(new PutCommand({ TableName: this.tableName, Item: this.archiveItem(rec), ConditionExpression: 'attribute_not_exists(pk)' }));
+      await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
+      return 'created';
+    } catch (err) {
+      if (!isConditionFailure(err)) throw err;
+    }
+    const existing = await this.requireArchive(rec.uuid);
+    if (existing.etag !== undefined && existing.etag === rec.etag && existing.key === rec.key && existing.status !== 'DELETED') return 'unchanged';
+    if (rec.sequencer === undefined || existing.sequencer === undefined || compareSequencer(rec.sequencer, existing.sequencer) <= 0) {
+      return existing.etag === rec.etag ? 'unchanged' : 'stale';
+    }
+    try {
+      await this.doc.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: this.archiveItem(rec),
+          ConditionExpression: 'sequencer = :old',
+          ExpressionAttributeValues: { ':old': existing.sequencer },
+        }),
+      );
+    } catch (err) {
+      if (isConditionFailure(err)) return 'stale'; // a newer event won meanwhile
+      throw err;
+    }
+    await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
+    return 'replaced';
+  }
+
+  /** ObjectRemoved: marks the archive DELETED unless a newer event was applied. */
+  async markDeleted(uuid: string, sequencer?: string, reason?: string): Promise<DeleteOutcome> {
+    const existing = await this.getArchive(uuid);
+    if (!existing) return 'unknown';
+    if (existing.status === 'DELETED') return 'unchanged';
+    if (sequencer !== undefined && existing.sequencer !== undefined && compareSequencer(sequencer, existing.sequencer) < 0) return 'stale';
+    const now = new Date().toISOString();
+    try {
+      await this.doc.send(
+        new UpdateCommand({
+          TableName: this.tableName,
+          Key: { pk: archivePk(uuid), sk: ARCHIVE_SK },
+          UpdateExpression: 'SET #s = :del, deletedAt = :now' + (sequencer ? ', sequencer = :seq' : '') + (reason ? ', reason = :r' : '') + ' REMOVE gsi4pk, gsi4sk',
+          ConditionExpression: '#s <> :del' + (existing.sequencer !== undefined ? ' AND sequencer = :old' : ' AND attribute_not_exists(sequencer)'),
+          ExpressionAttributeNames: { '#s': 'status' },
+          ExpressionAttributeValues: {
+            ':del': 'DELETED',
+            ':now': now,
+            ...(sequencer ? { ':seq': sequencer } : {}),
+            ...(reason ? { ':r': reason } : {}),
+            ...(existing.sequencer !== undefined ? { ':old': existing.sequencer } : {}),
+          },
+        }),
+      );
+      return 'deleted';
+    } catch (err) {
+      if (isConditionFailure(err)) return 'stale';
+      throw err;
+    }
+  }
+
+  /** Verify outcome: VERIFIED (re-queued at the back) or CORRUPT (leaves the queue). */
+  async recordVerification(uuid: string, ok: boolean, reason?: string, at = new Date().toISOString()): Promise<boolean> {
+    try {
+      await this.doc.send(
+        new UpdateCommand({
+          TableName: this.tableName,
+          Key: { pk: archivePk(uuid), sk: ARCHIVE_SK },
+          UpdateExpression: ok
+            ? 'SET #s = :st, lastVerifiedAt = :at, gsi4pk = :q, gsi4sk = :qs REMOVE reason'
+            : 'SET #s = :st, lastVerifiedAt = :at, reason = :r REMOVE gsi4pk, gsi4sk',
+          // Only archives still in the queue: a concurrent delete wins.
+          ConditionExpression: '#s IN (:i, :v)',
+          ExpressionAttributeNames: { '#s': 'status' },
+          ExpressionAttributeValues: {
+            ':st': ok ? 'VERIFIED' : 'CORRUPT',
+            ':at': at,
+            ':i': 'INDEXED',
+            ':v': 'VERIFIED',
+            ...(ok ? { ':q': 'VERIFY', ':qs': `${at}#${uuid}` } : { ':r': reason ?? 'verification failed' }),
+          },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (isConditionFailure(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Archives newest first: all, of a host, or of a host's disk. */
+  async listArchives(q: ListArchivesQuery = {}): Promise<Page<ArchiveRecord>> {
+    const limit = clampLimit(q.limit);
+    if (q.disk !== undefined && q.hostId === undefined) throw new CatalogError('a disk filter needs a host');
+    let input: QueryCommandInput;
+    if (q.disk !== undefined) {
+      const pk = `HOSTDISK#${q.hostId}#${q.disk}`;
+      input = this.indexQuery(GSI.byDisk, 'gsi2', pk, limit, q.cursor);
+    } else if (q.hostId !== undefined) {
+      input = this.indexQuery(GSI.byHost, 'gsi1', `HOST#${q.hostId}`, limit, q.cursor);
+    } else {
+      input = this.indexQuery(GSI.byDisk, 'gsi2', 'ARCHIVES', limit, q.cursor);
+    }
+    const r = await this.doc.send(new QueryCommand(input));
+    const raw = r.Items ?? [];
+    let items: ArchiveRecord[];
+    if (q.disk !== undefined) {
+      const uuids = raw.map((i) => String(i.uuid));
+      const byId = await this.batchGetArchives(uuids);
+      items = uuids.map((u) => byId.get(u)).filter((a): a is ArchiveRecord => a !== undefined);
+    } else {
+      items = raw.map((i) => this.parseArchive(i));
+    }
+    if (!q.includeDeleted) items = items.filter((a) => a.status !== 'DELETED');
+    return { items, cursor: encodeCursor(r.LastEvaluatedKey) };
+  }
+
+  /** Every archive of a host (all pages, including DELETED); for prune. */
+  async allArchivesOfHost(hostId: string): Promise<ArchiveRecord[]> {
+    const out: ArchiveRecord[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.listArchives({ hostId, limit: MAX_PAGE_LIMIT, cursor, includeDeleted: true });
+      out.push(...page.items);
+      cursor = page.cursor;
+    } while (cursor);
+    return out;
+  }
+
+  private indexQuery(indexName: string, prefix: string, pkValue: string, limit: number, cursor: string | undefined): QueryCommandInput {
+    const pkAttr = `${prefix}pk`;
+    const skAttr = `${prefix}sk`;
+    return {
+      TableName: this.tableName,
+      IndexName: indexName,
+      KeyConditionExpression: '#p = :p',
+      ExpressionAttributeNames: { '#p': pkAttr },
+      ExpressionAttributeValues: { ':p': pkValue },
+      ScanIndexForward: false,
+      Limit: limit,
+      ExclusiveStartKey: decodeCursor(cursor, ['pk', 'sk', pkAttr, skAttr], { [pkAttr]: pkValue }),
+    };
+  }
+
+  private async batchGetArchives(uuids: string[]): Promise<Map<string, ArchiveRecord>> {
+    const out = new Map<string, ArchiveRecord>();
+    // BatchGetItem takes at most 100 keys per call.
+    for (let i = 0; i < uuids.length; i += 100) {
+      let keys: Record<string, unknown>[] | undefined = [...new Set(uuids.slice(i, i + 100))].map((u) => ({ pk: archivePk(u), sk: ARCHIVE_SK }));
+      for (let attempt = 0; keys && keys.length > 0 && attempt < 8; attempt++) {
+        const r = await this.doc.send(new BatchGetCommand({ RequestItems: { [this.tableName]: { Keys: keys } } }));
+        for (const item of r.Responses?.[this.tableName] ?? []) {
+          const a = this.parseArchive(item);
+          out.set(a.uuid, a);
+        }
+        keys = r.UnprocessedKeys?.[this.tableName]?.Keys as Record<string, unknown>[] | undefined;
+        if (keys && keys.length > 0) await new Promise((res) => setTimeout(res, 20 * 2 ** attempt));
+      }
+      if (keys && keys.length > 0) throw new CatalogError('BatchGetItem kept returning unprocessed keys');
+    }
+    return out;
+  }
+
+  /** Non-deleted archives whose parent is `uuid`. */
+  async listChildren(uuid: string, includeDeleted = false): Promise<ArchiveRecord[]> {
+    const out: ArchiveRecord[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const r = await this.doc.send(
+        new QueryCommand({
+          TableName: this.tableName,
+          IndexName: GSI.byParent,
+          KeyConditionExpression: 'gsi3pk = :p',
+          ExpressionAttributeValues: { ':p': `PARENT#${uuid}` },
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const i of r.Items ?? []) {
+        const a = this.parseArchive(i);
+        if (includeDeleted || a.status !== 'DELETED') out.push(a);
+      }
+      start = r.LastEvaluatedKey;
+    } while (start);
+    return out;
+  }
+
+  /**
+   * The chain from `uuid` back to its full backup: [archive, parent, ...].
+   * Bounded by `maxDepth` so a cyclic or hand-edited table cannot loop.
+   */
+  async getChain(uuid: string, maxDepth = 10_000): Promise<ArchiveRecord[]> {
+    const chain: ArchiveRecord[] = [];
+    const seen = new Set<string>();
+    let cur: string | null = uuid;
+    while (cur !== null) {
+      if (seen.has(cur) || chain.length >= maxDepth) throw new CatalogError(`archive chain of ${uuid} loops or exceeds ${maxDepth}`);
+      seen.add(cur);
+      const a = await this.getArchive(cur);
+      if (!a) {
+        if (chain.length === 0) throw new NotFoundError(`archive ${uuid} not found`);
+        throw new NotFoundError(`archive ${cur} (ancestor of ${uuid}) is not in the catalogue`);
+      }
+      chain.push(a);
+      cur = a.parentUuid;
+    }
+    return chain;
+  }
+
+  /** Least-recently-verified first (never-verified first of all). */
+  async verifyQueue(limit: number, cursor?: string): Promise<Page<ArchiveRecord>> {
+    const input = this.indexQuery(GSI.verifyQueue, 'gsi4', 'VERIFY', clampLimit(limit), cursor);
+    input.ScanIndexForward = true;
+    const r = await this.doc.send(new QueryCommand(input));
+    return { items: (r.Items ?? []).map((i) => this.parseArchive(i)), cursor: encodeCursor(r.LastEvaluatedKey) };
+  }
+
+  // ---- hosts ------------------------------------------------------------
+
+  private async touchHost(hostId: string, archiveCreatedAt: string | undefined): Promise<void> {
+    const now = new Date().toISOString();
+    await this.doc.send(
+      new UpdateCommand({
+        TableName: this.tableName,
+        Key: { pk: `HOST#${hostId}`, sk: HOST_SK },
+        UpdateExpression: 'SET hostId = :h, firstSeenAt = if_not_exists(firstSeenAt, :now), gsi1pk = :hosts, gsi1sk = :h, entity = :e',
+        ExpressionAttributeValues: { ':h': hostId, ':now': now, ':hosts': 'HOSTS', ':e': 'host' },
+      }),
+    );
+    if (archiveCreatedAt === undefined) return;
+    try {
+      // Only ever moves forward: out-of-order indexing must not make a host look stale.
+      await this.doc.send(
+        new UpdateCommand({
+          TableName: this.tableName,
+          Key: { pk: `HOST#${hostId}`, sk: HOST_SK },
+          UpdateExpression: 'SET lastArchiveAt = :t',
+          ConditionExpression: 'attribute_not_exists(lastArchiveAt) OR lastArchiveAt < :t',
+          ExpressionAttributeValues: { ':t': archiveCreatedAt },
+        }),
+      );
+    } catch (err) {
+      if (!isConditionFailure(err)) throw err;
+    }
+  }
+
+  async listHosts(): Promise<HostRecord[]> {
+    const out: HostRecord[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const r = await this.doc.send(
+        new QueryCommand({
+          TableName: this.tableName,
+          IndexName: GSI.byHost,
+          KeyConditionExpression: 'gsi1pk = :p',
+          ExpressionAttributeValues: { ':p': 'HOSTS' },
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const i of r.Items ?? []) {
+        const h = hostRecordSchema.safeParse(stripKeys(i));
+        if (h.success) out.push(h.data);
+      }
+      start = r.LastEvaluatedKey;
+    } while (start);
+    return out;
+  }
+
+  // ---- restore jobs -----------------------------------------------------
+
+  private parseJob(item: Record<string, unknown>): RestoreJob {
+    const r = restoreJobSchema.safeParse(stripKeys(item));
+    if (!r.success) throw new CatalogError(`corrupt restore item ${String(item.pk)}: ${r.error.issues[0]?.message}`);
+    return r.data;
+  }
+
+  async createRestore(job: RestoreJob): Promise<void> {
+    try {
+      await this.doc.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: {
+            ...job,
+            pk: restorePk(job.id),
+            sk: RESTORE_SK,
+            entity: 'restore',
+            gsi1pk: hostRestoresPk(job.hostId, job.status),
+            gsi1sk: `${job.createdAt}#${job.id}`,
+          },
+          ConditionExpression: 'attribute_not_exists(pk)',
+        }),
+      );
+    } catch (err) {
+      if (isConditionFailure(err)) throw new ConflictError(`restore job ${job.id} already exists`);
+      throw err;
+    }
+  }
+
+  async getRestore(id: string): Promise<RestoreJob | null> {
+    const r = await this.doc.send(new GetCommand({ TableName: this.tableName, Key: { pk: restorePk(id), sk: RESTORE_SK }, ConsistentRead: true }));
+    return r.Item ? this.parseJob(r.Item) : null;
+  }
+
+  async requireRestore(id: string): Promise<RestoreJob> {
+    const j = await this.getRestore(id);
+    if (!j) throw new NotFoundError(`restore job ${id} not found`);
+    return j;
+  }
+
+  async listRestores(hostId: string, status: RestoreStatus, limit?: number, cursor?: string): Promise<Page<RestoreJob>> {
+    const input = this.indexQuery(GSI.byHost, 'gsi1', hostRestoresPk(hostId, status), clampLimit(limit), cursor);
+    input.ScanIndexForward = true; // oldest first: jobs are served in request order
+    const r = await this.doc.send(new QueryCommand(input));
+    return { items: (r.Items ?? []).map((i) => this.parseJob(i)), cursor: encodeCursor(r.LastEvaluatedKey) };
+  }
+
+  /**
+   * Moves a job between states with one conditional update. When the
+   * condition fails the job is re-read to tell "no such job" (404) from
+   * "someone else changed it first" (409).
+   */
+  private async transition(
+    id: string,
+    from: readonly RestoreStatus[],
+    to: RestoreStatus,
+    set: Record<string, unknown>,
+    extraCondition?: { expr: string; values: Record<string, unknown> },
+  ): Promise<RestoreJob> {
+    const job = await this.requireRestore(id);
+    const now = new Date().toISOString();
+    const fields: Record<string, unknown> = { ...set, status: to, updatedAt: now, gsi1pk: hostRestoresPk(job.hostId, to) };
+    const names: Record<string, string> = {};
+    const values: Record<string, unknown> = {};
+    const sets: string[] = [];
+    Object.entries(fields).forEach(([k, v], i) => {
+      names[`#f${i}`] = k;
+      values[`:f${i}`] = v;
+      sets.push(`#f${i} = :f${i}`);
+    });
+    const fromKeys = from.map((s, i) => {
+      values[`:from${i}`] = s;
+      return `:from${i}`;
+    });
+    names['#st'] = 'status';
+    let condition = `attribute_exists(pk) AND #st IN (${fromKeys.join(', ')})`;
+    if (extraCondition) {
+      condition += ` AND ${extraCondition.expr}`;
+      Object.assign(values, extraCondition.values);
+    }
+    try {
+      const r = await this.doc.send(
+        new UpdateCommand({
+          TableName: this.tableName,
+          Key: { pk: restorePk(id), sk: RESTORE_SK },
+          UpdateExpression: `SET ${sets.join(', ')}`,
+          ConditionExpression: condition,
+          ExpressionAttributeNames: names,
+          ExpressionAttributeValues: values,
+          ReturnValues: 'ALL_NEW',
+        }),
+      );
+      return this.parseJob(r.Attributes ?? {});
+    } catch (err) {
+      if (!isConditionFailure(err)) throw err;
+      const now2 = await this.requireRestore(id);
+      throw new ConflictError(
+        from.includes(now2.status)
+          ? `restore job ${id} is claimed by another agent`
+          : `restore job ${id} is ${now2.status}${now2.claimedBy ? ` (claimed by ${now2.claimedBy})` : ''}, expected ${from.join(' or ')}`,
+      );
+    }
+  }
+
+  /** Exactly one concurrent claimer wins; the others get ConflictError. */
+  async claimRestore(id: string, agentId: string): Promise<RestoreJob> {
+    const now = new Date().toISOString();
+    return this.transition(id, ['PENDING'], 'CLAIMED', { claimedBy: agentId, claimedAt: now });
+  }
+
+  async reportProgress(id: string, progress: RestoreProgress, agentId?: string): Promise<RestoreJob> {
+    return this.transition(
+      id,
+      ['CLAIMED', 'RUNNING'],
+      'RUNNING',
+      { progress },
+      agentId ? { expr: 'claimedBy = :agent', values: { ':agent': agentId } } : undefined,
+    );
+  }
+
+  async completeRestore(id: string, ok: boolean, error?: string, agentId?: string): Promise<RestoreJob> {
+    return this.transition(
+      id,
+      ['CLAIMED', 'RUNNING'],
+      ok ? 'SUCCEEDED' : 'FAILED',
+      { finishedAt: new Date().toISOString(), ...(error !== undefined ? { error } : {}) },
+      agentId ? { expr: 'claimedBy = :agent', values: { ':agent': agentId } } : undefined,
+    );
+  }
+
+  async cancelRestore(id: string): Promise<RestoreJob> {
+    return this.transition(id, ACTIVE_RESTORE_STATUSES, 'CANCELLED', { finishedAt: new Date().toISOString() });
+  }
+}

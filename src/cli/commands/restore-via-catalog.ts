@@ -1,0 +1,84 @@
+/**
+ * `cowstream restore <uuid> --via-catalog --host H --to PATH [--wait]`:
+ * asks the catalogue for a restore that the host's agent executes (the CLI
+ * never touches the data), then optionally follows the job's progress.
+ */
+import { isAbsolute } from 'node:path';
+import cliProgress from 'cli-progress';
+import { RestoreError, UsageError } from '../../errors.js';
+import { CatalogClient } from '../../catalog/client.js';
+import { uuidSchema, type RestoreJob } from '../../catalog/records.js';
+import { formatBytes, printJson } from '../output.js';
+
+export interface RestoreViaCatalogOptions {
+  /** Archive UUID (catalogue id). */
+  ref: string;
+  /** Host whose agent restores. */
+  host?: string;
+  /** Absolute target path on that host (must lie inside the agent's restore.allowedDirs). */
+  to?: string;
+  /** Restrict to these devices. */
+  device?: string[];
+  wait?: boolean;
+  /** Catalogue URL; default $COWSTREAM_CATALOG_URL. */
+  catalog?: string;
+  json?: boolean;
+  progress?: boolean;
+  /** How often to poll the job with --wait (default 1000 ms). */
+  pollMs?: number;
+  /** Give up waiting after this long (default: never). */
+  timeoutMs?: number;
+}
+
+const FINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+
+/** Requests the restore; with `wait`, resolves with the finished job or throws RestoreError if it failed. */
+export async function runRestoreViaCatalog(opts: RestoreViaCatalogOptions): Promise<RestoreJob> {
+  const url = opts.catalog ?? process.env.COWSTREAM_CATALOG_URL;
+  if (!url) throw new UsageError('--via-catalog needs --catalog <url> (or COWSTREAM_CATALOG_URL)');
+  if (!opts.host) throw new UsageError('--via-catalog needs --host <id>: the host whose agent restores');
+  if (!opts.to) throw new UsageError('--via-catalog needs --to <path> on that host');
+  if (!isAbsolute(opts.to)) throw new UsageError(`--to must be an absolute path on host ${opts.host}, got "${opts.to}"`);
+  if (!uuidSchema.safeParse(opts.ref).success) throw new UsageError(`--via-catalog needs an archive UUID, got "${opts.ref}"`);
+  const client = new CatalogClient({ url });
+  const devices = opts.device && opts.device.length > 0 ? opts.device : undefined;
+  const { restoreId } = await client.createRestore({ archiveId: opts.ref, hostId: opts.host, target: { path: opts.to }, ...(devices ? { devices } : {}) });
+  let job = await client.getRestore(restoreId);
+  if (!opts.wait) {
+    if (opts.json) printJson({ ok: true, restoreId, job });
+    else process.stdout.write(`restore ${restoreId} requested: host ${opts.host} will restore ${opts.ref} to ${opts.to}\n`);
+    return job;
+  }
+  if (!opts.json) process.stderr.write(`restore ${restoreId} requested; waiting for the agent of ${opts.host}\n`);
+  const showBar = !opts.json && (opts.progress === true || process.stderr.isTTY === true);
+  const bar = showBar
+    ? new cliProgress.SingleBar({ format: 'restore {bar} {percentage}% | {done}/{all} | {status}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic)
+    : null;
+  let started = false;
+  let lastStatus = '';
+  const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : Infinity;
+  try {
+    while (!FINAL.has(job.status)) {
+      if (Date.now() > deadline) throw new RestoreError(`restore ${restoreId} still ${job.status} after ${opts.timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, opts.pollMs ?? 1000));
+      job = await client.getRestore(restoreId);
+      const payload = { done: formatBytes(job.progress.bytesDone), all: formatBytes(job.progress.bytesTotal), status: job.status };
+      if (bar) {
+        if (!started) bar.start(Math.max(1, job.progress.bytesTotal), job.progress.bytesDone, payload);
+        else bar.setTotal(Math.max(1, job.progress.bytesTotal));
+        bar.update(job.progress.bytesDone, payload);
+        started = true;
+      } else if (!opts.json && job.status !== lastStatus) {
+        process.stderr.write(`  ${job.status}${job.claimedBy ? ` (agent ${job.claimedBy})` : ''}\n`);
+      }
+      lastStatus = job.status;
+    }
+  } finally {
+    if (started) bar?.stop();
+  }
+  // On failure main() prints the one JSON error document.
+  if (opts.json && job.status === 'SUCCEEDED') printJson({ ok: true, restoreId, job });
+  if (job.status !== 'SUCCEEDED') throw new RestoreError(`restore ${restoreId} ${job.status}${job.error ? `: ${job.error}` : ''}`);
+  if (!opts.json) process.stdout.write(`restore ${restoreId} SUCCEEDED: ${formatBytes(job.progress.bytesTotal)} restored to ${opts.to} on ${opts.host}\n`);
+  return job;
+}

@@ -1,0 +1,316 @@
+/**
+ * ZstdPool: zstd (via the `zstd-codec` emscripten build) in a pool of
+ * worker_threads, implementing the Compressor contract of src/codec/types.ts.
+ *
+ * - One worker per core by default (os.availableParallelism()); each worker
+ *   runs one job at a time.
+ * - A BOUNDED queue: at most `maxQueue` jobs wait for a worker. Further callers
+ *   await a slot before their job is even queued, so backpressure reaches the
+ *   producer (the archive writer, and through it the device reader).
+ *   Memory held by the pool ≤ (workers + maxQueue) × maxInputBytes, plus each
+ *   worker's fixed wasm heap (`wasmMemoryBytes`).
+ * - Inputs are copied once into a fresh ArrayBuffer that is transferred to the
+ *   worker (the caller keeps its buffer); results come back transferred too.
+ * - decompress() never trusts the frame header: the worker decompresses into
+ *   a buffer of exactly `expectedSize` bytes and fails if the frame needs more.
+ * - A worker that dies fails its job with CodecError and is replaced.
+ */
+import { Worker } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
+import { CodecError } from '../errors.js';
+import type { Compressor } from './types.js';
+
+/** zstd levels this pool accepts (ZSTD_minCLevel fast levels are not exposed). */
+export const MIN_ZSTD_LEVEL = 1;
+export const MAX_ZSTD_LEVEL = 19;
+
+export interface ZstdPoolOptions {
+  /** zstd level, MIN_ZSTD_LEVEL..MAX_ZSTD_LEVEL; default 1. */
+  level?: number;
+  /** Worker threads; default os.availableParallelism(). */
+  workers?: number;
+  /** Jobs that may wait for a free worker before callers block; default 2 × workers. */
+  maxQueue?: number;
+  /**
+   * Largest input to compress() and largest expectedSize for decompress();
+   * default 8 MiB (an extent carries ≤ 4 MiB, MAX_EXTENT_DATA).
+   */
+  maxInputBytes?: number;
+  /**
+   * Linear memory of each worker's wasm instance; default 128 MiB (virtual:
+   * only touched pages become resident). Level 19 on 4 MiB needs ~60 MiB.
+   */
+  wasmMemoryBytes?: number;
+}
+
+/** Counters for tests and benchmarks. */
+export interface ZstdPoolStats {
+  workers: number;
+  busy: number;
+  queued: number;
+  /** Callers blocked because the queue is full. */
+  blocked: number;
+  completed: number;
+  failed: number;
+  workersReplaced: number;
+}
+
+type Op = 'compress' | 'decompress';
+
+interface Job {
+  id: number;
+  op: Op;
+  input: Uint8Array;
+  expected: number;
+  resolve: (b: Buffer) => void;
+  reject: (e: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  job: Job | null;
+  /** Set when the pool itself terminates this worker (close, test hook). */
+  retiring: boolean;
+}
+
+interface WorkerReply {
+  id: number;
+  ok: boolean;
+  buf?: ArrayBuffer;
+  len?: number;
+  /** The job's input buffer, handed back for reuse. */
+  input?: ArrayBuffer;
+  message?: string;
+  fatal?: boolean;
+}
+
+const WORKER_URL = new URL('./zstd-worker.mjs', import.meta.url);
+const DEFAULT_MAX_INPUT = 8 * 1024 * 1024;
+const DEFAULT_WASM_MEMORY = 128 * 1024 * 1024;
+const BUFFER_ROUNDING = 1024 * 1024;
+const WASM_MEMORY_STEP = 16 * 1024 * 1024;
+/** Magic (4) + frame header descriptor (1) + one block header (3): RFC 8878 §3.1.1. */
+const ZSTD_MIN_FRAME = 8;
+/** Worker deaths in a row (per worker) without a completed job before the pool gives up. */
+const MAX_CONSECUTIVE_DEATHS = 3;
+
+/** ZSTD_COMPRESSBOUND from zstd.h: the largest frame a valid input of `n` bytes can produce. */
+export function zstdCompressBound(n: number): number {
+  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
+}
+
+function checkInt(value: number, name: string, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new CodecError(`${name} must be an integer between ${min} and ${max}, got ${value}`);
+  }
+  return value;
+}
+
+export class ZstdPool implements Compressor {
+  readonly level: number;
+  readonly workerCount: number;
+  readonly maxQueue: number;
+  readonly maxInputBytes: number;
+  private readonly wasmMemoryBytes: number;
+  private readonly slots: Slot[] = [];
+  private readonly queue: Job[] = [];
+  private readonly blockedCallers: Array<() => void> = [];
+  private readonly freeBuffers: ArrayBuffer[] = [];
+  private nextId = 1;
+  private closed = false;
+  private brokenReason: string | null = null;
+  private consecutiveDeaths = 0;
+  private completed = 0;
+  private failed = 0;
+  private replaced = 0;
+
+  constructor(options: ZstdPoolOptions = {}) {
+    this.level = checkInt(options.level ?? 1, 'zstd level', MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL);
+    this.workerCount = checkInt(options.workers ?? availableParallelism(), 'workers', 1, 256);
+    this.maxQueue = checkInt(options.maxQueue ?? 2 * this.workerCount, 'maxQueue', 0, 1 << 16);
+    this.maxInputBytes = checkInt(options.maxInputBytes ?? DEFAULT_MAX_INPUT, 'maxInputBytes', 1, 256 * 1024 * 1024);
+    // ≤ 512 MiB keeps the patched page count a 2-byte LEB128 like the original
+    // (see zstd-worker.mjs); whole 16 MiB steps as older emscripten runtimes expect.
+    const mem = checkInt(options.wasmMemoryBytes ?? DEFAULT_WASM_MEMORY, 'wasmMemoryBytes', WASM_MEMORY_STEP, 512 * 1024 * 1024);
+    this.wasmMemoryBytes = Math.ceil(mem / WASM_MEMORY_STEP) * WASM_MEMORY_STEP;
+    for (let i = 0; i < this.workerCount; i++) this.slots.push(this.spawn());
+  }
+
+  compress(data: Uint8Array): Promise<Buffer> {
+    if (data.length > this.maxInputBytes) {
+      return Promise.reject(new CodecError(`compress input of ${data.length} bytes exceeds the pool limit of ${this.maxInputBytes}`));
+    }
+    return this.submit('compress', data, 0);
+  }
+
+  decompress(data: Uint8Array, expectedSize: number): Promise<Buffer> {
+    if (!Number.isSafeInteger(expectedSize) || expectedSize < 0 || expectedSize > this.maxInputBytes) {
+      return Promise.reject(
+        new CodecError(`decompress expected size ${expectedSize} is outside 0..${this.maxInputBytes} (pool limit)`),
+      );
+    }
+    // Our frames are single standard zstd frames; anything else (including
+    // empty input, which ZSTD_decompress would happily turn into 0 bytes) is refused.
+    if (data.length < ZSTD_MIN_FRAME || data[0] !== 0x28 || data[1] !== 0xb5 || data[2] !== 0x2f || data[3] !== 0xfd) {
+      return Promise.reject(new CodecError('decompress input is not a zstd frame (bad magic number)'));
+    }
+    // A valid frame for ≤ expectedSize bytes is never larger than its bound;
+    // refusing here keeps a hostile length from reaching a worker at all.
+    if (data.length > zstdCompressBound(expectedSize) + 64) {
+      return Promise.reject(
+        new CodecError(`compressed input of ${data.length} bytes cannot decode to ${expectedSize} bytes`),
+      );
+    }
+    return this.submit('decompress', data, expectedSize);
+  }
+
+  /** Terminates the workers; pending and queued jobs fail with CodecError. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new CodecError('zstd pool closed');
+    for (const job of this.queue.splice(0)) job.reject(err);
+    for (const wake of this.blockedCallers.splice(0)) wake();
+    await Promise.all(
+      this.slots.map(async (slot) => {
+        slot.retiring = true;
+        const job = slot.job;
+        slot.job = null;
+        job?.reject(err);
+        await slot.worker.terminate();
+      }),
+    );
+  }
+
+  stats(): ZstdPoolStats {
+    return {
+      workers: this.slots.length,
+      busy: this.slots.filter((s) => s.job !== null).length,
+      queued: this.queue.length,
+      blocked: this.blockedCallers.length,
+      completed: this.completed,
+      failed: this.failed,
+      workersReplaced: this.replaced,
+    };
+  }
+
+  /**
+   * Kills worker `index` as if it had crashed (test hook for the replacement
+   * path): its job fails with CodecError and a new worker takes its place.
+   */
+  async killWorkerForTest(index: number): Promise<void> {
+    const slot = this.slots[index];
+    if (!slot) throw new CodecError(`no worker ${index}`);
+    await slot.worker.terminate();
+  }
+
+  private async submit(op: Op, input: Uint8Array, expected: number): Promise<Buffer> {
+    // Bounded queue: wait (FIFO) until a queued job has moved into a worker.
+    while (!this.closed && this.brokenReason === null && this.queue.length >= this.maxQueue && !this.freeSlot()) {
+      await new Promise<void>((wake) => this.blockedCallers.push(wake));
+    }
+    if (this.closed) throw new CodecError('zstd pool closed');
+    if (this.brokenReason !== null) throw new CodecError(`zstd pool unusable: ${this.brokenReason}`);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.queue.push({ id: this.nextId++, op, input, expected, resolve, reject });
+      this.pump();
+    });
+  }
+
+  private freeSlot(): Slot | undefined {
+    return this.slots.find((s) => s.job === null && !s.retiring);
+  }
+
+  /** Moves queued jobs into idle workers and wakes blocked callers for the freed queue places. */
+  private pump(): void {
+    for (let slot = this.freeSlot(); slot && this.queue.length > 0; slot = this.freeSlot()) {
+      const job = this.queue.shift()!;
+      slot.job = job;
+      slot.worker.ref();
+      // One copy into a transferable buffer (the caller keeps its own). The
+      // worker hands the buffer back with its reply, so steady state
+      // allocates nothing here (less GC, no zero-filling of fresh buffers).
+      const buf = this.takeBuffer(job.input.length);
+      new Uint8Array(buf, 0, job.input.length).set(job.input);
+      slot.worker.postMessage(
+        { id: job.id, op: job.op, buf, len: job.input.length, level: this.level, expected: job.expected },
+        [buf],
+      );
+    }
+    // Wake as many blocked callers as there is room for (queue places + idle workers).
+    let room = this.maxQueue - this.queue.length + this.slots.filter((s) => s.job === null && !s.retiring).length;
+    while (this.blockedCallers.length > 0 && room-- > 0) this.blockedCallers.shift()!();
+  }
+
+  /** A transferable buffer of ≥ `len` bytes from the free list, or a new uninitialised one. */
+  private takeBuffer(len: number): ArrayBuffer {
+    for (let i = this.freeBuffers.length - 1; i >= 0; i--) {
+      if (this.freeBuffers[i].byteLength >= len) return this.freeBuffers.splice(i, 1)[0];
+    }
+    // Round up so buffers fit the next, slightly larger extent too.
+    const size = Math.max(len, Math.min(this.maxInputBytes, Math.ceil(len / BUFFER_ROUNDING) * BUFFER_ROUNDING));
+    const b = Buffer.allocUnsafeSlow(size);
+    return b.byteOffset === 0 && b.buffer.byteLength === size ? (b.buffer as ArrayBuffer) : new ArrayBuffer(size);
+  }
+
+  private giveBuffer(buf: ArrayBuffer | undefined): void {
+    // Bounded: never more than one buffer per worker and queue place.
+    if (buf && buf.byteLength > 0 && this.freeBuffers.length < this.workerCount + this.maxQueue) this.freeBuffers.push(buf);
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(WORKER_URL, { workerData: { memoryBytes: this.wasmMemoryBytes } });
+    const slot: Slot = { worker, job: null, retiring: false };
+    // Idle workers must not keep a process alive; a busy one is ref'ed so an
+    // awaited job keeps the event loop running until it settles.
+    worker.unref();
+    worker.on('message', (msg: WorkerReply) => this.onReply(slot, msg));
+    worker.on('error', (err) => this.onDeath(slot, `worker error: ${err.message}`, err));
+    worker.on('exit', (code) => this.onDeath(slot, `worker exited with code ${code}`));
+    return slot;
+  }
+
+  private onReply(slot: Slot, msg: WorkerReply): void {
+    const job = slot.job;
+    if (!job || job.id !== msg.id) return;
+    slot.job = null;
+    slot.worker.unref();
+    this.giveBuffer(msg.input);
+    if (msg.ok && msg.buf && msg.len !== undefined) {
+      this.consecutiveDeaths = 0;
+      this.completed++;
+      job.resolve(Buffer.from(msg.buf, 0, msg.len));
+    } else {
+      this.failed++;
+      job.reject(new CodecError(`zstd ${job.op} failed: ${msg.message ?? 'unknown error'}`));
+    }
+    // A fatal reply is followed by the worker's exit; don't hand it more work.
+    if (msg.fatal) slot.retiring = true;
+    this.pump();
+  }
+
+  private onDeath(slot: Slot, reason: string, cause?: unknown): void {
+    const index = this.slots.indexOf(slot);
+    if (index < 0) return; // already replaced (error is followed by exit)
+    const job = slot.job;
+    slot.job = null;
+    if (job) {
+      this.failed++;
+      job.reject(new CodecError(`zstd ${job.op} failed: ${reason}`, cause !== undefined ? { cause } : undefined));
+    }
+    if (this.closed) return;
+    // Workers that keep dying without completing anything (e.g. zstd-codec
+    // cannot load) would otherwise be respawned forever.
+    this.consecutiveDeaths++;
+    if (this.consecutiveDeaths > MAX_CONSECUTIVE_DEATHS * this.workerCount) {
+      this.brokenReason = reason;
+      this.slots.splice(index, 1);
+      for (const queued of this.queue.splice(0)) queued.reject(new CodecError(`zstd pool unusable: ${reason}`));
+      for (const wake of this.blockedCallers.splice(0)) wake();
+      return;
+    }
+    this.replaced++;
+    this.slots[index] = this.spawn();
+    this.pump();
+  }
+}

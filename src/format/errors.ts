@@ -1,0 +1,21 @@
+/**
+ * Archive-format specific errors. Reader-side problems use the classes in
+ * src/errors.ts (FormatError, ChecksumError, TruncatedArchiveError,
+ * EncryptionKeyError); these add writer-side misuse.
+ */
+import { FormatError } from '../errors.js';
+
+/** The archive writer was used wrongly (bad device, length, state). */
+export class ArchiveWriteError extends FormatError {
+  override readonly code: string = 'ARCHIVE_WRITE';
+}
+
+/** The same (device, cluster) was handed to the writer twice. CBW must copy each cluster once. */
+export class DuplicateClusterError extends ArchiveWriteError {
+  override readonly code: string = 'DUPLICATE_CLUSTER';
+}
+
+/** A full archive was finished without every cluster of every device. */
+export class IncompleteArchiveError extends ArchiveWriteError {
+  override readonly code: string = 'INCOMPLETE_ARCHIVE';
+}

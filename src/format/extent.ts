@@ -1,0 +1,326 @@
+/**
+ * Extent encode/decode (docs/FORMAT.md "Extent"). Pure functions apart from
+ * the injected Compressor; the writer and reader drive them.
+ */
+import { parse as parseUuid } from 'uuid';
+import { uuidString as stringifyUuid } from './bytes.js';
+import { CodecError, CowstreamError, EncryptionKeyError, FormatError } from '../errors.js';
+import type { Compressor } from '../codec/types.js';
+import { ByteReader, ByteWriter } from './bytes.js';
+import { checkSha256, sha256 } from './checksum.js';
+import { BLOCKS_PER_CLUSTER, CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA, ZERO_BLOCK_SIZE } from './constants.js';
+import { type GcmKey, sealAsync, sha256Async } from './async-crypto.js';
+import { keyFingerprint, open, seal } from './encryption.js';
+import {
+  CLUSTER_ENTRY_SIZE,
+  EXTENT_FIXED_SIZE,
+  EXTENT_FLAG_COMPRESSED,
+  EXTENT_FLAG_ENCRYPTED,
+  EXTENT_MAGIC,
+  GCM_TAG_SIZE,
+  NONCE_SIZE,
+  SHA256_SIZE,
+  UUID_SIZE,
+  extentHeaderSize,
+} from './layout.js';
+
+/** One cluster-table entry. */
+export interface ClusterEntry {
+  deviceId: number;
+  cluster: number;
+  /** Logical length: CLUSTER_SIZE, or the remainder for a device's last cluster. */
+  length: number;
+  /** Bit i set = block i is all zero and not stored. */
+  zeroMask: number;
+}
+
+export interface ExtentHeader {
+  compressed: boolean;
+  encrypted: boolean;
+  seq: number;
+  archiveUuid: string;
+  plainLength: number;
+  payloadLength: number;
+  nonce: Buffer;
+  entries: ClusterEntry[];
+  payloadSha256: Buffer;
+  headerLength: number;
+  /** headerLength + payloadLength. */
+  totalLength: number;
+}
+
+export interface DecodedCluster {
+  deviceId: number;
+  cluster: number;
+  /** Exactly the cluster's logical length, zero blocks filled in. */
+  data: Buffer;
+}
+
+export interface DecodeExtentOptions {
+  /** Needed for encrypted extents. */
+  key?: Buffer;
+  /** Fingerprint the archive header expects; lets a wrong key be named precisely. */
+  keyFingerprint?: string | null;
+  /** Needed for compressed extents. */
+  compressor?: Compressor;
+  /** When given, the extent must carry this archive UUID / sequence number. */
+  archiveUuid?: string;
+  expectedSeq?: number;
+  /** Used in error messages, e.g. the extent's byte offset in the archive. */
+  what?: string;
+}
+
+const ZERO_BLOCK = Buffer.alloc(ZERO_BLOCK_SIZE);
+
+/** Number of 4 KiB blocks of a cluster of logical length `length`. */
+export function blockCountOf(length: number): number {
+  return Math.ceil(length / ZERO_BLOCK_SIZE);
+}
+
+/** Zero mask of a cluster; bit i set when block i is all zero (memcmp, fast). */
+export function zeroMaskOf(data: Buffer): number {
+  let mask = 0;
+  const blocks = blockCountOf(data.length);
+  for (let i = 0; i < blocks; i++) {
+    const start = i * ZERO_BLOCK_SIZE;
+    const end = Math.min(start + ZERO_BLOCK_SIZE, data.length);
+    if (data.compare(ZERO_BLOCK, 0, end - start, start, end) === 0) mask |= 1 << i;
+  }
+  return mask;
+}
+
+/** Mask with every existing block set: such a cluster is a zero run, not stored. */
+export function fullMaskOf(length: number): number {
+  return (1 << blockCountOf(length)) - 1;
+}
+
+/** Bytes of the non-zero blocks of a cluster. */
+export function storedBytesOf(entry: Pick<ClusterEntry, 'length' | 'zeroMask'>): number {
+  let n = 0;
+  const blocks = blockCountOf(entry.length);
+  for (let i = 0; i < blocks; i++) {
+    if ((entry.zeroMask & (1 << i)) === 0) n += Math.min(ZERO_BLOCK_SIZE, entry.length - i * ZERO_BLOCK_SIZE);
+  }
+  return n;
+}
+
+/** Appends the non-zero blocks of `data` to `out` at `pos`; returns the new position. */
+export function packCluster(data: Buffer, zeroMask: number, out: Buffer, pos: number): number {
+  const blocks = blockCountOf(data.length);
+  for (let i = 0; i < blocks; i++) {
+    if ((zeroMask & (1 << i)) !== 0) continue;
+    const start = i * ZERO_BLOCK_SIZE;
+    const end = Math.min(start + ZERO_BLOCK_SIZE, data.length);
+    pos += data.copy(out, pos, start, end);
+  }
+  return pos;
+}
+
+export interface SealExtentInput {
+  seq: number;
+  archiveUuid: string;
+  /** Sorted ascending by (deviceId, cluster). */
+  entries: ClusterEntry[];
+  plainLength: number;
+  plainSha256: Buffer;
+  /** zstd frame when `compressed`, else the plaintext itself. */
+  body: Buffer;
+  compressed: boolean;
+  /** Present = encrypted; a 12-byte nonce is then required. */
+  key?: Buffer;
+  nonce?: Buffer;
+}
+
+/** Extent header up to the AAD end; payload SHA and header SHA are appended later. */
+function extentPrefix(x: SealExtentInput, encrypted: boolean): { w: ByteWriter; nonce: Buffer; payloadLength: number } {
+  const n = x.entries.length;
+  const nonce = encrypted ? x.nonce : Buffer.alloc(NONCE_SIZE);
+  if (nonce === undefined || nonce.length !== NONCE_SIZE) throw new Error('internal: encrypted extent needs a 12-byte nonce');
+  const w = new ByteWriter(extentHeaderSize(n));
+  w.bytes(EXTENT_MAGIC)
+    .u8((x.compressed ? EXTENT_FLAG_COMPRESSED : 0) | (encrypted ? EXTENT_FLAG_ENCRYPTED : 0))
+    .u8(0)
+    .u16(n)
+    .u64(x.seq)
+    .bytes(parseUuid(x.archiveUuid))
+    .u32(x.plainLength);
+  const payloadLength = SHA256_SIZE + x.body.length + (encrypted ? GCM_TAG_SIZE : 0);
+  w.u32(payloadLength).bytes(nonce).u32(0);
+  for (const e of x.entries) w.u8(e.deviceId).u8(0).u16(e.zeroMask).u32(e.length).u64(e.cluster);
+  return { w, nonce, payloadLength };
+}
+
+function finishHeader(w: ByteWriter, payloadSha: Buffer): Buffer {
+  w.bytes(payloadSha);
+  w.bytes(sha256(w.buf.subarray(0, w.offset)));
+  return w.done();
+}
+
+/** Builds the extent header and stored payload (synchronous, node:crypto). */
+export function sealExtent(x: SealExtentInput): { header: Buffer; payload: Buffer } {
+  const encrypted = x.key !== undefined;
+  const { w, nonce, payloadLength } = extentPrefix(x, encrypted);
+  const inner = Buffer.concat([x.plainSha256, x.body]);
+  const payload = encrypted ? seal(x.key as Buffer, nonce, w.buf.subarray(0, w.offset), inner) : inner;
+  if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
+  return { header: finishHeader(w, sha256(payload)), payload };
+}
+
+/** Same bytes as sealExtent, with AES-GCM and the payload SHA-256 on the thread pool. */
+export async function sealExtentAsync(x: Omit<SealExtentInput, 'key'> & { gcmKey?: GcmKey }): Promise<{ header: Buffer; payload: Buffer }> {
+  const encrypted = x.gcmKey !== undefined;
+  const { w, nonce, payloadLength } = extentPrefix(x, encrypted);
+  const inner = Buffer.concat([x.plainSha256, x.body]);
+  const payload = encrypted ? await sealAsync(x.gcmKey as GcmKey, nonce, Buffer.from(w.buf.subarray(0, w.offset)), inner) : inner;
+  if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
+  return { header: finishHeader(w, await sha256Async(payload)), payload };
+}
+
+/**
+ * Parses and checks an extent header from `buf` (which may hold more than
+ * the header). Checks the header checksum before trusting any field.
+ */
+export function parseExtentHeader(buf: Buffer, what = 'extent'): ExtentHeader {
+  if (buf.length < EXTENT_FIXED_SIZE) throw new FormatError(`${what}: ${buf.length} bytes is shorter than an extent header`);
+  if (!buf.subarray(0, EXTENT_MAGIC.length).equals(EXTENT_MAGIC)) throw new FormatError(`${what}: bad extent magic`);
+  const n = buf.readUInt16LE(6);
+  if (n < 1 || n > MAX_CLUSTERS_PER_EXTENT) throw new FormatError(`${what}: cluster count ${n} not in 1..${MAX_CLUSTERS_PER_EXTENT}`);
+  const hlen = extentHeaderSize(n);
+  if (buf.length < hlen) throw new FormatError(`${what}: header needs ${hlen} bytes, have ${buf.length}`);
+  checkSha256(buf.subarray(0, hlen - SHA256_SIZE), buf.subarray(hlen - SHA256_SIZE, hlen), `${what} header`);
+
+  const r = new ByteReader(buf.subarray(0, hlen - 2 * SHA256_SIZE), what);
+  r.bytes(EXTENT_MAGIC.length);
+  const flags = r.u8();
+  if ((flags & ~(EXTENT_FLAG_COMPRESSED | EXTENT_FLAG_ENCRYPTED)) !== 0) throw new FormatError(`${what}: unknown flags 0x${flags.toString(16)}`);
+  r.zeros(1, 'byte 5');
+  r.u16();
+  const seq = r.u64('sequence number');
+  const uuidRaw = r.bytes(UUID_SIZE);
+  const plainLength = r.u32();
+  const payloadLength = r.u32();
+  const nonce = Buffer.from(r.bytes(NONCE_SIZE));
+  r.zeros(4, 'bytes 52..55');
+  const encrypted = (flags & EXTENT_FLAG_ENCRYPTED) !== 0;
+  const compressed = (flags & EXTENT_FLAG_COMPRESSED) !== 0;
+  if (!encrypted && !nonce.every((b) => b === 0)) throw new FormatError(`${what}: nonce set on an unencrypted extent`);
+  if (plainLength < 1 || plainLength > MAX_EXTENT_DATA) throw new FormatError(`${what}: plaintext length ${plainLength} not in 1..${MAX_EXTENT_DATA}`);
+  const overhead = SHA256_SIZE + (encrypted ? GCM_TAG_SIZE : 0);
+  const bodyLength = payloadLength - overhead;
+  // Stored raw when zstd does not shrink, so a compressed body is strictly smaller.
+  if (bodyLength < 1 || bodyLength > plainLength || (compressed && bodyLength >= plainLength) || (!compressed && bodyLength !== plainLength)) {
+    throw new FormatError(`${what}: payload length ${payloadLength} inconsistent with plaintext length ${plainLength}`);
+  }
+  const entries: ClusterEntry[] = [];
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const deviceId = r.u8();
+    r.zeros(1, 'cluster entry byte 1');
+    const zeroMask = r.u16();
+    const length = r.u32();
+    const cluster = r.u64('cluster number');
+    if (length < 1 || length > CLUSTER_SIZE) throw new FormatError(`${what}: cluster length ${length} not in 1..${CLUSTER_SIZE}`);
+    const full = fullMaskOf(length);
+    if ((zeroMask & ~full) !== 0) throw new FormatError(`${what}: zero mask bits beyond the cluster's ${blockCountOf(length)} blocks`);
+    if (zeroMask === full) throw new FormatError(`${what}: all-zero cluster stored in an extent`);
+    const prev = entries[i - 1];
+    if (prev !== undefined && (deviceId < prev.deviceId || (deviceId === prev.deviceId && cluster <= prev.cluster))) {
+      throw new FormatError(`${what}: cluster table not strictly ascending`);
+    }
+    const e = { deviceId, cluster, length, zeroMask };
+    sum += storedBytesOf(e);
+    entries.push(e);
+  }
+  if (sum !== plainLength) throw new FormatError(`${what}: cluster table holds ${sum} bytes, header says ${plainLength}`);
+  if (BLOCKS_PER_CLUSTER > 16) throw new Error('internal: zero mask is 16 bits');
+  return {
+    compressed,
+    encrypted,
+    seq,
+    archiveUuid: stringifyUuid(uuidRaw),
+    plainLength,
+    payloadLength,
+    nonce,
+    entries,
+    payloadSha256: Buffer.from(buf.subarray(hlen - 2 * SHA256_SIZE, hlen - SHA256_SIZE)),
+    headerLength: hlen,
+    totalLength: hlen + payloadLength,
+  };
+}
+
+/**
+ * Checks everything checkable without the key or the codec: header checksum,
+ * exact length, stored-payload SHA-256, and (optionally) uuid/sequence.
+ */
+export function checkExtent(bytes: Buffer, opts: Pick<DecodeExtentOptions, 'archiveUuid' | 'expectedSeq' | 'what'> = {}): ExtentHeader {
+  const what = opts.what ?? 'extent';
+  const h = parseExtentHeader(bytes, what);
+  if (bytes.length !== h.totalLength) throw new FormatError(`${what}: ${bytes.length} bytes given, extent is ${h.totalLength}`);
+  if (opts.archiveUuid !== undefined && h.archiveUuid !== opts.archiveUuid) {
+    throw new FormatError(`${what}: belongs to archive ${h.archiveUuid}, not ${opts.archiveUuid}`);
+  }
+  if (opts.expectedSeq !== undefined && h.seq !== opts.expectedSeq) {
+    throw new FormatError(`${what}: sequence number ${h.seq}, index expects ${opts.expectedSeq}`);
+  }
+  checkSha256(bytes.subarray(h.headerLength), h.payloadSha256, `${what} stored payload`);
+  return h;
+}
+
+function wrap(err: unknown, what: string): Error {
+  if (err instanceof CowstreamError) return err;
+  return new CodecError(`${what}: decompression failed`, { cause: err });
+}
+
+/**
+ * Fully decodes one extent: checks, decrypts, decompresses, checks the
+ * plaintext SHA-256 and expands the clusters (zero blocks filled in).
+ */
+export async function decodeExtent(bytes: Buffer, opts: DecodeExtentOptions = {}): Promise<DecodedCluster[]> {
+  const what = opts.what ?? 'extent';
+  const h = checkExtent(bytes, opts);
+  let inner = bytes.subarray(h.headerLength);
+  if (h.encrypted) {
+    const expected = opts.keyFingerprint ?? null;
+    if (opts.key === undefined) {
+      throw new EncryptionKeyError(`archive is encrypted${expected ? ` with key fingerprint ${expected}` : ''}; no key given`);
+    }
+    const got = keyFingerprint(opts.key);
+    if (expected !== null && got !== expected) {
+      throw new EncryptionKeyError(`wrong key: archive expects key fingerprint ${expected}, given key has ${got}`);
+    }
+    const aadEnd = EXTENT_FIXED_SIZE + CLUSTER_ENTRY_SIZE * h.entries.length;
+    inner = open(opts.key, h.nonce, bytes.subarray(0, aadEnd), inner, what);
+  }
+  const digest = inner.subarray(0, SHA256_SIZE);
+  const body = inner.subarray(SHA256_SIZE);
+  let plain: Buffer;
+  if (h.compressed) {
+    if (opts.compressor === undefined) throw new CodecError(`${what}: compressed extent but no compressor given`);
+    try {
+      plain = await opts.compressor.decompress(body, h.plainLength);
+    } catch (err) {
+      throw wrap(err, what);
+    }
+    if (plain.length !== h.plainLength) {
+      throw new FormatError(`${what}: decompressed to ${plain.length} bytes, expected ${h.plainLength}`);
+    }
+  } else {
+    plain = body;
+  }
+  checkSha256(plain, digest, `${what} plaintext`);
+  const out: DecodedCluster[] = [];
+  let pos = 0;
+  for (const e of h.entries) {
+    const data = Buffer.alloc(e.length);
+    const blocks = blockCountOf(e.length);
+    for (let i = 0; i < blocks; i++) {
+      if ((e.zeroMask & (1 << i)) !== 0) continue;
+      const start = i * ZERO_BLOCK_SIZE;
+      const len = Math.min(ZERO_BLOCK_SIZE, e.length - start);
+      plain.copy(data, start, pos, pos + len);
+      pos += len;
+    }
+    out.push({ deviceId: e.deviceId, cluster: e.cluster, data });
+  }
+  return out;
+}

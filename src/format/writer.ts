@@ -1,0 +1,503 @@
+/**
+ * Single-pass archive writer (docs/FORMAT.md). Accepts clusters in any order
+ * (ClusterSink), packs up to 64 into an extent, compresses extents through
+ * the injected Compressor with a bounded number in flight, optionally seals
+ * them with AES-256-GCM, and appends them to a ByteSink in sequence order.
+ * The trailer index and footer are written by finish().
+ *
+ * Memory: at most (maxInFlightExtents + 1) extents of ≤ 4 MiB plaintext plus
+ * their compressed copies, plus the index (one entry per run) and a sparse
+ * presence bitmap (1 bit per cluster, allocated in 8 KiB chunks on use).
+ */
+import { v7 as uuidv7, validate as validateUuid } from 'uuid';
+import { CowstreamError } from '../errors.js';
+import type { Compressor } from '../codec/types.js';
+import { type GcmKey, importGcmKey, sha256Async } from './async-crypto.js';
+import { sha256 } from './checksum.js';
+import { CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA } from './constants.js';
+import { assertKey, keyFingerprint, newNonce } from './encryption.js';
+import { ArchiveWriteError, DuplicateClusterError, IncompleteArchiveError } from './errors.js';
+import { type ClusterEntry, fullMaskOf, packCluster, sealExtentAsync, zeroMaskOf } from './extent.js';
+import { encodeFooter } from './footer.js';
+import {
+  type ConfigBlob,
+  type DeviceInfo,
+  type HeaderFields,
+  checkHeaderFields,
+  clusterCountOf,
+  clusterLengthOf,
+  encodeHeader,
+} from './header.js';
+import { MAX_RUN_COUNT } from './layout.js';
+import type { ByteSink, ClusterSink } from './sink.js';
+import { type DataRunRecord, type ZeroRun, encodeTrailer } from './trailer.js';
+
+export interface ArchiveWriterOptions {
+  hostId: string;
+  devices: DeviceInfo[];
+  /** UUID of the parent archive for an incremental; null/undefined = full archive. */
+  parentUuid?: string | null;
+  configs?: ConfigBlob[];
+  /** Defaults to a fresh v7 UUID. */
+  uuid?: string;
+  /** Milliseconds since the epoch; defaults to now. */
+  createdAt?: number;
+  compressor: Compressor;
+  /** 32-byte AES-256 key; absent = not encrypted. */
+  encryptionKey?: Buffer;
+  output: ByteSink;
+  /** Extents being compressed/written at once (memory bound). Default 4. */
+  maxInFlightExtents?: number;
+}
+
+export interface ArchiveSummary {
+  uuid: string;
+  /** Total archive bytes written to the sink. */
+  bytesWritten: number;
+  extentCount: number;
+  /** Logical bytes of non-zero 4 KiB blocks. */
+  dataBytes: number;
+  /** Logical bytes of zero clusters and zero blocks. */
+  zeroBytes: number;
+  /** Σ stored extent payload bytes (compressed, sealed). */
+  storedBytes: number;
+  /** Clusters stored in extents. */
+  clusterCount: number;
+  /** Clusters recorded as zero runs. */
+  zeroClusterCount: number;
+  /** Header + extent headers + trailer + footer = bytesWritten − storedBytes. */
+  metadataBytes: number;
+}
+
+/** 1 bit per cluster, allocated in 64 Ki-cluster chunks only where used. */
+class SparseBitmap {
+  private static readonly CHUNK_BITS = 1 << 16;
+  private chunks = new Map<number, Uint8Array>();
+  count = 0;
+
+  private chunk(i: number, create: boolean): Uint8Array | undefined {
+    let c = this.chunks.get(i);
+    if (c === undefined && create) {
+      c = new Uint8Array(SparseBitmap.CHUNK_BITS / 8);
+      this.chunks.set(i, c);
+    }
+    return c;
+  }
+
+  /** Index of the first set bit in [first, first+count), or -1. */
+  firstSet(first: number, count: number): number {
+    let i = first;
+    const end = first + count;
+    while (i < end) {
+      const ci = Math.floor(i / SparseBitmap.CHUNK_BITS);
+      const chunkEnd = Math.min(end, (ci + 1) * SparseBitmap.CHUNK_BITS);
+      const c = this.chunk(ci, false);
+      if (c !== undefined) {
+        for (let b = i; b < chunkEnd; b++) {
+          const o = b - ci * SparseBitmap.CHUNK_BITS;
+          if ((c[o >> 3] & (1 << (o & 7))) !== 0) return b;
+        }
+      }
+      i = chunkEnd;
+    }
+    return -1;
+  }
+
+  setRange(first: number, count: number): void {
+    for (let b = first; b < first + count; b++) {
+      const ci = Math.floor(b / SparseBitmap.CHUNK_BITS);
+      const c = this.chunk(ci, true) as Uint8Array;
+      const o = b - ci * SparseBitmap.CHUNK_BITS;
+      c[o >> 3] |= 1 << (o & 7);
+    }
+    this.count += count;
+  }
+}
+
+interface DeviceState {
+  info: DeviceInfo;
+  clusters: number;
+  present: SparseBitmap;
+  zeroRuns: ZeroRun[];
+  /** Length of zeroRuns after the last compaction (amortised sort+merge). */
+  compactedAt: number;
+}
+
+interface PendingEntry extends ClusterEntry {
+  plainOffset: number;
+  plainLength: number;
+}
+
+interface OpenExtent {
+  entries: PendingEntry[];
+  plain: Buffer;
+  pos: number;
+}
+
+function mergeRuns(runs: ZeroRun[]): ZeroRun[] {
+  runs.sort((a, b) => a.firstCluster - b.firstCluster);
+  const out: ZeroRun[] = [];
+  for (const r of runs) {
+    const last = out[out.length - 1];
+    if (last !== undefined && last.firstCluster + last.count === r.firstCluster) last.count += r.count;
+    else out.push({ ...r });
+  }
+  return out;
+}
+
+export class ArchiveWriter implements ClusterSink {
+  readonly uuid: string;
+  /** Hex fingerprint of the encryption key, or null. */
+  readonly keyFingerprint: string | null;
+
+  private readonly compressor: Compressor;
+  private readonly output: ByteSink;
+  private readonly key: Buffer | undefined;
+  private readonly maxInFlight: number;
+  private readonly devices = new Map<number, DeviceState>();
+  private readonly parentUuid: string | null;
+
+  private queue: Promise<void> = Promise.resolve();
+  private emitTail: Promise<void> = Promise.resolve();
+  private readonly pending = new Set<Promise<void>>();
+  private cur: OpenExtent | undefined;
+  private failure: Error | undefined;
+  private state: 'open' | 'finishing' | 'finished' | 'aborted' = 'open';
+  private outputAborted = false;
+  private nextSeq = 0;
+  private gcmKey: Promise<GcmKey> | undefined;
+
+  private offset = 0;
+  private readonly headerLength: number;
+  private readonly extents: { offset: number; length: number; clusterCount: number }[] = [];
+  private readonly dataRuns: DataRunRecord[] = [];
+  private storedBytes = 0;
+  private dataBytes = 0;
+  private zeroBytes = 0;
+  private clusterCount = 0;
+  private zeroClusterCount = 0;
+
+  private constructor(opts: ArchiveWriterOptions, uuid: string, headerLength: number) {
+    this.uuid = uuid;
+    this.compressor = opts.compressor;
+    this.output = opts.output;
+    this.key = opts.encryptionKey;
+    this.keyFingerprint = opts.encryptionKey ? keyFingerprint(opts.encryptionKey) : null;
+    this.maxInFlight = opts.maxInFlightExtents ?? 4;
+    this.parentUuid = opts.parentUuid ?? null;
+    this.headerLength = headerLength;
+    this.offset = headerLength;
+    for (const d of opts.devices) {
+      this.devices.set(d.id, { info: d, clusters: clusterCountOf(d.size), present: new SparseBitmap(), zeroRuns: [], compactedAt: 0 });
+    }
+  }
+
+  /** Validates the options and writes the header to `output` immediately. */
+  static async create(opts: ArchiveWriterOptions): Promise<ArchiveWriter> {
+    const uuid = opts.uuid ?? uuidv7();
+    if (!validateUuid(uuid)) throw new ArchiveWriteError(`bad archive uuid ${JSON.stringify(uuid)}`);
+    if (opts.parentUuid != null && !validateUuid(opts.parentUuid)) throw new ArchiveWriteError(`bad parent uuid ${JSON.stringify(opts.parentUuid)}`);
+    if (opts.encryptionKey !== undefined) assertKey(opts.encryptionKey);
+    const max = opts.maxInFlightExtents ?? 4;
+    if (!Number.isInteger(max) || max < 1) throw new ArchiveWriteError('maxInFlightExtents must be a positive integer');
+    const fields: HeaderFields = {
+      uuid,
+      parentUuid: opts.parentUuid ?? null,
+      createdAt: opts.createdAt ?? Date.now(),
+      hostId: opts.hostId,
+      codec: 'zstd',
+      encryption: opts.encryptionKey ? 'aes-256-gcm' : 'none',
+      keyFingerprint: opts.encryptionKey ? keyFingerprint(opts.encryptionKey) : null,
+      devices: opts.devices.map((d) => ({ ...d })),
+      configs: opts.configs ?? [],
+    };
+    checkHeaderFields(fields, ArchiveWriteError);
+    const header = encodeHeader(fields);
+    const w = new ArchiveWriter(opts, uuid, header.length);
+    try {
+      await opts.output.write(header);
+    } catch (err) {
+      await w.abort(err);
+      throw err;
+    }
+    return w;
+  }
+
+  /** Runs API calls one at a time, in call order (callers may not await). */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(fn);
+    this.queue = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p;
+  }
+
+  private checkOpen(): void {
+    if (this.failure !== undefined) throw this.failure;
+    if (this.state !== 'open') throw new ArchiveWriteError(`archive writer is ${this.state}`);
+  }
+
+  private device(deviceId: number): DeviceState {
+    const d = this.devices.get(deviceId);
+    if (d === undefined) throw new ArchiveWriteError(`unknown device id ${deviceId}`);
+    return d;
+  }
+
+  private claim(d: DeviceState, first: number, count: number): void {
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 1 || first + count > d.clusters) {
+      throw new ArchiveWriteError(`device ${d.info.name}: clusters ${first}+${count} outside 0..${d.clusters}`);
+    }
+    const dup = d.present.firstSet(first, count);
+    if (dup >= 0) throw new DuplicateClusterError(`device ${d.info.name}: cluster ${dup} written twice`);
+    d.present.setRange(first, count);
+  }
+
+  private addZeroRun(d: DeviceState, first: number, count: number): void {
+    const last = d.zeroRuns[d.zeroRuns.length - 1];
+    if (last !== undefined && last.firstCluster + last.count === first) last.count += count;
+    else d.zeroRuns.push({ deviceId: d.info.id, firstCluster: first, count });
+    // Out-of-order zero clusters create many small runs; merge them now and
+    // then so the list stays proportional to the real number of runs.
+    if (d.zeroRuns.length > 2 * d.compactedAt + 4096) {
+      d.zeroRuns = mergeRuns(d.zeroRuns);
+      d.compactedAt = d.zeroRuns.length;
+    }
+    let bytes = count * CLUSTER_SIZE;
+    if (first + count === d.clusters) bytes -= d.clusters * CLUSTER_SIZE - d.info.size;
+    this.zeroBytes += bytes;
+    this.zeroClusterCount += count;
+  }
+
+  /**
+   * Accepts one cluster. Resolves once it is buffered (backpressure: waits
+   * while maxInFlightExtents extents are being compressed/written). `data`
+   * may be reused by the caller afterwards.
+   */
+  writeCluster(deviceId: number, cluster: number, data: Buffer): Promise<void> {
+    return this.serial(async () => {
+      this.checkOpen();
+      const d = this.device(deviceId);
+      if (!Number.isSafeInteger(cluster) || cluster < 0 || cluster >= d.clusters) {
+        throw new ArchiveWriteError(`device ${d.info.name}: cluster ${cluster} outside 0..${d.clusters - 1}`);
+      }
+      const want = clusterLengthOf(d.info.size, cluster);
+      if (data.length !== want) throw new ArchiveWriteError(`device ${d.info.name}: cluster ${cluster} has ${data.length} bytes, expected ${want}`);
+      this.claim(d, cluster, 1);
+      const zeroMask = zeroMaskOf(data);
+      if (zeroMask === fullMaskOf(data.length)) {
+        this.addZeroRun(d, cluster, 1);
+        return;
+      }
+      const cur = (this.cur ??= { entries: [], plain: Buffer.allocUnsafe(MAX_EXTENT_DATA), pos: 0 });
+      const start = cur.pos;
+      cur.pos = packCluster(data, zeroMask, cur.plain, cur.pos);
+      cur.entries.push({ deviceId, cluster, length: data.length, zeroMask, plainOffset: start, plainLength: cur.pos - start });
+      this.zeroBytes += data.length - (cur.pos - start);
+      if (cur.entries.length === MAX_CLUSTERS_PER_EXTENT) await this.sealCurrent();
+    });
+  }
+
+  /**
+   * Records `count` all-zero clusters from `firstCluster` without their data
+   * (e.g. holes reported by block status). Same duplicate rules as writeCluster.
+   */
+  writeZeroes(deviceId: number, firstCluster: number, count: number): Promise<void> {
+    return this.serial(async () => {
+      this.checkOpen();
+      const d = this.device(deviceId);
+      this.claim(d, firstCluster, count);
+      this.addZeroRun(d, firstCluster, count);
+    });
+  }
+
+  private async sealCurrent(): Promise<void> {
+    const cur = this.cur;
+    this.cur = undefined;
+    if (cur === undefined || cur.entries.length === 0) return;
+    // Bound memory: wait for a free slot before starting another extent.
+    while (this.pending.size >= this.maxInFlight) await Promise.race(this.pending);
+    if (this.failure !== undefined) throw this.failure;
+
+    const entries = cur.entries;
+    let plain = cur.plain.subarray(0, cur.pos);
+    const cmp = (a: ClusterEntry, b: ClusterEntry): number => a.deviceId - b.deviceId || a.cluster - b.cluster;
+    let sorted = true;
+    for (let i = 1; i < entries.length && sorted; i++) sorted = cmp(entries[i - 1], entries[i]) < 0;
+    if (!sorted) {
+      // The table must be sorted (docs/FORMAT.md) and the plaintext follows table order.
+      entries.sort(cmp);
+      const re = Buffer.allocUnsafe(plain.length);
+      let pos = 0;
+      for (const e of entries) {
+        plain.copy(re, pos, e.plainOffset, e.plainOffset + e.plainLength);
+        pos += e.plainLength;
+      }
+      plain = re;
+    }
+    const seq = this.nextSeq++;
+    const job = this.compressAndEmit(
+      seq,
+      entries.map(({ deviceId, cluster, length, zeroMask }) => ({ deviceId, cluster, length, zeroMask })),
+      plain,
+    ).catch((err: unknown) => this.fail(err));
+    this.pending.add(job);
+    void job.finally(() => this.pending.delete(job));
+  }
+
+  private fail(err: unknown): void {
+    if (this.failure === undefined) {
+      this.failure = err instanceof CowstreamError ? err : new ArchiveWriteError('archive write failed', { cause: err });
+    }
+  }
+
+  /**
+   * Hashes, compresses and seals one extent concurrently with the others
+   * (thread pool + compressor workers), then appends it in sequence order
+   * so that file order = sequence order (docs/FORMAT.md "Trailer").
+   */
+  private async compressAndEmit(seq: number, entries: ClusterEntry[], plain: Buffer): Promise<void> {
+    const prev = this.emitTail;
+    const prepared = (async () => {
+      const [plainSha256, compressedBody] = await Promise.all([sha256Async(plain), this.compressor.compress(plain)]);
+      // Stored raw when zstd does not shrink (docs/FORMAT.md "Payload").
+      const compressed = compressedBody.length < plain.length;
+      const gcmKey = this.key ? await (this.gcmKey ??= importGcmKey(this.key)) : undefined;
+      return sealExtentAsync({
+        seq,
+        archiveUuid: this.uuid,
+        entries,
+        plainLength: plain.length,
+        plainSha256,
+        body: compressed ? compressedBody : plain,
+        compressed,
+        gcmKey,
+        nonce: gcmKey ? newNonce() : undefined,
+      });
+    })();
+    const run = (async () => {
+      let sealed: { header: Buffer; payload: Buffer };
+      try {
+        sealed = await prepared;
+      } finally {
+        await prev; // never rejects; keeps emission in sequence order
+      }
+      if (this.failure !== undefined) return;
+      const { header, payload } = sealed;
+      await this.output.write(header);
+      await this.output.write(payload);
+      const length = header.length + payload.length;
+      this.extents.push({ offset: this.offset, length, clusterCount: entries.length });
+      this.offset += length;
+      this.storedBytes += payload.length;
+      this.dataBytes += plain.length;
+      this.clusterCount += entries.length;
+      let last: DataRunRecord | undefined;
+      for (const e of entries) {
+        if (last !== undefined && last.deviceId === e.deviceId && last.firstCluster + last.count === e.cluster) last.count++;
+        else {
+          last = { deviceId: e.deviceId, firstCluster: e.cluster, count: 1, extentIndex: seq };
+          this.dataRuns.push(last);
+        }
+      }
+    })();
+    this.emitTail = run.catch(() => undefined);
+    await run;
+  }
+
+  /**
+   * Flushes the last extent, waits for all in flight, writes trailer and
+   * footer and closes the sink. A full archive (no parent) must contain every
+   * cluster of every device, else IncompleteArchiveError (and the output is aborted).
+   */
+  finish(): Promise<ArchiveSummary> {
+    return this.serial(async () => {
+      if (this.failure !== undefined) {
+        // A background extent failed: the archive can never complete.
+        await this.abortOutput(this.failure);
+        throw this.failure;
+      }
+      this.checkOpen();
+      this.state = 'finishing';
+      try {
+        await this.sealCurrent();
+        while (this.pending.size > 0) await Promise.race(this.pending);
+        if (this.failure !== undefined) throw this.failure;
+        if (this.parentUuid === null) {
+          for (const d of this.devices.values()) {
+            if (d.present.count !== d.clusters) {
+              throw new IncompleteArchiveError(`full archive: device ${d.info.name} got ${d.present.count} of ${d.clusters} clusters`);
+            }
+          }
+        }
+        const zeroRuns: ZeroRun[] = [];
+        const ids = [...this.devices.keys()].sort((a, b) => a - b);
+        for (const id of ids) {
+          for (const r of mergeRuns((this.devices.get(id) as DeviceState).zeroRuns)) {
+            // Runs carry a u32 count: split longer ones.
+            for (let first = r.firstCluster, left = r.count; left > 0; ) {
+              const n = Math.min(left, MAX_RUN_COUNT);
+              zeroRuns.push({ deviceId: id, firstCluster: first, count: n });
+              first += n;
+              left -= n;
+            }
+          }
+        }
+        const dataRuns = [...this.dataRuns].sort((a, b) => a.deviceId - b.deviceId || a.firstCluster - b.firstCluster);
+        const trailer = encodeTrailer({ extents: this.extents, dataRuns, zeroRuns });
+        const trailerOffset = this.offset;
+        await this.output.write(trailer);
+        const footer = encodeFooter({
+          headerLength: this.headerLength,
+          trailerOffset,
+          trailerLength: trailer.length,
+          extentCount: this.extents.length,
+          trailerSha256: sha256(trailer),
+          uuid: this.uuid,
+          storedBytes: this.storedBytes,
+          dataBytes: this.dataBytes,
+          zeroBytes: this.zeroBytes,
+          clusterCount: this.clusterCount,
+        });
+        await this.output.write(footer);
+        await this.output.close();
+        this.state = 'finished';
+        const bytesWritten = trailerOffset + trailer.length + footer.length;
+        return {
+          uuid: this.uuid,
+          bytesWritten,
+          extentCount: this.extents.length,
+          dataBytes: this.dataBytes,
+          zeroBytes: this.zeroBytes,
+          storedBytes: this.storedBytes,
+          clusterCount: this.clusterCount,
+          zeroClusterCount: this.zeroClusterCount,
+          metadataBytes: bytesWritten - this.storedBytes,
+        };
+      } catch (err) {
+        this.fail(err);
+        await this.abortOutput(err);
+        throw this.failure ?? err;
+      }
+    });
+  }
+
+  private async abortOutput(reason: unknown): Promise<void> {
+    if (this.outputAborted) return;
+    this.outputAborted = true;
+    try {
+      await this.output.abort(reason);
+    } catch {
+      // Best effort: the original failure is what the caller needs to see.
+    }
+  }
+
+  /** Abandons the archive: nothing partial stays visible. Idempotent; never waits for backpressure. */
+  async abort(reason: unknown): Promise<void> {
+    if (this.state === 'finished') return;
+    this.state = 'aborted';
+    this.fail(reason instanceof Error ? reason : new ArchiveWriteError(`archive aborted: ${String(reason)}`));
+    await this.abortOutput(reason);
+  }
+}
+

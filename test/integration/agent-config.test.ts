@@ -1,0 +1,117 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AgentConfigError, loadAgentConfig, parseAgentConfig } from '../../src/agent/config.js';
+import { ConfigError } from '../../src/errors.js';
+import { parseBackupRequest, BackupRequestError } from '../../src/agent/backup-request.js';
+import { makeTempDir, runCli } from '../helpers/agent-process.js';
+
+let tmp: { dir: string; cleanup(): Promise<void> };
+let img: string;
+
+beforeAll(async () => {
+  tmp = await makeTempDir();
+  img = join(tmp.dir, 'vda.raw');
+  await writeFile(img, Buffer.alloc(1024 * 1024));
+});
+afterAll(async () => tmp.cleanup());
+
+function expectField(input: unknown, field: string, msg?: RegExp): void {
+  let err: unknown;
+  try {
+    parseAgentConfig(input, tmp.dir);
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(AgentConfigError);
+  expect(err).toBeInstanceOf(ConfigError);
+  expect((err as AgentConfigError).field).toBe(field);
+  expect((err as Error).message).toContain(field);
+  if (msg) expect((err as Error).message).toMatch(msg);
+}
+
+describe('agent config', () => {
+  const base = (): Record<string, unknown> => ({ hostId: 'h1', stateDir: 'state', disks: [{ name: 'vda', path: 'vda.raw' }] });
+
+  it('applies defaults and resolves relative paths against the config dir', () => {
+    const c = parseAgentConfig(base(), tmp.dir);
+    expect(c.nbd).toEqual({ host: '127.0.0.1', port: 10809 });
+    expect(c.stateDir).toBe(join(tmp.dir, 'state'));
+    expect(c.control.socket).toBe(join(tmp.dir, 'state', 'agent.sock'));
+    expect(c.disks[0]).toEqual({ name: 'vda', path: img, readOnly: false });
+    expect(c.store).toBeUndefined();
+    expect(c.warnings).toEqual([]);
+  });
+
+  it('names the bad field', () => {
+    expectField({ ...base(), hostId: 'bad host' }, 'hostId');
+    expectField({ ...base(), disks: [] }, 'disks', /at least one disk/);
+    expectField({ ...base(), disks: [{ name: 'a/b', path: 'vda.raw' }] }, 'disks[0].name', /export name/);
+    expectField({ ...base(), disks: [{ name: 'vda', path: 'vda.raw' }, { name: 'vda', path: 'vda.raw' }] }, 'disks[1].name', /duplicate/);
+    expectField({ ...base(), disks: [{ name: 'vda', path: 'missing.raw' }] }, 'disks[0].path', /cannot open/);
+    expectField({ ...base(), disks: [{ name: 'vda', path: '.' }] }, 'disks[0].path', /not a regular file/);
+    expectField({ ...base(), nbd: { listen: 'localhost' } }, 'nbd.listen', /host:port/);
+    expectField({ ...base(), nbd: { listen: '127.0.0.1:99999' } }, 'nbd.listen');
+    expectField({ ...base(), store: { bucket: 'b' } }, 'store.bucket');
+    expectField({ ...base(), catalog: { url: 'not a url' } }, 'catalog.url');
+    expectField({ ...base(), bogus: 1 }, 'bogus', /unknown field/);
+    expectField({ ...base(), disks: [{ name: 'vda', path: 'vda.raw', size: 3 }] }, 'disks[0].size', /unknown field/);
+    expectField({ stateDir: 's', disks: [{ name: 'vda', path: 'vda.raw' }] }, 'hostId');
+  });
+
+  it('accepts and warns about the qemu section', () => {
+    const c = parseAgentConfig({ ...base(), qemu: [{ socket: '/x' }] }, tmp.dir);
+    expect(c.warnings[0]).toMatch(/qemu/);
+  });
+
+  it('rejects unreadable and non-JSON files', async () => {
+    const p = join(tmp.dir, 'bad.json');
+    await writeFile(p, '{ "hostId": ');
+    expect(() => loadAgentConfig(p)).toThrow(/not valid JSON/);
+    expect(() => loadAgentConfig(join(tmp.dir, 'nope.json'))).toThrow(ConfigError);
+  });
+
+  it('the CLI exits 2 with the field named for a malformed config', async () => {
+    const dir = join(tmp.dir, 'cli');
+    await mkdir(dir);
+    const p = join(dir, 'agent.json');
+    await writeFile(p, JSON.stringify({ ...base(), disks: [{ name: 'vda', path: img }], nbd: { listen: 'nope' } }));
+    const r = await runCli(['agent', '--config', p]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/nbd\.listen/);
+  });
+});
+
+describe('backup request body', () => {
+  const bad = (body: unknown, field: string): void => {
+    let err: unknown;
+    try {
+      parseBackupRequest(body);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(BackupRequestError);
+    expect((err as BackupRequestError).field).toBe(field);
+    expect((err as Error).message).toContain(field);
+  };
+
+  it('validates and names fields', () => {
+    expect(parseBackupRequest({ mode: 'full' }).target).toEqual({ kind: 's3' });
+    expect(parseBackupRequest({ mode: 'incremental', target: 'file:/x/y.cwa', speed: '50M' })).toMatchObject({ target: { kind: 'file', path: '/x/y.cwa' }, speed: 50 * 1024 * 1024 });
+    expect(parseBackupRequest({ mode: 'full', target: '-' }).target).toEqual({ kind: 'stream' });
+    bad({ mode: 'fast' }, 'mode');
+    bad({}, 'mode');
+    bad({ mode: 'full', target: 'ftp://x' }, 'target');
+    bad({ mode: 'full', target: 'file:relative.cwa' }, 'target');
+    bad({ mode: 'full', disks: [] }, 'disks');
+    bad({ mode: 'full', disks: ['a', 'a'] }, 'disks');
+    bad({ mode: 'full', fleecing: { dir: '/tmp' } }, 'fleecing.maxBytes');
+    bad({ mode: 'full', fleecing: { dir: '/tmp', maxBytes: 'lots' } }, 'fleecing.maxBytes');
+    bad({ mode: 'full', speed: -1 }, 'speed');
+    bad({ mode: 'full', cbwTimeoutMs: 1.5 }, 'cbwTimeoutMs');
+    bad({ mode: 'full', onCbwError: 'ignore' }, 'onCbwError');
+    bad({ mode: 'full', extra: true }, 'extra');
+    bad(undefined, '(body)');
+    bad([1, 2], '(root)');
+  });
+});

@@ -1,0 +1,173 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { CodecError } from '../../../src/errors.js';
+import { ZstdPool } from '../../../src/codec/zstd-pool.js';
+
+/** Compressible but not trivial: random words from a small vocabulary. */
+function textLike(size: number, seed = 1): Buffer {
+  const words = ['block', 'cluster', 'extent', 'zstd', 'copy', 'before', 'write', 'backup', 'qemu', 'nbd', '\n'];
+  const out = Buffer.alloc(size);
+  let x = seed;
+  let pos = 0;
+  while (pos < size) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    pos += out.write(words[x % words.length] + ' ', pos);
+  }
+  return out;
+}
+
+const pools: ZstdPool[] = [];
+function pool(opts: ConstructorParameters<typeof ZstdPool>[0] = {}): ZstdPool {
+  const p = new ZstdPool({ workers: 2, ...opts });
+  pools.push(p);
+  return p;
+}
+
+afterEach(async () => {
+  await Promise.all(pools.splice(0).map((p) => p.close()));
+});
+
+describe('ZstdPool', () => {
+  it('round-trips empty, tiny, random and compressible inputs', async () => {
+    const p = pool();
+    const inputs = [Buffer.alloc(0), Buffer.from('x'), randomBytes(65536), textLike(4 * 1024 * 1024), Buffer.alloc(1_000_001)];
+    const compressed = await Promise.all(inputs.map((i) => p.compress(i)));
+    expect(compressed[3].length).toBeLessThan(inputs[3].length / 2);
+    expect(compressed[4].length).toBeLessThan(1000);
+    // Random data does not shrink: the format then stores it raw.
+    expect(compressed[2].length).toBeGreaterThanOrEqual(65536);
+    const back = await Promise.all(compressed.map((c, i) => p.decompress(c, inputs[i].length)));
+    back.forEach((b, i) => expect(b.equals(inputs[i])).toBe(true));
+  });
+
+  it('produces standard zstd frames (the zstd CLI decodes them)', async () => {
+    const p = pool({ level: 3 });
+    const input = textLike(300_000, 7);
+    const frame = await p.compress(input);
+    const r = spawnSync('zstd', ['-d', '-c', '-q'], { input: frame, maxBuffer: 4 * 1024 * 1024 });
+    expect(r.status).toBe(0);
+    expect(Buffer.from(r.stdout).equals(input)).toBe(true);
+  });
+
+  it('supports higher levels (level 19) with a better ratio than level 1', async () => {
+    const input = textLike(2 * 1024 * 1024, 3);
+    const fast = await pool({ level: 1, workers: 1 }).compress(input);
+    const p19 = pool({ level: 19, workers: 1 });
+    const best = await p19.compress(input);
+    expect(best.length).toBeLessThan(fast.length);
+    expect((await p19.decompress(best, input.length)).equals(input)).toBe(true);
+  });
+
+  it('does not modify or detach the caller buffer', async () => {
+    const p = pool();
+    const input = textLike(100_000);
+    const copy = Buffer.from(input);
+    await p.compress(input);
+    expect(input.length).toBe(100_000);
+    expect(input.equals(copy)).toBe(true);
+  });
+
+  it('decompress never exceeds expectedSize, whatever the frame header says', async () => {
+    const p = pool();
+    const input = textLike(1024 * 1024);
+    const frame = await p.compress(input);
+    await expect(p.decompress(frame, 1000)).rejects.toBeInstanceOf(CodecError);
+    await expect(p.decompress(frame, input.length - 1)).rejects.toThrow(/larger than|corrupt/);
+    // An expected size above the pool limit is refused before any allocation.
+    await expect(p.decompress(frame, 1e12)).rejects.toBeInstanceOf(CodecError);
+    await expect(p.decompress(frame, -1)).rejects.toBeInstanceOf(CodecError);
+    // A compressed input that cannot possibly decode to expectedSize is refused up front.
+    await expect(p.decompress(randomBytes(5000), 10)).rejects.toBeInstanceOf(CodecError);
+    // The pool still works afterwards.
+    expect((await p.decompress(frame, input.length)).equals(input)).toBe(true);
+  });
+
+  it('bad input gives CodecError: garbage, truncated and bit-flipped frames', async () => {
+    const p = pool();
+    const input = textLike(200_000);
+    const frame = await p.compress(input);
+    await expect(p.decompress(Buffer.from('definitely not a zstd frame'), 1000)).rejects.toBeInstanceOf(CodecError);
+    await expect(p.decompress(frame.subarray(0, frame.length - 7), input.length)).rejects.toBeInstanceOf(CodecError);
+    await expect(p.decompress(Buffer.alloc(0), 10)).rejects.toBeInstanceOf(CodecError);
+    for (let i = 0; i < 20; i++) {
+      const bad = Buffer.from(frame);
+      const at = Math.floor((i / 20) * bad.length);
+      bad[at] ^= 0x5a;
+      // A flip may still decode (zstd has no mandatory checksum), but it must never crash
+      // or exceed the bound: either a Buffer ≤ expected, or CodecError.
+      const r = await p.decompress(bad, input.length).then(
+        (b) => b,
+        (e: unknown) => e,
+      );
+      if (r instanceof Buffer) expect(r.length).toBeLessThanOrEqual(input.length);
+      else expect(r).toBeInstanceOf(CodecError);
+    }
+    await expect(p.compress(Buffer.alloc(p.maxInputBytes + 1))).rejects.toBeInstanceOf(CodecError);
+    expect(p.stats().workersReplaced).toBe(0);
+  });
+
+  it('has a bounded queue: extra callers wait for a slot (backpressure)', async () => {
+    const p = pool({ workers: 1, maxQueue: 2 });
+    const input = textLike(2 * 1024 * 1024);
+    const maxSeen = { queued: 0, busy: 0 };
+    const jobs: Promise<Buffer>[] = [];
+    for (let i = 0; i < 8; i++) {
+      jobs.push(
+        p.compress(input).then((b) => {
+          const s = p.stats();
+          maxSeen.queued = Math.max(maxSeen.queued, s.queued);
+          maxSeen.busy = Math.max(maxSeen.busy, s.busy);
+          return b;
+        }),
+      );
+    }
+    // Submitted synchronously: 1 in the worker, 2 queued, 5 blocked callers.
+    expect(p.stats()).toMatchObject({ busy: 1, queued: 2, blocked: 5 });
+    const out = await Promise.all(jobs);
+    expect(maxSeen.queued).toBeLessThanOrEqual(2);
+    expect(maxSeen.busy).toBeLessThanOrEqual(1);
+    for (const o of out) expect(o.equals(out[0])).toBe(true);
+    expect(p.stats()).toMatchObject({ busy: 0, queued: 0, blocked: 0, completed: 8 });
+  });
+
+  it('a crashed worker fails its job with CodecError and is replaced', async () => {
+    const p = pool({ workers: 1 });
+    const input = textLike(4 * 1024 * 1024);
+    await p.compress(Buffer.from('warm up')); // worker loaded
+    const job = p.compress(input);
+    expect(p.stats().busy).toBe(1);
+    await p.killWorkerForTest(0);
+    await expect(job).rejects.toBeInstanceOf(CodecError);
+    const again = await p.compress(input);
+    expect((await p.decompress(again, input.length)).equals(input)).toBe(true);
+    expect(p.stats().workersReplaced).toBe(1);
+  });
+
+  it('a wasm abort (out of memory) is a CodecError; the pool recovers with a fresh worker', async () => {
+    // 16 MiB of wasm memory cannot hold a level-19 context for 4 MiB input: emscripten aborts.
+    const p = pool({ workers: 1, level: 19, wasmMemoryBytes: 16 * 1024 * 1024 });
+    await expect(p.compress(textLike(4 * 1024 * 1024))).rejects.toThrow(CodecError);
+    const small = textLike(10_000);
+    const frame = await p.compress(small);
+    expect((await p.decompress(frame, small.length)).equals(small)).toBe(true);
+    expect(p.stats().workersReplaced).toBe(1);
+  });
+
+  it('close() rejects queued work and later calls', async () => {
+    const p = pool({ workers: 1, maxQueue: 1 });
+    const input = textLike(4 * 1024 * 1024);
+    const jobs = [p.compress(input), p.compress(input), p.compress(input)].map((j) => j.then(() => 'ok', (e: unknown) => e));
+    await p.close();
+    const results = await Promise.all(jobs);
+    for (const r of results) expect(r).toBeInstanceOf(CodecError);
+    await expect(p.compress(input)).rejects.toThrow(/closed/);
+  });
+
+  it('validates its options', () => {
+    expect(() => new ZstdPool({ level: 0 })).toThrow(CodecError);
+    expect(() => new ZstdPool({ level: 20 })).toThrow(CodecError);
+    expect(() => new ZstdPool({ level: 1.5 })).toThrow(CodecError);
+    expect(() => new ZstdPool({ workers: 0 })).toThrow(CodecError);
+  });
+});
