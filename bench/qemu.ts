@@ -1,0 +1,160 @@
+/**
+ * npm run bench:qemu — pull-mode backup of a 1 GiB qcow2 from a real
+ * qemu-storage-daemon vs `qemu-img convert -O raw` + `zstd -1 -T0` of the
+ * same image, in the same run; and the guest's 4 KiB write latency through
+ * the daemon's writable NBD export, idle vs during the backup.
+ *
+ * qemu-img cannot write to a pipe (it needs a regular, resizable file), so
+ * the baseline converts to a raw file on tmpfs and compresses that file;
+ * both steps are timed together. Env: BENCH_QEMU_SIZE_MB (default 1024),
+ * BENCH_QEMU_FILL (fraction written, default 0.5).
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, statSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { ZstdPool } from '../src/codec/zstd-pool.js';
+import { FileByteSink } from '../src/store/file.js';
+import { NbdClient } from '../src/nbd/client.js';
+import { QmpClient } from '../src/qemu/qmp.js';
+import { runPullBackup } from '../src/qemu/pull-backup.js';
+import { startDaemon } from '../test/helpers/qemu-daemon.js';
+
+const pexec = promisify(execFile);
+const MiB = 1024 * 1024;
+const sizeMb = Number(process.env.BENCH_QEMU_SIZE_MB ?? 1024);
+const fill = Number(process.env.BENCH_QEMU_FILL ?? 0.5);
+const size = sizeMb * MiB;
+
+function chunkData(): Buffer {
+  // Realistic-ish content: 1/4 random, 3/4 repetitive text (compresses ~3-4x, like an OS image).
+  const b = Buffer.alloc(4 * MiB);
+  const text = Buffer.from('cowstream benchmark block device content; the quick brown fox jumps over the lazy dog. ');
+  for (let off = 0; off < b.length; off += 64 * 1024) {
+    randomBytes(16 * 1024).copy(b, off);
+    for (let p = off + 16 * 1024; p < off + 64 * 1024; p += text.length) text.copy(b, p, 0, Math.min(text.length, off + 64 * 1024 - p));
+  }
+  return b;
+}
+
+function pct(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+
+async function latencyProbe(socket: string, stop: () => boolean, minMs: number): Promise<number[]> {
+  const c = await NbdClient.connect({ path: socket }, { exportName: 'guest0', maxInFlight: 1 });
+  const buf = randomBytes(4096);
+  const lat: number[] = [];
+  const t0 = Date.now();
+  let seed = 12345;
+  while (!stop() || Date.now() - t0 < minMs) {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    const off = (seed % (size / 4096)) * 4096;
+    const s = process.hrtime.bigint();
+    await c.write(off, buf);
+    lat.push(Number(process.hrtime.bigint() - s) / 1e6);
+  }
+  await c.close();
+  return lat.sort((a, b) => a - b);
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'cowstream-bench-qemu-'));
+  const shm = mkdtempSync(join('/dev/shm', 'cowstream-bench-'));
+  try {
+    // 1. Source image: raw with `fill` of its 4 MiB chunks written, converted to qcow2.
+    const raw = join(dir, 'src.raw');
+    const fd = openSync(raw, 'w');
+    ftruncateSync(fd, size);
+    const data = chunkData();
+    const chunks = size / (4 * MiB);
+    for (let i = 0; i < chunks; i++) if ((i * 7919) % 100 < fill * 100) writeSync(fd, data, 0, data.length, i * 4 * MiB);
+    closeSync(fd);
+    const img = join(dir, 'disk.qcow2');
+    await pexec('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, img]);
+    rmSync(raw);
+    const allocated = Number(JSON.parse((await pexec('qemu-img', ['measure', '-O', 'raw', '--output=json', img])).stdout)['required'] ?? 0);
+    console.log(`image: ${sizeMb} MiB qcow2, ~${Math.round(fill * 100)}% written (${(statSync(img).size / MiB).toFixed(0)} MiB on disk, raw needs ${(allocated / MiB).toFixed(0)} MiB)`);
+
+    // 2. Baseline: qemu-img convert -O raw (to tmpfs) + zstd -1 -T0.
+    const b0 = Date.now();
+    await pexec('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', img, join(shm, 'out.raw')]);
+    const b1 = Date.now();
+    await pexec('zstd', ['-q', '-1', '-T0', '-f', join(shm, 'out.raw'), '-o', join(dir, 'out.raw.zst')]);
+    const b2 = Date.now();
+    const baseBytes = statSync(join(dir, 'out.raw.zst')).size;
+    rmSync(join(shm, 'out.raw'));
+    const baseMs = b2 - b0;
+
+    // 3. Pull mode through a real qemu-storage-daemon.
+    const d = await startDaemon(dir, [{ path: img, format: 'qcow2' }]);
+    const pool = new ZstdPool({ level: 1 });
+    try {
+      const qmp = await QmpClient.connect(d.qmpSocket);
+      const pull = async (withProbe: boolean): Promise<{ ms: number; bytes: number; r: Awaited<ReturnType<typeof runPullBackup>>; busy: number[] }> => {
+        let backupDone = false;
+        let out = '';
+        const probe = withProbe ? latencyProbe(d.nbdSocket, () => backupDone, 0) : Promise.resolve([]);
+        const p0 = Date.now();
+        const r = await runPullBackup({
+          qmp,
+          drives: [{ node: 'd0', name: 'disk' }],
+          mode: 'full',
+          fleecingDir: dir,
+          hostId: 'bench',
+          compressor: pool,
+          nbdServerSocket: d.nbdSocket,
+          maxInFlight: Number(process.env.BENCH_QEMU_INFLIGHT ?? 32),
+          onWarning: (m) => console.error('warning:', m),
+          openOutput: async (c) => FileByteSink.create((out = join(dir, `${c.uuid}.cwa`))),
+        });
+        const ms = Date.now() - p0;
+        backupDone = true;
+        const busy = await probe;
+        const bytes = statSync(out).size;
+        rmSync(out);
+        return { ms, bytes, r, busy };
+      };
+      // Throughput: the guest is idle (as in the baseline, which needs a quiescent image anyway).
+      const quiet = await pull(false);
+      const pullMs = quiet.ms;
+      const pullBytes = quiet.bytes;
+      const r = quiet.r;
+      // Latency: 4 KiB guest writes at QD1, idle vs during a second full backup.
+      const idle = await latencyProbe(d.nbdSocket, () => true, 3000);
+      const loaded = await pull(true);
+      const busy = loaded.busy;
+      await qmp.close();
+
+      const mbps = (ms: number): string => ((size / MiB) / (ms / 1000)).toFixed(0);
+      console.log('');
+      console.log(`| method | time | throughput (virtual size) | output |`);
+      console.log(`|---|---:|---:|---:|`);
+      console.log(`| qemu-img convert -O raw + zstd -1 -T0 | ${(baseMs / 1000).toFixed(2)} s (convert ${((b1 - b0) / 1000).toFixed(2)} s + zstd ${((b2 - b1) / 1000).toFixed(2)} s) | ${mbps(baseMs)} MiB/s | ${(baseBytes / MiB).toFixed(1)} MiB |`);
+      console.log(`| cowstream pull mode (fleecing + NBD) | ${(pullMs / 1000).toFixed(2)} s | ${mbps(pullMs)} MiB/s | ${(pullBytes / MiB).toFixed(1)} MiB |`);
+      console.log(`| cowstream pull mode, guest writing at QD1 during it | ${(loaded.ms / 1000).toFixed(2)} s | ${mbps(loaded.ms)} MiB/s | ${(loaded.bytes / MiB).toFixed(1)} MiB |`);
+      console.log(`\nratio pull/baseline throughput: ${(baseMs / pullMs).toFixed(2)}x (goal ≥ 1.0x)`);
+      console.log(`read ${(r.devices[0]!.bytesRead / MiB).toFixed(0)} MiB, ${r.devices[0]!.zeroClusters} zero clusters skipped via base:allocation, untrusted status windows: ${r.devices[0]!.untrustedWindows}`);
+      console.log('');
+      console.log(`| guest 4 KiB writes (QD1) | n | p50 | p99 | max |`);
+      console.log(`|---|---:|---:|---:|---:|`);
+      for (const [name, l] of [['idle', idle], ['during backup', busy]] as const) {
+        console.log(`| ${name} | ${l.length} | ${pct(l, 50).toFixed(2)} ms | ${pct(l, 99).toFixed(2)} ms | ${(l[l.length - 1] ?? NaN).toFixed(2)} ms |`);
+      }
+    } finally {
+      await d.stop();
+      await pool.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(shm, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

@@ -1,0 +1,132 @@
+/**
+ * `cowstream backup --qemu <qmp-socket> --drive <node[=name]>...` — pull-mode
+ * backup of a running QEMU (src/qemu/pull-backup.ts), loaded lazily by
+ * src/cli/commands/backup.ts. Runs in this process (no agent): the archive
+ * goes straight from QEMU's NBD export to the target.
+ */
+import { stat } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import cliProgress from 'cli-progress';
+import { UsageError } from '../../errors.js';
+import { formatBytes, printJson } from '../output.js';
+import { ZstdPool } from '../../codec/zstd-pool.js';
+import { readKeyFile } from '../../codec/crypto.js';
+import type { ByteSink } from '../../format/sink.js';
+import { FileByteSink } from '../../store/file.js';
+import { archiveKey, createS3Client, storeConfigFromFlags } from '../../store/config.js';
+import { S3ArchiveSink } from '../../store/s3-sink.js';
+import { QmpClient } from '../../qemu/qmp.js';
+import { runPullBackup, type OutputContext, type PullDrive } from '../../qemu/pull-backup.js';
+import { targetFromFlag, type BackupCliOptions } from './backup.js';
+
+/** Parses `node[=name]`. */
+export function parseDriveFlag(text: string): PullDrive {
+  const i = text.indexOf('=');
+  const node = (i < 0 ? text : text.slice(0, i)).trim();
+  const name = i < 0 ? undefined : text.slice(i + 1).trim();
+  if (node === '') throw new UsageError(`--drive "${text}": empty node name`);
+  if (name === '') throw new UsageError(`--drive "${text}": empty disk name after '='`);
+  return name === undefined ? { node } : { node, name };
+}
+
+function rejectAgentOnlyFlags(o: BackupCliOptions): void {
+  const bad: string[] = [];
+  if (o.disk.length > 0) bad.push('--disk (use --drive)');
+  if (o.speed !== undefined) bad.push('--speed');
+  if (o.fleecingMax !== undefined) bad.push('--fleecing-max (a QEMU fleecing image is at most the drive size)');
+  if (o.configFile.length > 0) bad.push('--config-file');
+  if (o.agent !== undefined) bad.push('--agent');
+  if (o.onCbwError === 'break-guest-write') bad.push('--on-cbw-error break-guest-write (QEMU pull mode always breaks the snapshot, never a guest write)');
+  if (bad.length > 0) throw new UsageError(`not supported with --qemu: ${bad.join(', ')}`);
+  if (o.drive.length === 0) throw new UsageError('--qemu needs at least one --drive <node[=name]>');
+}
+
+export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
+  rejectAgentOnlyFlags(o);
+  const drives = o.drive.map(parseDriveFlag);
+  const target = targetFromFlag(o.to);
+  if (target === '-' && o.json) throw new UsageError('--to - writes the archive to stdout and cannot be combined with --json');
+  const cbwTimeoutSec = o.cbwTimeout === undefined ? undefined : Math.max(1, Math.ceil(Number(o.cbwTimeout) / 1000));
+  if (cbwTimeoutSec !== undefined && !Number.isFinite(cbwTimeoutSec)) throw new UsageError(`--cbw-timeout must be milliseconds, got "${o.cbwTimeout}"`);
+  const fleecingDir = resolve(o.fleecing ?? tmpdir());
+  const hostId = process.env.COWSTREAM_HOST_ID ?? hostname();
+  const key = o.key !== undefined ? await readKeyFile(resolve(o.key)) : undefined;
+
+  const store = target === 's3' ? storeConfigFromFlags({}) : null;
+  if (target === 's3' && !store) throw new UsageError('--to s3 with --qemu needs a bucket: set COWSTREAM_S3_BUCKET (and AWS_ENDPOINT_URL_S3 / credentials as usual), or use --to file:PATH');
+  let fileTarget: string | null = null;
+  if (target.startsWith('file:')) {
+    fileTarget = target.slice(5);
+    // A directory gets <uuid>.cwa, which is where restore looks for a parent.
+    if (await stat(fileTarget).then((s) => s.isDirectory()).catch(() => false)) fileTarget = join(fileTarget, '{uuid}.cwa');
+  }
+  let where = '';
+  const client = store ? createS3Client(store) : null;
+  const openOutput = async (ctx: OutputContext): Promise<ByteSink> => {
+    if (store && client) {
+      const k = archiveKey(store.prefix, ctx.hostId, ctx.uuid);
+      where = `s3://${store.bucket}/${k}`;
+      return new S3ArchiveSink({ client, bucket: store.bucket, key: k, expectedBytes: ctx.expectedBytes, metadata: { uuid: ctx.uuid, parentUuid: ctx.parentUuid, hostId: ctx.hostId, deviceNames: ctx.deviceNames } });
+    }
+    if (fileTarget) {
+      where = fileTarget.replace('{uuid}', ctx.uuid);
+      return FileByteSink.create(where);
+    }
+    where = '-';
+    return FileByteSink.create('-');
+  };
+
+  const toStdout = target === '-';
+  const say = (text: string): void => void (toStdout ? process.stderr : process.stdout).write(text + '\n');
+  const showBar = !o.json && (o.progress === true || process.stderr.isTTY === true);
+  const bar = showBar ? new cliProgress.SingleBar({ format: 'backup {bar} {percentage}% | {value_h}/{total_h}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  let barStarted = false;
+
+  const ac = new AbortController();
+  const onSignal = (): void => ac.abort(new UsageError('interrupted'));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const qmp = await QmpClient.connect(resolve(o.qemu as string));
+  const pool = new ZstdPool({ level: 1 });
+  try {
+    const r = await runPullBackup({
+      qmp,
+      drives,
+      mode: o.incremental ? 'incremental' : 'full',
+      fleecingDir,
+      hostId,
+      compressor: pool,
+      encryptionKey: key,
+      openOutput,
+      nbdServerSocket: process.env.COWSTREAM_QEMU_NBD_SOCKET || undefined,
+      cbwTimeoutSec,
+      signal: ac.signal,
+      onWarning: (m) => process.stderr.write(`warning: ${m}\n`),
+      onProgress: bar
+        ? (p) => {
+            const payload = { value_h: formatBytes(p.done), total_h: formatBytes(p.total) };
+            if (!barStarted) {
+              bar.start(p.total, p.done, payload);
+              barStarted = true;
+            } else bar.update(p.done, payload);
+          }
+        : undefined,
+    });
+    if (barStarted) bar?.stop();
+    const out = { ...r, target: where };
+    if (o.json) printJson(out);
+    else {
+      say(`backup ${r.uuid}: done (${r.mode}${r.modeReason ? `, ${r.modeReason}` : ''}${r.parentUuid ? `, parent ${r.parentUuid}` : ''}) → ${where}`);
+      for (const d of r.devices) say(`  ${d.name} (node ${d.node}): ${formatBytes(d.size)}, read ${formatBytes(d.bytesRead)}, ${d.zeroClusters} zero / ${d.skippedClusters} unchanged clusters`);
+      say(`  archive: ${formatBytes(r.summary.bytesWritten)} in ${(r.durationMs / 1000).toFixed(1)} s (QEMU ${r.qemuVersion})`);
+    }
+  } finally {
+    if (barStarted) bar?.stop();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await qmp.close();
+    await pool.close();
+    client?.destroy();
+  }
+}
