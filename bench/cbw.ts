@@ -13,6 +13,7 @@
  * Env: CBW_BENCH_MB (disk size, default 256), CBW_BENCH_QD (default 2),
  *      CBW_BENCH_IOPS (guest write rate, default 200), CBW_BENCH_SINK_MBPS (20),
  *      CBW_BENCH_IDLE_S (idle window, default 5), CBW_BENCH_DIR (temp dir parent),
+ *      CBW_BENCH_BATCH (background read batch in clusters, default 16),
  *      CBW_BENCH_NBD=0 to skip the NBD variant.
  * Goal (issue 3): fleecing p99 ≤ 1.5 × idle p99.
  */
@@ -145,6 +146,7 @@ async function scenario(
     cbwTimeoutMs: 60_000,
     onCbwError: 'break-snapshot',
     fleecing: cfg.backup.fleecing ? { dir: cfg.dir, maxBytes: raw.size } : undefined,
+    ...(process.env.CBW_BENCH_BATCH ? { readBatchClusters: Number(process.env.CBW_BENCH_BATCH) } : {}),
   });
   await atQuiescentPoint([cbw], () => cbw.attach(job));
   const t0 = performance.now();
