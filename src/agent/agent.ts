@@ -13,6 +13,7 @@ import { lockStateDir } from './state-lock.js';
 import type { AgentStore } from './targets.js';
 import type { ByteSink, ClusterSink } from '../format/sink.js';
 import { startCatalogIntegration, type CatalogIntegration } from './catalog-integration.js';
+import { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 
 export interface StartAgentOptions {
   log?: Logger;
@@ -123,6 +124,14 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       cleanups.push(() => c.stop());
     }
 
+    // QEMU processes (pull mode): no connection is held; each use connects and leaves the monitor free.
+    const qemuHosts = config.qemu.map((q, i) => new QemuHost(i, q));
+    cleanups.push(async () => {
+      for (const h of qemuHosts) await h.close();
+    });
+    const qemuHistory = await QemuBackupHistory.open(config.stateDir, log);
+    const qemuInfo = config.qemu.map((q) => ({ qmpSocket: q.qmpSocket, drives: q.drives.map((d) => `${d.node}=${d.name}`) }));
+
     const nbdAddress = addrs.tcp ?? { host: config.nbd.host, port: config.nbd.port };
     const s3Info = store ? { ...(store.endpoint ? { endpoint: store.endpoint } : {}), bucket: store.bucket, prefix: store.prefix, embedded: store.embedded } : null;
     const backups = new BackupManager({
@@ -132,12 +141,15 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       log,
       ...(opts.wrapSink ? { wrapSink: opts.wrapSink } : {}),
       ...(opts.wrapClusterSink ? { wrapClusterSink: opts.wrapClusterSink } : {}),
+      qemu: qemuHosts,
+      qemuHistory,
       info: () => ({
         hostId: config.hostId,
         pid: process.pid,
         nbd: `${nbdAddress.host}:${nbdAddress.port}`,
         ...(addrs.unixSocket ? { nbdSocket: addrs.unixSocket } : {}),
         disks: disks.map((d) => d.name),
+        ...(qemuInfo.length > 0 ? { qemu: qemuInfo } : {}),
         s3: s3Info,
         catalog: catalog?.url ?? null,
       }),
@@ -153,6 +165,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       ...(addrs.unixSocket ? { nbdSocket: addrs.unixSocket } : {}),
       control: control.socketPath,
       disks: disks.map((d) => d.name),
+      ...(qemuInfo.length > 0 ? { qemu: qemuInfo } : {}),
       ...(s3Info ? { s3: s3Info } : {}),
       ...(catalog ? { catalog: catalog.url } : {}),
     });

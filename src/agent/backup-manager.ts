@@ -19,6 +19,8 @@ import type { ControlBackend } from './control-server.js';
 import type { ByteSink, ClusterSink } from '../format/sink.js';
 import type { Logger } from './log.js';
 import { openTarget, type AgentStore, type OpenedTarget } from './targets.js';
+import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
+import { runQemuDriveBackup } from './qemu-backup.js';
 
 /** One exported disk of the agent. */
 export interface AgentDisk {
@@ -44,7 +46,15 @@ interface Run {
   startError: unknown;
   /** Settles when the run is completely over (bitmaps completed, target closed/aborted). */
   finished: Promise<void>;
+  /** QEMU pull-mode backups: cancels the NBD reads (src/qemu/pull-backup.ts). */
+  abort: AbortController | null;
 }
+
+/** What POST /backups selected: file disks, or the drives of ONE qemu entry. */
+export type DiskSelection = { kind: 'file'; disks: AgentDisk[] } | { kind: 'qemu'; host: QemuHost; drives: { node: string; name: string }[] };
+
+/** The state a run hands to its executor (also src/agent/qemu-backup.ts). */
+export type RunState = Run;
 
 /**
  * Runs at most one backup at a time over the agent's disks and keeps the
@@ -69,6 +79,9 @@ export class BackupManager implements ControlBackend {
       wrapSink?: (sink: ByteSink, target: string) => ByteSink;
       /** Test seam: wraps the ClusterSink between the CBW job and the archive writer. */
       wrapClusterSink?: (sink: ClusterSink) => ClusterSink;
+      /** QEMU processes of the config (`qemu[]`), backed up in pull mode. */
+      qemu?: QemuHost[];
+      qemuHistory?: QemuBackupHistory;
     },
   ) {}
 
@@ -87,9 +100,10 @@ export class BackupManager implements ControlBackend {
   }
 
   async disks(): Promise<DiskStatus[]> {
-    return this.ctx.disks.map((d) => {
+    const files = this.ctx.disks.map((d): DiskStatus => {
       const s = d.dirty.status();
       return {
+        kind: 'file',
         name: d.name,
         path: d.path,
         size: d.device.size,
@@ -102,6 +116,11 @@ export class BackupManager implements ControlBackend {
         lastBackup: s.lastBackup && s.lastBackup.uuid ? { uuid: s.lastBackup.uuid, time: s.lastBackup.time, mode: s.lastBackup.mode } : null,
       };
     });
+    const run = this.run;
+    const busy = (name: string): boolean => run?.status.status === 'active' && run.status.disks.includes(name);
+    const history = this.ctx.qemuHistory;
+    const qemu = await Promise.all((this.ctx.qemu ?? []).map((h) => h.status(busy, (n) => history?.get(n) ?? null)));
+    return [...files, ...qemu.flat()];
   }
 
   attachStream(res: ServerResponse): void {
@@ -139,13 +158,16 @@ export class BackupManager implements ControlBackend {
     run.session?.job.cancel();
     run.writer?.abort(err).catch(() => undefined);
     run.target?.stream?.abort(err).catch(() => undefined);
+    run.abort?.abort(err);
   }
 
   async startBackup(req: BackupRequest): Promise<BackupStatus> {
     if (this.run?.status.status === 'active') {
       throw new ConflictError(`backup ${this.run.status.uuid} is still running; cancel it or wait (GET /backups/current)`);
     }
-    const disks = this.selectDisks(req.disks);
+    const sel = this.selectDisks(req.disks);
+    if (sel.kind === 'qemu') return this.startQemuBackup(req, sel.host, sel.drives);
+    const disks = sel.disks;
     const names = disks.map((d) => d.name);
 
     // Mode: an incremental needs valid bitmaps on every disk and one common parent archive.
@@ -204,6 +226,7 @@ export class BackupManager implements ControlBackend {
       cancelRequested: false,
       startError: null,
       finished: new Promise<void>((r) => (resolveFinished = r)),
+      abort: null,
     };
     this.run = run; // from here on a second request gets 409
     if (modeReason) this.ctx.log.warn('incremental downgraded to full', { uuid, reason: modeReason });
@@ -224,13 +247,139 @@ export class BackupManager implements ControlBackend {
     return this.current()!;
   }
 
-  private selectDisks(names: string[] | undefined): AgentDisk[] {
-    if (!names) return [...this.ctx.disks];
-    return names.map((n, i) => {
+  /**
+   * One archive = one snapshot point. File disks share the agent's CBW
+   * snapshot; QEMU drives share one atomic blockdev-reopen inside ONE QEMU
+   * process. There is no common instant across the two (or across two QEMU
+   * processes), so a backup is either file disks or drives of one qemu entry.
+   * Without `disks`: all file disks; with no file disks, all drives of the
+   * only qemu entry.
+   */
+  private selectDisks(names: string[] | undefined): DiskSelection {
+    const hosts = this.ctx.qemu ?? [];
+    if (!names) {
+      if (this.ctx.disks.length > 0) return { kind: 'file', disks: [...this.ctx.disks] };
+      if (hosts.length === 1) return { kind: 'qemu', host: hosts[0]!, drives: [...hosts[0]!.drives] };
+      throw new BackupRequestError('disks', `disks: this agent has no file disks and ${hosts.length} qemu entries; name the drives to back up (a backup covers the drives of one qemu entry)`);
+    }
+    const known = [...this.ctx.disks.map((d) => d.name), ...hosts.flatMap((h) => h.drives.map((d) => d.name))];
+    const files: AgentDisk[] = [];
+    const qemu: { host: QemuHost; drive: { node: string; name: string } }[] = [];
+    names.forEach((n, i) => {
       const d = this.ctx.disks.find((x) => x.name === n);
-      if (!d) throw new BackupRequestError(`disks[${i}]`, `disks[${i}]: unknown disk "${n}" (known: ${this.ctx.disks.map((x) => x.name).join(', ')})`);
-      return d;
+      if (d) return void files.push(d);
+      for (const host of hosts) {
+        const drive = host.drives.find((x) => x.name === n);
+        if (drive) return void qemu.push({ host, drive });
+      }
+      throw new BackupRequestError(`disks[${i}]`, `disks[${i}]: unknown disk "${n}" (known: ${known.join(', ')})`);
     });
+    if (files.length > 0 && qemu.length > 0) {
+      throw new BackupRequestError(
+        'disks',
+        `disks: cannot mix file disks (${files.map((d) => d.name).join(', ')}) and QEMU drives (${qemu.map((q) => q.drive.name).join(', ')}) in one backup: ` +
+          'they have no common snapshot point; start one backup for each',
+      );
+    }
+    if (files.length > 0) return { kind: 'file', disks: files };
+    const entries = [...new Set(qemu.map((q) => q.host))];
+    if (entries.length > 1) {
+      throw new BackupRequestError(
+        'disks',
+        `disks: the drives belong to ${entries.length} QEMU processes (${entries.map((h) => `qemu[${h.index}] ${h.config.qmpSocket}`).join(', ')}); one backup covers the drives of one QEMU process (one snapshot point)`,
+      );
+    }
+    return { kind: 'qemu', host: entries[0]!, drives: qemu.map((q) => q.drive) };
+  }
+
+  /** Pull-mode backup of QEMU drives; same run bookkeeping, status and targets as file disks. */
+  private async startQemuBackup(req: BackupRequest, host: QemuHost, drives: { node: string; name: string }[]): Promise<BackupStatus> {
+    if (req.speed !== undefined) throw new BackupRequestError('speed', 'speed: not supported for QEMU drives (QEMU\'s NBD export is read as fast as the archive accepts it)');
+    if (req.fleecing !== undefined) throw new BackupRequestError('fleecing', `fleecing: not accepted for QEMU drives; their fleecing images go to qemu[${host.index}].fleecingDir of the agent config (at most the drive size each)`);
+    if (req.onCbwError === 'break-guest-write') throw new BackupRequestError('onCbwError', 'onCbwError: QEMU pull mode always breaks the snapshot, never a guest write');
+    const configs = await this.readConfigFiles(req.configFiles ?? []);
+    let encryptionKey: Buffer | undefined;
+    if (req.key !== undefined) {
+      try {
+        encryptionKey = await readKeyFile(req.key);
+      } catch (err) {
+        throw new BackupRequestError('key', `key: ${describeError(err)}`);
+      }
+    }
+    if (req.target.kind === 's3' && !this.ctx.store) throw new BackupRequestError('target', 'target "s3": no S3 store is configured');
+
+    const uuid = uuidv7();
+    let resolveFinished!: () => void;
+    const run: Run = {
+      status: {
+        status: 'active',
+        uuid,
+        mode: req.mode,
+        requestedMode: req.mode,
+        parentUuid: null,
+        disks: drives.map((d) => d.name),
+        total: 0,
+        transferred: 0,
+        zeroBytes: 0,
+        archiveBytes: 0,
+        cbwClusters: 0,
+        maxCbwWaitMs: 0,
+        startTime: new Date().toISOString(),
+        endTime: null,
+        error: null,
+        target: req.target.kind === 's3' ? 's3' : req.target.kind === 'file' ? `file:${req.target.path}` : '-',
+      },
+      session: null,
+      target: null,
+      writer: null,
+      cancelRequested: false,
+      startError: null,
+      finished: new Promise<void>((r) => (resolveFinished = r)),
+      abort: new AbortController(),
+    };
+    this.run = run; // from here on a second request gets 409
+    if (req.target.kind === 'stream') {
+      // The answer goes out before QEMU is asked (the header waits for the reader):
+      // predict the mode from the bitmaps now; the status is corrected at the snapshot point.
+      const st = await host.status(() => false, () => null).catch(() => []);
+      const parents = new Set(st.filter((s) => drives.some((d) => d.name === s.name)).map((s) => (s.bitmap.state === 'valid' ? s.bitmap.parentUuid : null)));
+      if (req.mode === 'incremental' && parents.size === 1 && !parents.has(null)) run.status.parentUuid = [...parents][0]!;
+      else run.status.mode = 'full';
+    }
+    if (req.target.kind === 'stream') {
+      // Opened now so GET /backups/current/stream can attach as soon as this answer is out.
+      try {
+        run.target = await openTarget(req.target, { hostId: this.ctx.hostId, uuid, parentUuid: run.status.parentUuid, deviceNames: run.status.disks, expectedBytes: 0, store: this.ctx.store, onWarning: () => undefined, ...(this.ctx.wrapSink ? { wrapSink: this.ctx.wrapSink } : {}) });
+      } catch (err) {
+        // Never leave a run 'active' that nothing will finish (every later POST would get 409).
+        Object.assign(run.status, { status: 'error', error: describeError(err), endTime: new Date().toISOString() });
+        resolveFinished();
+        throw err;
+      }
+    }
+    let onStarted!: () => void;
+    const snapshotTaken = new Promise<void>((r) => (onStarted = r));
+    const finished = runQemuDriveBackup({
+      run,
+      req,
+      host,
+      drives,
+      hostId: this.ctx.hostId,
+      store: this.ctx.store,
+      log: this.ctx.log,
+      configs,
+      encryptionKey,
+      history: this.ctx.qemuHistory ?? null,
+      onStarted,
+      ...(this.ctx.wrapSink ? { wrapSink: this.ctx.wrapSink } : {}),
+    }).finally(() => resolveFinished());
+    if (req.target.kind === 'stream') return { ...run.status };
+    await Promise.race([finished, snapshotTaken]);
+    if (run.startError !== null) {
+      const e = run.startError;
+      throw e instanceof CowstreamError ? e : new BackupError(`backup could not start: ${describeError(e)}`, { cause: e });
+    }
+    return this.current()!;
   }
 
   private async readConfigFiles(paths: string[]): Promise<{ name: string; data: Buffer }[]> {

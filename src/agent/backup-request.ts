@@ -116,17 +116,50 @@ export interface BackupStatus {
   bucket?: string;
 }
 
-/** GET /disks item. */
-export interface DiskStatus {
+/** How GET /disks reports a dirty bitmap. */
+export interface DiskBitmapStatus {
+  /** `valid`: the next incremental can use it. */
+  state: 'valid' | 'invalid';
+  reason?: string;
+  dirtyBytes: number | null;
+}
+
+/** GET /disks item of a file disk (exported over NBD by the agent). */
+export interface FileDiskStatus {
+  kind: 'file';
   name: string;
   path: string;
   size: number;
-  bitmap: {
-    state: 'valid' | 'invalid';
-    reason?: string;
-    dirtyBytes: number | null;
-  };
+  bitmap: DiskBitmapStatus;
   /** A backup of this disk is running (its bitmap is frozen). */
   inBackup: boolean;
   lastBackup: { uuid: string; time: string; mode: 'full' | 'incremental' } | null;
 }
+
+/** GET /disks item of a drive of a running QEMU (pull-mode backups). */
+export interface QemuDiskStatus {
+  kind: 'qemu';
+  name: string;
+  /** QEMU block node name. */
+  node: string;
+  qmpSocket: string;
+  /** Index of the agent config's `qemu[]` entry (a backup covers drives of one entry). */
+  qemuEntry: number;
+  /** Virtual size as QEMU reports it; null when QEMU could not be asked. */
+  size: number | null;
+  /** QEMU's format driver of the node (qcow2 bitmaps persist across QEMU restarts, raw ones do not). */
+  format: string | null;
+  bitmap: DiskBitmapStatus & {
+    /** The cowstream-<uuid> bitmap QEMU holds for the node (one when valid). */
+    names: string[];
+    /** The archive an incremental would chain from (the bitmap's uuid). */
+    parentUuid: string | null;
+    persistent: boolean | null;
+  };
+  inBackup: boolean;
+  /** Last successful backup of this drive by this agent (kept in <stateDir>/qemu-backups.json). */
+  lastBackup: { uuid: string; time: string; mode: 'full' | 'incremental' } | null;
+}
+
+/** GET /disks item. */
+export type DiskStatus = FileDiskStatus | QemuDiskStatus;

@@ -41,6 +41,41 @@ const storeSchema = z.strictObject({
   forcePathStyle: z.boolean().optional(),
 });
 
+/**
+ * QEMU block node names: QEMU itself allows letters, digits, '-', '.', '_'
+ * starting with a letter, at most 31 characters (util/id.c id_wellformed +
+ * BlockDriverState node_name[32]).
+ */
+const QEMU_NODE_RE = /^[A-Za-z][A-Za-z0-9._-]{0,30}$/;
+const nodeMsg = 'QEMU node name must match [A-Za-z][A-Za-z0-9._-]{0,30}';
+const driveNameMsg = 'drive name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63} (it is the archive device name)';
+
+/**
+ * `{ node, name? }` or the CLI's `"node[=name]"` form (turned into the object
+ * first, so errors name `drives[i].node` / `drives[i].name`).
+ */
+const qemuDriveSchema = z.preprocess(
+  (v) => {
+    if (typeof v !== 'string') return v;
+    const i = v.indexOf('=');
+    return i < 0 ? { node: v } : { node: v.slice(0, i), name: v.slice(i + 1) };
+  },
+  z.strictObject({
+    node: z.string().regex(QEMU_NODE_RE, nodeMsg),
+    name: z.string().regex(DISK_NAME_RE, driveNameMsg).optional(),
+  }),
+);
+
+const qemuEntrySchema = z.strictObject({
+  /** QMP monitor socket of the QEMU process (a dedicated one: a monitor serves one client at a time). */
+  qmpSocket: z.string().min(1, 'qmpSocket must not be empty'),
+  drives: z.array(qemuDriveSchema).min(1, 'at least one drive is required').max(255, 'at most 255 drives (archive device table limit)'),
+  /** Where the fleecing images go (on the QEMU host; default: the temp dir). */
+  fleecingDir: z.string().min(1).optional(),
+  /** Unix socket of an NBD server QEMU already runs (QEMU allows only one per process). */
+  nbdSocket: z.string().min(1).optional(),
+});
+
 const catalogSchema = z.union([
   z.strictObject({ url: z.string().url() }),
   z.strictObject({ embedded: z.literal(true), port: z.number().int().min(0).max(65535).optional() }),
@@ -50,7 +85,7 @@ export const agentConfigSchema = z
   .strictObject({
     hostId: z.string().regex(HOST_ID_RE, 'hostId must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}'),
     stateDir: z.string().min(1),
-    disks: z.array(diskSchema).min(1, 'at least one disk is required').max(255, 'at most 255 disks (archive device table limit)'),
+    disks: z.array(diskSchema).max(255, 'at most 255 disks (archive device table limit)').default([]),
     nbd: z
       .strictObject({
         listen: listenSchema.default('127.0.0.1:10809'),
@@ -67,19 +102,39 @@ export const agentConfigSchema = z
         pollIntervalMs: z.number().int().min(100).max(3_600_000).optional(),
       })
       .optional(),
-    /** QEMU integration is a later milestone: accepted and ignored with a warning. */
-    qemu: z.unknown().optional(),
+    /** Running QEMU processes whose drives are backed up in pull mode (src/qemu/pull-backup.ts). */
+    qemu: z.array(qemuEntrySchema).max(64).optional(),
     log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).optional(),
   })
   .superRefine((cfg, ctx) => {
-    const seen = new Map<string, number>();
+    // Names are unique across file disks and QEMU drives: GET /disks and POST /backups address both by name.
+    const seen = new Map<string, string>();
     cfg.disks.forEach((d, i) => {
       const prev = seen.get(d.name);
       if (prev !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['disks', i, 'name'], message: `duplicate disk name "${d.name}" (also disks[${prev}])` });
+        ctx.addIssue({ code: 'custom', path: ['disks', i, 'name'], message: `duplicate disk name "${d.name}" (also ${prev})` });
       }
-      seen.set(d.name, i);
+      seen.set(d.name, `disks[${i}]`);
     });
+    const sockets = new Map<string, number>();
+    (cfg.qemu ?? []).forEach((q, qi) => {
+      const prevSock = sockets.get(q.qmpSocket);
+      if (prevSock !== undefined) ctx.addIssue({ code: 'custom', path: ['qemu', qi, 'qmpSocket'], message: `qmpSocket "${q.qmpSocket}" is listed twice (also qemu[${prevSock}])` });
+      sockets.set(q.qmpSocket, qi);
+      const nodes = new Map<string, number>();
+      q.drives.forEach((d, di) => {
+        const name = d.name ?? d.node;
+        const path = ['qemu', qi, 'drives', di];
+        if (!DISK_NAME_RE.test(name)) ctx.addIssue({ code: 'custom', path, message: `drive name "${name}": ${driveNameMsg}` });
+        const prevNode = nodes.get(d.node);
+        if (prevNode !== undefined) ctx.addIssue({ code: 'custom', path, message: `node "${d.node}" is listed twice (also qemu[${qi}].drives[${prevNode}])` });
+        nodes.set(d.node, di);
+        const prev = seen.get(name);
+        if (prev !== undefined) ctx.addIssue({ code: 'custom', path, message: `duplicate disk name "${name}" (also ${prev})` });
+        seen.set(name, `qemu[${qi}].drives[${di}]`);
+      });
+    });
+    if (seen.size === 0) ctx.addIssue({ code: 'custom', path: ['disks'], message: 'at least one disk is required (in disks[] or qemu[].drives)' });
   });
 
 type RawConfig = z.output<typeof agentConfigSchema>;
@@ -91,6 +146,22 @@ export interface DiskConfig {
   readOnly: boolean;
 }
 
+export interface QemuDriveConfig {
+  node: string;
+  /** Archive device name (default: the node name); unique across all disks. */
+  name: string;
+}
+
+export interface QemuConfig {
+  /** Absolute path of the QMP socket. */
+  qmpSocket: string;
+  drives: QemuDriveConfig[];
+  /** Absolute; default os.tmpdir(). */
+  fleecingDir?: string;
+  /** Absolute path of an NBD server socket QEMU already runs. */
+  nbdSocket?: string;
+}
+
 export interface AgentConfig {
   hostId: string;
   stateDir: string;
@@ -100,8 +171,8 @@ export interface AgentConfig {
   store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
   catalog?: { url: string } | { embedded: true; port?: number };
   restore: { allowedDirs: string[]; pollIntervalMs?: number };
-  /** Raw `qemu` section, unused for now (see warnings). */
-  qemu?: unknown;
+  /** QEMU processes backed up in pull mode (empty when none). */
+  qemu: QemuConfig[];
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Non-fatal remarks found while validating (e.g. ignored sections). */
   warnings: string[];
@@ -141,7 +212,12 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
   const stateDir = abs(raw.stateDir);
 
   const warnings: string[] = [];
-  if (raw.qemu !== undefined) warnings.push('config section "qemu" is not supported by this agent yet and is ignored');
+  const qemu: QemuConfig[] = (raw.qemu ?? []).map((q) => ({
+    qmpSocket: abs(q.qmpSocket),
+    drives: q.drives.map((d) => ({ node: d.node, name: d.name ?? d.node })),
+    ...(q.fleecingDir !== undefined ? { fleecingDir: abs(q.fleecingDir) } : {}),
+    ...(q.nbdSocket !== undefined ? { nbdSocket: abs(q.nbdSocket) } : {}),
+  }));
 
   const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}) };
 
@@ -154,7 +230,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     ...(raw.store !== undefined ? { store: { ...raw.store } } : {}),
     ...(catalog !== undefined ? { catalog } : {}),
     restore: { allowedDirs: (raw.restore?.allowedDirs ?? []).map(abs), ...(raw.restore?.pollIntervalMs !== undefined ? { pollIntervalMs: raw.restore.pollIntervalMs } : {}) },
-    ...(raw.qemu !== undefined ? { qemu: raw.qemu } : {}),
+    qemu,
     logLevel: raw.log?.level ?? 'info',
     warnings,
   };

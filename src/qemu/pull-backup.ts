@@ -72,6 +72,10 @@ export interface PullBackupOptions {
   compressor: Compressor;
   encryptionKey?: Buffer;
   openOutput: (ctx: OutputContext) => Promise<ByteSink>;
+  /** Archive UUID (default: a new UUIDv7); the agent fixes it before the backup starts. */
+  uuid?: string;
+  /** Config files embedded in the archive (e.g. the VM's definition). */
+  configs?: { name: string; data: Buffer }[];
   /**
    * QEMU allows ONE NBD server per process. If it already runs one (e.g.
    * qemu-storage-daemon serving the guest), give its Unix socket here; else
@@ -87,7 +91,7 @@ export interface PullBackupOptions {
   signal?: AbortSignal;
   onProgress?: (p: { done: number; total: number }) => void;
   /** Called once the snapshot point is set (tests resume writers here). */
-  onSnapshot?: (info: { uuid: string; parentUuid: string | null; mode: 'full' | 'incremental' }) => void | Promise<void>;
+  onSnapshot?: (info: { uuid: string; parentUuid: string | null; mode: 'full' | 'incremental'; modeReason: string | null }) => void | Promise<void>;
   /** Warnings (teardown steps that failed, fallbacks). */
   onWarning?: (message: string) => void;
 }
@@ -157,7 +161,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
     } else parentUuid = (oldBitmaps[0]?.[0]?.name ?? '').slice(BITMAP_PREFIX.length);
   }
 
-  const uuid = uuidv7();
+  const uuid = o.uuid ?? uuidv7();
   const tag = randomBytes(4).toString('hex');
   const drives: DriveState[] = plans.map((p, i) => ({
     id: i,
@@ -189,6 +193,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
         hostId: o.hostId,
         parentUuid,
         devices: drives.map((d) => ({ id: d.id, name: d.name, size: d.plan.node.size })),
+        ...(o.configs ? { configs: o.configs } : {}),
         compressor: o.compressor,
         encryptionKey: o.encryptionKey,
         output,
@@ -241,7 +246,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
       });
       for (const d of drives) d.created.oldDisabled = true;
     }
-    await o.onSnapshot?.({ uuid, parentUuid, mode });
+    await o.onSnapshot?.({ uuid, parentUuid, mode, modeReason });
     // 6. snapshot-access + NBD export.
     for (const d of drives) {
       await qmp.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': d.saNode, file: d.cbwNode });
@@ -262,7 +267,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
         await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
       } catch (err) {
         if (err instanceof QmpCommandError && /already running/i.test(err.desc)) {
-          throw new QemuUnsupportedError('QEMU already runs an NBD server (QEMU allows only one); pass its Unix socket (nbdServerSocket / $COWSTREAM_QEMU_NBD_SOCKET)', { cause: err });
+          throw new QemuUnsupportedError('QEMU already runs an NBD server (QEMU allows only one); pass its Unix socket (CLI --qemu-nbd or $COWSTREAM_QEMU_NBD_SOCKET; agent config qemu[].nbdSocket)', { cause: err });
         }
         throw err;
       }
@@ -342,8 +347,8 @@ async function bitmapCount(qmp: QmpClient, node: string, name: string): Promise<
   return b ? Number(b.count) : -1;
 }
 
-/** Why an incremental is impossible, or null. */
-function incrementalBlocker(nodes: NamedNode[], bitmaps: NamedNode['bitmaps'][]): string | null {
+/** Why an incremental is impossible, or null (also used by the agent's GET /disks). */
+export function incrementalBlocker(nodes: NamedNode[], bitmaps: NamedNode['bitmaps'][]): string | null {
   let uuid: string | null = null;
   for (let i = 0; i < nodes.length; i++) {
     const node = nodes[i] as NamedNode;

@@ -59,9 +59,11 @@ describe('agent config', () => {
     expectField({ stateDir: 's', disks: [{ name: 'vda', path: 'vda.raw' }] }, 'hostId');
   });
 
-  it('accepts and warns about the qemu section', () => {
-    const c = parseAgentConfig({ ...base(), qemu: [{ socket: '/x' }] }, tmp.dir);
-    expect(c.warnings[0]).toMatch(/qemu/);
+  it('validates the qemu section and names the bad field', () => {
+    const c = parseAgentConfig({ ...base(), qemu: [{ qmpSocket: 'q.sock', drives: ['d0=vm0', { node: 'd1' }] }] }, tmp.dir);
+    expect(c.qemu[0]!.drives).toEqual([{ node: 'd0', name: 'vm0' }, { node: 'd1', name: 'd1' }]);
+    expectField({ ...base(), qemu: [{ socket: '/x' }] }, 'qemu[0].qmpSocket');
+    expectField({ ...base(), qemu: [{ qmpSocket: 'q', drives: ['d0=vda'] }] }, 'qemu[0].drives[0]', /duplicate/);
   });
 
   it('rejects unreadable and non-JSON files', async () => {

@@ -40,6 +40,7 @@ function rejectAgentOnlyFlags(o: BackupCliOptions): void {
   if (o.onCbwError === 'break-guest-write') bad.push('--on-cbw-error break-guest-write (QEMU pull mode always breaks the snapshot, never a guest write)');
   if (bad.length > 0) throw new UsageError(`not supported with --qemu: ${bad.join(', ')}`);
   if (o.drive.length === 0) throw new UsageError('--qemu needs at least one --drive <node[=name]>');
+  if (o.qemuNbd !== undefined && o.qemuNbd.trim() === '') throw new UsageError('--qemu-nbd needs a socket path');
 }
 
 export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
@@ -99,7 +100,8 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
       compressor: pool,
       encryptionKey: key,
       openOutput,
-      nbdServerSocket: process.env.COWSTREAM_QEMU_NBD_SOCKET || undefined,
+      // --qemu-nbd wins over the environment (older scripts set COWSTREAM_QEMU_NBD_SOCKET).
+      nbdServerSocket: o.qemuNbd !== undefined ? resolve(o.qemuNbd) : process.env.COWSTREAM_QEMU_NBD_SOCKET || undefined,
       cbwTimeoutSec,
       signal: ac.signal,
       onWarning: (m) => process.stderr.write(`warning: ${m}\n`),

@@ -37,6 +37,8 @@ export interface BackupCliOptions {
   qemu?: string;
   /** `node[=name]` drives of the QEMU backup. */
   drive: string[];
+  /** Unix socket of an NBD server the QEMU process already runs (QEMU allows one per process). */
+  qemuNbd?: string;
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
@@ -119,7 +121,9 @@ function describeStatus(s: BackupStatus): string {
 function describeDisk(d: DiskStatus): string {
   const bm = d.bitmap.state === 'valid' ? `valid, ${formatBytes(d.bitmap.dirtyBytes ?? 0)} dirty` : `invalid (${d.bitmap.reason ?? 'unknown reason'}; the next backup is full)`;
   const last = d.lastBackup ? `${d.lastBackup.mode} ${d.lastBackup.uuid} at ${d.lastBackup.time}` : 'none';
-  return `  ${d.name}  ${formatBytes(d.size)}  ${d.path}\n    dirty bitmap: ${bm}\n    last backup:  ${last}`;
+  const where = d.kind === 'qemu' ? `QEMU node ${d.node} via ${d.qmpSocket}${d.format ? ` (${d.format})` : ''}` : d.path;
+  const size = d.size === null ? '?' : formatBytes(d.size);
+  return `  ${d.name}  ${size}  ${where}\n    dirty bitmap: ${bm}\n    last backup:  ${last}`;
 }
 
 async function runAgentBackup(o: BackupCliOptions): Promise<void> {
@@ -192,9 +196,11 @@ export function registerBackupCommands(program: Command): void {
     .option('--agent <socket>', `agent control socket (default $COWSTREAM_AGENT_SOCKET or ${DEFAULT_AGENT_SOCKET})`)
     .option('--qemu <socket>', 'back up a running QEMU through its QMP socket (pull mode) instead of the agent')
     .option('--drive <node[=name]>', 'QEMU block node to back up, optionally named (repeatable, with --qemu)', collect, [])
+    .option('--qemu-nbd <socket>', 'with --qemu: Unix socket of the NBD server QEMU already runs (QEMU allows only one; default: start a private one)')
     .action(async (o: BackupCliOptions) => {
       if (o.qemu !== undefined) return runQemu(o);
       if (o.drive.length > 0) throw new UsageError('--drive needs --qemu <socket>');
+      if (o.qemuNbd !== undefined) throw new UsageError('--qemu-nbd needs --qemu <socket>');
       return runAgentBackup(o);
     });
 
