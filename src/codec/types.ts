@@ -6,3 +6,44 @@ export interface Compressor {
   decompress(data: Uint8Array, expectedSize: number): Promise<Buffer>;
   close(): Promise<void>;
 }
+
+/** Result of ExtentCompressor.compressExtent (docs/FORMAT.md "Payload"). */
+export interface CompressedExtent {
+  /** SHA-256(plaintext) || body, in one buffer (the unencrypted stored payload). */
+  inner: Buffer;
+  /** true: body is a zstd frame strictly smaller than the plaintext; false: body is the plaintext ("stored raw"). */
+  compressed: boolean;
+  /** SHA-256 of the plaintext (= inner[0..32)). */
+  plainSha256: Buffer;
+  /** SHA-256(inner), when requested with `hashInner`. */
+  innerSha256?: Buffer;
+}
+
+export interface CompressExtentOptions {
+  /** Also hash `inner` (the stored-payload digest of an unencrypted extent). Default true. */
+  hashInner?: boolean;
+  /**
+   * Hand `plain`'s memory to the compressor instead of copying it. Only for
+   * buffers from acquireBuffer(); `plain` is unusable (detached) afterwards.
+   */
+  transfer?: boolean;
+}
+
+/**
+ * Optional richer interface (ZstdPool implements it): does all per-extent
+ * CPU work — hashing, compression, the raw-vs-compressed choice, laying out
+ * digest || body — off the caller's thread, and lets the caller pack data
+ * straight into transferable buffers (no copy on hand-over).
+ */
+export interface ExtentCompressor extends Compressor {
+  compressExtent(plain: Uint8Array, opts?: CompressExtentOptions): Promise<CompressedExtent>;
+  /** A buffer of at least `minBytes` that compressExtent can take over with `transfer: true`. */
+  acquireBuffer(minBytes: number): Buffer;
+  /** Returns an acquired buffer that was not transferred (bounded free list). */
+  releaseBuffer(buf: Buffer): void;
+}
+
+export function isExtentCompressor(c: Compressor): c is ExtentCompressor {
+  const x = c as Partial<ExtentCompressor>;
+  return typeof x.compressExtent === 'function' && typeof x.acquireBuffer === 'function' && typeof x.releaseBuffer === 'function';
+}

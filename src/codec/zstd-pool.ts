@@ -9,8 +9,13 @@
  *   producer (the archive writer, and through it the device reader).
  *   Memory held by the pool ≤ (workers + maxQueue) × maxInputBytes, plus each
  *   worker's fixed wasm heap (`wasmMemoryBytes`).
- * - Inputs are copied once into a fresh ArrayBuffer that is transferred to the
+ * - Inputs are copied once into a pooled ArrayBuffer that is transferred to the
  *   worker (the caller keeps its buffer); results come back transferred too.
+ *   compressExtent() with `transfer` skips even that copy: the caller packs
+ *   into a buffer from acquireBuffer() and hands it over.
+ * - compressExtent() also computes the extent's SHA-256 digests in the worker
+ *   (ExtentCompressor, src/codec/types.ts), so the archive writer's main
+ *   thread only packs clusters and writes bytes.
  * - decompress() never trusts the frame header: the worker decompresses into
  *   a buffer of exactly `expectedSize` bytes and fails if the frame needs more.
  * - A worker that dies fails its job with CodecError and is replaced.
@@ -18,7 +23,7 @@
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { CodecError } from '../errors.js';
-import type { Compressor } from './types.js';
+import type { CompressExtentOptions, CompressedExtent, ExtentCompressor } from './types.js';
 
 /** zstd levels this pool accepts (ZSTD_minCLevel fast levels are not exposed). */
 export const MIN_ZSTD_LEVEL = 1;
@@ -55,14 +60,17 @@ export interface ZstdPoolStats {
   workersReplaced: number;
 }
 
-type Op = 'compress' | 'decompress';
+type Op = 'compress' | 'decompress' | 'extent';
 
 interface Job {
   id: number;
   op: Op;
   input: Uint8Array;
   expected: number;
-  resolve: (b: Buffer) => void;
+  /** `input` owns its whole ArrayBuffer and is handed to the worker without a copy. */
+  transfer: boolean;
+  hashInner: boolean;
+  resolve: (reply: WorkerReply) => void;
   reject: (e: Error) => void;
 }
 
@@ -82,6 +90,10 @@ interface WorkerReply {
   input?: ArrayBuffer;
   message?: string;
   fatal?: boolean;
+  /** 'extent' replies. */
+  compressed?: boolean;
+  plainSha?: Uint8Array;
+  innerSha?: Uint8Array;
 }
 
 const WORKER_URL = new URL('./zstd-worker.mjs', import.meta.url);
@@ -99,6 +111,10 @@ export function zstdCompressBound(n: number): number {
   return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
 }
 
+function replyBuffer(msg: WorkerReply): Buffer {
+  return Buffer.from(msg.buf as ArrayBuffer, 0, msg.len);
+}
+
 function checkInt(value: number, name: string, min: number, max: number): number {
   if (!Number.isInteger(value) || value < min || value > max) {
     throw new CodecError(`${name} must be an integer between ${min} and ${max}, got ${value}`);
@@ -106,7 +122,7 @@ function checkInt(value: number, name: string, min: number, max: number): number
   return value;
 }
 
-export class ZstdPool implements Compressor {
+export class ZstdPool implements ExtentCompressor {
   readonly level: number;
   readonly workerCount: number;
   readonly maxQueue: number;
@@ -140,7 +156,40 @@ export class ZstdPool implements Compressor {
     if (data.length > this.maxInputBytes) {
       return Promise.reject(new CodecError(`compress input of ${data.length} bytes exceeds the pool limit of ${this.maxInputBytes}`));
     }
-    return this.submit('compress', data, 0);
+    return this.submit('compress', data, 0).then(replyBuffer);
+  }
+
+  /**
+   * Hashes and compresses one extent's plaintext in a worker (see
+   * ExtentCompressor): returns SHA-256(plain) || body, where body is the zstd
+   * frame if strictly smaller than `plain`, else `plain` itself.
+   */
+  compressExtent(plain: Uint8Array, opts: CompressExtentOptions = {}): Promise<CompressedExtent> {
+    if (plain.length > this.maxInputBytes) {
+      return Promise.reject(new CodecError(`compress input of ${plain.length} bytes exceeds the pool limit of ${this.maxInputBytes}`));
+    }
+    // Only a view at offset 0 of a plain ArrayBuffer can be transferred as is.
+    const transfer = opts.transfer === true && plain.byteOffset === 0 && plain.buffer instanceof ArrayBuffer && plain.length > 0;
+    return this.submit('extent', plain, 0, transfer, opts.hashInner ?? true).then((msg) => {
+      const inner = replyBuffer(msg);
+      if (msg.plainSha === undefined || msg.plainSha.length !== 32 || inner.length < 32) throw new CodecError('zstd worker sent a malformed extent reply');
+      return {
+        inner,
+        compressed: msg.compressed === true,
+        plainSha256: inner.subarray(0, 32),
+        innerSha256: msg.innerSha !== undefined ? Buffer.from(msg.innerSha.buffer, msg.innerSha.byteOffset, msg.innerSha.length) : undefined,
+      };
+    });
+  }
+
+  /** A transferable buffer of ≥ minBytes (from the free list when possible) for compressExtent(…, { transfer: true }). */
+  acquireBuffer(minBytes: number): Buffer {
+    const ab = this.takeBuffer(minBytes);
+    return Buffer.from(ab, 0, ab.byteLength);
+  }
+
+  releaseBuffer(buf: Buffer): void {
+    if (buf.byteOffset === 0 && buf.buffer instanceof ArrayBuffer && buf.buffer.byteLength === buf.length) this.giveBuffer(buf.buffer);
   }
 
   decompress(data: Uint8Array, expectedSize: number): Promise<Buffer> {
@@ -161,7 +210,7 @@ export class ZstdPool implements Compressor {
         new CodecError(`compressed input of ${data.length} bytes cannot decode to ${expectedSize} bytes`),
       );
     }
-    return this.submit('decompress', data, expectedSize);
+    return this.submit('decompress', data, expectedSize).then(replyBuffer);
   }
 
   /** Terminates the workers; pending and queued jobs fail with CodecError. */
@@ -204,15 +253,15 @@ export class ZstdPool implements Compressor {
     await slot.worker.terminate();
   }
 
-  private async submit(op: Op, input: Uint8Array, expected: number): Promise<Buffer> {
+  private async submit(op: Op, input: Uint8Array, expected: number, transfer = false, hashInner = false): Promise<WorkerReply> {
     // Bounded queue: wait (FIFO) until a queued job has moved into a worker.
     while (!this.closed && this.brokenReason === null && this.queue.length >= this.maxQueue && !this.freeSlot()) {
       await new Promise<void>((wake) => this.blockedCallers.push(wake));
     }
     if (this.closed) throw new CodecError('zstd pool closed');
     if (this.brokenReason !== null) throw new CodecError(`zstd pool unusable: ${this.brokenReason}`);
-    return new Promise<Buffer>((resolve, reject) => {
-      this.queue.push({ id: this.nextId++, op, input, expected, resolve, reject });
+    return new Promise<WorkerReply>((resolve, reject) => {
+      this.queue.push({ id: this.nextId++, op, input, expected, transfer, hashInner, resolve, reject });
       this.pump();
     });
   }
@@ -227,13 +276,20 @@ export class ZstdPool implements Compressor {
       const job = this.queue.shift()!;
       slot.job = job;
       slot.worker.ref();
-      // One copy into a transferable buffer (the caller keeps its own). The
-      // worker hands the buffer back with its reply, so steady state
-      // allocates nothing here (less GC, no zero-filling of fresh buffers).
-      const buf = this.takeBuffer(job.input.length);
-      new Uint8Array(buf, 0, job.input.length).set(job.input);
+      // One copy into a transferable buffer (the caller keeps its own), or
+      // none when the caller handed its buffer over. The worker hands the
+      // buffer back with its reply, so steady state allocates nothing here
+      // (less GC, no zero-filling of fresh buffers).
+      const len = job.input.length;
+      let buf: ArrayBuffer;
+      if (job.transfer) {
+        buf = job.input.buffer as ArrayBuffer;
+      } else {
+        buf = this.takeBuffer(len);
+        new Uint8Array(buf, 0, len).set(job.input);
+      }
       slot.worker.postMessage(
-        { id: job.id, op: job.op, buf, len: job.input.length, level: this.level, expected: job.expected },
+        { id: job.id, op: job.op, buf, len, level: this.level, expected: job.expected, hashInner: job.hashInner },
         [buf],
       );
     }
@@ -259,7 +315,10 @@ export class ZstdPool implements Compressor {
   }
 
   private spawn(): Slot {
-    const worker = new Worker(WORKER_URL, { workerData: { memoryBytes: this.wasmMemoryBytes } });
+    // execArgv: []: the worker is plain JavaScript, so it must not inherit
+    // loader flags such as tsx's `--import` (under tsx/vitest that made every
+    // worker load the TypeScript loader: ~100 ms of CPU per worker start).
+    const worker = new Worker(WORKER_URL, { workerData: { memoryBytes: this.wasmMemoryBytes }, execArgv: [] });
     const slot: Slot = { worker, job: null, retiring: false };
     // Idle workers must not keep a process alive; a busy one is ref'ed so an
     // awaited job keeps the event loop running until it settles.
@@ -279,7 +338,7 @@ export class ZstdPool implements Compressor {
     if (msg.ok && msg.buf && msg.len !== undefined) {
       this.consecutiveDeaths = 0;
       this.completed++;
-      job.resolve(Buffer.from(msg.buf, 0, msg.len));
+      job.resolve(msg);
     } else {
       this.failed++;
       job.reject(new CodecError(`zstd ${job.op} failed: ${msg.message ?? 'unknown error'}`));

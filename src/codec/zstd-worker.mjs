@@ -19,12 +19,15 @@
 // Protocol (all ArrayBuffers are transferred, never copied by postMessage):
 //   in:  { id, op: 'compress',   buf, len, level }
 //        { id, op: 'decompress', buf, len, expected }
+//        { id, op: 'extent',     buf, len, level, hashInner }
 //   out: { id, ok: true,  buf, len, input }   input = the request's buf, handed back for reuse
+//        'extent' replies also carry { compressed, plainSha, innerSha? } (see compressExtent)
 //        { id, ok: false, message, fatal, input }   fatal = the wasm runtime aborted;
 //                                            the worker exits after replying.
 import { parentPort, workerData } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 
 const require = createRequire(import.meta.url);
 const WASM_PAGE = 65536;
@@ -138,6 +141,18 @@ const ready = loadBinding(memoryBytes).then(({ b }) => {
   return { b, codec: new b.ZstdCodec(), src: new b.VectorU8(), dst: new b.VectorU8() };
 });
 
+/**
+ * Makes `vec` (a C++ std::vector<uint8_t> in the wasm heap) hold exactly
+ * `input`. zstd-codec's cloneToVector goes through an embind `val` call that
+ * profiled at ~2 GB/s; resizing the vector (which keeps its capacity, so this
+ * allocates only when an input is larger than any before) and then copying
+ * into a heap view of its storage is a plain memcpy.
+ */
+function fillVector(b, vec, input) {
+  vec.resize(input.length, 0);
+  if (input.length > 0) b.toTypedArrayView(vec).set(input);
+}
+
 /** Copies `len` bytes out of the wasm heap into a fresh, transferable ArrayBuffer. */
 function takeOutput(b, vec, len) {
   const out = Buffer.allocUnsafeSlow(len);
@@ -148,7 +163,7 @@ function takeOutput(b, vec, len) {
 
 function compress(z, input, level) {
   const { b, codec, src, dst } = z;
-  b.cloneToVector(src, input);
+  fillVector(b, src, input);
   const bound = codec.compressBound(input.length);
   if (bound < 0) throw new Error(`input of ${input.length} bytes is too large for zstd`);
   if (dst.size() < bound) dst.resize(bound, 0);
@@ -159,7 +174,7 @@ function compress(z, input, level) {
 
 function decompress(z, input, expected) {
   const { b, codec, src, dst } = z;
-  b.cloneToVector(src, input);
+  fillVector(b, src, input);
   // The destination is exactly `expected` bytes: ZSTD_decompress stops with
   // dstSize_tooSmall instead of writing past it, whatever the frame header says.
   dst.resize(expected, 0);
@@ -168,6 +183,37 @@ function decompress(z, input, expected) {
     throw new Error(`zstd decompress failed: corrupt frame or output larger than ${expected} bytes (code ${rc})`);
   }
   return [takeOutput(b, dst, rc), rc];
+}
+
+const SHA256_BYTES = 32;
+
+/**
+ * The archive writer's whole per-extent CPU work except packing, so the main
+ * thread only packs clusters and writes bytes (docs/FORMAT.md "Payload"):
+ *   plainSha = SHA-256(input)
+ *   body     = zstd(input) when strictly smaller, else input ("stored raw")
+ *   inner    = plainSha || body          (one fresh buffer, built in place: no concat)
+ *   innerSha = SHA-256(inner)            (only when hashInner: the stored-payload
+ *                                         digest of an unencrypted extent)
+ * SHA-256 runs in this thread through node:crypto (OpenSSL, SHA-NI when present).
+ */
+function compressExtent(z, input, level, hashInner) {
+  const { b, codec, src, dst } = z;
+  const plainSha = createHash('sha256').update(input).digest();
+  fillVector(b, src, input);
+  const bound = codec.compressBound(input.length);
+  if (bound < 0) throw new Error(`input of ${input.length} bytes is too large for zstd`);
+  if (dst.size() < bound) dst.resize(bound, 0);
+  const rc = codec.compress(dst, src, level);
+  if (rc < 0) throw new Error(`zstd compress failed (code ${rc})`);
+  const compressed = rc < input.length;
+  const bodyLen = compressed ? rc : input.length;
+  const out = Buffer.allocUnsafeSlow(SHA256_BYTES + bodyLen);
+  plainSha.copy(out, 0);
+  out.set(compressed ? b.toTypedArrayView(dst).subarray(0, rc) : input, SHA256_BYTES);
+  const innerSha = hashInner ? createHash('sha256').update(out).digest() : undefined;
+  const buf = out.byteOffset === 0 && out.buffer.byteLength === out.length ? out.buffer : out.buffer.slice(out.byteOffset, out.byteOffset + out.length);
+  return { buf, len: out.length, compressed, plainSha: new Uint8Array(plainSha), innerSha: innerSha && new Uint8Array(innerSha) };
 }
 
 parentPort.on('message', async (msg) => {
@@ -181,6 +227,11 @@ parentPort.on('message', async (msg) => {
   }
   try {
     const input = new Uint8Array(msg.buf, 0, msg.len);
+    if (msg.op === 'extent') {
+      const r = compressExtent(z, input, msg.level, msg.hashInner);
+      parentPort.postMessage({ id, ok: true, ...r, input: msg.buf }, [r.buf, msg.buf]);
+      return;
+    }
     const [buf, len] = msg.op === 'compress' ? compress(z, input, msg.level) : decompress(z, input, msg.expected);
     parentPort.postMessage({ id, ok: true, buf, len, input: msg.buf }, [buf, msg.buf]);
   } catch (err) {

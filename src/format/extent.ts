@@ -9,7 +9,6 @@ import type { Compressor } from '../codec/types.js';
 import { ByteReader, ByteWriter } from './bytes.js';
 import { checkSha256, sha256 } from './checksum.js';
 import { BLOCKS_PER_CLUSTER, CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA, ZERO_BLOCK_SIZE } from './constants.js';
-import { type GcmKey, sealAsync, sha256Async } from './async-crypto.js';
 import { keyFingerprint, open, seal } from './encryption.js';
 import {
   CLUSTER_ENTRY_SIZE,
@@ -116,6 +115,54 @@ export function packCluster(data: Buffer, zeroMask: number, out: Buffer, pos: nu
   return pos;
 }
 
+export interface ExtentHeaderInput {
+  seq: number;
+  archiveUuid: string;
+  /** Sorted ascending by (deviceId, cluster). */
+  entries: ClusterEntry[];
+  plainLength: number;
+  /** Length of the body: the zstd frame when `compressed`, else plainLength. */
+  bodyLength: number;
+  compressed: boolean;
+  /** Present = encrypted (12 bytes, fresh per extent). */
+  nonce?: Buffer;
+}
+
+/**
+ * Encodes an extent header whose two checksums are still zero; `aad` is a
+ * view of its first 56+16N bytes (the AES-GCM associated data), and
+ * `payloadLength` is what the stored payload must measure. Complete it with
+ * finishExtentHeader() once the stored payload's SHA-256 is known.
+ */
+export function encodeExtentHeader(x: ExtentHeaderInput): { header: Buffer; aad: Buffer; payloadLength: number } {
+  const n = x.entries.length;
+  const encrypted = x.nonce !== undefined;
+  const nonce = x.nonce ?? Buffer.alloc(NONCE_SIZE);
+  if (nonce.length !== NONCE_SIZE) throw new Error('internal: encrypted extent needs a 12-byte nonce');
+  const w = new ByteWriter(extentHeaderSize(n));
+  w.bytes(EXTENT_MAGIC)
+    .u8((x.compressed ? EXTENT_FLAG_COMPRESSED : 0) | (encrypted ? EXTENT_FLAG_ENCRYPTED : 0))
+    .u8(0)
+    .u16(n)
+    .u64(x.seq)
+    .bytes(parseUuid(x.archiveUuid))
+    .u32(x.plainLength);
+  const payloadLength = SHA256_SIZE + x.bodyLength + (encrypted ? GCM_TAG_SIZE : 0);
+  w.u32(payloadLength).bytes(nonce).u32(0);
+  for (const e of x.entries) w.u8(e.deviceId).u8(0).u16(e.zeroMask).u32(e.length).u64(e.cluster);
+  const aadEnd = w.offset;
+  const header = w.buf;
+  return { header, aad: header.subarray(0, aadEnd), payloadLength };
+}
+
+/** Fills in the stored-payload SHA-256 and the header checksum (in place). */
+export function finishExtentHeader(header: Buffer, payloadSha256: Uint8Array): Buffer {
+  const shaAt = header.length - 2 * SHA256_SIZE;
+  header.set(payloadSha256, shaAt);
+  sha256(header.subarray(0, shaAt + SHA256_SIZE)).copy(header, shaAt + SHA256_SIZE);
+  return header;
+}
+
 export interface SealExtentInput {
   seq: number;
   archiveUuid: string;
@@ -131,49 +178,18 @@ export interface SealExtentInput {
   nonce?: Buffer;
 }
 
-/** Extent header up to the AAD end; payload SHA and header SHA are appended later. */
-function extentPrefix(x: SealExtentInput, encrypted: boolean): { w: ByteWriter; nonce: Buffer; payloadLength: number } {
-  const n = x.entries.length;
-  const nonce = encrypted ? x.nonce : Buffer.alloc(NONCE_SIZE);
-  if (nonce === undefined || nonce.length !== NONCE_SIZE) throw new Error('internal: encrypted extent needs a 12-byte nonce');
-  const w = new ByteWriter(extentHeaderSize(n));
-  w.bytes(EXTENT_MAGIC)
-    .u8((x.compressed ? EXTENT_FLAG_COMPRESSED : 0) | (encrypted ? EXTENT_FLAG_ENCRYPTED : 0))
-    .u8(0)
-    .u16(n)
-    .u64(x.seq)
-    .bytes(parseUuid(x.archiveUuid))
-    .u32(x.plainLength);
-  const payloadLength = SHA256_SIZE + x.body.length + (encrypted ? GCM_TAG_SIZE : 0);
-  w.u32(payloadLength).bytes(nonce).u32(0);
-  for (const e of x.entries) w.u8(e.deviceId).u8(0).u16(e.zeroMask).u32(e.length).u64(e.cluster);
-  return { w, nonce, payloadLength };
-}
-
-function finishHeader(w: ByteWriter, payloadSha: Buffer): Buffer {
-  w.bytes(payloadSha);
-  w.bytes(sha256(w.buf.subarray(0, w.offset)));
-  return w.done();
-}
-
-/** Builds the extent header and stored payload (synchronous, node:crypto). */
+/**
+ * Builds the extent header and stored payload synchronously: the reference
+ * for what the writer's off-thread pipeline (writer.ts) produces.
+ */
 export function sealExtent(x: SealExtentInput): { header: Buffer; payload: Buffer } {
   const encrypted = x.key !== undefined;
-  const { w, nonce, payloadLength } = extentPrefix(x, encrypted);
+  if (encrypted && x.nonce === undefined) throw new Error('internal: encrypted extent needs a 12-byte nonce');
+  const { header, aad, payloadLength } = encodeExtentHeader({ ...x, bodyLength: x.body.length, nonce: encrypted ? x.nonce : undefined });
   const inner = Buffer.concat([x.plainSha256, x.body]);
-  const payload = encrypted ? seal(x.key as Buffer, nonce, w.buf.subarray(0, w.offset), inner) : inner;
+  const payload = encrypted ? seal(x.key as Buffer, x.nonce as Buffer, aad, inner) : inner;
   if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
-  return { header: finishHeader(w, sha256(payload)), payload };
-}
-
-/** Same bytes as sealExtent, with AES-GCM and the payload SHA-256 on the thread pool. */
-export async function sealExtentAsync(x: Omit<SealExtentInput, 'key'> & { gcmKey?: GcmKey }): Promise<{ header: Buffer; payload: Buffer }> {
-  const encrypted = x.gcmKey !== undefined;
-  const { w, nonce, payloadLength } = extentPrefix(x, encrypted);
-  const inner = Buffer.concat([x.plainSha256, x.body]);
-  const payload = encrypted ? await sealAsync(x.gcmKey as GcmKey, nonce, Buffer.from(w.buf.subarray(0, w.offset)), inner) : inner;
-  if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
-  return { header: finishHeader(w, await sha256Async(payload)), payload };
+  return { header: finishExtentHeader(header, sha256(payload)), payload };
 }
 
 /**

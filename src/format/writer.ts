@@ -5,19 +5,27 @@
  * them with AES-256-GCM, and appends them to a ByteSink in sequence order.
  * The trailer index and footer are written by finish().
  *
+ * CPU: with an ExtentCompressor (ZstdPool) the per-extent work — both
+ * SHA-256 digests, compression, the raw/compressed choice and laying out
+ * digest || body — runs in the compressor's workers, and clusters are packed
+ * straight into buffers the workers take over without a copy; the main thread
+ * only packs clusters and encodes extent headers. Any other Compressor gets
+ * the same bytes computed here (hashes on the libuv thread pool).
+ *
  * Memory: at most (maxInFlightExtents + 1) extents of ≤ 4 MiB plaintext plus
  * their compressed copies, plus the index (one entry per run) and a sparse
  * presence bitmap (1 bit per cluster, allocated in 8 KiB chunks on use).
  */
 import { v7 as uuidv7, validate as validateUuid } from 'uuid';
 import { CowstreamError } from '../errors.js';
-import type { Compressor } from '../codec/types.js';
-import { type GcmKey, importGcmKey, sha256Async } from './async-crypto.js';
+import { type CompressedExtent, type Compressor, type ExtentCompressor, isExtentCompressor } from '../codec/types.js';
+import { type SealKey, importSealKey, sealAsync } from '../codec/crypto.js';
+import { sha256Async } from '../codec/hash.js';
 import { sha256 } from './checksum.js';
 import { CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA } from './constants.js';
 import { assertKey, keyFingerprint, newNonce } from './encryption.js';
 import { ArchiveWriteError, DuplicateClusterError, IncompleteArchiveError } from './errors.js';
-import { type ClusterEntry, fullMaskOf, packCluster, sealExtentAsync, zeroMaskOf } from './extent.js';
+import { type ClusterEntry, encodeExtentHeader, finishExtentHeader, fullMaskOf, packCluster, zeroMaskOf } from './extent.js';
 import { encodeFooter } from './footer.js';
 import {
   type ConfigBlob,
@@ -28,7 +36,7 @@ import {
   clusterLengthOf,
   encodeHeader,
 } from './header.js';
-import { MAX_RUN_COUNT } from './layout.js';
+import { MAX_RUN_COUNT, SHA256_SIZE } from './layout.js';
 import type { ByteSink, ClusterSink } from './sink.js';
 import { type DataRunRecord, type ZeroRun, encodeTrailer } from './trailer.js';
 
@@ -134,6 +142,20 @@ interface OpenExtent {
   pos: number;
 }
 
+/**
+ * compressExtent() for a plain Compressor (e.g. a test double): the same
+ * result, computed on the caller's side (hashes on the libuv thread pool).
+ */
+async function compressOnCaller(compressor: Compressor, plain: Buffer, hashInner: boolean): Promise<CompressedExtent> {
+  const [plainSha, frame] = await Promise.all([sha256Async(plain), compressor.compress(plain)]);
+  const compressed = frame.length < plain.length;
+  const body = compressed ? frame : plain;
+  const inner = Buffer.allocUnsafe(SHA256_SIZE + body.length);
+  plainSha.copy(inner, 0);
+  body.copy(inner, SHA256_SIZE);
+  return { inner, compressed, plainSha256: inner.subarray(0, SHA256_SIZE), innerSha256: hashInner ? await sha256Async(inner) : undefined };
+}
+
 function mergeRuns(runs: ZeroRun[]): ZeroRun[] {
   runs.sort((a, b) => a.firstCluster - b.firstCluster);
   const out: ZeroRun[] = [];
@@ -165,7 +187,9 @@ export class ArchiveWriter implements ClusterSink {
   private state: 'open' | 'finishing' | 'finished' | 'aborted' = 'open';
   private outputAborted = false;
   private nextSeq = 0;
-  private gcmKey: Promise<GcmKey> | undefined;
+  private sealKey: Promise<SealKey> | undefined;
+  /** Set when the compressor can hash + compress off-thread and take buffers over (ZstdPool). */
+  private readonly extentCompressor: ExtentCompressor | undefined;
 
   private offset = 0;
   private readonly headerLength: number;
@@ -180,6 +204,7 @@ export class ArchiveWriter implements ClusterSink {
   private constructor(opts: ArchiveWriterOptions, uuid: string, headerLength: number) {
     this.uuid = uuid;
     this.compressor = opts.compressor;
+    this.extentCompressor = isExtentCompressor(opts.compressor) ? opts.compressor : undefined;
     this.output = opts.output;
     this.key = opts.encryptionKey;
     this.keyFingerprint = opts.encryptionKey ? keyFingerprint(opts.encryptionKey) : null;
@@ -289,7 +314,7 @@ export class ArchiveWriter implements ClusterSink {
         this.addZeroRun(d, cluster, 1);
         return;
       }
-      const cur = (this.cur ??= { entries: [], plain: Buffer.allocUnsafe(MAX_EXTENT_DATA), pos: 0 });
+      const cur = (this.cur ??= { entries: [], plain: this.plainBuffer(), pos: 0 });
       const start = cur.pos;
       cur.pos = packCluster(data, zeroMask, cur.plain, cur.pos);
       cur.entries.push({ deviceId, cluster, length: data.length, zeroMask, plainOffset: start, plainLength: cur.pos - start });
@@ -311,6 +336,14 @@ export class ArchiveWriter implements ClusterSink {
     });
   }
 
+  /**
+   * A 4 MiB plaintext buffer. From an ExtentCompressor it is a recycled,
+   * transferable buffer that is handed to the worker without a copy.
+   */
+  private plainBuffer(): Buffer {
+    return this.extentCompressor ? this.extentCompressor.acquireBuffer(MAX_EXTENT_DATA) : Buffer.allocUnsafe(MAX_EXTENT_DATA);
+  }
+
   private async sealCurrent(): Promise<void> {
     const cur = this.cur;
     this.cur = undefined;
@@ -327,13 +360,14 @@ export class ArchiveWriter implements ClusterSink {
     if (!sorted) {
       // The table must be sorted (docs/FORMAT.md) and the plaintext follows table order.
       entries.sort(cmp);
-      const re = Buffer.allocUnsafe(plain.length);
+      const re = this.plainBuffer();
       let pos = 0;
       for (const e of entries) {
         plain.copy(re, pos, e.plainOffset, e.plainOffset + e.plainLength);
         pos += e.plainLength;
       }
-      plain = re;
+      this.extentCompressor?.releaseBuffer(cur.plain);
+      plain = re.subarray(0, pos);
     }
     const seq = this.nextSeq++;
     const job = this.compressAndEmit(
@@ -351,29 +385,51 @@ export class ArchiveWriter implements ClusterSink {
     }
   }
 
+  /** Compression + digests of one extent's plaintext; off the main thread with an ExtentCompressor. */
+  private compressPlain(plain: Buffer, hashInner: boolean): Promise<CompressedExtent> {
+    // transfer: `plain` is a view of an acquireBuffer() buffer that nothing else uses.
+    if (this.extentCompressor) return this.extentCompressor.compressExtent(plain, { transfer: true, hashInner });
+    return compressOnCaller(this.compressor, plain, hashInner);
+  }
+
   /**
    * Hashes, compresses and seals one extent concurrently with the others
-   * (thread pool + compressor workers), then appends it in sequence order
-   * so that file order = sequence order (docs/FORMAT.md "Trailer").
+   * (compressor workers; AES-GCM and leftover hashing on the libuv thread
+   * pool), then appends it in sequence order so that file order = sequence
+   * order (docs/FORMAT.md "Trailer"). The main thread only encodes the
+   * ~1 KiB header: no 4 MiB copy, hash or concat happens here.
    */
   private async compressAndEmit(seq: number, entries: ClusterEntry[], plain: Buffer): Promise<void> {
     const prev = this.emitTail;
+    // Captured now: a transferred `plain` is detached (length 0) afterwards.
+    const plainLength = plain.length;
     const prepared = (async () => {
-      const [plainSha256, compressedBody] = await Promise.all([sha256Async(plain), this.compressor.compress(plain)]);
-      // Stored raw when zstd does not shrink (docs/FORMAT.md "Payload").
-      const compressed = compressedBody.length < plain.length;
-      const gcmKey = this.key ? await (this.gcmKey ??= importGcmKey(this.key)) : undefined;
-      return sealExtentAsync({
+      const key = this.key;
+      const c = await this.compressPlain(plain, key === undefined);
+      const nonce = key !== undefined ? newNonce() : undefined;
+      // Stored raw when zstd does not shrink (docs/FORMAT.md "Payload"); the compressor chose.
+      const { header, aad, payloadLength } = encodeExtentHeader({
         seq,
         archiveUuid: this.uuid,
         entries,
-        plainLength: plain.length,
-        plainSha256,
-        body: compressed ? compressedBody : plain,
-        compressed,
-        gcmKey,
-        nonce: gcmKey ? newNonce() : undefined,
+        plainLength,
+        bodyLength: c.inner.length - SHA256_SIZE,
+        compressed: c.compressed,
+        nonce,
       });
+      let payload: Buffer;
+      let payloadSha: Buffer;
+      if (key !== undefined) {
+        // The stored-payload digest is over the ciphertext, so it is computed after sealing.
+        const sk = await (this.sealKey ??= importSealKey(key));
+        payload = await sealAsync(sk, nonce as Buffer, c.inner, aad);
+        payloadSha = await sha256Async(payload);
+      } else {
+        payload = c.inner;
+        payloadSha = c.innerSha256 ?? (await sha256Async(payload));
+      }
+      if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
+      return { header: finishExtentHeader(header, payloadSha), payload };
     })();
     const run = (async () => {
       let sealed: { header: Buffer; payload: Buffer };
@@ -390,7 +446,7 @@ export class ArchiveWriter implements ClusterSink {
       this.extents.push({ offset: this.offset, length, clusterCount: entries.length });
       this.offset += length;
       this.storedBytes += payload.length;
-      this.dataBytes += plain.length;
+      this.dataBytes += plainLength;
       this.clusterCount += entries.length;
       let last: DataRunRecord | undefined;
       for (const e of entries) {
