@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { CodecError } from '../../../src/errors.js';
 import { ZstdPool } from '../../../src/codec/zstd-pool.js';
 
@@ -169,5 +169,43 @@ describe('ZstdPool', () => {
     expect(() => new ZstdPool({ level: 20 })).toThrow(CodecError);
     expect(() => new ZstdPool({ level: 1.5 })).toThrow(CodecError);
     expect(() => new ZstdPool({ workers: 0 })).toThrow(CodecError);
+  });
+});
+
+describe('ZstdPool.compressExtent (hashing + compression in the worker)', () => {
+  const sha = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
+
+  it('returns sha(plain) || zstd(plain) with both digests, and the body decompresses back', async () => {
+    const p = pool();
+    const plain = textLike(1024 * 1024, 7);
+    const r = await p.compressExtent(plain);
+    expect(r.compressed).toBe(true);
+    expect(r.plainSha256.equals(sha(plain))).toBe(true);
+    expect(r.inner.subarray(0, 32).equals(r.plainSha256)).toBe(true);
+    expect(r.innerSha256?.equals(sha(r.inner))).toBe(true);
+    expect(r.inner.length).toBeLessThan(plain.length / 2);
+    const body = r.inner.subarray(32);
+    expect((await p.decompress(body, plain.length)).equals(plain)).toBe(true);
+  });
+
+  it('stores incompressible data raw, and skips the inner digest when asked', async () => {
+    const p = pool();
+    const plain = randomBytes(256 * 1024);
+    const r = await p.compressExtent(plain, { hashInner: false });
+    expect(r.compressed).toBe(false);
+    expect(r.inner.subarray(32).equals(plain)).toBe(true);
+    expect(r.innerSha256).toBeUndefined();
+  });
+
+  it('with transfer: takes over an acquired buffer (detached afterwards) and gives the same bytes as a copy', async () => {
+    const p = pool();
+    const plain = textLike(512 * 1024, 3);
+    const copied = await p.compressExtent(plain);
+    const buf = p.acquireBuffer(plain.length);
+    plain.copy(buf);
+    const view = buf.subarray(0, plain.length);
+    const moved = await p.compressExtent(view, { transfer: true });
+    expect(moved.inner.equals(copied.inner)).toBe(true);
+    expect(buf.buffer.byteLength).toBe(0); // the ArrayBuffer went to the worker
   });
 });
