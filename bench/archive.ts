@@ -18,12 +18,13 @@
  * kernel alone (ZstdPool.compressExtent over the image's non-zero 4 MiB
  * chunks: wasm zstd + the two SHA-256 digests the format requires).
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdirSync, openSync, closeSync, writeSync, ftruncateSync, statSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { createReadStream, existsSync, statSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { ZstdPool } from '../src/codec/zstd-pool.js';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ensureBenchImage } from './image.js';
 
 const MiB = 1024 * 1024;
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -32,46 +33,10 @@ const imageMiB = Number(process.env.BENCH_IMAGE_MIB ?? 1024);
 const level = Number(process.env.BENCH_LEVEL ?? 1);
 const runs = Number(process.env.BENCH_RUNS ?? 2);
 const image = join(work, `image-${imageMiB}M.raw`);
-const DATA_REGION = 48 * MiB;
 
-/** Builds the image: DATA_REGION of tar data, then zeros, repeated; data ≈ 68% of the size. */
+/** Builds the shared benchmark image if missing (bench/image.ts). */
 async function buildImage(): Promise<void> {
-  if (existsSync(image) && statSync(image).size === imageMiB * MiB) return;
-  mkdirSync(work, { recursive: true });
-  const total = imageMiB * MiB;
-  const dataTarget = Math.floor((total * 0.68) / MiB) * MiB;
-  const zeroGap = Math.floor((total - dataTarget) / Math.ceil(dataTarget / DATA_REGION) / 4096) * 4096;
-  process.stderr.write(`building ${image}: ${dataTarget / MiB} MiB of tar(/usr/lib) in ${DATA_REGION / MiB} MiB regions, zero gaps of ${(zeroGap / MiB).toFixed(1)} MiB\n`);
-  const fd = openSync(image + '.tmp', 'w');
-  let pos = 0;
-  let dataLeft = dataTarget;
-  let regionLeft = DATA_REGION;
-  // Re-run tar until enough data (the machine's /usr/lib is usually > 700 MiB anyway).
-  while (dataLeft > 0) {
-    const tar = spawn('tar', ['cf', '-', '/usr/lib'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    for await (const chunk of tar.stdout as AsyncIterable<Buffer>) {
-      let c = chunk;
-      while (c.length > 0 && dataLeft > 0) {
-        const n = Math.min(c.length, regionLeft, dataLeft);
-        writeSync(fd, c, 0, n, pos);
-        pos += n;
-        dataLeft -= n;
-        regionLeft -= n;
-        c = c.subarray(n);
-        if (regionLeft === 0) {
-          pos += zeroGap; // a hole: reads back as zeros
-          regionLeft = DATA_REGION;
-        }
-      }
-      if (dataLeft === 0) {
-        tar.kill();
-        break;
-      }
-    }
-  }
-  ftruncateSync(fd, total);
-  closeSync(fd);
-  spawnSync('mv', [image + '.tmp', image]);
+  await ensureBenchImage(work, imageMiB);
 }
 
 async function warm(path: string): Promise<void> {

@@ -18,7 +18,7 @@
  * through 127.0.0.1. Throughput is MB/s of disk data (image bytes / seconds).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, ftruncateSync, statSync, rmSync } from 'node:fs';
+import { createReadStream, mkdtempSync, statSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -26,6 +26,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import { ensureBenchImage } from './image.js';
 
 const MiB = 1024 * 1024;
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -40,44 +41,9 @@ interface ChildResult {
   [k: string]: unknown;
 }
 
-/** Same image recipe as bench/archive.ts (tar of /usr/lib in 48 MiB regions, ~32 % zero gaps). */
+/** Builds the shared benchmark image if missing (bench/image.ts). */
 async function buildImage(): Promise<void> {
-  if (existsSync(image) && statSync(image).size === imageMiB * MiB) return;
-  mkdirSync(work, { recursive: true });
-  const total = imageMiB * MiB;
-  const region = 48 * MiB;
-  const dataTarget = Math.floor((total * 0.68) / MiB) * MiB;
-  const zeroGap = Math.floor((total - dataTarget) / Math.ceil(dataTarget / region) / 4096) * 4096;
-  process.stderr.write(`building ${image}\n`);
-  const fd = openSync(image + '.tmp', 'w');
-  let pos = 0;
-  let dataLeft = dataTarget;
-  let regionLeft = region;
-  while (dataLeft > 0) {
-    const tar = spawn('tar', ['cf', '-', '/usr/lib'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    for await (const chunk of tar.stdout as AsyncIterable<Buffer>) {
-      let c = chunk;
-      while (c.length > 0 && dataLeft > 0) {
-        const n = Math.min(c.length, regionLeft, dataLeft);
-        writeSync(fd, c, 0, n, pos);
-        pos += n;
-        dataLeft -= n;
-        regionLeft -= n;
-        c = c.subarray(n);
-        if (regionLeft === 0) {
-          pos += zeroGap;
-          regionLeft = region;
-        }
-      }
-      if (dataLeft === 0) {
-        tar.kill();
-        break;
-      }
-    }
-  }
-  ftruncateSync(fd, total);
-  closeSync(fd);
-  spawnSync('mv', [image + '.tmp', image]);
+  await ensureBenchImage(work, imageMiB);
 }
 
 async function client(endpoint: string): Promise<S3Client> {

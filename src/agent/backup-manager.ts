@@ -186,16 +186,7 @@ export class BackupManager implements ControlBackend {
       } else parentUuid = [...parents][0]!;
     }
 
-    const configs = await this.readConfigFiles(req.configFiles ?? []);
-    let encryptionKey: Buffer | undefined;
-    if (req.key !== undefined) {
-      try {
-        encryptionKey = await readKeyFile(req.key);
-      } catch (err) {
-        throw new BackupRequestError('key', `key: ${describeError(err)}`);
-      }
-    }
-    if (req.target.kind === 's3' && !this.ctx.store) throw new BackupRequestError('target', 'target "s3": no S3 store is configured');
+    const { configs, encryptionKey } = await this.archiveInputs(req);
 
     const uuid = uuidv7();
     const now = new Date().toISOString();
@@ -297,16 +288,7 @@ export class BackupManager implements ControlBackend {
     if (req.speed !== undefined) throw new BackupRequestError('speed', 'speed: not supported for QEMU drives (QEMU\'s NBD export is read as fast as the archive accepts it)');
     if (req.fleecing !== undefined) throw new BackupRequestError('fleecing', `fleecing: not accepted for QEMU drives; their fleecing images go to qemu[${host.index}].fleecingDir of the agent config (at most the drive size each)`);
     if (req.onCbwError === 'break-guest-write') throw new BackupRequestError('onCbwError', 'onCbwError: QEMU pull mode always breaks the snapshot, never a guest write');
-    const configs = await this.readConfigFiles(req.configFiles ?? []);
-    let encryptionKey: Buffer | undefined;
-    if (req.key !== undefined) {
-      try {
-        encryptionKey = await readKeyFile(req.key);
-      } catch (err) {
-        throw new BackupRequestError('key', `key: ${describeError(err)}`);
-      }
-    }
-    if (req.target.kind === 's3' && !this.ctx.store) throw new BackupRequestError('target', 'target "s3": no S3 store is configured');
+    const { configs, encryptionKey } = await this.archiveInputs(req);
 
     const uuid = uuidv7();
     let resolveFinished!: () => void;
@@ -380,6 +362,21 @@ export class BackupManager implements ControlBackend {
       throw e instanceof CowstreamError ? e : new BackupError(`backup could not start: ${describeError(e)}`, { cause: e });
     }
     return this.current()!;
+  }
+
+  /** Config blobs and key of a request, and a check that its target exists (same for file disks and QEMU drives). */
+  private async archiveInputs(req: BackupRequest): Promise<{ configs: { name: string; data: Buffer }[]; encryptionKey: Buffer | undefined }> {
+    const configs = await this.readConfigFiles(req.configFiles ?? []);
+    let encryptionKey: Buffer | undefined;
+    if (req.key !== undefined) {
+      try {
+        encryptionKey = await readKeyFile(req.key);
+      } catch (err) {
+        throw new BackupRequestError('key', `key: ${describeError(err)}`);
+      }
+    }
+    if (req.target.kind === 's3' && !this.ctx.store) throw new BackupRequestError('target', 'target "s3": no S3 store is configured');
+    return { configs, encryptionKey };
   }
 
   private async readConfigFiles(paths: string[]): Promise<{ name: string; data: Buffer }[]> {
