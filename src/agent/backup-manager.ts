@@ -50,6 +50,43 @@ interface Run {
   abort: AbortController | null;
 }
 
+/** A new run in state 'active', and the function that settles its `finished` promise. */
+function newRun(
+  req: BackupRequest,
+  init: { uuid: string; mode: BackupStatus['mode']; modeReason: string | undefined; parentUuid: string | null; disks: string[]; abort: AbortController | null },
+): { run: Run; resolveFinished: () => void } {
+  let resolveFinished!: () => void;
+  const run: Run = {
+    status: {
+      status: 'active',
+      uuid: init.uuid,
+      mode: init.mode,
+      ...(init.modeReason ? { modeReason: init.modeReason } : {}),
+      requestedMode: req.mode,
+      parentUuid: init.parentUuid,
+      disks: init.disks,
+      total: 0,
+      transferred: 0,
+      zeroBytes: 0,
+      archiveBytes: 0,
+      cbwClusters: 0,
+      maxCbwWaitMs: 0,
+      startTime: new Date().toISOString(),
+      endTime: null,
+      error: null,
+      target: req.target.kind === 's3' ? 's3' : req.target.kind === 'file' ? `file:${req.target.path}` : '-',
+    },
+    session: null,
+    target: null,
+    writer: null,
+    cancelRequested: false,
+    startError: null,
+    finished: new Promise<void>((r) => (resolveFinished = r)),
+    abort: init.abort,
+  };
+  return { run, resolveFinished };
+}
+
 /** What POST /backups selected: file disks, or the drives of ONE qemu entry. */
 export type DiskSelection = { kind: 'file'; disks: AgentDisk[] } | { kind: 'qemu'; host: QemuHost; drives: { node: string; name: string }[] };
 
@@ -189,36 +226,7 @@ export class BackupManager implements ControlBackend {
     const { configs, encryptionKey } = await this.archiveInputs(req);
 
     const uuid = uuidv7();
-    const now = new Date().toISOString();
-    let resolveFinished!: () => void;
-    const run: Run = {
-      status: {
-        status: 'active',
-        uuid,
-        mode,
-        ...(modeReason ? { modeReason } : {}),
-        requestedMode: req.mode,
-        parentUuid,
-        disks: names,
-        total: 0,
-        transferred: 0,
-        zeroBytes: 0,
-        archiveBytes: 0,
-        cbwClusters: 0,
-        maxCbwWaitMs: 0,
-        startTime: now,
-        endTime: null,
-        error: null,
-        target: req.target.kind === 's3' ? 's3' : req.target.kind === 'file' ? `file:${req.target.path}` : '-',
-      },
-      session: null,
-      target: null,
-      writer: null,
-      cancelRequested: false,
-      startError: null,
-      finished: new Promise<void>((r) => (resolveFinished = r)),
-      abort: null,
-    };
+    const { run, resolveFinished } = newRun(req, { uuid, mode, modeReason, parentUuid, disks: names, abort: null });
     this.run = run; // from here on a second request gets 409
     if (modeReason) this.ctx.log.warn('incremental downgraded to full', { uuid, reason: modeReason });
 
@@ -291,34 +299,7 @@ export class BackupManager implements ControlBackend {
     const { configs, encryptionKey } = await this.archiveInputs(req);
 
     const uuid = uuidv7();
-    let resolveFinished!: () => void;
-    const run: Run = {
-      status: {
-        status: 'active',
-        uuid,
-        mode: req.mode,
-        requestedMode: req.mode,
-        parentUuid: null,
-        disks: drives.map((d) => d.name),
-        total: 0,
-        transferred: 0,
-        zeroBytes: 0,
-        archiveBytes: 0,
-        cbwClusters: 0,
-        maxCbwWaitMs: 0,
-        startTime: new Date().toISOString(),
-        endTime: null,
-        error: null,
-        target: req.target.kind === 's3' ? 's3' : req.target.kind === 'file' ? `file:${req.target.path}` : '-',
-      },
-      session: null,
-      target: null,
-      writer: null,
-      cancelRequested: false,
-      startError: null,
-      finished: new Promise<void>((r) => (resolveFinished = r)),
-      abort: new AbortController(),
-    };
+    const { run, resolveFinished } = newRun(req, { uuid, mode: req.mode, modeReason: undefined, parentUuid: null, disks: drives.map((d) => d.name), abort: new AbortController() });
     this.run = run; // from here on a second request gets 409
     if (req.target.kind === 'stream') {
       // The answer goes out before QEMU is asked (the header waits for the reader):
