@@ -7,7 +7,7 @@
  */
 import type { BlockDevice } from '../../src/device/types.js';
 import { OutOfRangeError } from '../../src/errors.js';
-import type { Rng } from './cbw-prng.js';
+import type { Rng } from './prng.js';
 
 export type AppliedOp = { kind: 'write'; offset: number; data: Buffer } | { kind: 'zero'; offset: number; length: number };
 

@@ -4,7 +4,7 @@
  * It records duplicates instead of throwing so tests can assert on them.
  */
 import type { ClusterSink } from '../../src/format/sink.js';
-import type { Rng } from './cbw-prng.js';
+import type { Rng } from './prng.js';
 
 export interface CaptureSinkOptions {
   rng?: Rng;

@@ -13,7 +13,7 @@ import { CbwDevice, atQuiescentPoint } from '../../src/cbw/cbw-device.js';
 import { CbwWriteError } from '../../src/cbw/errors.js';
 import type { ClusterSink } from '../../src/format/sink.js';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
-import { mulberry32, type Rng } from './cbw-prng.js';
+import { mulberry32, type Rng } from './prng.js';
 import { JitterMemDevice, jitter } from './cbw-memdev.js';
 import { CaptureSink } from './cbw-sink.js';
 

@@ -6,18 +6,10 @@ import type { DeviceInfo } from '../../src/format/header.js';
 import { MemoryByteSink } from '../../src/format/memory.js';
 import { ArchiveWriter, type ArchiveSummary, type ArchiveWriterOptions } from '../../src/format/writer.js';
 import { TestZstdCompressor } from './format-compressor.js';
+import { mulberry32 } from './prng.js';
 
 /** mulberry32: small, fast, seedable PRNG (test data only). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng: (seed: number) => () => number = mulberry32;
 
 export function shuffle<T>(xs: T[], rand: () => number): T[] {
   for (let i = xs.length - 1; i > 0; i--) {

@@ -29,7 +29,7 @@ import type { ClusterSink } from '../../src/format/sink.js';
 import { ArchiveWriter } from '../../src/format/writer.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { MiniNbdClient } from '../helpers/cbw-nbd-client.js';
-import { mulberry32, type Rng } from '../helpers/cbw-prng.js';
+import { mulberry32, type Rng } from '../helpers/prng.js';
 import { firstDiff } from '../helpers/agent-archive.js';
 
 const C = CLUSTER_SIZE;

@@ -4,18 +4,10 @@ import { applyPolicy, planPrune, parseRetentionConfig, type RetentionConfig } fr
 import type { ArchiveRecord, ArchiveStatus } from '../../../src/catalog/records.js';
 import { ConfigError } from '../../../src/errors.js';
 import { archiveRecord } from './fixtures.js';
+import { mulberry32 } from '../../helpers/prng.js';
 
 /** mulberry32: a tiny seeded PRNG so a failing seed can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng: (seed: number) => () => number = mulberry32;
 
 function randomHistory(rand: () => number): ArchiveRecord[] {
   const out: ArchiveRecord[] = [];

@@ -10,7 +10,7 @@ import { TokenBucket } from '../../../src/cbw/rate-limit.js';
 import { BackupCancelledError, OutOfRangeError } from '../../../src/errors.js';
 import { CLUSTER_SIZE } from '../../../src/format/constants.js';
 import { JitterMemDevice } from '../../helpers/cbw-memdev.js';
-import { mulberry32 } from '../../helpers/cbw-prng.js';
+import { mulberry32 } from '../../helpers/prng.js';
 import { CaptureSink } from '../../helpers/cbw-sink.js';
 
 const C = CLUSTER_SIZE;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Bitmap } from '../../../src/cbw/bitmap.js';
 import { BitmapChecksumError, BitmapFormatError } from '../../../src/cbw/errors.js';
-import { mulberry32 } from '../../helpers/cbw-prng.js';
+import { mulberry32 } from '../../helpers/prng.js';
 
 /** Reference model: a plain boolean array. */
 function model(b: Bitmap): boolean[] {

@@ -9,7 +9,7 @@ import { BackupBusyError, BitmapInvalidError } from '../../../src/cbw/errors.js'
 import { startBackup } from '../../../src/cbw/session.js';
 import { CLUSTER_SIZE } from '../../../src/format/constants.js';
 import { JitterMemDevice } from '../../helpers/cbw-memdev.js';
-import { mulberry32 } from '../../helpers/cbw-prng.js';
+import { mulberry32 } from '../../helpers/prng.js';
 import { CaptureSink } from '../../helpers/cbw-sink.js';
 
 const C = CLUSTER_SIZE;

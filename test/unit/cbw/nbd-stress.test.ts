@@ -14,7 +14,7 @@ import { FileDevice } from '../../../src/device/file-device.js';
 import { CLUSTER_SIZE } from '../../../src/format/constants.js';
 import { NbdServer } from '../../../src/nbd/server.js';
 import { MiniNbdClient } from '../../helpers/cbw-nbd-client.js';
-import { mulberry32 } from '../../helpers/cbw-prng.js';
+import { mulberry32 } from '../../helpers/prng.js';
 import { CaptureSink } from '../../helpers/cbw-sink.js';
 
 const C = CLUSTER_SIZE;

@@ -1,4 +1,4 @@
-/** Seeded PRNG for the CBW stress tests (mulberry32): reproducible from the logged seed. */
+/** Seeded PRNG for tests (mulberry32): small, fast, reproducible from a logged seed. */
 export interface Rng {
   (): number;
   int(lo: number, hi: number): number;
