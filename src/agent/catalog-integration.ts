@@ -1,4 +1,5 @@
 import { ConfigError, describeError } from '../errors.js';
+import { readKeyFile } from '../codec/crypto.js';
 import { startEmbeddedCatalog } from '../catalog/embedded.js';
 import type { Logger as CatalogLogger } from '../catalog/log.js';
 import type { EmbeddedS3 } from '../store/embedded-s3.js';
@@ -41,43 +42,57 @@ export async function startCatalogIntegration(opts: {
 }): Promise<CatalogIntegration> {
   const { config, log } = opts;
   const cat = config.catalog!;
-  const stops: Array<() => Promise<void>> = [];
-  let url: string;
-  if ('url' in cat) url = cat.url;
-  else {
-    if (!opts.embeddedS3) {
-      throw new ConfigError('catalog.embedded: the embedded catalogue indexes the embedded S3 store; remove `store` or set `catalog.url`');
+  // Read first, before anything is started, so a bad key file stops the agent
+  // with a clear error instead of failing every encrypted restore job later.
+  let key: Buffer | undefined;
+  if (config.restore.keyFile !== undefined) {
+    try {
+      key = await readKeyFile(config.restore.keyFile);
+    } catch (err) {
+      throw new ConfigError(`restore.keyFile: ${describeError(err)}`, { cause: err });
     }
-    const s3 = opts.embeddedS3;
-    const catalog = await startEmbeddedCatalog({
-      stateDir: config.stateDir,
-      ...(cat.port !== undefined ? { port: cat.port } : {}),
-      s3: { endpoint: s3.endpoint, bucket: s3.bucket, region: 'us-east-1', credentials: s3.credentials, onEvent: (l) => s3.onEvent(l) },
-      logger: catalogLogger(log, { component: 'catalog' }),
-    });
-    stops.push(() => catalog.close());
-    url = catalog.url;
-    log.info('embedded catalogue started', { url });
   }
 
-  const poller = new RestorePoller({
-    catalogUrl: url,
-    hostId: config.hostId,
-    allowedDirs: config.restore.allowedDirs,
-    forbiddenPaths: opts.exportedPaths,
-    store: opts.store ? { client: opts.store.client, bucket: opts.store.bucket, prefix: opts.store.prefix } : null,
-    ...(config.restore.pollIntervalMs !== undefined ? { pollIntervalMs: config.restore.pollIntervalMs } : {}),
-    log,
-  });
-  poller.start();
-  stops.push(() => poller.stop());
-  log.info('restore poller started', { catalog: url, allowedDirs: config.restore.allowedDirs });
-
-  return {
-    url,
-    poller,
-    async stop() {
-      for (const s of stops.reverse()) await s().catch((err: unknown) => log.warn('catalogue stop failed', { error: describeError(err) }));
-    },
+  const stops: Array<() => Promise<void>> = [];
+  const stopAll = async (): Promise<void> => {
+    for (const s of stops.splice(0).reverse()) await s().catch((err: unknown) => log.warn('catalogue stop failed', { error: describeError(err) }));
   };
+  try {
+    let url: string;
+    if ('url' in cat) url = cat.url;
+    else {
+      if (!opts.embeddedS3) {
+        throw new ConfigError('catalog.embedded: the embedded catalogue indexes the embedded S3 store; remove `store` or set `catalog.url`');
+      }
+      const s3 = opts.embeddedS3;
+      const catalog = await startEmbeddedCatalog({
+        stateDir: config.stateDir,
+        ...(cat.port !== undefined ? { port: cat.port } : {}),
+        s3: { endpoint: s3.endpoint, bucket: s3.bucket, region: 'us-east-1', credentials: s3.credentials, onEvent: (l) => s3.onEvent(l) },
+        logger: catalogLogger(log, { component: 'catalog' }),
+      });
+      stops.push(() => catalog.close());
+      url = catalog.url;
+      log.info('embedded catalogue started', { url });
+    }
+
+    const poller = new RestorePoller({
+      catalogUrl: url,
+      hostId: config.hostId,
+      allowedDirs: config.restore.allowedDirs,
+      forbiddenPaths: opts.exportedPaths,
+      store: opts.store ? { client: opts.store.client, bucket: opts.store.bucket, prefix: opts.store.prefix } : null,
+      ...(config.restore.pollIntervalMs !== undefined ? { pollIntervalMs: config.restore.pollIntervalMs } : {}),
+      ...(key ? { key } : {}),
+      log,
+    });
+    poller.start();
+    stops.push(() => poller.stop());
+    log.info('restore poller started', { catalog: url, allowedDirs: config.restore.allowedDirs });
+    return { url, poller, stop: stopAll };
+  } catch (err) {
+    // Release what was started (e.g. the embedded catalogue's LevelDB lock in stateDir).
+    await stopAll();
+    throw err;
+  }
 }

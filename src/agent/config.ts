@@ -100,6 +100,8 @@ export const agentConfigSchema = z
         allowedDirs: z.array(z.string().min(1)).default([]),
         /** How often the restore poller asks the catalogue for PENDING jobs (default 5000 ms). */
         pollIntervalMs: z.number().int().min(100).max(3_600_000).optional(),
+        /** Key file (`cowstream key create`) for catalogue restores of encrypted archives. */
+        keyFile: z.string().min(1).optional(),
       })
       .optional(),
     /** Running QEMU processes whose drives are backed up in pull mode (src/qemu/pull-backup.ts). */
@@ -170,7 +172,7 @@ export interface AgentConfig {
   control: { socket: string };
   store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
   catalog?: { url: string } | { embedded: true; port?: number };
-  restore: { allowedDirs: string[]; pollIntervalMs?: number };
+  restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
   /** QEMU processes backed up in pull mode (empty when none). */
   qemu: QemuConfig[];
   logLevel: 'debug' | 'info' | 'warn' | 'error';
@@ -229,7 +231,11 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     control: { socket: raw.control?.socket !== undefined ? abs(raw.control.socket) : join(stateDir, 'agent.sock') },
     ...(raw.store !== undefined ? { store: { ...raw.store } } : {}),
     ...(catalog !== undefined ? { catalog } : {}),
-    restore: { allowedDirs: (raw.restore?.allowedDirs ?? []).map(abs), ...(raw.restore?.pollIntervalMs !== undefined ? { pollIntervalMs: raw.restore.pollIntervalMs } : {}) },
+    restore: {
+      allowedDirs: (raw.restore?.allowedDirs ?? []).map(abs),
+      ...(raw.restore?.pollIntervalMs !== undefined ? { pollIntervalMs: raw.restore.pollIntervalMs } : {}),
+      ...(raw.restore?.keyFile !== undefined ? { keyFile: abs(raw.restore.keyFile) } : {}),
+    },
     qemu,
     logLevel: raw.log?.level ?? 'info',
     warnings,
