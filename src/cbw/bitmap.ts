@@ -126,27 +126,20 @@ export class Bitmap {
 
   /** First set bit at or after `from`, or -1. */
   nextSet(from = 0): number {
-    if (from < 0) from = 0;
-    if (from >= this.size) return -1;
-    let w = from >>> 5;
-    let word = this.words[w]! & (0xffffffff << (from & 31));
-    for (;;) {
-      if (word !== 0) {
-        const i = (w << 5) + lowestBit(word);
-        return i < this.size ? i : -1;
-      }
-      w++;
-      if (w >= this.words.length) return -1;
-      word = this.words[w]!;
-    }
+    return this.scan(from, 0);
   }
 
   /** First clear bit at or after `from`, or -1. */
   nextClear(from = 0): number {
+    return this.scan(from, 0xffffffff);
+  }
+
+  /** First bit at or after `from` whose value XOR `flip` is 1 (flip = all ones finds clear bits). */
+  private scan(from: number, flip: number): number {
     if (from < 0) from = 0;
     if (from >= this.size) return -1;
     let w = from >>> 5;
-    let word = ~this.words[w]! & (0xffffffff << (from & 31));
+    let word = (this.words[w]! ^ flip) & (0xffffffff << (from & 31));
     for (;;) {
       if (word !== 0) {
         const i = (w << 5) + lowestBit(word);
@@ -154,7 +147,7 @@ export class Bitmap {
       }
       w++;
       if (w >= this.words.length) return -1;
-      word = ~this.words[w]!;
+      word = this.words[w]! ^ flip;
     }
   }
 

@@ -161,7 +161,8 @@ function takeOutput(b, vec, len) {
   return out.buffer.slice(out.byteOffset, out.byteOffset + len);
 }
 
-function compress(z, input, level) {
+/** zstd-compresses `input` into the reused `dst` vector; returns the compressed length. */
+function zstdInto(z, input, level) {
   const { b, codec, src, dst } = z;
   fillVector(b, src, input);
   const bound = codec.compressBound(input.length);
@@ -169,7 +170,12 @@ function compress(z, input, level) {
   if (dst.size() < bound) dst.resize(bound, 0);
   const rc = codec.compress(dst, src, level);
   if (rc < 0) throw new Error(`zstd compress failed (code ${rc})`);
-  return [takeOutput(b, dst, rc), rc];
+  return rc;
+}
+
+function compress(z, input, level) {
+  const rc = zstdInto(z, input, level);
+  return [takeOutput(z.b, z.dst, rc), rc];
 }
 
 function decompress(z, input, expected) {
@@ -198,14 +204,9 @@ const SHA256_BYTES = 32;
  * SHA-256 runs in this thread through node:crypto (OpenSSL, SHA-NI when present).
  */
 function compressExtent(z, input, level, hashInner) {
-  const { b, codec, src, dst } = z;
+  const { b, dst } = z;
   const plainSha = createHash('sha256').update(input).digest();
-  fillVector(b, src, input);
-  const bound = codec.compressBound(input.length);
-  if (bound < 0) throw new Error(`input of ${input.length} bytes is too large for zstd`);
-  if (dst.size() < bound) dst.resize(bound, 0);
-  const rc = codec.compress(dst, src, level);
-  if (rc < 0) throw new Error(`zstd compress failed (code ${rc})`);
+  const rc = zstdInto(z, input, level);
   const compressed = rc < input.length;
   const bodyLen = compressed ? rc : input.length;
   const out = Buffer.allocUnsafeSlow(SHA256_BYTES + bodyLen);
