@@ -163,12 +163,12 @@ async function runAgentBackup(o: BackupCliOptions): Promise<void> {
 }
 
 async function runQemu(o: BackupCliOptions): Promise<void> {
-  // The QEMU pull-mode module is written by another helper; load it lazily so
-  // this command works (and typechecks) whether or not it exists yet.
-  const spec = new URL('./backup-qemu.js', import.meta.url).href;
+  // Lazy, so agent-mode backups never load the QMP/NBD client code. The
+  // specifier is a plain literal so esbuild (scripts/bundle-cli.mjs) sees the
+  // import and emits the module as a chunk of the CLI bundle.
   let mod: { runQemuBackup?: (opts: BackupCliOptions) => Promise<void> };
   try {
-    mod = (await import(spec)) as typeof mod;
+    mod = await import('./backup-qemu.js');
   } catch (err) {
     throw new UsageError(`--qemu backups are not available in this build (cannot load backup-qemu module: ${(err as Error).message})`, { cause: err });
   }
