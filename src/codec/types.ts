@@ -47,3 +47,33 @@ export function isExtentCompressor(c: Compressor): c is ExtentCompressor {
   const x = c as Partial<ExtentCompressor>;
   return typeof x.compressExtent === 'function' && typeof x.acquireBuffer === 'function' && typeof x.releaseBuffer === 'function';
 }
+
+/** Options of PayloadUnpacker.unpackPayload (docs/FORMAT.md "Payload"). */
+export interface UnpackPayloadOptions {
+  /** The extent header's compressed flag: body is a zstd frame, else the plaintext itself. */
+  compressed: boolean;
+  /** Exact plaintext length from the extent header (never trust a frame header). */
+  plainLength: number;
+  /** When given, SHA-256(stored) must equal it: the extent header's stored-payload digest. */
+  payloadSha256?: Uint8Array;
+  /** Check SHA-256(plaintext) against the payload's leading digest. */
+  checkPlain: boolean;
+}
+
+/**
+ * Optional restore-side interface (ZstdPool implements it): checks and
+ * unpacks one stored payload (`SHA-256(plain) || body`) off the caller's
+ * thread — stored-payload digest, decompression, plaintext digest — so a
+ * restore's main thread only moves bytes. Digest mismatches reject with
+ * ChecksumError, undecodable bodies with CodecError.
+ */
+export interface PayloadUnpacker extends Compressor {
+  unpackPayload(stored: Uint8Array, opts: UnpackPayloadOptions): Promise<Buffer>;
+  /** Takes back an unpackPayload result the caller is done with (its memory is reused); ignores other buffers. */
+  releaseBuffer(buf: Buffer): void;
+}
+
+export function isPayloadUnpacker(c: Compressor): c is PayloadUnpacker {
+  const x = c as Partial<PayloadUnpacker>;
+  return typeof x.unpackPayload === 'function' && typeof x.releaseBuffer === 'function';
+}

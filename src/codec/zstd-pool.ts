@@ -7,8 +7,9 @@
  * - A BOUNDED queue: at most `maxQueue` jobs wait for a worker. Further callers
  *   await a slot before their job is even queued, so backpressure reaches the
  *   producer (the archive writer, and through it the device reader).
- *   Memory held by the pool ≤ (workers + maxQueue) × maxInputBytes, plus each
- *   worker's fixed wasm heap (`wasmMemoryBytes`).
+ *   Memory held by the pool ≤ 2 × (workers + maxQueue) × maxInputBytes (an
+ *   input and an output buffer per job place, in flight or idle in the free
+ *   list), plus each worker's fixed wasm heap (`wasmMemoryBytes`).
  * - Inputs are copied once into a pooled ArrayBuffer that is transferred to the
  *   worker (the caller keeps its buffer); results come back transferred too.
  *   compressExtent() with `transfer` skips even that copy: the caller packs
@@ -22,8 +23,8 @@
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
-import { CodecError } from '../errors.js';
-import type { CompressExtentOptions, CompressedExtent, ExtentCompressor } from './types.js';
+import { ChecksumError, CodecError } from '../errors.js';
+import type { CompressExtentOptions, CompressedExtent, ExtentCompressor, PayloadUnpacker, UnpackPayloadOptions } from './types.js';
 
 /** zstd levels this pool accepts (ZSTD_minCLevel fast levels are not exposed). */
 export const MIN_ZSTD_LEVEL = 1;
@@ -60,7 +61,7 @@ export interface ZstdPoolStats {
   workersReplaced: number;
 }
 
-type Op = 'compress' | 'decompress' | 'extent';
+type Op = 'compress' | 'decompress' | 'extent' | 'unpack';
 
 interface Job {
   id: number;
@@ -70,6 +71,8 @@ interface Job {
   /** `input` owns its whole ArrayBuffer and is handed to the worker without a copy. */
   transfer: boolean;
   hashInner: boolean;
+  /** Extra message fields of 'unpack' jobs. */
+  unpack?: { compressed: boolean; payloadSha?: Uint8Array; checkPlain: boolean };
   resolve: (reply: WorkerReply) => void;
   reject: (e: Error) => void;
 }
@@ -88,8 +91,14 @@ interface WorkerReply {
   len?: number;
   /** The job's input buffer, handed back for reuse. */
   input?: ArrayBuffer;
+  /** A lent output buffer the result did not use, handed back for reuse. */
+  spare?: ArrayBuffer;
+  /** Offset of the result in `buf` ('unpack' replies; 0 otherwise). */
+  off?: number;
   message?: string;
   fatal?: boolean;
+  /** A digest did not match ('unpack'). */
+  checksum?: boolean;
   /** 'extent' replies. */
   compressed?: boolean;
   plainSha?: Uint8Array;
@@ -112,7 +121,7 @@ export function zstdCompressBound(n: number): number {
 }
 
 function replyBuffer(msg: WorkerReply): Buffer {
-  return Buffer.from(msg.buf as ArrayBuffer, 0, msg.len);
+  return Buffer.from(msg.buf as ArrayBuffer, msg.off ?? 0, msg.len);
 }
 
 function checkInt(value: number, name: string, min: number, max: number): number {
@@ -122,7 +131,7 @@ function checkInt(value: number, name: string, min: number, max: number): number
   return value;
 }
 
-export class ZstdPool implements ExtentCompressor {
+export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
   readonly level: number;
   readonly workerCount: number;
   readonly maxQueue: number;
@@ -132,6 +141,8 @@ export class ZstdPool implements ExtentCompressor {
   private readonly queue: Job[] = [];
   private readonly blockedCallers: Array<() => void> = [];
   private readonly freeBuffers: ArrayBuffer[] = [];
+  /** Every buffer this pool allocated (releaseBuffer takes back only these). */
+  private readonly lent = new WeakSet<ArrayBuffer>();
   private nextId = 1;
   private closed = false;
   private brokenReason: string | null = null;
@@ -188,8 +199,14 @@ export class ZstdPool implements ExtentCompressor {
     return Buffer.from(ab, 0, ab.byteLength);
   }
 
+  /**
+   * Takes back a buffer from acquireBuffer() or a result of unpackPayload()
+   * once the caller is done with it (its memory is reused: the caller must
+   * not touch it, or any view of it, afterwards). Foreign buffers are ignored.
+   */
   releaseBuffer(buf: Buffer): void {
-    if (buf.byteOffset === 0 && buf.buffer instanceof ArrayBuffer && buf.buffer.byteLength === buf.length) this.giveBuffer(buf.buffer);
+    const ab = buf.buffer;
+    if (buf.byteOffset === 0 && ab instanceof ArrayBuffer && this.lent.has(ab)) this.giveBuffer(ab);
   }
 
   decompress(data: Uint8Array, expectedSize: number): Promise<Buffer> {
@@ -211,6 +228,33 @@ export class ZstdPool implements ExtentCompressor {
       );
     }
     return this.submit('decompress', data, expectedSize).then(replyBuffer);
+  }
+
+  /**
+   * Checks and unpacks one stored payload in a worker (PayloadUnpacker,
+   * src/codec/types.ts): stored-payload digest, decompression into exactly
+   * `plainLength` bytes, plaintext digest. The stored bytes are copied once
+   * into a pooled transferable buffer, as for decompress().
+   */
+  unpackPayload(stored: Uint8Array, opts: UnpackPayloadOptions): Promise<Buffer> {
+    const expected = opts.plainLength;
+    if (!Number.isSafeInteger(expected) || expected < 0 || expected > this.maxInputBytes) {
+      return Promise.reject(new CodecError(`unpack plaintext size ${expected} is outside 0..${this.maxInputBytes} (pool limit)`));
+    }
+    // Same hostile-length guards as decompress(), before anything reaches a worker.
+    const maxStored = 32 + (opts.compressed ? zstdCompressBound(expected) + 64 : expected);
+    if (stored.length > maxStored) {
+      return Promise.reject(new CodecError(`stored payload of ${stored.length} bytes cannot hold ${expected} plaintext bytes`));
+    }
+    if (opts.compressed) {
+      const b = stored.subarray(32);
+      if (b.length < ZSTD_MIN_FRAME || b[0] !== 0x28 || b[1] !== 0xb5 || b[2] !== 0x2f || b[3] !== 0xfd) {
+        // The digest check comes first when asked for: damage is a checksum failure, not a codec one.
+        if (opts.payloadSha256 === undefined) return Promise.reject(new CodecError('decompress input is not a zstd frame (bad magic number)'));
+      }
+    }
+    const unpack = { compressed: opts.compressed, checkPlain: opts.checkPlain, ...(opts.payloadSha256 ? { payloadSha: opts.payloadSha256 } : {}) };
+    return this.submit('unpack', stored, expected, false, false, unpack).then(replyBuffer);
   }
 
   /** Terminates the workers; pending and queued jobs fail with CodecError. */
@@ -253,7 +297,14 @@ export class ZstdPool implements ExtentCompressor {
     await slot.worker.terminate();
   }
 
-  private async submit(op: Op, input: Uint8Array, expected: number, transfer = false, hashInner = false): Promise<WorkerReply> {
+  private async submit(
+    op: Op,
+    input: Uint8Array,
+    expected: number,
+    transfer = false,
+    hashInner = false,
+    unpack?: Job['unpack'],
+  ): Promise<WorkerReply> {
     // Bounded queue: wait (FIFO) until a queued job has moved into a worker.
     while (!this.closed && this.brokenReason === null && this.queue.length >= this.maxQueue && !this.freeSlot()) {
       await new Promise<void>((wake) => this.blockedCallers.push(wake));
@@ -261,7 +312,7 @@ export class ZstdPool implements ExtentCompressor {
     if (this.closed) throw new CodecError('zstd pool closed');
     if (this.brokenReason !== null) throw new CodecError(`zstd pool unusable: ${this.brokenReason}`);
     return new Promise<WorkerReply>((resolve, reject) => {
-      this.queue.push({ id: this.nextId++, op, input, expected, transfer, hashInner, resolve, reject });
+      this.queue.push({ id: this.nextId++, op, input, expected, transfer, hashInner, ...(unpack ? { unpack } : {}), resolve, reject });
       this.pump();
     });
   }
@@ -288,9 +339,12 @@ export class ZstdPool implements ExtentCompressor {
         buf = this.takeBuffer(len);
         new Uint8Array(buf, 0, len).set(job.input);
       }
+      // An 'unpack' job also borrows a buffer for its plaintext, so steady
+      // restores allocate nothing per extent when callers release results.
+      const out = job.op === 'unpack' && job.expected > 0 ? this.takeBuffer(job.expected) : undefined;
       slot.worker.postMessage(
-        { id: job.id, op: job.op, buf, len, level: this.level, expected: job.expected, hashInner: job.hashInner },
-        [buf],
+        { id: job.id, op: job.op, buf, len, level: this.level, expected: job.expected, hashInner: job.hashInner, ...job.unpack, ...(out ? { out } : {}) },
+        out ? [buf, out] : [buf],
       );
     }
     // Wake as many blocked callers as there is room for (queue places + idle workers).
@@ -306,12 +360,15 @@ export class ZstdPool implements ExtentCompressor {
     // Round up so buffers fit the next, slightly larger extent too.
     const size = Math.max(len, Math.min(this.maxInputBytes, Math.ceil(len / BUFFER_ROUNDING) * BUFFER_ROUNDING));
     const b = Buffer.allocUnsafeSlow(size);
-    return b.byteOffset === 0 && b.buffer.byteLength === size ? (b.buffer as ArrayBuffer) : new ArrayBuffer(size);
+    const ab = b.byteOffset === 0 && b.buffer.byteLength === size ? (b.buffer as ArrayBuffer) : new ArrayBuffer(size);
+    this.lent.add(ab);
+    return ab;
   }
 
   private giveBuffer(buf: ArrayBuffer | undefined): void {
-    // Bounded: never more than one buffer per worker and queue place.
-    if (buf && buf.byteLength > 0 && this.freeBuffers.length < this.workerCount + this.maxQueue) this.freeBuffers.push(buf);
+    // Bounded: never more than two buffers (an input and an output) per
+    // worker and queue place, i.e. ≤ 2 × (workers + maxQueue) × maxInputBytes idle.
+    if (buf && buf.byteLength > 0 && this.freeBuffers.length < 2 * (this.workerCount + this.maxQueue)) this.freeBuffers.push(buf);
   }
 
   private spawn(): Slot {
@@ -335,13 +392,15 @@ export class ZstdPool implements ExtentCompressor {
     slot.job = null;
     slot.worker.unref();
     this.giveBuffer(msg.input);
+    this.giveBuffer(msg.spare);
     if (msg.ok && msg.buf && msg.len !== undefined) {
       this.consecutiveDeaths = 0;
       this.completed++;
       job.resolve(msg);
     } else {
       this.failed++;
-      job.reject(new CodecError(`zstd ${job.op} failed: ${msg.message ?? 'unknown error'}`));
+      if (msg.checksum) job.reject(new ChecksumError(msg.message ?? 'SHA-256 mismatch'));
+      else job.reject(new CodecError(`zstd ${job.op} failed: ${msg.message ?? 'unknown error'}`));
     }
     // A fatal reply is followed by the worker's exit; don't hand it more work.
     if (msg.fatal) slot.retiring = true;

@@ -20,9 +20,14 @@
 //   in:  { id, op: 'compress',   buf, len, level }
 //        { id, op: 'decompress', buf, len, expected }
 //        { id, op: 'extent',     buf, len, level, hashInner }
+//        { id, op: 'unpack',     buf, len, expected, compressed, payloadSha?, checkPlain, out? }
+//                                 out = a lent ArrayBuffer for the plaintext (returned as buf, or as spare)
 //   out: { id, ok: true,  buf, len, input }   input = the request's buf, handed back for reuse
+//        'unpack' replies carry { off } (a raw body comes back inside the request's own buf,
+//        then without `input`)
 //        'extent' replies also carry { compressed, plainSha, innerSha? } (see compressExtent)
-//        { id, ok: false, message, fatal, input }   fatal = the wasm runtime aborted;
+//        { id, ok: false, message, fatal, checksum, input }   fatal = the wasm runtime aborted;
+//                                            checksum = a digest did not match;
 //                                            the worker exits after replying.
 import { parentPort, workerData } from 'node:worker_threads';
 import { createRequire } from 'node:module';
@@ -153,8 +158,16 @@ function fillVector(b, vec, input) {
   if (input.length > 0) b.toTypedArrayView(vec).set(input);
 }
 
-/** Copies `len` bytes out of the wasm heap into a fresh, transferable ArrayBuffer. */
-function takeOutput(b, vec, len) {
+/**
+ * Copies `len` bytes out of the wasm heap into `into` (an ArrayBuffer the
+ * pool lent with the request, reused across jobs: no allocation, no garbage)
+ * when it is large enough, else into a fresh transferable ArrayBuffer.
+ */
+function takeOutput(b, vec, len, into) {
+  if (into && into.byteLength >= len) {
+    new Uint8Array(into, 0, len).set(b.toTypedArrayView(vec).subarray(0, len));
+    return into;
+  }
   const out = Buffer.allocUnsafeSlow(len);
   out.set(b.toTypedArrayView(vec).subarray(0, len));
   if (out.byteOffset === 0 && out.buffer.byteLength === len) return out.buffer;
@@ -178,7 +191,7 @@ function compress(z, input, level) {
   return [takeOutput(z.b, z.dst, rc), rc];
 }
 
-function decompress(z, input, expected) {
+function decompress(z, input, expected, into) {
   const { b, codec, src, dst } = z;
   fillVector(b, src, input);
   // The destination is exactly `expected` bytes: ZSTD_decompress stops with
@@ -188,7 +201,7 @@ function decompress(z, input, expected) {
   if (rc < 0) {
     throw new Error(`zstd decompress failed: corrupt frame or output larger than ${expected} bytes (code ${rc})`);
   }
-  return [takeOutput(b, dst, rc), rc];
+  return [takeOutput(b, dst, rc, into), rc];
 }
 
 const SHA256_BYTES = 32;
@@ -217,6 +230,53 @@ function compressExtent(z, input, level, hashInner) {
   return { buf, len: out.length, compressed, plainSha: new Uint8Array(plainSha), innerSha: innerSha && new Uint8Array(innerSha) };
 }
 
+/** Thrown for a digest mismatch: the pool turns it into a ChecksumError (not a codec failure). */
+class DigestMismatch extends Error {}
+
+function hex16(b) {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex').slice(0, 16);
+}
+
+function checkDigest(data, expected, what) {
+  const actual = createHash('sha256').update(data).digest();
+  if (expected.length !== SHA256_BYTES || !actual.equals(Buffer.from(expected.buffer, expected.byteOffset, expected.length))) {
+    throw new DigestMismatch(`${what}: SHA-256 mismatch (stored ${hex16(expected)}…, computed ${actual.toString('hex').slice(0, 16)}…)`);
+  }
+}
+
+/**
+ * The restore side of compressExtent (docs/FORMAT.md "Payload"), so the
+ * restoring thread only moves bytes:
+ *   input = plainSha || body   (an unencrypted, or already decrypted, stored payload)
+ *   1. payloadSha given: SHA-256(input) must equal it (the stored-payload digest);
+ *   2. plain = zstd-decompress(body) into exactly `expected` bytes, or body itself
+ *      when stored raw (then it must be exactly `expected` bytes);
+ *   3. checkPlain: SHA-256(plain) must equal plainSha.
+ * Returns [buffer, offset, length, inputConsumed]: the plaintext lands in the
+ * lent output buffer `msg.out`; without one, a raw body is handed back inside
+ * the input's own buffer (at offset 32) instead of being copied.
+ */
+function unpack(z, input, msg) {
+  if (input.length < SHA256_BYTES) throw new DigestMismatch(`stored payload of ${input.length} bytes is shorter than its ${SHA256_BYTES}-byte digest`);
+  if (msg.payloadSha) checkDigest(input, msg.payloadSha, 'stored payload');
+  const digest = input.subarray(0, SHA256_BYTES);
+  const body = input.subarray(SHA256_BYTES);
+  if (msg.compressed) {
+    const [buf, len] = decompress(z, body, msg.expected, msg.out);
+    if (len !== msg.expected) throw new Error(`zstd decompress failed: decompressed to ${len} bytes, expected ${msg.expected}`);
+    if (msg.checkPlain) checkDigest(new Uint8Array(buf, 0, len), digest, 'plaintext');
+    return [buf, 0, len, false];
+  }
+  if (body.length !== msg.expected) throw new DigestMismatch(`raw payload holds ${body.length} bytes, expected ${msg.expected}`);
+  if (msg.checkPlain) checkDigest(body, digest, 'plaintext');
+  if (msg.out && msg.out.byteLength >= body.length) {
+    // Into the lent output buffer, so both buffers stay in the pool's cycle.
+    new Uint8Array(msg.out, 0, body.length).set(body);
+    return [msg.out, 0, body.length, false];
+  }
+  return [input.buffer, input.byteOffset + SHA256_BYTES, body.length, true];
+}
+
 parentPort.on('message', async (msg) => {
   const { id } = msg;
   let z;
@@ -228,6 +288,15 @@ parentPort.on('message', async (msg) => {
   }
   try {
     const input = new Uint8Array(msg.buf, 0, msg.len);
+    if (msg.op === 'unpack') {
+      const [buf, off, len, consumed] = unpack(z, input, msg);
+      // Every lent buffer goes back: the input (unless it carries the result),
+      // and the output buffer when the result did not land in it.
+      const back = { input: consumed ? undefined : msg.buf, spare: msg.out && msg.out !== buf ? msg.out : undefined };
+      const transfer = [buf, back.input, back.spare].filter((x) => x !== undefined);
+      parentPort.postMessage({ id, ok: true, buf, off, len, ...back }, transfer);
+      return;
+    }
     if (msg.op === 'extent') {
       const r = compressExtent(z, input, msg.level, msg.hashInner);
       parentPort.postMessage({ id, ok: true, ...r, input: msg.buf }, [r.buf, msg.buf]);
@@ -239,8 +308,9 @@ parentPort.on('message', async (msg) => {
     // emscripten aborts (OOM, assertion) leave the runtime unusable; anything
     // thrown that is not one of our own rc checks is treated the same way.
     const message = String(err?.message ?? err);
-    const fatal = !/^zstd (compress|decompress) failed|too large for zstd/.test(message);
-    parentPort.postMessage({ id, ok: false, fatal, message, input: msg.buf }, [msg.buf]);
+    const checksum = err instanceof DigestMismatch;
+    const fatal = !checksum && !/^zstd (compress|decompress) failed|too large for zstd/.test(message);
+    parentPort.postMessage({ id, ok: false, fatal, checksum, message, input: msg.buf, spare: msg.out }, msg.out ? [msg.buf, msg.out] : [msg.buf]);
     if (fatal) process.exit(1);
   }
 });

@@ -4,8 +4,8 @@
  */
 import { parse as parseUuid } from 'uuid';
 import { uuidString as stringifyUuid } from './bytes.js';
-import { CodecError, CowstreamError, EncryptionKeyError, FormatError } from '../errors.js';
-import type { Compressor } from '../codec/types.js';
+import { ChecksumError, CodecError, CowstreamError, EncryptionKeyError, FormatError } from '../errors.js';
+import { type Compressor, type PayloadUnpacker, isPayloadUnpacker } from '../codec/types.js';
 import { ByteReader, ByteWriter } from './bytes.js';
 import { checkSha256, sha256 } from './checksum.js';
 import { BLOCKS_PER_CLUSTER, CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA, ZERO_BLOCK_SIZE } from './constants.js';
@@ -269,6 +269,13 @@ export function parseExtentHeader(buf: Buffer, what = 'extent'): ExtentHeader {
  * exact length, stored-payload SHA-256, and (optionally) uuid/sequence.
  */
 export function checkExtent(bytes: Buffer, opts: Pick<DecodeExtentOptions, 'archiveUuid' | 'expectedSeq' | 'what'> = {}): ExtentHeader {
+  const h = checkExtentHeader(bytes, opts);
+  checkSha256(bytes.subarray(h.headerLength), h.payloadSha256, `${opts.what ?? 'extent'} stored payload`);
+  return h;
+}
+
+/** checkExtent without the stored-payload digest (for callers that check it elsewhere, e.g. in a worker). */
+function checkExtentHeader(bytes: Buffer, opts: Pick<DecodeExtentOptions, 'archiveUuid' | 'expectedSeq' | 'what'>): ExtentHeader {
   const what = opts.what ?? 'extent';
   const h = parseExtentHeader(bytes, what);
   if (bytes.length !== h.totalLength) throw new FormatError(`${what}: ${bytes.length} bytes given, extent is ${h.totalLength}`);
@@ -278,7 +285,6 @@ export function checkExtent(bytes: Buffer, opts: Pick<DecodeExtentOptions, 'arch
   if (opts.expectedSeq !== undefined && h.seq !== opts.expectedSeq) {
     throw new FormatError(`${what}: sequence number ${h.seq}, index expects ${opts.expectedSeq}`);
   }
-  checkSha256(bytes.subarray(h.headerLength), h.payloadSha256, `${what} stored payload`);
   return h;
 }
 
@@ -292,9 +298,52 @@ function wrap(err: unknown, what: string): Error {
  * plaintext SHA-256 and expands the clusters (zero blocks filled in).
  */
 export async function decodeExtent(bytes: Buffer, opts: DecodeExtentOptions = {}): Promise<DecodedCluster[]> {
+  return (await decodeExtentLeased(bytes, opts)).clusters;
+}
+
+/** decodeExtent's clusters, plus `release()` to hand their memory back once they are written. */
+export interface LeasedClusters {
+  clusters: DecodedCluster[];
+  /**
+   * Returns the plaintext buffer to the compressor's pool (when it came from
+   * one, see PayloadUnpacker). After it, `clusters` must not be touched.
+   */
+  release(): void;
+}
+
+/**
+ * decodeExtent for hot loops (restore): the clusters may be views of a
+ * pooled plaintext buffer that `release()` recycles, so a restore of any
+ * size allocates (and garbage-collects) no per-extent plaintext.
+ */
+export async function decodeExtentLeased(bytes: Buffer, opts: DecodeExtentOptions = {}): Promise<LeasedClusters> {
   const what = opts.what ?? 'extent';
-  const h = checkExtent(bytes, opts);
-  let inner = bytes.subarray(h.headerLength);
+  const h = checkExtentHeader(bytes, opts);
+  const plain = await unpackPlaintext(bytes, h, opts, what);
+  const clusters = splitClusters(h, plain, plain.buffer === bytes.buffer);
+  const c = opts.compressor;
+  let released = false;
+  return {
+    clusters,
+    release: (): void => {
+      if (released) return;
+      released = true;
+      if (c !== undefined && isPayloadUnpacker(c)) c.releaseBuffer(plain);
+    },
+  };
+}
+
+/** The extent's checked plaintext: every digest of the payload verified, decrypted, decompressed. */
+async function unpackPlaintext(bytes: Buffer, h: ExtentHeader, opts: DecodeExtentOptions, what: string): Promise<Buffer> {
+  const unpacker = opts.compressor !== undefined && isPayloadUnpacker(opts.compressor) ? opts.compressor : undefined;
+  const stored = bytes.subarray(h.headerLength);
+  if (!h.encrypted && unpacker) {
+    // Both digests and the decompression in one worker job: the caller's
+    // thread (a restore's event loop) never hashes or decompresses.
+    return unpackIn(unpacker, stored, h, what, true);
+  }
+  checkSha256(stored, h.payloadSha256, `${what} stored payload`);
+  let inner = stored;
   if (h.encrypted) {
     const expected = opts.keyFingerprint ?? null;
     if (opts.key === undefined) {
@@ -306,6 +355,7 @@ export async function decodeExtent(bytes: Buffer, opts: DecodeExtentOptions = {}
     }
     const aadEnd = EXTENT_FIXED_SIZE + CLUSTER_ENTRY_SIZE * h.entries.length;
     inner = open(opts.key, h.nonce, bytes.subarray(0, aadEnd), inner, what);
+    if (unpacker) return unpackIn(unpacker, inner, h, what, false);
   }
   const digest = inner.subarray(0, SHA256_SIZE);
   const body = inner.subarray(SHA256_SIZE);
@@ -324,11 +374,47 @@ export async function decodeExtent(bytes: Buffer, opts: DecodeExtentOptions = {}
     plain = body;
   }
   checkSha256(plain, digest, `${what} plaintext`);
+  return plain;
+}
+
+async function unpackIn(
+  unpacker: PayloadUnpacker,
+  inner: Buffer,
+  h: ExtentHeader,
+  what: string,
+  checkStored: boolean,
+): Promise<Buffer> {
+  try {
+    return await unpacker.unpackPayload(inner, {
+      compressed: h.compressed,
+      plainLength: h.plainLength,
+      checkPlain: true,
+      ...(checkStored ? { payloadSha256: h.payloadSha256 } : {}),
+    });
+  } catch (err) {
+    if (err instanceof ChecksumError) throw new ChecksumError(`${what} ${err.message}`, { cause: err });
+    throw wrap(err, what);
+  }
+}
+
+/**
+ * Expands the plaintext into clusters (zero blocks filled in). A cluster
+ * without zero blocks is a view of `plain` — no copy, no allocation — unless
+ * `plain` aliases the caller's input (a raw extent decoded in place), whose
+ * memory the caller may reuse.
+ */
+function splitClusters(h: ExtentHeader, plain: Buffer, aliasesInput: boolean): DecodedCluster[] {
   const out: DecodedCluster[] = [];
   let pos = 0;
   for (const e of h.entries) {
-    const data = Buffer.alloc(e.length);
     const blocks = blockCountOf(e.length);
+    const full = (1 << blocks) - 1;
+    if ((e.zeroMask & full) === 0 && !aliasesInput) {
+      out.push({ deviceId: e.deviceId, cluster: e.cluster, data: plain.subarray(pos, pos + e.length) });
+      pos += e.length;
+      continue;
+    }
+    const data = Buffer.alloc(e.length);
     for (let i = 0; i < blocks; i++) {
       if ((e.zeroMask & (1 << i)) !== 0) continue;
       const start = i * ZERO_BLOCK_SIZE;

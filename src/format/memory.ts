@@ -66,11 +66,14 @@ export class BufferRangeSource implements RangeSource {
     return this.buf.length;
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.buf.length) {
       throw new StoreError(`${this.name}: read [${offset}, +${length}) outside 0..${this.buf.length}`);
     }
-    return this.buf.subarray(offset, offset + length);
+    const view = this.buf.subarray(offset, offset + length);
+    if (into === undefined || into.length < length) return view;
+    view.copy(into);
+    return into.subarray(0, length);
   }
 
   async close(): Promise<void> {}

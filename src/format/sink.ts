@@ -33,6 +33,11 @@ export interface RangeSource {
   readonly size: number;
   /** A human-readable name for errors (path or s3 URI). */
   readonly name: string;
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * `length` bytes at `offset`. With `into` (at least `length` bytes) the
+   * bytes land in it and the result is a view of it, so hot loops (restore)
+   * can reuse their range buffers instead of allocating one per read.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   close(): Promise<void>;
 }

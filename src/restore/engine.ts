@@ -8,7 +8,10 @@
  *   EXTENTS_IN_FLIGHT extents are decoded at once. Memory bound ≈
  *   parallel × (maxRangeBytes + EXTENTS_IN_FLIGHT × 2 × MAX_EXTENT_DATA),
  *   independent of disk size.
- * - decodeExtent always checks every extent's stored and plaintext SHA-256.
+ * - Every extent's stored and plaintext SHA-256 are always checked, together
+ *   with the decompression, in a pool worker (PayloadUnpacker): this thread
+ *   only moves bytes. Range buffers and plaintext buffers are recycled, so a
+ *   restore of any size allocates nothing per range or extent.
  *   Without --verify the first bad extent stops the restore; with --verify
  *   every extent is checked, all damaged clusters are named, and each
  *   written cluster is read back and compared.
@@ -19,7 +22,7 @@ import type { Compressor } from '../codec/types.js';
 import { ChecksumError, CowstreamError, EncryptionKeyError, FormatError, RestoreError } from '../errors.js';
 import { keyFingerprint } from '../codec/crypto.js';
 import { CLUSTER_SIZE, MAX_EXTENT_DATA } from '../format/constants.js';
-import { decodeExtent } from '../format/extent.js';
+import { decodeExtentLeased } from '../format/extent.js';
 import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlanExtent, RestorePlan } from '../catalog/planner.js';
 import { describeLocator } from '../catalog/chain.js';
@@ -172,6 +175,21 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
     return p;
   };
 
+  // Range buffers are reused (≤ `parallel` of them, the same bound as
+  // before): allocating ~16 MiB per range made a restore's main thread spend
+  // much of its time in GC, driven by external-memory pressure.
+  const freeRangeBuffers: Buffer[] = [];
+  let largestRange = 0;
+  for (const r of ranges) largestRange = Math.max(largestRange, r.length);
+  const takeRangeBuffer = (len: number): Buffer => {
+    const i = freeRangeBuffers.findIndex((b) => b.length >= len);
+    if (i >= 0) return freeRangeBuffers.splice(i, 1)[0]!;
+    return Buffer.allocUnsafeSlow(Math.max(len, largestRange));
+  };
+  const giveRangeBuffer = (b: Buffer): void => {
+    if (freeRangeBuffers.length < parallel) freeRangeBuffers.push(b);
+  };
+
   const damaged: DamagedExtent[] = [];
   const verify = opts.verify ?? false;
   const mismatched: string[] = [];
@@ -203,14 +221,15 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
       async (range) => {
         const link = plan.chain[range.archive]!;
         const src = await sourceFor(range.archive);
-        const bytes = await src.read(range.offset, range.length);
+        const rangeBuf = takeRangeBuffer(range.length);
+        const bytes = await src.read(range.offset, range.length, rangeBuf);
         progress.fetchedBytes += bytes.length;
         const wanted = range.extents.filter((e) => e.runs.some(([pi]) => targetOf.has(pi)));
         await pool(wanted, EXTENTS_IN_FLIGHT, async (ex) => {
           const slice = bytes.subarray(ex.offset - range.offset, ex.offset - range.offset + ex.length);
-          let clusters;
+          let leased;
           try {
-            clusters = await decodeExtent(slice, {
+            leased = await decodeExtentLeased(slice, {
               ...(opts.key ? { key: opts.key } : {}),
               keyFingerprint: link.keyFingerprint ?? null,
               compressor: opts.compressor,
@@ -230,41 +249,49 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
           }
           // Index decoded clusters by (archive device id, cluster).
           const byKey = new Map<string, Buffer>();
-          for (const c of clusters) byKey.set(`${c.deviceId}:${c.cluster}`, c.data);
-          for (const [pi, devId, first, count] of ex.runs) {
-            const t = targetOf.get(pi);
-            if (!t) continue;
-            // One positional writev per run of consecutive clusters (≤ IOV_MAX
-            // buffers) instead of a syscall per 64 KiB cluster.
-            for (let c0 = first; c0 < first + count; c0 += WRITEV_MAX) {
-              const end = Math.min(first + count, c0 + WRITEV_MAX);
-              const bufs: Buffer[] = [];
-              for (let c = c0; c < end; c++) {
-                const data = byKey.get(`${devId}:${c}`);
-                const expectLen = clusterBytes(pi, c, 1);
-                if (!data) throw new FormatError(`extent at ${ex.offset} of archive ${link.uuid} lacks cluster ${c} of device ${t.name} that its index promises`);
-                if (data.length < expectLen) throw new FormatError(`cluster ${c} of device ${t.name} in archive ${link.uuid} is ${data.length} bytes, expected ${expectLen}`);
-                bufs.push(data.length === expectLen ? data : data.subarray(0, expectLen));
+          for (const c of leased.clusters) byKey.set(`${c.deviceId}:${c.cluster}`, c.data);
+          try {
+            for (const [pi, devId, first, count] of ex.runs) {
+              const t = targetOf.get(pi);
+              if (!t) continue;
+              // One positional writev per run of consecutive clusters (≤ IOV_MAX
+              // buffers) instead of a syscall per 64 KiB cluster.
+              for (let c0 = first; c0 < first + count; c0 += WRITEV_MAX) {
+                const end = Math.min(first + count, c0 + WRITEV_MAX);
+                const bufs: Buffer[] = [];
+                for (let c = c0; c < end; c++) {
+                  const data = byKey.get(`${devId}:${c}`);
+                  const expectLen = clusterBytes(pi, c, 1);
+                  if (!data) throw new FormatError(`extent at ${ex.offset} of archive ${link.uuid} lacks cluster ${c} of device ${t.name} that its index promises`);
+                  if (data.length < expectLen) throw new FormatError(`cluster ${c} of device ${t.name} in archive ${link.uuid} is ${data.length} bytes, expected ${expectLen}`);
+                  bufs.push(data.length === expectLen ? data : data.subarray(0, expectLen));
+                }
+                const len = bufs.reduce((n, b) => n + b.length, 0);
+                const { bytesWritten } = await t.fh.writev(bufs, c0 * CLUSTER_SIZE);
+                if (bytesWritten !== len) throw new RestoreError(`short write to ${t.path}: ${bytesWritten} of ${len} bytes at cluster ${c0}`);
+                writtenBytes += len;
+                if (verify) {
+                  // Read back what was just written (bounded: one run), catching
+                  // short or misdirected writes on the target.
+                  const back = Buffer.alloc(len);
+                  await t.fh.read(back, 0, len, c0 * CLUSTER_SIZE);
+                  let pos = 0;
+                  bufs.forEach((b, k) => {
+                    if (!back.subarray(pos, pos + b.length).equals(b)) mismatched.push(`${t.name}:${c0 + k}`);
+                    pos += b.length;
+                  });
+                }
               }
-              const len = bufs.reduce((n, b) => n + b.length, 0);
-              const { bytesWritten } = await t.fh.writev(bufs, c0 * CLUSTER_SIZE);
-              if (bytesWritten !== len) throw new RestoreError(`short write to ${t.path}: ${bytesWritten} of ${len} bytes at cluster ${c0}`);
-              writtenBytes += len;
-              if (verify) {
-                // Read back what was just written (bounded: one run), catching
-                // short or misdirected writes on the target.
-                const back = Buffer.alloc(len);
-                await t.fh.read(back, 0, len, c0 * CLUSTER_SIZE);
-                let pos = 0;
-                bufs.forEach((b, k) => {
-                  if (!back.subarray(pos, pos + b.length).equals(b)) mismatched.push(`${t.name}:${c0 + k}`);
-                  pos += b.length;
-                });
-              }
+              progress.bytesDone += clusterBytes(pi, first, count);
             }
-            progress.bytesDone += clusterBytes(pi, first, count);
+          } finally {
+            // Written (or failed): the plaintext buffer goes back to the pool.
+            leased.release();
           }
         });
+        // Every extent of the range is decoded (the workers got copies) and
+        // written: its buffer serves the next range.
+        giveRangeBuffer(rangeBuf);
         progress.rangesDone++;
         report();
       },

@@ -153,12 +153,12 @@ export class FileRangeSource implements RangeSource {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     // Callers validate ranges against `size` first; this guards the allocation anyway.
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
       throw new StoreError(`${this.name}: read [${offset}, +${length}) outside the file (${this.size} bytes)`);
     }
-    const buf = Buffer.allocUnsafe(length);
+    const buf = into !== undefined && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     try {
       while (done < length) {

@@ -61,7 +61,7 @@ export class S3RangeSource implements RangeSource {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (this.closed) throw new StoreError(`${this.name} is closed`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new FormatError(`invalid range offset=${offset} length=${length} in ${this.name}`);
@@ -94,14 +94,23 @@ export class S3RangeSource implements RangeSource {
         throw mapS3Error(err, 'GetObject', { bucket: this.bucket, key: this.key });
       }
       try {
-        const bytes = await res.Body!.transformToByteArray();
-        let buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-        if (requestEnd !== end && buf.length === requestEnd - offset + 1) buf = buf.subarray(0, length);
-        if (buf.length !== length) {
-          // A server that ignores Range returns the whole object: detect, never trust.
-          throw new StoreError(`ranged GET of ${this.name} returned ${buf.length} bytes, expected ${length}`);
+        // Stream the body straight into one buffer of the size we asked for
+        // (our number, not the server's): one copy per byte and no list of
+        // chunks to concatenate, which in a restore is most of the garbage.
+        const want = requestEnd - offset + 1;
+        const buf = into !== undefined && into.length >= want ? into.subarray(0, want) : Buffer.allocUnsafe(want);
+        let got = 0;
+        for await (const chunk of res.Body as AsyncIterable<Uint8Array>) {
+          if (got + chunk.length > want) {
+            // A server that ignores Range returns the whole object: detect, never trust.
+            (res.Body as { destroy?: () => void }).destroy?.();
+            throw new StoreError(`ranged GET of ${this.name} returned more than the ${want} bytes asked for`);
+          }
+          buf.set(chunk, got);
+          got += chunk.length;
         }
-        return buf;
+        if (got !== want) throw new StoreError(`ranged GET of ${this.name} returned ${got} bytes, expected ${want}`);
+        return want === length ? buf : buf.subarray(0, length);
       } catch (err) {
         lastErr = err;
         if (err instanceof StoreError) throw err;

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { CodecError } from '../../../src/errors.js';
+import { ChecksumError, CodecError } from '../../../src/errors.js';
 import { ZstdPool } from '../../../src/codec/zstd-pool.js';
 
 /** Compressible but not trivial: random words from a small vocabulary. */
@@ -16,6 +16,8 @@ function textLike(size: number, seed = 1): Buffer {
   }
   return out;
 }
+
+const sha = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
 
 const pools: ZstdPool[] = [];
 function pool(opts: ConstructorParameters<typeof ZstdPool>[0] = {}): ZstdPool {
@@ -173,8 +175,6 @@ describe('ZstdPool', () => {
 });
 
 describe('ZstdPool.compressExtent (hashing + compression in the worker)', () => {
-  const sha = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
-
   it('returns sha(plain) || zstd(plain) with both digests, and the body decompresses back', async () => {
     const p = pool();
     const plain = textLike(1024 * 1024, 7);
@@ -207,5 +207,61 @@ describe('ZstdPool.compressExtent (hashing + compression in the worker)', () => 
     const moved = await p.compressExtent(view, { transfer: true });
     expect(moved.inner.equals(copied.inner)).toBe(true);
     expect(buf.buffer.byteLength).toBe(0); // the ArrayBuffer went to the worker
+  });
+});
+
+describe('ZstdPool.unpackPayload (digests + decompression in the worker, for restores)', () => {
+  it('unpacks compressed and raw payloads, checking both digests', async () => {
+    const p = pool();
+    const text = textLike(1024 * 1024, 11);
+    const c = await p.compressExtent(text);
+    expect(c.compressed).toBe(true);
+    const out = await p.unpackPayload(c.inner, { compressed: true, plainLength: text.length, payloadSha256: sha(c.inner), checkPlain: true });
+    expect(out.equals(text)).toBe(true);
+
+    const noise = randomBytes(300 * 1024);
+    const r = await p.compressExtent(noise);
+    expect(r.compressed).toBe(false);
+    const raw = await p.unpackPayload(r.inner, { compressed: false, plainLength: noise.length, payloadSha256: sha(r.inner), checkPlain: true });
+    expect(raw.equals(noise)).toBe(true);
+    // The caller's buffer is untouched (the worker got a copy).
+    expect(r.inner.subarray(32).equals(noise)).toBe(true);
+  });
+
+  it('a flipped byte anywhere is a ChecksumError naming the digest; without the stored digest the plaintext digest still catches it', async () => {
+    const p = pool();
+    const noise = randomBytes(64 * 1024);
+    const r = await p.compressExtent(noise);
+    const good = sha(r.inner);
+    for (const at of [0, 31, 32, 1000, r.inner.length - 1]) {
+      const bad = Buffer.from(r.inner);
+      bad[at]! ^= 0x10;
+      await expect(p.unpackPayload(bad, { compressed: false, plainLength: noise.length, payloadSha256: good, checkPlain: true })).rejects.toThrow(/stored payload: SHA-256 mismatch/);
+      const e = await p.unpackPayload(bad, { compressed: false, plainLength: noise.length, checkPlain: true }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(ChecksumError);
+      expect(String(e)).toMatch(/plaintext: SHA-256 mismatch/);
+    }
+    // A compressed body whose frame still decodes but to other bytes: only the plaintext digest can tell.
+    const text = textLike(128 * 1024, 5);
+    const c = await p.compressExtent(text);
+    const other = await p.compressExtent(textLike(128 * 1024, 6));
+    const forged = Buffer.concat([c.inner.subarray(0, 32), other.inner.subarray(32)]);
+    await expect(p.unpackPayload(forged, { compressed: true, plainLength: text.length, checkPlain: true })).rejects.toBeInstanceOf(ChecksumError);
+  });
+
+  it('bad frames and hostile lengths are CodecErrors, and the pool keeps working', async () => {
+    const p = pool();
+    const text = textLike(64 * 1024, 9);
+    const c = await p.compressExtent(text);
+    const garbage = Buffer.concat([c.inner.subarray(0, 32), Buffer.from('definitely not zstd')]);
+    await expect(p.unpackPayload(garbage, { compressed: true, plainLength: text.length, checkPlain: true })).rejects.toBeInstanceOf(CodecError);
+    // Frame decodes to more than the header's plaintext length: refused, never overflows.
+    await expect(p.unpackPayload(c.inner, { compressed: true, plainLength: 1000, checkPlain: true })).rejects.toBeInstanceOf(CodecError);
+    await expect(p.unpackPayload(c.inner, { compressed: true, plainLength: 1e12, checkPlain: true })).rejects.toThrow(/outside/);
+    await expect(p.unpackPayload(Buffer.alloc(100), { compressed: false, plainLength: 10, checkPlain: true })).rejects.toThrow(/cannot hold/);
+    await expect(p.unpackPayload(Buffer.alloc(10), { compressed: false, plainLength: 0, checkPlain: false })).rejects.toBeInstanceOf(ChecksumError);
+    const out = await p.unpackPayload(c.inner, { compressed: true, plainLength: text.length, checkPlain: true });
+    expect(out.equals(text)).toBe(true);
+    expect(p.stats().workersReplaced).toBe(0);
   });
 });
