@@ -19,7 +19,13 @@ export interface ClusterSink {
 
 /** An append-only byte stream: an S3 multipart upload, a file, stdout. */
 export interface ByteSink {
-  /** Resolves once the chunk is accepted (bounded buffering = backpressure). */
+  /**
+   * Resolves once the chunk is accepted (bounded buffering = backpressure).
+   * The sink may keep a reference to `chunk` until the stream completes (an
+   * S3 part is assembled from several writes), so the caller must not modify
+   * it afterwards. The archive writer never reuses what it writes, which
+   * spares a copy of every archive byte.
+   */
   write(chunk: Uint8Array): Promise<void>;
   /** Completes the stream; only now may the result become visible. */
   close(): Promise<void>;

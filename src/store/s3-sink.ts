@@ -306,11 +306,11 @@ export class S3ArchiveSink implements ByteSink {
     }
     if (this.closing) throw new StoreError(`write after close on s3://${this.bucket}/${this.key}`);
     if (chunk.length === 0) return;
-    // Copy: the caller may reuse its buffer once write() resolves, but the
-    // stream keeps a reference until the part is cut.
-    const copy = Buffer.from(chunk);
-    this.bytes += copy.length;
-    if (this.stream.write(copy)) return;
+    // No copy: the stream keeps a reference until the part is cut, which the
+    // ByteSink contract allows (callers never modify what they wrote).
+    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    this.bytes += buf.length;
+    if (this.stream.write(buf)) return;
     await new Promise<void>((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
   }
 

@@ -77,8 +77,11 @@ describe('S3 sink against a slow endpoint (server in a child process)', () => {
     let maxAhead = 0;
     try {
       for (let off = 0; off < total; off += MiB) {
-        block.writeUInt32LE(off / MiB, 0); // distinct content per MiB
-        await sink.write(block);
+        // A fresh buffer per write, like the archive writer: the sink may keep
+        // what it was given until the part is cut (ByteSink contract).
+        const chunk = Buffer.from(block);
+        chunk.writeUInt32LE(off / MiB, 0); // distinct content per MiB
+        await sink.write(chunk);
         // Backpressure: accepted bytes never run ahead of server-acknowledged
         // bytes by more than what the sink may buffer.
         maxAhead = Math.max(maxAhead, off + MiB - acked);
