@@ -28,14 +28,48 @@ export class SocketReader {
   private ended = false;
   private failure: Error | null = null;
 
+  private readonly listeners = {
+    data: (chunk: Buffer): void => this.onData(chunk),
+    end: (): void => this.onEnd(),
+    error: (err: Error): void => this.fail(err),
+  };
+
+  /**
+   * `push`: the socket delivers its bytes through a net `onread` callback
+   * (a reused buffer, no 'data' events); the owner hands them to push().
+   */
   constructor(
     private readonly socket: Socket,
     private readonly highWater = 256 * 1024,
+    opts: { push?: boolean } = {},
   ) {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('close', () => this.onEnd());
-    socket.on('error', (err) => this.fail(err));
+    if (opts.push !== true) socket.on('data', this.listeners.data);
+    socket.on('end', this.listeners.end);
+    socket.on('close', this.listeners.end);
+    socket.on('error', this.listeners.error);
+  }
+
+  /** Bytes from an `onread` callback; copied, since the socket reuses that buffer. */
+  push(bytes: Buffer): void {
+    this.onData(Buffer.from(bytes));
+  }
+
+  /**
+   * Hands the socket over to another consumer (the NBD client's reply
+   * parser after the handshake): stops listening and returns the bytes read
+   * ahead but not consumed, in order. Later reads fail.
+   */
+  detach(): Buffer[] {
+    if (this.waiter) throw new NbdProtocolError('cannot detach a socket reader with a read pending');
+    this.socket.off('data', this.listeners.data);
+    this.socket.off('end', this.listeners.end);
+    this.socket.off('close', this.listeners.end);
+    this.socket.off('error', this.listeners.error);
+    const rest = this.chunks;
+    this.chunks = [];
+    this.buffered = 0;
+    this.failure ??= new NbdProtocolError('socket reader detached');
+    return rest;
   }
 
   /** Reads exactly n bytes; rejects with NbdConnectionClosedError on EOF. */

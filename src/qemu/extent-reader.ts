@@ -30,7 +30,7 @@
  * exactly one 64 KiB archive cluster; pipelining (maxInFlight) keeps the
  * throughput. Reads complete in any
  * order but are handed to the writer in order, one at a time, so memory is
- * bounded by maxInFlight × readChunk.
+ * bounded by (8 queued runs + 1) × readChunk, in reused run buffers.
  */
 import { CLUSTER_SIZE } from '../format/constants.js';
 import type { ClusterSink } from '../format/sink.js';
@@ -122,9 +122,18 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
   const maxStatus = Math.min(statusWindow, 0xffffffff - (0xffffffff % CLUSTER_SIZE));
 
   // Ordered queue of pending operations (reads in flight, zero runs).
-  type Op = { kind: 'zero'; first: number; count: number } | { kind: 'data'; first: number; count: number; data: Promise<Buffer[]> };
+  type Op = { kind: 'zero'; first: number; count: number } | { kind: 'data'; first: number; count: number; run: Buffer; data: Promise<Buffer[]> };
   const queue: Op[] = [];
   const maxQueued = 8;
+  // Each data op reads its run of clusters into one buffer, which is reused
+  // once the sink has taken the clusters (ClusterSink lets the caller reuse
+  // them): a backup allocates ≤ maxQueued + 1 run buffers in all, instead of
+  // a buffer per READ for the GC to chase.
+  const freeRuns: Buffer[] = [];
+  const takeRun = (bytes: number): Buffer => {
+    const b = freeRuns.pop();
+    return b !== undefined && b.length >= bytes ? b : Buffer.allocUnsafeSlow(Math.max(bytes, readChunk));
+  };
   const drainOne = async (): Promise<void> => {
     const op = queue.shift() as Op;
     if (op.kind === 'zero') {
@@ -142,6 +151,7 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
     }
     stats.dataClusters += op.count;
     stats.bytesRead += bytes;
+    if (freeRuns.length <= maxQueued) freeRuns.push(op.run);
     o.onProgress?.(bytes);
   };
   const push = async (op: Op): Promise<void> => {
@@ -185,12 +195,14 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
         const count = j - i;
         if (k === Kind.Zero) await push({ kind: 'zero', first, count });
         else if (k === Kind.Data) {
+          const run = takeRun(count * CLUSTER_SIZE);
           const reads: Promise<Buffer>[] = [];
           for (let c = first; c < first + count; c++) {
             const off = c * CLUSTER_SIZE;
-            reads.push(o.client.read(off, Math.min(CLUSTER_SIZE, o.size - off), { noFragment: true }));
+            const at = (c - first) * CLUSTER_SIZE;
+            reads.push(o.client.read(off, Math.min(CLUSTER_SIZE, o.size - off), { noFragment: true, into: run.subarray(at, at + CLUSTER_SIZE) }));
           }
-          await push({ kind: 'data', first, count, data: Promise.all(reads) });
+          await push({ kind: 'data', first, count, run, data: Promise.all(reads) });
         } else stats.skippedClusters += count;
         i = j;
       }
