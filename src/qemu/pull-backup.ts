@@ -325,7 +325,21 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
       await client.close();
       clients.splice(clients.indexOf(client), 1);
     }
-    const summary = await writer.finish();
+    // A cancel must also cover the tail: after the last READ, the final
+    // extents may still be compressing and uploading (a slow store).
+    const w = writer;
+    const cancelFinish = (): void => void w.abort(new QemuBackupError('backup cancelled'));
+    o.signal?.addEventListener('abort', cancelFinish, { once: true });
+    let summary: ArchiveSummary;
+    try {
+      if (o.signal?.aborted) throw new QemuBackupError('backup cancelled');
+      summary = await writer.finish();
+    } catch (err) {
+      if (o.signal?.aborted && !(err instanceof QemuBackupError)) throw new QemuBackupError('backup cancelled', { cause: err });
+      throw err;
+    } finally {
+      o.signal?.removeEventListener('abort', cancelFinish);
+    }
     ok = true;
     return { uuid, parentUuid, mode, modeReason, summary, devices: stats, qemuVersion: features.version, durationMs: Date.now() - t0 };
   } catch (err) {

@@ -19,6 +19,7 @@ import { CowstreamError } from '../../src/errors.js';
 import { copyExport, createImage, guestWrites, pexecFile, startDaemon, tempDir, type QemuDaemon } from '../helpers/qemu-daemon.js';
 import { firstDiff, restoreChain } from '../helpers/qemu-archive.js';
 import { startS3rver } from '../helpers/s3-servers.js';
+import type { ByteSink } from '../../src/format/sink.js';
 
 const SIZE = 64 * 1024 * 1024;
 const pool = new ZstdPool({ workers: 2 });
@@ -205,5 +206,39 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
     expect((await bitmaps(qmp, 'd0')).map((b) => b.name)).toEqual(before.map((b) => b.name));
     expect(readdirSync(t.dir).filter((f) => f.endsWith('.partial') || f.endsWith('.fleece'))).toEqual([]);
     expect(existsSync(img)).toBe(true);
+  }, 30_000);
+
+  it('cancel after the last READ, while the archive is still completing, still cancels', async () => {
+    const before = await bitmaps(qmp, 'd0');
+    const ac = new AbortController();
+    let path = '';
+    let closing = false;
+    // Bytes pass straight through, but completing the object (close: an S3
+    // CompleteMultipartUpload) never ends on its own: the cancel lands in
+    // writer.finish(), after the reading loop, and must still win.
+    const openOutput = async (c: { uuid: string }): Promise<ByteSink> => {
+      const file = await FileByteSink.create((path = join(t.dir, `${c.uuid}.cwa`)));
+      let release: (e: Error) => void = () => undefined;
+      return {
+        write: (chunk) => file.write(chunk),
+        close: async () => {
+          closing = true;
+          setTimeout(() => ac.abort(), 20);
+          await new Promise<void>((_, reject) => (release = reject));
+        },
+        abort: async (reason) => {
+          release(new Error('aborted'));
+          await file.abort(reason);
+        },
+      };
+    };
+    const t0 = Date.now();
+    await expect(backupToFile(d, qmp, t.dir, 'full', { signal: ac.signal, openOutput })).rejects.toThrow(/backup cancelled/);
+    expect(closing).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect(await nodeNames(qmp)).toEqual(clean);
+    expect((await bitmaps(qmp, 'd0')).map((b) => b.name)).toEqual(before.map((b) => b.name));
+    expect(existsSync(path)).toBe(false);
+    expect(readdirSync(t.dir).filter((f) => f.endsWith('.partial') || f.endsWith('.fleece'))).toEqual([]);
   }, 30_000);
 });
