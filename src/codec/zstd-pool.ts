@@ -59,6 +59,8 @@ export interface ZstdPoolStats {
   completed: number;
   failed: number;
   workersReplaced: number;
+  /** Transfer buffers allocated so far; flat in steady state when callers release what they are lent. */
+  buffersAllocated: number;
 }
 
 type Op = 'compress' | 'decompress' | 'extent' | 'unpack';
@@ -141,8 +143,14 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
   private readonly queue: Job[] = [];
   private readonly blockedCallers: Array<() => void> = [];
   private readonly freeBuffers: ArrayBuffer[] = [];
-  /** Every buffer this pool allocated (releaseBuffer takes back only these). */
+  /**
+   * The pool's own buffers, by ArrayBuffer object: releaseBuffer takes back
+   * only these. A transfer to a worker and back yields a NEW ArrayBuffer
+   * object for the same memory, so every buffer that comes back from a
+   * worker into the pool's hands is registered again (own()).
+   */
   private readonly lent = new WeakSet<ArrayBuffer>();
+  private allocated = 0;
   private nextId = 1;
   private closed = false;
   private brokenReason: string | null = null;
@@ -284,6 +292,7 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
       completed: this.completed,
       failed: this.failed,
       workersReplaced: this.replaced,
+      buffersAllocated: this.allocated,
     };
   }
 
@@ -359,10 +368,15 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     }
     // Round up so buffers fit the next, slightly larger extent too.
     const size = Math.max(len, Math.min(this.maxInputBytes, Math.ceil(len / BUFFER_ROUNDING) * BUFFER_ROUNDING));
+    this.allocated++;
     const b = Buffer.allocUnsafeSlow(size);
     const ab = b.byteOffset === 0 && b.buffer.byteLength === size ? (b.buffer as ArrayBuffer) : new ArrayBuffer(size);
-    this.lent.add(ab);
-    return ab;
+    return this.own(ab) as ArrayBuffer;
+  }
+
+  private own(buf: ArrayBuffer | undefined): ArrayBuffer | undefined {
+    if (buf !== undefined) this.lent.add(buf);
+    return buf;
   }
 
   private giveBuffer(buf: ArrayBuffer | undefined): void {
@@ -391,8 +405,10 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     if (!job || job.id !== msg.id) return;
     slot.job = null;
     slot.worker.unref();
-    this.giveBuffer(msg.input);
-    this.giveBuffer(msg.spare);
+    this.giveBuffer(this.own(msg.input));
+    this.giveBuffer(this.own(msg.spare));
+    // An unpack result lives in a lent buffer the caller hands back with releaseBuffer().
+    if (job.op === 'unpack' && msg.ok) this.own(msg.buf);
     if (msg.ok && msg.buf && msg.len !== undefined) {
       this.consecutiveDeaths = 0;
       this.completed++;

@@ -249,6 +249,27 @@ describe('ZstdPool.unpackPayload (digests + decompression in the worker, for res
     await expect(p.unpackPayload(forged, { compressed: true, plainLength: text.length, checkPlain: true })).rejects.toBeInstanceOf(ChecksumError);
   });
 
+  it('released results are reused: a long run of unpack + release allocates a bounded number of buffers', async () => {
+    const p = pool();
+    const texts = [textLike(1024 * 1024, 21), textLike(900 * 1024, 22), randomBytes(700 * 1024)];
+    const stored = await Promise.all(texts.map((t) => p.compressExtent(t)));
+    await Promise.all(stored.map((c, i) => p.unpackPayload(c.inner, { compressed: c.compressed, plainLength: texts[i]!.length, checkPlain: true }).then((b) => p.releaseBuffer(b))));
+    const warm = p.stats().buffersAllocated;
+    for (let round = 0; round < 20; round++) {
+      await Promise.all(
+        stored.map(async (c, i) => {
+          const out = await p.unpackPayload(c.inner, { compressed: c.compressed, plainLength: texts[i]!.length, checkPlain: true });
+          expect(out.equals(texts[i]!)).toBe(true);
+          p.releaseBuffer(out);
+        }),
+      );
+    }
+    // 60 jobs, each needing an input and an output buffer: without reuse that is 120 allocations.
+    expect(p.stats().buffersAllocated - warm).toBeLessThanOrEqual(4);
+    // Foreign buffers are never taken in.
+    p.releaseBuffer(Buffer.alloc(4 * 1024 * 1024));
+  });
+
   it('bad frames and hostile lengths are CodecErrors, and the pool keeps working', async () => {
     const p = pool();
     const text = textLike(64 * 1024, 9);
