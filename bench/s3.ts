@@ -105,7 +105,7 @@ async function childRestore(endpoint: string, key: string, out: string, mode: 'p
     // time) as soon as its bytes have arrived; clusters written in order.
     const { openArchive } = await import('../src/format/reader.js');
     const { S3RangeSource } = await import('../src/store/s3-source.js');
-    const { decodeExtent } = await import('../src/format/extent.js');
+    const { decodeExtentLeased } = await import('../src/format/extent.js');
     const { CLUSTER_SIZE } = await import('../src/format/constants.js');
     const src = await S3RangeSource.open(c, 'bench', key);
     const reader = await openArchive(src, { compressor: pool });
@@ -127,14 +127,18 @@ async function childRestore(endpoint: string, key: string, out: string, mode: 'p
         const all = Buffer.concat(pending);
         const x = xs[i]!;
         const bytes = all.subarray(x.offset - pos, x.offset - pos + x.length);
-        // write runs of consecutive clusters with one writev (same as the parallel engine)
-        const cls = await decodeExtent(bytes, { compressor: pool, archiveUuid: reader.header.uuid });
+        // Same decode and write primitives as the parallel engine: one worker
+        // job per extent, recycled plaintext buffers, one writev per run of
+        // consecutive clusters. Only the concurrency differs.
+        const leased = await decodeExtentLeased(bytes, { compressor: pool, archiveUuid: reader.header.uuid });
+        const cls = leased.clusters;
         for (let a = 0; a < cls.length; ) {
           let b = a + 1;
           while (b < cls.length && cls[b]!.cluster === cls[b - 1]!.cluster + 1) b++;
           await fh.writev(cls.slice(a, b).map((x) => x.data), cls[a]!.cluster * CLUSTER_SIZE);
           a = b;
         }
+        leased.release();
         const rest = all.subarray(x.offset + x.length - pos);
         pending = [rest];
         have = rest.length;
