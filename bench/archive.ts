@@ -22,22 +22,13 @@ import { spawnSync } from 'node:child_process';
 import { createReadStream, existsSync, statSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { ZstdPool } from '../src/codec/zstd-pool.js';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { ensureBenchImage } from './image.js';
+import { join } from 'node:path';
+import { benchImage as image, benchImageMiB as imageMiB, benchRoot as root, benchWork as work, ensureBenchImage } from './image.js';
+import { median, medianBy } from './stats.js';
 
 const MiB = 1024 * 1024;
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const work = join(root, 'bench', 'work');
-const imageMiB = Number(process.env.BENCH_IMAGE_MIB ?? 1024);
 const level = Number(process.env.BENCH_LEVEL ?? 1);
 const runs = Number(process.env.BENCH_RUNS ?? 5);
-const image = join(work, `image-${imageMiB}M.raw`);
-
-/** Builds the shared benchmark image if missing (bench/image.ts). */
-async function buildImage(): Promise<void> {
-  await ensureBenchImage(work, imageMiB);
-}
 
 async function warm(path: string): Promise<void> {
   for await (const _ of createReadStream(path, { highWaterMark: 4 * MiB })) void _;
@@ -91,15 +82,8 @@ async function kernelCpu(chunks: Buffer[], mode: 'compress' | 'extent'): Promise
   }
 }
 
-/** Median of a non-empty list. */
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 async function main(): Promise<void> {
-  await buildImage();
+  await ensureBenchImage(work, imageMiB);
   await warm(image);
   const bytes = statSync(image).size;
   // Per-process names: other sessions may run this bench at the same time.
@@ -127,7 +111,7 @@ async function main(): Promise<void> {
   const extentCpu = await kernelCpu(chunks, 'extent');
 
   const ratios = pairs.map((p) => p.zstd / p.cow);
-  const mid = pairs.map((p, i) => ({ p, r: ratios[i]! })).sort((a, b) => a.r - b.r)[pairs.length >> 1]!.p;
+  const mid = medianBy(pairs, (p) => p.zstd / p.cow);
   const kernelBytes = chunks.reduce((a, c) => a + c.length, 0);
   const mbps = (sec: number): number => bytes / 1e6 / sec;
   const cowMBps = mbps(mid.cow);

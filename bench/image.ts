@@ -6,10 +6,17 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, statSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const MiB = 1024 * 1024;
 const DATA_REGION = 48 * MiB;
+
+/** The project root, bench/work/, and the image size and path bench:archive and bench:s3 use (BENCH_IMAGE_MIB). */
+export const benchRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const benchWork = join(benchRoot, 'bench', 'work');
+export const benchImageMiB = Number(process.env.BENCH_IMAGE_MIB ?? 1024);
+export const benchImage = join(benchWork, `image-${benchImageMiB}M.raw`);
 
 /** Path of the image of `imageMiB` MiB in `workDir`, building it if missing. */
 export async function ensureBenchImage(workDir: string, imageMiB: number): Promise<string> {

@@ -22,6 +22,7 @@ import { NbdClient } from '../src/nbd/client.js';
 import { QmpClient } from '../src/qemu/qmp.js';
 import { runPullBackup } from '../src/qemu/pull-backup.js';
 import { startDaemon } from '../test/helpers/qemu-daemon.js';
+import { median, medianBy } from './stats.js';
 
 const pexec = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -61,13 +62,6 @@ async function latencyProbe(socket: string, stop: () => boolean, minMs: number):
   }
   await c.close();
   return lat.sort((a, b) => a - b);
-}
-
-/** Median of a non-empty list. */
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /**
@@ -192,7 +186,7 @@ async function main(): Promise<void> {
       const pairs: { base: Awaited<ReturnType<typeof baseline>>; pull: Awaited<ReturnType<typeof pull>> }[] = [];
       for (let i = 0; i < pairCount; i++) pairs.push({ base: await baseline(), pull: await pull(false) });
       const ratios = pairs.map((p) => p.base.ms / p.pull.ms);
-      const mid = [...pairs].sort((a, b) => a.base.ms / a.pull.ms - b.base.ms / b.pull.ms)[(pairs.length - 1) >> 1]!;
+      const mid = medianBy(pairs, (p) => p.base.ms / p.pull.ms);
       const base = mid.base;
       const baseMs = base.ms;
       const baseBytes = base.bytes;

@@ -22,30 +22,21 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createReadStream, mkdtempSync, statSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { ensureBenchImage } from './image.js';
+import { benchImage as image, benchImageMiB as imageMiB, benchRoot as root, benchWork as work, ensureBenchImage } from './image.js';
+import { medianBy } from './stats.js';
 
 const MiB = 1024 * 1024;
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const work = join(root, 'bench', 'work');
-const imageMiB = Number(process.env.BENCH_IMAGE_MIB ?? 1024);
 const parallel = Number(process.env.BENCH_PARALLEL ?? 8);
 const pairs = Number(process.env.BENCH_PAIRS ?? 3);
-const image = join(work, `image-${imageMiB}M.raw`);
 const CREDS = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
 
 interface ChildResult {
   seconds: number;
   [k: string]: unknown;
-}
-
-/** Builds the shared benchmark image if missing (bench/image.ts). */
-async function buildImage(): Promise<void> {
-  await ensureBenchImage(work, imageMiB);
 }
 
 async function client(endpoint: string): Promise<S3Client> {
@@ -180,10 +171,6 @@ interface RestoreRow {
   rss: number;
 }
 
-/** The element whose key is the median (the lower middle one for an even count). */
-function medianBy<T>(xs: T[], key: (x: T) => number): T {
-  return [...xs].sort((a, b) => key(a) - key(b))[(xs.length - 1) >> 1]!;
-}
 
 /** Runs a command under /usr/bin/time; returns wall seconds, peak RSS (largest process) and stdout. */
 function measured(shell: string, env: NodeJS.ProcessEnv = {}): { wall: number; maxRssMiB: number; stdout: string } {
@@ -221,7 +208,7 @@ async function startServer(dir: string): Promise<{ endpoint: string; proc: Child
 }
 
 async function parent(): Promise<void> {
-  await buildImage();
+  await ensureBenchImage(work, imageMiB);
   const size = statSync(image).size;
   const tmp = mkdtempSync(join(tmpdir(), 'cowstream-bench-s3-'));
   const { endpoint, proc } = await startServer(join(tmp, 's3'));

@@ -117,6 +117,13 @@ const ZSTD_MIN_FRAME = 8;
 /** Worker deaths in a row (per worker) without a completed job before the pool gives up. */
 const MAX_CONSECUTIVE_DEATHS = 3;
 
+const NOT_A_FRAME = 'decompress input is not a zstd frame (bad magic number)';
+
+/** A single standard zstd frame starts with magic 0xFD2FB528 (little-endian) and is at least ZSTD_MIN_FRAME bytes. */
+function isZstdFrame(b: Uint8Array): boolean {
+  return b.length >= ZSTD_MIN_FRAME && b[0] === 0x28 && b[1] === 0xb5 && b[2] === 0x2f && b[3] === 0xfd;
+}
+
 /** ZSTD_COMPRESSBOUND from zstd.h: the largest frame a valid input of `n` bytes can produce. */
 export function zstdCompressBound(n: number): number {
   return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
@@ -225,9 +232,7 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     }
     // Our frames are single standard zstd frames; anything else (including
     // empty input, which ZSTD_decompress would happily turn into 0 bytes) is refused.
-    if (data.length < ZSTD_MIN_FRAME || data[0] !== 0x28 || data[1] !== 0xb5 || data[2] !== 0x2f || data[3] !== 0xfd) {
-      return Promise.reject(new CodecError('decompress input is not a zstd frame (bad magic number)'));
-    }
+    if (!isZstdFrame(data)) return Promise.reject(new CodecError(NOT_A_FRAME));
     // A valid frame for ≤ expectedSize bytes is never larger than its bound;
     // refusing here keeps a hostile length from reaching a worker at all.
     if (data.length > zstdCompressBound(expectedSize) + 64) {
@@ -254,12 +259,9 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     if (stored.length > maxStored) {
       return Promise.reject(new CodecError(`stored payload of ${stored.length} bytes cannot hold ${expected} plaintext bytes`));
     }
-    if (opts.compressed) {
-      const b = stored.subarray(32);
-      if (b.length < ZSTD_MIN_FRAME || b[0] !== 0x28 || b[1] !== 0xb5 || b[2] !== 0x2f || b[3] !== 0xfd) {
-        // The digest check comes first when asked for: damage is a checksum failure, not a codec one.
-        if (opts.payloadSha256 === undefined) return Promise.reject(new CodecError('decompress input is not a zstd frame (bad magic number)'));
-      }
+    // With a stored digest the worker checks it first, so damage is reported as a checksum failure, not a codec one.
+    if (opts.compressed && opts.payloadSha256 === undefined && !isZstdFrame(stored.subarray(32))) {
+      return Promise.reject(new CodecError(NOT_A_FRAME));
     }
     const unpack = { compressed: opts.compressed, checkPlain: opts.checkPlain, ...(opts.payloadSha256 ? { payloadSha: opts.payloadSha256 } : {}) };
     return this.submit('unpack', stored, expected, false, false, unpack).then(replyBuffer);

@@ -129,11 +129,9 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
   // once the sink has taken the clusters (ClusterSink lets the caller reuse
   // them): a backup allocates ≤ maxQueued + 1 run buffers in all, instead of
   // a buffer per READ for the GC to chase.
+  // A run never exceeds readChunk, so every run buffer is readChunk bytes and any free one fits.
   const freeRuns: Buffer[] = [];
-  const takeRun = (bytes: number): Buffer => {
-    const b = freeRuns.pop();
-    return b !== undefined && b.length >= bytes ? b : Buffer.allocUnsafeSlow(Math.max(bytes, readChunk));
-  };
+  const takeRun = (): Buffer => freeRuns.pop() ?? Buffer.allocUnsafeSlow(readChunk);
   const drainOne = async (): Promise<void> => {
     const op = queue.shift() as Op;
     if (op.kind === 'zero') {
@@ -195,7 +193,7 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
         const count = j - i;
         if (k === Kind.Zero) await push({ kind: 'zero', first, count });
         else if (k === Kind.Data) {
-          const run = takeRun(count * CLUSTER_SIZE);
+          const run = takeRun();
           const reads: Promise<Buffer>[] = [];
           for (let c = first; c < first + count; c++) {
             const off = c * CLUSTER_SIZE;

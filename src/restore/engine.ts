@@ -178,14 +178,11 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
   // Range buffers are reused (≤ `parallel` of them, the same bound as
   // before): allocating ~16 MiB per range made a restore's main thread spend
   // much of its time in GC, driven by external-memory pressure.
+  // Every buffer is as large as the largest range, so any free one fits.
   const freeRangeBuffers: Buffer[] = [];
   let largestRange = 0;
   for (const r of ranges) largestRange = Math.max(largestRange, r.length);
-  const takeRangeBuffer = (len: number): Buffer => {
-    const i = freeRangeBuffers.findIndex((b) => b.length >= len);
-    if (i >= 0) return freeRangeBuffers.splice(i, 1)[0]!;
-    return Buffer.allocUnsafeSlow(Math.max(len, largestRange));
-  };
+  const takeRangeBuffer = (): Buffer => freeRangeBuffers.pop() ?? Buffer.allocUnsafeSlow(largestRange);
   const giveRangeBuffer = (b: Buffer): void => {
     if (freeRangeBuffers.length < parallel) freeRangeBuffers.push(b);
   };
@@ -221,7 +218,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
       async (range) => {
         const link = plan.chain[range.archive]!;
         const src = await sourceFor(range.archive);
-        const rangeBuf = takeRangeBuffer(range.length);
+        const rangeBuf = takeRangeBuffer();
         const bytes = await src.read(range.offset, range.length, rangeBuf);
         progress.fetchedBytes += bytes.length;
         const wanted = range.extents.filter((e) => e.runs.some(([pi]) => targetOf.has(pi)));
