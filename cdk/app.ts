@@ -1,7 +1,7 @@
 /**
  * CDK entry point (`"app": "npx tsx cdk/app.ts"` in cdk.json). Context keys:
  * hosts, objectLock, kmsKey, retention, alarmEmail, freshnessHours,
- * verifyByteBudget, pruneDryRun, stackName — see docs/readme/deploy.md.
+ * verifyByteBudget, pruneDryRun, stackName — see docs/deploy-aws.md.
  */
 import { App } from 'aws-cdk-lib';
 import { synthesizeForCli } from '../infra/app.js';

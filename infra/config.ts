@@ -40,7 +40,7 @@ export interface RetentionPolicy {
   keepMonthly?: number;
 }
 
-/** The prune handler's `RETENTION` env var (see /work/brief/CATALOG-API.md). */
+/** The prune handler's `RETENTION` env var (see docs/catalogue.md). */
 export interface RetentionConfig extends RetentionPolicy {
   hosts?: Record<string, RetentionPolicy>;
   disks?: Record<string, RetentionPolicy>;

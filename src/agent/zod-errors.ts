@@ -2,8 +2,8 @@ import type { z } from 'zod';
 
 /**
  * Renders zod issues as one line that always names the offending field
- * path (e.g. `disks[1].name: ...`), because the issue requires config and
- * API errors to name the bad field.
+ * path (e.g. `disks[1].name: ...`), because config and
+ * API errors must name the bad field.
  */
 export function formatZodIssues(issues: readonly z.core.$ZodIssue[], root = ''): string {
   return issues

@@ -1,4 +1,4 @@
-/** Public API of the copy-before-write engine (see /work/brief/CBW-API.md and docs/readme/cbw.md). */
+/** Public API of the copy-before-write engine (see docs/cbw.md). */
 export { Bitmap, clusterCount, MAX_BITMAP_BITS } from './bitmap.js';
 export {
   BackupJob,

@@ -332,7 +332,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
   };
 }
 
-/** The memory bound of a restore with these settings (documented in docs/readme/s3.md). */
+/** The memory bound of a restore with these settings (documented in docs/s3-and-restore.md). */
 export function restoreMemoryBound(parallel: number, maxRangeBytes: number): number {
   return parallel * (maxRangeBytes + EXTENTS_IN_FLIGHT * 2 * MAX_EXTENT_DATA);
 }

@@ -4,7 +4,7 @@
  * Data path: write(chunk) → bounded PassThrough → Upload's part splitter →
  * `queueSize` concurrent UploadPart calls. No temp files.
  *
- * Memory bound (per sink), documented in docs/readme/s3.md:
+ * Memory bound (per sink), documented in docs/s3-and-restore.md:
  *   ≈ (queueSize + 2) × partSize + 2 × highWaterMark
  *   - queueSize parts held by in-flight UploadPart calls (kept for SDK retries),
  *   - one part being assembled by the splitter plus one transient copy

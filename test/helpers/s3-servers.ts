@@ -14,7 +14,7 @@ export interface TestS3Server {
   kind: 's3rver' | 'fauxqs';
   endpoint: string;
   bucket: string;
-  /** What the server really implements (measured, see docs/readme/s3.md). */
+  /** What the server really implements (measured, see docs/s3-and-restore.md). */
   supportsAbort: boolean;
   supportsListUploads: boolean;
   storeConfig(prefix?: string, endpoint?: string): StoreConfig;

@@ -9,7 +9,7 @@ export function registerAgentCommands(program: Command): void {
   program
     .command('agent')
     .description('run the host agent: NBD exports of the disks, copy-before-write backups, control API')
-    .requiredOption('--config <file>', 'agent config (JSON); see docs/readme/agent.md')
+    .requiredOption('--config <file>', 'agent config (JSON); see docs/agent.md')
     .action(async (o: { config: string }) => {
       // Loaded lazily: the agent pulls in the S3 SDK, s3rver and the NBD server,
       // which every other CLI command would otherwise pay for at startup.
