@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
-import { parseSize } from '../src/cli/output.js';
+import { parseSize } from '../src/units.js';
 
 /** A context value that does not validate; `key` is the context key. */
 export class InfraConfigError extends ConfigError {

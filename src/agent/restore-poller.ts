@@ -20,7 +20,7 @@ import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { Compressor } from '../codec/types.js';
 import { ConflictError, ForbiddenError, RestoreError, StoreError, describeError } from '../errors.js';
 import { CatalogClient } from '../catalog/client.js';
-import { parseRestorePlan, type ArchiveLocator, type RestorePlan } from '../catalog/planner.js';
+import { parseRestorePlan, type ArchiveLocator, type RestorePlan } from '../restore/plan.js';
 import type { RestoreJob } from '../catalog/records.js';
 import { restoreArchive, type RestoreProgress } from '../restore/engine.js';
 import { S3RangeSource } from '../store/s3-source.js';

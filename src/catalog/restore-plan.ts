@@ -8,8 +8,8 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { NotFoundError } from '../errors.js';
 import { S3RangeSource } from '../store/s3-source.js';
 import type { RestorePlanBuilder } from './api.js';
-import { resolveChain } from './chain.js';
-import { planRestore, type ArchiveLocator, type RestorePlan } from './planner.js';
+import { resolveChain } from '../restore/chain.js';
+import { planRestore, type ArchiveLocator, type RestorePlan } from '../restore/plan.js';
 import type { CatalogRepository } from './repository.js';
 
 export function createPlanBuilder(repo: CatalogRepository, s3: S3Client): RestorePlanBuilder {

@@ -42,8 +42,8 @@
  * depth × request size); the fleecing store is on disk, bounded by maxBytes.
  */
 import type { BlockDevice } from '../device/types.js';
-import type { ClusterSink } from '../format/sink.js';
-import { CLUSTER_SIZE } from '../format/constants.js';
+import type { ClusterSink } from './cluster.js';
+import { CLUSTER_SIZE } from './cluster.js';
 import { BackupCancelledError, CbwError, UsageError, describeError } from '../errors.js';
 import { Bitmap, clusterCount } from './bitmap.js';
 import { BackupJobError, CbwTimeoutError, CbwWriteError, FleecingFullError } from './errors.js';

@@ -23,7 +23,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CLUSTER_SIZE } from '../format/constants.js';
+import { CLUSTER_SIZE } from './cluster.js';
 import { describeError, UsageError } from '../errors.js';
 import { Bitmap, clusterCount } from './bitmap.js';
 import { BackupBusyError, BitmapFormatError, BitmapInvalidError } from './errors.js';

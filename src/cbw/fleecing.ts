@@ -12,7 +12,7 @@
 import { open, mkdir, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { CLUSTER_SIZE } from '../format/constants.js';
+import { CLUSTER_SIZE } from './cluster.js';
 import { UsageError, DeviceError } from '../errors.js';
 import { FleecingFullError } from './errors.js';
 

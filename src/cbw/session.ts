@@ -12,7 +12,7 @@
  * Success must mean the archive is durable — not merely that the job copied
  * everything — otherwise a failed upload would lose dirty bits.
  */
-import type { ClusterSink } from '../format/sink.js';
+import type { ClusterSink } from './cluster.js';
 import { UsageError } from '../errors.js';
 import { BackupJob, type BackupJobOptions, type BackupResult } from './backup-job.js';
 import { atQuiescentPoint, type CbwDevice } from './cbw-device.js';

@@ -1,5 +1,7 @@
-/** Archive format v1 fixed sizes (docs/FORMAT.md). */
-export const CLUSTER_SIZE = 64 * 1024;
+/** Archive format fixed sizes (docs/FORMAT.md); the cluster is copy-before-write's. */
+import { CLUSTER_SIZE } from '../cbw/cluster.js';
+
+export { CLUSTER_SIZE };
 /** Granularity of the per-cluster zero mask: 16 blocks of 4 KiB per cluster. */
 export const ZERO_BLOCK_SIZE = 4 * 1024;
 export const BLOCKS_PER_CLUSTER = CLUSTER_SIZE / ZERO_BLOCK_SIZE;

@@ -7,15 +7,7 @@
  * when the data has been accepted into a bounded buffer.
  */
 
-/** Where CBW and the background pass hand clusters, in any order. */
-export interface ClusterSink {
-  /**
-   * Accepts one cluster of one device. `data.length` is CLUSTER_SIZE except
-   * for the last cluster of a device whose size is not a cluster multiple,
-   * where it is the remainder. The caller may reuse `data` once this resolves.
-   */
-  writeCluster(deviceId: number, cluster: number, data: Buffer): Promise<void>;
-}
+export type { ClusterSink } from '../cbw/cluster.js';
 
 /** An append-only byte stream: an S3 multipart upload, a file, stdout. */
 export interface ByteSink {

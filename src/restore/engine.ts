@@ -24,8 +24,8 @@ import { keyFingerprint } from '../codec/crypto.js';
 import { CLUSTER_SIZE, MAX_EXTENT_DATA } from '../format/constants.js';
 import { decodeExtentLeased } from '../format/extent.js';
 import type { RangeSource } from '../format/sink.js';
-import type { ArchiveLocator, PlanExtent, RestorePlan } from '../catalog/planner.js';
-import { describeLocator } from '../catalog/chain.js';
+import type { ArchiveLocator, PlanExtent, RestorePlan } from './plan.js';
+import { describeLocator } from './chain.js';
 import { openTargets, type OpenedTarget } from './target.js';
 
 export const DEFAULT_PARALLEL = 4;

@@ -19,7 +19,7 @@ import { openArchive, type ArchiveReader, type VerifyResult } from '../../format
 import { CLUSTER_SIZE, MAX_DEVICES, ZERO_BLOCK_SIZE } from '../../format/constants.js';
 import { NAME_PATTERN, MAX_NAME_LENGTH } from '../../format/layout.js';
 import { FileByteSink, FileRangeSource } from '../../store/file.js';
-import { formatBytes, parsePositiveInt, printJson } from '../output.js';
+import { formatBytes, formatRate, parsePositiveInt, printJson } from '../output.js';
 
 /** Image bytes per read: 16 clusters, large enough to amortise syscalls, small enough to stay cache-friendly. */
 const READ_BATCH = 16 * CLUSTER_SIZE;
@@ -572,10 +572,9 @@ export function registerArchiveCommands(program: Command): void {
         else printJson(JSON.parse(text));
         return;
       }
-      const mbps = r.seconds > 0 ? (r.imageBytes / 1e6 / r.seconds).toFixed(1) : '∞';
       const msg =
         `created ${toStdout ? 'archive on stdout' : r.path} uuid ${r.uuid}\n` +
-        `  ${formatBytes(r.imageBytes)} of images → ${formatBytes(r.bytesWritten)} archive in ${r.seconds.toFixed(1)} s (${mbps} MB/s)\n` +
+        `  ${formatBytes(r.imageBytes)} of images → ${formatBytes(r.bytesWritten)} archive in ${r.seconds.toFixed(1)} s (${formatRate(r.imageBytes, r.seconds)})\n` +
         `  ${r.extentCount} extents, data ${formatBytes(r.dataBytes)} → stored ${formatBytes(r.storedBytes)} ` +
         `(${ratio(r.dataBytes, r.storedBytes)}x), zero ${formatBytes(r.zeroBytes)}\n`;
       (toStdout ? process.stderr : process.stdout).write(msg);

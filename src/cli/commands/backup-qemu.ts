@@ -18,7 +18,7 @@ import { archiveKey, createS3Client, storeConfigFromFlags } from '../../store/co
 import { S3ArchiveSink } from '../../store/s3-sink.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { runPullBackup, type OutputContext, type PullDrive } from '../../qemu/pull-backup.js';
-import { targetFromFlag, type BackupCliOptions } from './backup.js';
+import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
 
 /** Parses `node[=name]`. */
 export function parseDriveFlag(text: string): PullDrive {

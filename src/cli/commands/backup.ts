@@ -6,6 +6,8 @@ import { BackupError, UsageError } from '../../errors.js';
 import { formatBytes, parsePositiveInt, parseSize, printJson } from '../output.js';
 import { AgentClient } from '../../agent/control-client.js';
 import type { BackupStatus, DiskStatus } from '../../agent/backup-request.js';
+import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
+
 
 /**
  * Where the CLI finds the agent: --agent, else $COWSTREAM_AGENT_SOCKET, else
@@ -17,39 +19,7 @@ export function agentSocket(flag: string | undefined): string {
   return flag ?? process.env.COWSTREAM_AGENT_SOCKET ?? DEFAULT_AGENT_SOCKET;
 }
 
-/** Options of `cowstream backup` as commander parses them (also handed to runQemuBackup). */
-export interface BackupCliOptions {
-  disk: string[];
-  incremental?: boolean;
-  fleecing?: string;
-  fleecingMax?: string;
-  speed?: string;
-  configFile: string[];
-  cbwTimeout?: string;
-  onCbwError?: 'break-snapshot' | 'break-guest-write';
-  key?: string;
-  to: string;
-  wait?: boolean;
-  json?: boolean;
-  progress?: boolean;
-  agent?: string;
-  /** QMP socket of a QEMU process: pull-mode backup instead of the agent (src/cli/commands/backup-qemu.ts). */
-  qemu?: string;
-  /** `node[=name]` drives of the QEMU backup. */
-  drive: string[];
-  /** Unix socket of an NBD server the QEMU process already runs (QEMU allows one per process). */
-  qemuNbd?: string;
-}
-
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
-
-/** `--to` forms: s3, -, file:PATH, or a bare path (= file:, resolved against the cwd). */
-export function targetFromFlag(to: string): string {
-  if (to === 's3' || to === '-') return to;
-  const path = to.startsWith('file:') ? to.slice(5) : to;
-  if (path === '') throw new UsageError('--to file: needs a path');
-  return `file:${resolve(path)}`;
-}
 
 /** Builds the POST /backups body from CLI flags (UsageError on bad values). */
 export function backupBodyFromOptions(o: BackupCliOptions): Record<string, unknown> {

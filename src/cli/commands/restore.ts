@@ -2,11 +2,11 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { UsageError } from '../../errors.js';
-import { describeLocator } from '../../catalog/chain.js';
+import { describeLocator } from '../../restore/chain.js';
 import { restoreArchive, DEFAULT_PARALLEL, MAX_PARALLEL, type RestoreProgress } from '../../restore/engine.js';
 import { buildRestorePlan, sourceOpener } from '../../restore/locate.js';
 import type { StoreFlags } from '../../store/config.js';
-import { formatBytes, parsePositiveInt, printJson } from '../output.js';
+import { formatBytes, formatRate, parsePositiveInt, printJson } from '../output.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store.js';
 import { runRestoreViaCatalog } from './restore-via-catalog.js';
 
@@ -83,7 +83,7 @@ async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
       process.stdout.write(
         `restored archive ${result.archiveUuid} (chain of ${result.chainLength}) in ${secs.toFixed(1)} s: ` +
           `${formatBytes(result.bytesTotal)} of disk, ${formatBytes(result.fetchedBytes)} fetched in ${result.ranges} ranges, ` +
-          `${(result.bytesTotal / 1e6 / secs).toFixed(0)} MB/s${result.verified ? ', verified' : ''}\n`,
+          `${formatRate(result.bytesTotal, secs)}${result.verified ? ', verified' : ''}\n`,
       );
       for (const d of result.devices) process.stdout.write(`  ${d.name} → ${d.path} (${formatBytes(d.size)})\n`);
     }

@@ -3,7 +3,7 @@ import { Option, type Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { readKeyFile } from '../../codec/crypto.js';
 import { openArchive } from '../../format/reader.js';
-import { describeLocator } from '../../catalog/chain.js';
+import { describeLocator } from '../../restore/chain.js';
 import { resolveRef, sourceOpener, type ArchiveContext } from '../../restore/locate.js';
 import { createS3Client, effectiveEndpoint, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { DEFAULT_EMBEDDED_BUCKET, startEmbeddedS3 } from '../../store/embedded-s3.js';

@@ -10,7 +10,7 @@
 import { NotFoundError, RestoreError } from '../errors.js';
 import { openArchive } from '../format/reader.js';
 import type { RangeSource } from '../format/sink.js';
-import type { ArchiveLocator, PlannerArchive } from './planner.js';
+import type { ArchiveLocator, PlannerArchive } from './plan.js';
 
 /** Chains deeper than this are refused (cycle or runaway input). */
 export const MAX_CHAIN_DEPTH = 10_000;
