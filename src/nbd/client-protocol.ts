@@ -4,9 +4,9 @@
  */
 import { NbdProtocolError } from '../errors.js';
 
-/** Prefix of QEMU's dirty-bitmap meta contexts (qemu docs/interop/nbd.txt). */
+/** Prefix of QEMU's dirty-bitmap meta contexts (qemu/docs/interop/nbd.txt in QEMU's sources). */
 export const NBD_META_QEMU_DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
-/** In a qemu:dirty-bitmap context, bit 0 set = dirty (docs/interop/nbd.txt). */
+/** In a qemu:dirty-bitmap context, bit 0 set = dirty (qemu/docs/interop/nbd.txt). */
 export const NBD_STATE_DIRTY = 1 << 0;
 
 /** Largest option reply payload we accept; NBD_REP_INFO/META_CONTEXT are tiny, errors carry ≤ 4096-byte strings. */

@@ -1,5 +1,5 @@
 /**
- * QMP client over a Unix socket (docs/interop/qmp-spec.rst of QEMU).
+ * QMP client over a Unix socket (qemu/docs/interop/qmp-spec.rst in QEMU's sources).
  *
  * Wire: one JSON object per line ("\r\n" terminated). On connect the server
  * sends a greeting {"QMP": {version, capabilities}}; the client must send
