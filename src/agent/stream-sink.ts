@@ -20,6 +20,7 @@ export class HttpStreamSink implements ByteSink {
   private rejectAttached!: (e: unknown) => void;
   private readonly timer: NodeJS.Timeout;
   private failed: unknown = null;
+  private closed = false;
   bytes = 0;
 
   constructor(attachTimeoutMs = 60_000) {
@@ -52,6 +53,8 @@ export class HttpStreamSink implements ByteSink {
   }
 
   async write(chunk: Uint8Array): Promise<void> {
+    // A response that has ended accepts no more bytes and never drains again.
+    if (this.closed) throw new StoreError('write to the archive stream after close');
     const res = await this.attached;
     if (this.failed) throw this.failed;
     this.bytes += chunk.length;
@@ -69,6 +72,8 @@ export class HttpStreamSink implements ByteSink {
   }
 
   async close(): Promise<void> {
+    if (this.closed) throw new StoreError('the archive stream is already closed');
+    this.closed = true;
     const res = await this.attached;
     if (this.failed) throw this.failed;
     await new Promise<void>((resolve, reject) => {

@@ -7,7 +7,7 @@
  * error rather than a silent mix of two archives.
  */
 import { GetObjectCommand, HeadBucketCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { FormatError, StoreError } from '../errors.js';
+import { StoreError } from '../errors.js';
 import type { RangeSource } from '../format/sink.js';
 import { StoreNotFoundError } from './errors.js';
 import { httpStatusOf, mapS3Error } from './s3-errors.js';
@@ -64,10 +64,10 @@ export class S3RangeSource implements RangeSource {
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (this.closed) throw new StoreError(`${this.name} is closed`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw new FormatError(`invalid range offset=${offset} length=${length} in ${this.name}`);
+      throw new StoreError(`invalid range offset=${offset} length=${length} in ${this.name}`);
     }
     if (offset + length > this.size) {
-      throw new FormatError(`range [${offset}, ${offset + length}) lies beyond the end of ${this.name} (${this.size} bytes)`);
+      throw new StoreError(`range [${offset}, ${offset + length}) lies beyond the end of ${this.name} (${this.size} bytes)`);
     }
     if (length === 0) return Buffer.alloc(0);
     const attempts = 1 + (this.opts.bodyRetries ?? 3);

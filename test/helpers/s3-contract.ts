@@ -77,7 +77,7 @@ export function runS3ContractSuite(name: string, start: () => Promise<TestS3Serv
       ] as const) {
         expect((await src.read(off, len)).equals(data.subarray(off, off + len))).toBe(true);
       }
-      await expect(src.read(data.length - 1, 2)).rejects.toThrow(/beyond the end/);
+      await expect(src.read(data.length - 1, 2)).rejects.toThrow(StoreError);
       await src.close();
     });
 
@@ -156,13 +156,10 @@ export function runS3ContractSuite(name: string, start: () => Promise<TestS3Serv
       }
     });
 
-    it('uploads list reports honestly whether the server can list multipart uploads', async () => {
-      if (server.supportsListUploads) {
-        await expect(listIncompleteUploads(client, server.bucket, 'x/')).resolves.toBeInstanceOf(Array);
-      } else {
-        await expect(listIncompleteUploads(client, server.bucket, 'x/')).rejects.toThrow(StoreCapabilityError);
-        await expect(listIncompleteUploads(client, server.bucket, 'x/')).rejects.toThrow(CANNOT_LIST_MESSAGE);
-      }
+    it('uploads list says plainly that the server cannot list multipart uploads', async () => {
+      // Neither s3rver nor fauxqs implements ListMultipartUploads (measured).
+      await expect(listIncompleteUploads(client, server.bucket, 'x/')).rejects.toThrow(StoreCapabilityError);
+      await expect(listIncompleteUploads(client, server.bucket, 'x/')).rejects.toThrow(CANNOT_LIST_MESSAGE);
     });
 
     it('names a missing key or a missing bucket', async () => {

@@ -16,7 +16,6 @@ export interface TestS3Server {
   bucket: string;
   /** What the server really implements (measured, see docs/s3-and-restore.md). */
   supportsAbort: boolean;
-  supportsListUploads: boolean;
   storeConfig(prefix?: string, endpoint?: string): StoreConfig;
   client(opts?: { endpoint?: string; maxAttempts?: number }): S3Client;
   /**
@@ -40,7 +39,6 @@ export async function startS3rver(bucket = 'test-bucket'): Promise<TestS3Server>
     endpoint: s3.endpoint,
     bucket,
     supportsAbort: false,
-    supportsListUploads: false,
     embedded: s3,
     storeConfig(prefix = '', endpoint = s3.endpoint): StoreConfig {
       return { ...s3.storeConfig(prefix), endpoint };
@@ -104,7 +102,6 @@ export async function startFauxqs(bucket = 'test-bucket'): Promise<TestS3Server>
     endpoint,
     bucket,
     supportsAbort: true,
-    supportsListUploads: false,
     storeConfig: (prefix = '', ep = endpoint) => cfg(prefix, ep),
     client(opts = {}): S3Client {
       const c = createS3Client(cfg('', opts.endpoint ?? endpoint), opts.maxAttempts ? { maxAttempts: opts.maxAttempts } : {});

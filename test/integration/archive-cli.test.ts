@@ -203,7 +203,7 @@ describe('cowstream archive CLI', () => {
 
   it('bad usage exits 2 with a clear message', async () => {
     const out = join(dir, 'never.cwa');
-    // The full validation matrix is unit-tested (test/unit/codec/archive-args.test.ts);
+    // The full validation matrix is unit-tested (test/unit/cli/archive-args.test.ts);
     // these check that the real process maps UsageError/commander errors to exit 2.
     const cases: Array<[string[], RegExp]> = [
       [['archive', 'create', out, `disk0=${disk0}`, '--level', '0'], /--level must be between 1 and 19/],

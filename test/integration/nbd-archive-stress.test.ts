@@ -80,7 +80,7 @@ interface Rig {
   close(): Promise<void>;
 }
 
-/** Same rig as test/unit/cbw/nbd-stress.test.ts: NbdServer exporting a CbwDevice over a FileDevice. */
+/** Same rig as test/integration/cbw-nbd-stress.test.ts: NbdServer exporting a CbwDevice over a FileDevice. */
 async function rig(path: string): Promise<Rig> {
   const file = await FileDevice.open(path);
   const cbw = new CbwDevice(file, { deviceId: 0 });

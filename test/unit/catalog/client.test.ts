@@ -19,7 +19,6 @@ describe('catalogue client', () => {
     const b = await signRequest({ method: 'POST', url, headers: { 'content-type': 'application/json' }, body: '{"a":2}' }, 'eu-west-1', CREDS);
     expect(a.authorization).toMatch(/^AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE\/\d{8}\/eu-west-1\/execute-api\/aws4_request, SignedHeaders=[^,]*host[^,]*, Signature=[0-9a-f]{64}$/);
     expect(a['x-amz-date']).toMatch(/^\d{8}T\d{6}Z$/);
-    expect(a['x-amz-content-sha256'] ?? a.authorization).toBeDefined();
     expect(a.authorization).not.toBe(b.authorization);
   });
 

@@ -1,7 +1,6 @@
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConflictError, NotFoundError, StoreError } from '../../../src/errors.js';
 import { CLUSTER_SIZE } from '../../../src/format/constants.js';
@@ -33,14 +32,6 @@ describe('FileByteSink / FileRangeSource', () => {
     await expect(s.write(Buffer.from('x'))).rejects.toBeInstanceOf(StoreError);
   });
 
-  it('abort leaves nothing visible', async () => {
-    const p = join(dir, 'b.cwa');
-    const s = await FileByteSink.create(p);
-    await s.write(Buffer.alloc(1000));
-    await s.abort(new Error('cancel'));
-    expect((await readdir(dir)).filter((f) => f.startsWith('b.cwa'))).toEqual([]);
-  });
-
   it('refuses to overwrite unless asked', async () => {
     const p = join(dir, 'c.cwa');
     await writeFile(p, 'old');
@@ -59,27 +50,9 @@ describe('FileByteSink / FileRangeSource', () => {
     expect(await readdir(dir)).not.toContain('d.cwa.partial');
   });
 
-  it("'-' writes to stdout (an injected stream) with backpressure", async () => {
-    const stream = new PassThrough({ highWaterMark: 16 });
-    const got: Buffer[] = [];
-    stream.on('data', (c: Buffer) => got.push(c));
-    const s = await FileByteSink.create('-', { stdout: stream });
-    for (let i = 0; i < 10; i++) await s.write(Buffer.alloc(100, i));
-    await s.close();
-    expect(Buffer.concat(got).length).toBe(1000);
-  });
-
-  it('FileRangeSource reads ranges, rejects reads outside, and maps ENOENT', async () => {
+  // Ranges, abort and stdout are covered by test/integration/sink-source-contract.test.ts.
+  it('FileRangeSource maps ENOENT to NotFoundError', async () => {
     await expect(FileRangeSource.open(join(dir, 'missing'))).rejects.toBeInstanceOf(NotFoundError);
-    const p = join(dir, 'r.bin');
-    await writeFile(p, Buffer.from('0123456789'));
-    const src = await FileRangeSource.open(p);
-    expect(src.size).toBe(10);
-    expect((await src.read(3, 4)).toString()).toBe('3456');
-    expect((await src.read(10, 0)).length).toBe(0);
-    await expect(src.read(8, 3)).rejects.toBeInstanceOf(StoreError);
-    await expect(src.read(-1, 1)).rejects.toBeInstanceOf(StoreError);
-    await src.close();
   });
 
   it('archive round trip through a real file', async () => {
