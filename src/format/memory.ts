@@ -43,22 +43,6 @@ export class MemoryByteSink implements ByteSink {
   }
 }
 
-/** Counts bytes and discards them (for measuring archive sizes). */
-export class CountingByteSink implements ByteSink {
-  bytesWritten = 0;
-  closed = false;
-
-  async write(chunk: Uint8Array): Promise<void> {
-    this.bytesWritten += chunk.length;
-  }
-
-  async close(): Promise<void> {
-    this.closed = true;
-  }
-
-  async abort(_reason?: unknown): Promise<void> {}
-}
-
 export class BufferRangeSource implements RangeSource {
   constructor(
     private readonly buf: Buffer,

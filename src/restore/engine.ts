@@ -21,7 +21,7 @@ import { unlink } from 'node:fs/promises';
 import type { Compressor } from '../codec/types.js';
 import { ChecksumError, CowstreamError, EncryptionKeyError, FormatError, RestoreError } from '../errors.js';
 import { keyFingerprint } from '../codec/crypto.js';
-import { CLUSTER_SIZE, MAX_EXTENT_DATA } from '../format/constants.js';
+import { CLUSTER_SIZE } from '../format/constants.js';
 import { decodeExtentLeased } from '../format/extent.js';
 import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlanExtent, RestorePlan } from './plan.js';
@@ -332,7 +332,3 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
   };
 }
 
-/** The memory bound of a restore with these settings (documented in docs/s3-and-restore.md). */
-export function restoreMemoryBound(parallel: number, maxRangeBytes: number): number {
-  return parallel * (maxRangeBytes + EXTENTS_IN_FLIGHT * 2 * MAX_EXTENT_DATA);
-}

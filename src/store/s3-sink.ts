@@ -199,7 +199,6 @@ export class S3ArchiveSink implements ByteSink {
   private readonly onWarning: (w: StoreError) => void;
   private failure: unknown = undefined;
   private failed = false;
-  private settled = false;
   private closing = false;
   private bytes = 0;
   private drainWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
@@ -249,12 +248,8 @@ export class S3ArchiveSink implements ByteSink {
       this.upload.on('httpUploadProgress', (p) => cb(p.loaded ?? 0));
     }
     this.done = this.upload.done().then(
-      (res) => {
-        this.settled = true;
-        return res;
-      },
+      (res) => res,
       (err: unknown) => {
-        this.settled = true;
         this.fail(err);
         throw err;
       },

@@ -5,7 +5,7 @@ import { readKeyFile } from '../../codec/crypto.js';
 import { openArchive } from '../../format/reader.js';
 import { describeLocator } from '../../restore/chain.js';
 import { resolveRef, sourceOpener, type ArchiveContext } from '../../restore/locate.js';
-import { createS3Client, effectiveEndpoint, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
+import { createS3Client, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { DEFAULT_EMBEDDED_BUCKET, startEmbeddedS3 } from '../../store/embedded-s3.js';
 import { abortIncompleteUploads, listIncompleteUploads } from '../../store/uploads.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
@@ -157,12 +157,5 @@ export function registerStoreCommands(program: Command): void {
         process.on('SIGTERM', stop);
       });
     });
-}
-
-/** For messages: where a store config points. */
-export function describeStore(ctx: ArchiveContext): string {
-  if (!ctx.store) return 'no bucket configured';
-  const ep = effectiveEndpoint(ctx.store);
-  return `s3://${ctx.store.bucket}/${ctx.store.prefix}${ep ? ` at ${ep}` : ''}`;
 }
 

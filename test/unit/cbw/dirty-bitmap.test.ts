@@ -2,7 +2,6 @@ import { appendFile, mkdtemp, readdir, rename, rm, utimes, writeFile, copyFile, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Bitmap } from '../../../src/cbw/bitmap.js';
 import { CbwDevice } from '../../../src/cbw/cbw-device.js';
 import { DirtyBitmapStore, type PersistentDirtyBitmap } from '../../../src/cbw/dirty-bitmap.js';
 import { BackupBusyError, BitmapInvalidError } from '../../../src/cbw/errors.js';
