@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
 import { parseSize } from '../src/units.js';
+import { retentionConfigSchema, type RetentionConfig, type RetentionPolicy } from '../src/catalog/retention.js';
 
 /** A context value that does not validate; `key` is the context key. */
 export class InfraConfigError extends ConfigError {
@@ -32,19 +33,7 @@ export interface ObjectLockConfig {
   days: number;
 }
 
-/** One retention policy; omitted counts keep nothing by that rule. */
-export interface RetentionPolicy {
-  keepLast?: number;
-  keepDaily?: number;
-  keepWeekly?: number;
-  keepMonthly?: number;
-}
-
-/** The prune handler's `RETENTION` env var (see docs/catalogue.md). */
-export interface RetentionConfig extends RetentionPolicy {
-  hosts?: Record<string, RetentionPolicy>;
-  disks?: Record<string, RetentionPolicy>;
-}
+export type { RetentionConfig, RetentionPolicy };
 
 export interface CowstreamConfig {
   stackName: string;
@@ -80,20 +69,6 @@ const DEFAULT_FRESHNESS_HOURS = 26;
 const DEFAULT_VERIFY_BYTE_BUDGET = 1024 ** 3;
 /** S3 Object Lock accepts up to 100 years of default retention. */
 const MAX_LOCK_DAYS = 36_500;
-
-const countSchema = z.number().int().nonnegative().max(100_000);
-const policySchema = z.strictObject({
-  keepLast: countSchema.optional(),
-  keepDaily: countSchema.optional(),
-  keepWeekly: countSchema.optional(),
-  keepMonthly: countSchema.optional(),
-});
-const retentionSchema = policySchema.extend({
-  hosts: z.record(z.string().regex(HOST_ID_RE, 'host id'), policySchema).optional(),
-  disks: z
-    .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, '"<host>/<disk>"'), policySchema)
-    .optional(),
-});
 
 function zodMessage(err: z.ZodError): string {
   return err.issues
@@ -225,7 +200,7 @@ export function parseRetention(raw: unknown): RetentionConfig {
       value = obj;
     }
   }
-  const parsed = retentionSchema.safeParse(value);
+  const parsed = retentionConfigSchema.safeParse(value);
   if (!parsed.success) throw new InfraConfigError('retention', zodMessage(parsed.error));
   return parsed.data;
 }

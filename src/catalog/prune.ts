@@ -5,7 +5,7 @@
  * the plan was made; such an archive is skipped, never orphaned.
  */
 import { DeleteObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { describeError } from '../errors.js';
+import { applyDeletions } from './apply-deletions.js';
 import { nullLogger, type Logger } from './log.js';
 import type { CatalogRepository } from './repository.js';
 import { planPrune, type PruneDecision, type RetentionConfig } from './retention.js';
@@ -40,23 +40,19 @@ export async function runPrune(opts: PruneOptions): Promise<PruneReport> {
       report.wouldDelete.push(...plan.delete);
       continue;
     }
-    for (const d of plan.delete) {
-      try {
-        // Children in this plan were deleted first (deepest first); any live child blocks.
-        const live = await opts.repo.listChildren(d.uuid);
-        if (live.length > 0) {
-          report.skipped.push({ ...d, reason: `still the parent of ${live.map((c) => c.uuid).join(', ')}` });
-          continue;
-        }
-        await opts.s3.send(new DeleteObjectCommand({ Bucket: d.bucket, Key: d.key }));
-        await opts.repo.markDeleted(d.uuid, undefined, 'pruned by retention policy');
-        report.deleted.push(d);
-        logger.info('pruned archive', { uuid: d.uuid, hostId, key: d.key });
-      } catch (err) {
-        report.skipped.push({ ...d, reason: describeError(err) });
-        logger.error('prune failed for archive', { uuid: d.uuid, error: describeError(err) });
-      }
-    }
+    const done = await applyDeletions(
+      plan.delete,
+      {
+        liveChildren: async (uuid) => (await opts.repo.listChildren(uuid)).map((c) => c.uuid),
+        remove: async (d) => {
+          await opts.s3.send(new DeleteObjectCommand({ Bucket: d.bucket, Key: d.key }));
+          await opts.repo.markDeleted(d.uuid, undefined, 'pruned by retention policy');
+        },
+      },
+      logger.child({ hostId }),
+    );
+    report.deleted.push(...done.deleted);
+    report.skipped.push(...done.skipped);
   }
   return report;
 }

@@ -1,8 +1,8 @@
 /**
  * Retention policy evaluation (pure). Buckets follow restic's `forget`
  * semantics: walking archives newest first, keepDaily N keeps the newest
- * archive of each of the N most recent days that have one (likewise weeks,
- * months); keepLast N keeps the N newest. A policy with no positive rule
+ * archive of each of the N most recent days that have one (likewise hours,
+ * weeks, months, years; all in UTC); keepLast N keeps the N newest. A policy with no positive rule
  * keeps everything — an empty policy must never mean "delete all".
  *
  * Chain awareness: an incremental archive is useless without its ancestors,
@@ -16,16 +16,29 @@ import { formatIssues, type ArchiveRecord } from './records.js';
 
 const count = z.number().int().nonnegative().max(100_000);
 export const retentionPolicySchema = z
-  .object({ keepLast: count.optional(), keepDaily: count.optional(), keepWeekly: count.optional(), keepMonthly: count.optional() })
+  .object({
+    keepLast: count.optional(),
+    keepHourly: count.optional(),
+    keepDaily: count.optional(),
+    keepWeekly: count.optional(),
+    keepMonthly: count.optional(),
+    keepYearly: count.optional(),
+  })
   .strict();
 export type RetentionPolicy = z.infer<typeof retentionPolicySchema>;
 
-export const retentionConfigSchema = retentionPolicySchema.extend({
-  /** Per-host overrides. */
-  hosts: z.record(z.string(), retentionPolicySchema).optional(),
-  /** Per-disk overrides, keyed `<host>/<disk>`. */
-  disks: z.record(z.string(), retentionPolicySchema).optional(),
-}).strict();
+const HOST_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const HOST_DISK_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/** The one retention schema: the prune Lambda, the CDK context, `forget` and the agents use it. */
+export const retentionConfigSchema = retentionPolicySchema
+  .extend({
+    /** Per-host overrides. */
+    hosts: z.record(z.string().regex(HOST_KEY, 'host id'), retentionPolicySchema).optional(),
+    /** Per-disk overrides, keyed `<host>/<disk>`. */
+    disks: z.record(z.string().regex(HOST_DISK_KEY, '"<host>/<disk>"'), retentionPolicySchema).optional(),
+  })
+  .strict();
 export type RetentionConfig = z.infer<typeof retentionConfigSchema>;
 
 export function parseRetentionConfig(value: unknown): RetentionConfig {
@@ -53,9 +66,15 @@ export interface PrunePlan {
 }
 
 function isEmpty(p: RetentionPolicy): boolean {
-  return !(p.keepLast || p.keepDaily || p.keepWeekly || p.keepMonthly);
+  return !(p.keepLast || p.keepHourly || p.keepDaily || p.keepWeekly || p.keepMonthly || p.keepYearly);
 }
 
+function hourKey(d: Date): string {
+  return d.toISOString().slice(0, 13);
+}
+function yearKey(d: Date): string {
+  return d.toISOString().slice(0, 4);
+}
 function dayKey(d: Date): string {
   return d.toISOString().slice(0, 10);
 }
@@ -81,9 +100,11 @@ export function applyPolicy(newestFirst: readonly ArchiveRecord[], policy: Reten
   }
   newestFirst.slice(0, policy.keepLast ?? 0).forEach((a) => kept.set(a.uuid, 'keepLast'));
   const buckets: Array<[keyof RetentionPolicy, (d: Date) => string]> = [
+    ['keepHourly', hourKey],
     ['keepDaily', dayKey],
     ['keepWeekly', weekKey],
     ['keepMonthly', monthKey],
+    ['keepYearly', yearKey],
   ];
   for (const [rule, keyOf] of buckets) {
     let left = policy[rule] ?? 0;

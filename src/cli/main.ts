@@ -15,6 +15,7 @@ const GROUPS: Record<string, () => Promise<Registrar>> = {
   restore: async () => (await import('./commands/restore.js')).registerRestoreCommands,
   store: async () => (await import('./commands/store.js')).registerStoreCommands,
   catalog: async () => (await import('./commands/catalog.js')).registerCatalogCommands,
+  bucket: async () => (await import('./commands/bucket.js')).registerBucketCommands,
 };
 
 /** Which group defines each top-level command. */
@@ -32,6 +33,8 @@ const COMMAND_GROUP: Record<string, string> = {
   list: 'catalog',
   show: 'catalog',
   catalog: 'catalog',
+  snapshots: 'bucket',
+  forget: 'bucket',
 };
 
 /**

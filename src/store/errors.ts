@@ -18,3 +18,8 @@ export class StoreAccessError extends StoreError {
 export class StoreNotFoundError extends NotFoundError {
   override readonly code: string = 'STORE_NOT_FOUND';
 }
+
+/** The object's ETag is no longer the one a read was pinned to: it was replaced. */
+export class ObjectChangedError extends StoreError {
+  override readonly code: string = 'OBJECT_CHANGED';
+}

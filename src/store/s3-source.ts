@@ -9,7 +9,7 @@
 import { GetObjectCommand, HeadBucketCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { StoreError } from '../errors.js';
 import type { RangeSource } from '../format/sink.js';
-import { StoreNotFoundError } from './errors.js';
+import { ObjectChangedError, StoreNotFoundError } from './errors.js';
 import { httpStatusOf, mapS3Error } from './s3-errors.js';
 
 export interface S3RangeSourceOptions {
@@ -61,6 +61,16 @@ export class S3RangeSource implements RangeSource {
     }
   }
 
+  /**
+   * A source over an object whose size and ETag a LIST already gave: no HEAD.
+   * The ETag still pins every read, so an object replaced since the LIST is
+   * an error, not a mix.
+   */
+  static forListedObject(client: S3Client, bucket: string, key: string, size: number, etag: string | undefined, opts: S3RangeSourceOptions = {}): S3RangeSource {
+    if (!Number.isSafeInteger(size) || size < 0) throw new StoreError(`s3://${bucket}/${key}: listed size ${size} is not usable`);
+    return new S3RangeSource(client, bucket, key, size, etag, {}, opts);
+  }
+
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (this.closed) throw new StoreError(`${this.name} is closed`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
@@ -89,7 +99,7 @@ export class S3RangeSource implements RangeSource {
         );
       } catch (err) {
         if (httpStatusOf(err) === 412) {
-          throw new StoreError(`${this.name} changed while being read (ETag no longer ${this.etag})`, { cause: err });
+          throw new ObjectChangedError(`${this.name} changed while being read (ETag no longer ${this.etag})`, { cause: err });
         }
         throw mapS3Error(err, 'GetObject', { bucket: this.bucket, key: this.key });
       }

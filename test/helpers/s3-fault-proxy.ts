@@ -20,6 +20,7 @@ export type S3Op =
   | 'AbortMultipartUpload'
   | 'ListMultipartUploads'
   | 'PutObject'
+  | 'DeleteObject'
   | 'GetObject'
   | 'HeadObject'
   | 'ListObjects'
@@ -52,7 +53,8 @@ export function classify(req: IncomingMessage): S3Op {
       if (q.has('uploadId')) return 'CompleteMultipartUpload';
       return 'Other';
     case 'DELETE':
-      return q.has('uploadId') ? 'AbortMultipartUpload' : 'Other';
+      if (q.has('uploadId')) return 'AbortMultipartUpload';
+      return hasKey ? 'DeleteObject' : 'Other';
     case 'GET':
       if (q.has('uploads')) return 'ListMultipartUploads';
       return hasKey ? 'GetObject' : 'ListObjects';

@@ -7,7 +7,7 @@ import { restoreArchive, DEFAULT_PARALLEL, MAX_PARALLEL, type RestoreProgress } 
 import { buildRestorePlan, sourceOpener } from '../../restore/locate.js';
 import type { StoreFlags } from '../../store/config.js';
 import { formatBytes, formatRate, parsePositiveInt, printJson } from '../output.js';
-import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store.js';
+import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store-options.js';
 import { runRestoreViaCatalog } from './restore-via-catalog.js';
 
 interface RestoreFlags extends StoreFlags {

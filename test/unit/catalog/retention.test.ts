@@ -131,7 +131,22 @@ describe('retention', () => {
     expect([...monthly.keys()]).toEqual([list[0]!.uuid, list[4]!.uuid]);
   });
 
+  it('buckets by hour and by year (UTC)', () => {
+    const at = (iso: string): ArchiveRecord => archiveRecord({ hostId: 'h', createdAt: iso, uuid: randomUUID() });
+    const list = [
+      at('2026-03-10T12:40:00.000Z'),
+      at('2026-03-10T12:05:00.000Z'), // same hour
+      at('2026-03-10T11:59:59.000Z'),
+      at('2025-12-31T23:00:00.000Z'),
+      at('2024-06-01T00:00:00.000Z'),
+    ];
+    expect([...applyPolicy(list, { keepHourly: 2 }).keys()]).toEqual([list[0]!.uuid, list[2]!.uuid]);
+    expect([...applyPolicy(list, { keepYearly: 3 }).keys()]).toEqual([list[0]!.uuid, list[3]!.uuid, list[4]!.uuid]);
+  });
+
   it('rejects malformed policies with ConfigError', () => {
+    expect(() => parseRetentionConfig({ hosts: { '../x': { keepLast: 1 } } })).toThrow(ConfigError);
+    expect(() => parseRetentionConfig({ disks: { 'h-only': { keepLast: 1 } } })).toThrow(ConfigError);
     expect(() => parseRetentionConfig({ keepLast: -1 })).toThrow(ConfigError);
     expect(() => parseRetentionConfig({ keepLots: 1 })).toThrow(ConfigError);
     expect(parseRetentionConfig({ keepDaily: 7, hosts: { h: { keepLast: 1 } } }).keepDaily).toBe(7);
