@@ -109,6 +109,9 @@ describe('cowstream archive CLI', () => {
     const x = await run(['archive', 'extract', archive, out, '--json']);
     expect(x.code, x.stderr).toBe(0);
     expect(json(x)).toMatchObject({ ok: true, dir: out });
+    // Every non-zero 4 KiB block is written once, whichever worker decoded it.
+    const written = json<{ devices: Array<{ bytesWritten: number }> }>(x).devices.reduce((n, d) => n + d.bytesWritten, 0);
+    expect(written).toBe(created.dataBytes);
     expect((await readFile(join(out, 'disk0.raw'))).equals(await readFile(disk0))).toBe(true);
     expect((await readFile(join(out, 'disk1.raw'))).equals(await readFile(disk1))).toBe(true);
     expect(await readFile(join(out, 'vm-100.conf'), 'utf8')).toBe(await readFile(conf, 'utf8'));
@@ -121,6 +124,23 @@ describe('cowstream archive CLI', () => {
     const again = await run(['archive', 'extract', archive, out]);
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/non-empty directory/);
+  });
+
+  it('extract counts every written byte once, with extents decoded concurrently', async () => {
+    // 24 MiB of compressible data with zero 4 KiB blocks: several 4 MiB extents per device.
+    const big = join(dir, 'big.img');
+    const img = Buffer.alloc(24 * MiB);
+    for (let off = 0; off < img.length; off += 4096) if ((off / 4096) % 5 !== 0) img.write(`block ${off} `.repeat(300), off, 4096, 'latin1');
+    await writeFile(big, img);
+    const archivePath = join(dir, 'big.cwa');
+    const c = await run(['archive', 'create', archivePath, '--json', `big=${big}`]);
+    expect(c.code, c.stderr).toBe(0);
+    const created = json<{ dataBytes: number; extentCount: number }>(c);
+    expect(created.extentCount).toBeGreaterThan(4);
+    const x = await run(['archive', 'extract', archivePath, join(dir, 'big-out'), '--json']);
+    expect(x.code, x.stderr).toBe(0);
+    expect(json<{ devices: Array<{ bytesWritten: number }> }>(x).devices[0]!.bytesWritten).toBe(created.dataBytes);
+    expect((await readFile(join(dir, 'big-out', 'big.raw'))).equals(img)).toBe(true);
   });
 
   it('writes the archive to stdout with "-"', async () => {

@@ -509,7 +509,10 @@ async function extractArchive(reader: ArchiveReader, dir: string, pool: ZstdPool
           const fh = handles.get(c.deviceId);
           const dev = byId.get(c.deviceId);
           if (!fh || !dev) throw new CowstreamError(`extent ${x.seq} holds unknown device id ${c.deviceId}`);
-          dev.bytesWritten += await writeSparse(fh, c.data, c.cluster * CLUSTER_SIZE);
+          // Await first, then add: `x += await f()` reads x before the await and
+          // loses the other workers' additions made meanwhile.
+          const n = await writeSparse(fh, c.data, c.cluster * CLUSTER_SIZE);
+          dev.bytesWritten += n;
         }
         progress.update(++done);
       }
