@@ -126,7 +126,9 @@ export function describeError(err: unknown): string {
   const parts: string[] = [];
   let cur: unknown = err;
   for (let depth = 0; cur !== undefined && cur !== null && depth < 5; depth++) {
-    parts.push(cur instanceof Error ? cur.message : String(cur));
+    const message = cur instanceof Error ? cur.message : String(cur);
+    // A wrapper often quotes its cause already (`cannot read X: ENOENT …`): say it once.
+    if (!parts.some((p) => p.includes(message))) parts.push(message);
     cur = cur instanceof Error ? (cur as Error & { cause?: unknown }).cause : undefined;
   }
   return parts.join(': ');
