@@ -25,6 +25,7 @@ import { decodeCursor, encodeCursor } from './cursor.js';
 import {
   ACTIVE_RESTORE_STATUSES,
   archiveRecordSchema,
+  hostIdSchema,
   hostRecordSchema,
   restoreJobSchema,
   type ArchiveRecord,
@@ -52,7 +53,8 @@ export interface ListArchivesQuery {
   includeDeleted?: boolean;
 }
 
-export type IndexOutcome = 'created' | 'unchanged' | 'replaced' | 'stale';
+/** 'conflict': the uuid is already indexed from another key (putArchive never replaces such a record). */
+export type IndexOutcome = 'created' | 'unchanged' | 'replaced' | 'stale' | 'conflict';
 export type DeleteOutcome = 'deleted' | 'unchanged' | 'unknown' | 'stale';
 
 const ARCHIVE_SK = 'A';
@@ -148,10 +150,61 @@ export class CatalogRepository {
    * Writes an archive record idempotently. A re-delivered event for the same
    * object (same etag) is a no-op and keeps VERIFIED/CORRUPT state; an event
    * older than the last one applied (S3 sequencer) is ignored; a newer upload
-   * under the same uuid replaces the record.
+   * to the same key replaces the record. A record is never replaced by an
+   * object at another key ('conflict'): S3 orders the events of one key
+   * only, so sequencers of different keys say nothing, and another key may
+   * belong to another host.
    */
   async putArchive(rec: ArchiveRecord): Promise<IndexOutcome> {
-    // Disk index items first: harmless if the archive put then loses a race.
+    const existing = await this.getArchive(rec.uuid);
+    if (existing && existing.key !== rec.key) return 'conflict';
+    try {
+      await this.doc.send(new PutCommand({ TableName: this.tableName, Item: this.archiveItem(rec), ConditionExpression: 'attribute_not_exists(pk)' }));
+      await this.putDiskItems(rec);
+      await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
+      return 'created';
+    } catch (err) {
+      if (!isConditionFailure(err)) throw err;
+    }
+    const current = await this.requireArchive(rec.uuid);
+    if (current.key !== rec.key) return 'conflict';
+    return this.replaceArchive(current, rec);
+  }
+
+  /** The same key again: a no-op, stale, or (newer sequencer) a replacement. */
+  private async replaceArchive(existing: ArchiveRecord, rec: ArchiveRecord): Promise<IndexOutcome> {
+    if (existing.etag !== undefined && existing.etag === rec.etag && existing.status !== 'DELETED') {
+      await this.putDiskItems(rec); // a retry after a crash between the archive put and these
+      return 'unchanged';
+    }
+    if (rec.sequencer === undefined || existing.sequencer === undefined || compareSequencer(rec.sequencer, existing.sequencer) <= 0) {
+      return existing.etag === rec.etag ? 'unchanged' : 'stale';
+    }
+    try {
+      await this.doc.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: this.archiveItem(rec),
+          ConditionExpression: 'sequencer = :old AND #k = :key',
+          ExpressionAttributeNames: { '#k': 'key' },
+          ExpressionAttributeValues: { ':old': existing.sequencer, ':key': rec.key },
+        }),
+      );
+    } catch (err) {
+      if (isConditionFailure(err)) return 'stale'; // a newer event won meanwhile
+      throw err;
+    }
+    await this.putDiskItems(rec);
+    await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
+    return 'replaced';
+  }
+
+  /**
+   * Disk index items, written only once the archive item is this key's
+   * (idempotent puts): an object that lost to another key must not list
+   * the winner under its own host's disks.
+   */
+  private async putDiskItems(rec: ArchiveRecord): Promise<void> {
     for (const d of rec.devices) {
       await this.doc.send(
         new PutCommand({
@@ -167,39 +220,17 @@ export class CatalogRepository {
         }),
       );
     }
-    try {
-      await this.doc.send(new PutCommand({ TableName: this.tableName, Item: this.archiveItem(rec), ConditionExpression: 'attribute_not_exists(pk)' }));
-      await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
-      return 'created';
-    } catch (err) {
-      if (!isConditionFailure(err)) throw err;
-    }
-    const existing = await this.requireArchive(rec.uuid);
-    if (existing.etag !== undefined && existing.etag === rec.etag && existing.key === rec.key && existing.status !== 'DELETED') return 'unchanged';
-    if (rec.sequencer === undefined || existing.sequencer === undefined || compareSequencer(rec.sequencer, existing.sequencer) <= 0) {
-      return existing.etag === rec.etag ? 'unchanged' : 'stale';
-    }
-    try {
-      await this.doc.send(
-        new PutCommand({
-          TableName: this.tableName,
-          Item: this.archiveItem(rec),
-          ConditionExpression: 'sequencer = :old',
-          ExpressionAttributeValues: { ':old': existing.sequencer },
-        }),
-      );
-    } catch (err) {
-      if (isConditionFailure(err)) return 'stale'; // a newer event won meanwhile
-      throw err;
-    }
-    await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
-    return 'replaced';
   }
 
-  /** ObjectRemoved: marks the archive DELETED unless a newer event was applied. */
-  async markDeleted(uuid: string, sequencer?: string, reason?: string): Promise<DeleteOutcome> {
+  /**
+   * ObjectRemoved: marks the archive DELETED unless a newer event was applied.
+   * With `key`, only a record indexed from that key is touched (the removal
+   * of some other object never deletes a record; its sequencer is not
+   * comparable either).
+   */
+  async markDeleted(uuid: string, sequencer?: string, reason?: string, key?: string): Promise<DeleteOutcome> {
     const existing = await this.getArchive(uuid);
-    if (!existing) return 'unknown';
+    if (!existing || (key !== undefined && existing.key !== key)) return 'unknown';
     if (existing.status === 'DELETED') return 'unchanged';
     if (sequencer !== undefined && existing.sequencer !== undefined && compareSequencer(sequencer, existing.sequencer) < 0) return 'stale';
     const now = new Date().toISOString();
@@ -385,6 +416,8 @@ export class CatalogRepository {
   // ---- hosts ------------------------------------------------------------
 
   private async touchHost(hostId: string, archiveCreatedAt: string | undefined): Promise<void> {
+    // A rejected object outside any valid host segment names no host.
+    if (!hostIdSchema.safeParse(hostId).success) return;
     const now = new Date().toISOString();
     await this.doc.send(
       new UpdateCommand({
