@@ -43,6 +43,8 @@ export interface EmbeddedCatalogOptions {
   /** Index archives already in the bucket that the table does not know (missed while down). Default true. */
   scanOnStart?: boolean;
   logger?: Logger | 'quiet';
+  /** Lease of a claimed restore job, renewed by each progress report (default 5 min). */
+  restoreLeaseMs?: number;
   /** Called after each indexed record (tests, demo). */
   onIndexed?: (r: IndexResult) => void;
 }
@@ -104,7 +106,14 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
       await scanBucket(s3, opts.s3.bucket, prefix, repo, enqueue);
     }
 
-    const api = createApiHandler({ repo, s3, bucket: opts.s3.bucket, buildPlan: createPlanBuilder(repo, s3), logger: logger.child({ component: 'api' }) });
+    const api = createApiHandler({
+      repo,
+      s3,
+      bucket: opts.s3.bucket,
+      buildPlan: createPlanBuilder(repo, s3),
+      logger: logger.child({ component: 'api' }),
+      ...(opts.restoreLeaseMs !== undefined ? { restoreLeaseMs: opts.restoreLeaseMs } : {}),
+    });
     const server: Server = createServer(httpListener(api));
     const host = opts.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {

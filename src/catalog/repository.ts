@@ -38,6 +38,8 @@ import {
 import { GSI } from './table.js';
 
 export const DEFAULT_PAGE_LIMIT = 50;
+/** How long a claimed restore job stays its agent's without a report (the agent reports every 2 s). */
+export const DEFAULT_RESTORE_LEASE_MS = 5 * 60_000;
 export const MAX_PAGE_LIMIT = 500;
 
 export interface Page<T> {
@@ -158,6 +160,7 @@ export class CatalogRepository {
   async putArchive(rec: ArchiveRecord): Promise<IndexOutcome> {
     const existing = await this.getArchive(rec.uuid);
     if (existing && existing.key !== rec.key) return 'conflict';
+    await this.registerHost(rec.hostId);
     try {
       await this.doc.send(new PutCommand({ TableName: this.tableName, Item: this.archiveItem(rec), ConditionExpression: 'attribute_not_exists(pk)' }));
       await this.putDiskItems(rec);
@@ -415,7 +418,11 @@ export class CatalogRepository {
 
   // ---- hosts ------------------------------------------------------------
 
-  private async touchHost(hostId: string, archiveCreatedAt: string | undefined): Promise<void> {
+  /**
+   * Registers a host before any record of it is written, so a host is always
+   * known (POST /restores checks) once one of its archives can be read.
+   */
+  private async registerHost(hostId: string): Promise<void> {
     // A rejected object outside any valid host segment names no host.
     if (!hostIdSchema.safeParse(hostId).success) return;
     const now = new Date().toISOString();
@@ -427,7 +434,10 @@ export class CatalogRepository {
         ExpressionAttributeValues: { ':h': hostId, ':now': now, ':hosts': 'HOSTS', ':e': 'host' },
       }),
     );
-    if (archiveCreatedAt === undefined) return;
+  }
+
+  private async touchHost(hostId: string, archiveCreatedAt: string | undefined): Promise<void> {
+    if (archiveCreatedAt === undefined || !hostIdSchema.safeParse(hostId).success) return;
     try {
       // Only ever moves forward: out-of-order indexing must not make a host look stale.
       await this.doc.send(
@@ -571,30 +581,62 @@ export class CatalogRepository {
     }
   }
 
-  /** Exactly one concurrent claimer wins; the others get ConflictError. */
-  async claimRestore(id: string, agentId: string): Promise<RestoreJob> {
-    const now = new Date().toISOString();
-    return this.transition(id, ['PENDING'], 'CLAIMED', { claimedBy: agentId, claimedAt: now });
+  /**
+   * Exactly one concurrent claimer wins; the others get ConflictError. The
+   * winner holds a lease of `leaseMs` that each progress report renews.
+   */
+  async claimRestore(id: string, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
+    const now = Date.now();
+    return this.transition(id, ['PENDING'], 'CLAIMED', {
+      claimedBy: agentId,
+      claimedAt: new Date(now).toISOString(),
+      leaseExpiresAt: new Date(now + leaseMs).toISOString(),
+    });
   }
 
-  async reportProgress(id: string, progress: RestoreProgress, agentId?: string): Promise<RestoreJob> {
+  /** Only the claiming agent may report; each report renews its lease. */
+  async reportProgress(id: string, progress: RestoreProgress, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
     return this.transition(
       id,
       ['CLAIMED', 'RUNNING'],
       'RUNNING',
-      { progress },
-      agentId ? { expr: 'claimedBy = :agent', values: { ':agent': agentId } } : undefined,
+      { progress, leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() },
+      { expr: 'claimedBy = :agent', values: { ':agent': agentId } },
     );
   }
 
-  async completeRestore(id: string, ok: boolean, error?: string, agentId?: string): Promise<RestoreJob> {
+  /** Only the claiming agent may complete. */
+  async completeRestore(id: string, ok: boolean, error: string | undefined, agentId: string): Promise<RestoreJob> {
     return this.transition(
       id,
       ['CLAIMED', 'RUNNING'],
       ok ? 'SUCCEEDED' : 'FAILED',
       { finishedAt: new Date().toISOString(), ...(error !== undefined ? { error } : {}) },
-      agentId ? { expr: 'claimedBy = :agent', values: { ':agent': agentId } } : undefined,
+      { expr: 'claimedBy = :agent', values: { ':agent': agentId } },
     );
+  }
+
+  /**
+   * A claimed job whose lease ran out becomes FAILED: its agent is gone
+   * (crashed, cut off, or never reporting), and nobody must wait for it
+   * forever. Evaluated whenever the job is read (GET, listings); a report
+   * that reaches the job first renews the lease instead — the conditional
+   * write decides which. Returns the job as it is now.
+   */
+  async expireLease(job: RestoreJob, now: number = Date.now()): Promise<RestoreJob> {
+    if (!(ACTIVE_RESTORE_STATUSES.includes(job.status) && job.status !== 'PENDING')) return job;
+    if (job.leaseExpiresAt === undefined || Date.parse(job.leaseExpiresAt) >= now) return job;
+    const nowIso = new Date(now).toISOString();
+    const error = `agent lost: no report from ${job.claimedBy ?? 'the claiming agent'} since its lease expired at ${job.leaseExpiresAt}; a partial target may be left at ${job.target.path}`;
+    try {
+      return await this.transition(job.id, ['CLAIMED', 'RUNNING'], 'FAILED', { finishedAt: nowIso, error }, {
+        expr: 'leaseExpiresAt < :now',
+        values: { ':now': nowIso },
+      });
+    } catch (err) {
+      if (err instanceof ConflictError) return this.requireRestore(job.id); // renewed or finished meanwhile
+      throw err;
+    }
   }
 
   async cancelRestore(id: string): Promise<RestoreJob> {

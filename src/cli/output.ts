@@ -24,6 +24,16 @@ export function parsePositiveInt(text: string, flag: string, max = Number.MAX_SA
   return n;
 }
 
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, '': 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses durations like `90` (seconds), `90s`, `5m`, `2h`, `500ms` into milliseconds; UsageError naming the flag otherwise. */
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/i.exec(text.trim());
+  const ms = m ? Number(m[1]) * DURATION_UNITS[(m[2] ?? '').toLowerCase()]! : NaN;
+  if (!Number.isFinite(ms) || ms <= 0) throw new UsageError(`${flag} must be a positive duration such as 90s, 5m or 2h, got "${text}"`);
+  return Math.ceil(ms);
+}
+
 /** Human-readable bytes, e.g. 1.5 GiB. */
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

@@ -26,7 +26,7 @@ let chainB: ChainStep[];
 let events: S3Event[];
 
 beforeAll(async () => {
-  peers = await startLambdaPeers({ ARCHIVE_PREFIX: 'site1' });
+  peers = await startLambdaPeers({ ARCHIVE_PREFIX: 'site1', CALLER_ROLES: JSON.stringify({ operators: ['AROAOPERATOR'], hosts: [] }) });
   ({ s3, repo, s3Client, events } = peers);
   pool = new ZstdPool({ workers: 1 });
   const devices = [{ id: 0, name: 'vda', size: 6 * CLUSTER_SIZE }];
@@ -52,15 +52,16 @@ describe('lambda handlers', () => {
 
   it('api.handler serves a named-stage payload 2.0 event and builds restore plans', async () => {
     const { handler } = await import('../../lambda/api.js');
-    const list = await handler(apiEvent('GET', '/archives?host=lh&limit=10'));
+    const operator = { userId: 'AROAOPERATOR:ops', userArn: 'arn:aws:sts::123456789012:assumed-role/Operator/ops' };
+    const list = await handler(apiEvent('GET', '/archives?host=lh&limit=10', undefined, operator));
     expect(list.statusCode).toBe(200);
     expect(JSON.parse(list.body!).items).toHaveLength(4);
-    const created = await handler(apiEvent('POST', '/restores', { archiveId: chainB[1]!.uuid, hostId: 'lh', target: { path: '/restore/x' } }));
+    const created = await handler(apiEvent('POST', '/restores', { archiveId: chainB[1]!.uuid, hostId: 'lh', target: { path: '/restore/x' } }, operator));
     expect(created.statusCode).toBe(202);
     const { restoreId } = JSON.parse(created.body!);
     const plan = await s3Client.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: `restore-plans/${restoreId}.json` }));
     expect(plan.ContentLength).toBeGreaterThan(0);
-    const bad = await handler(apiEvent('POST', '/restores', { archiveId: 'x' }));
+    const bad = await handler(apiEvent('POST', '/restores', { archiveId: 'x' }, operator));
     expect(bad.statusCode).toBe(400);
     expect(JSON.parse(bad.body!).error.code).toBe('USAGE');
   });
