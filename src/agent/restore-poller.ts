@@ -258,7 +258,7 @@ export class RestorePoller {
         await this.client.reportProgress(job.id, { agentId: this.agentId, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
       } catch (err) {
         // 409: cancelled, or its lease expired (FAILED) in the catalogue — stop writing.
-        if (err instanceof ConflictError) abort.abort(new RestoreError(`restore job ${job.id} was cancelled: ${err.message}`));
+        if (err instanceof ConflictError) abort.abort(new RestoreError(`restore job ${job.id} is no longer this agent's (cancelled, or its lease expired): ${err.message}`));
         else log.warn('progress report failed', { jobId: job.id, error: describeError(err) });
       }
     };

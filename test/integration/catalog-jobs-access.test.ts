@@ -6,15 +6,17 @@
  * unknown hosts and malformed URLs. Real dynalite and s3rver throughout.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { S3Client } from '@aws-sdk/client-s3';
 import type { APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
 import { startEmbeddedS3, type EmbeddedS3 } from '../../src/store/embedded-s3.js';
 import { startEmbeddedCatalog, type EmbeddedCatalog } from '../../src/catalog/embedded.js';
 import { CatalogClient } from '../../src/catalog/client.js';
+import { RestorePoller } from '../../src/agent/restore-poller.js';
 import { iamCallerResolver, parseCallerRoles } from '../../src/catalog/access.js';
 import { ConflictError, UsageError } from '../../src/errors.js';
 import { buildChain, type ChainStep } from '../helpers/s3-chain-fixture.js';
@@ -209,6 +211,44 @@ describe('embedded catalogue: leases and --timeout', () => {
     await sleep(LEASE_MS + 100);
     expect((await client.listRestores('h1', 'CLAIMED')).items.map((j) => j.id)).not.toContain(restoreId);
     expect((await client.getRestore(restoreId)).status).toBe('FAILED');
+  });
+
+  it("the agent's reports renew its lease while it makes no byte progress (a stalled plan load)", async () => {
+    const allowed = join(dir, 'restores');
+    mkdirSync(allowed, { recursive: true });
+    // The agent's S3 client stalls its first GET (the plan) for 2.5 leases.
+    const slow = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials });
+    let stalled = false;
+    slow.middlewareStack.add(
+      (next, context) => async (args) => {
+        if (!stalled && context.commandName === 'GetObjectCommand') {
+          stalled = true;
+          await sleep(2.5 * LEASE_MS);
+        }
+        return next(args);
+      },
+      { step: 'initialize', name: 'stallFirstGet' },
+    );
+    const poller = new RestorePoller({ hostId: 'h1', client, allowedDirs: [allowed], store: { client: slow, bucket: s3.bucket }, compressor: pool, progressIntervalMs: LEASE_MS / 10 });
+    const target = join(allowed, 'slow.raw');
+    const { restoreId } = await client.createRestore({ archiveId: chain[0]!.uuid, hostId: 'h1', target: { path: target } });
+    let finished = false;
+    const run = poller.pollOnce().finally(() => {
+      finished = true;
+    });
+    // A waiter reads the job throughout: reading is what evaluates the lease.
+    const seen = new Set<string>();
+    while (!finished) {
+      seen.add((await client.getRestore(restoreId)).status);
+      await sleep(LEASE_MS / 5);
+    }
+    const outcome = await run;
+    slow.destroy();
+    expect(stalled).toBe(true);
+    expect(outcome, outcome?.error).toMatchObject({ jobId: restoreId, ok: true });
+    expect([...seen]).not.toContain('FAILED');
+    expect((await client.getRestore(restoreId)).status).toBe('SUCCEEDED');
+    expect(readFileSync(target).equals(chain[0]!.disks.get('vda')!)).toBe(true);
   });
 
   it('the embedded API refuses bad targets and unknown hosts too', async () => {
