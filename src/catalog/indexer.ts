@@ -98,6 +98,7 @@ export class Indexer {
     this.logger = deps.logger ?? nullLogger;
     this.prefix = normalizePrefix(deps.prefix);
   }
+
   /**
    * Handles a batch. Every record is attempted; if any failed for a reason
    * worth retrying (S3/DynamoDB errors) the whole call throws afterwards so
@@ -152,14 +153,8 @@ export class Indexer {
 
   /** Records an object that is not an archive as REJECTED under its own derived id. */
   private async reject(bucket: string, key: string, id: string, hostId: string, reason: string, sequencer?: string, eventTime?: string): Promise<IndexResult> {
-    const eventName = 'ObjectCreated';
-    let source: S3RangeSource;
-    try {
-      source = await S3RangeSource.open(this.deps.s3, bucket, key, this.deps.endpoint ? { endpoint: this.deps.endpoint } : {});
-    } catch (err) {
-      if (err instanceof StoreNotFoundError) return { key, eventName, uuid: id, action: 'gone', reason: describeError(err) };
-      throw err;
-    }
+    const source = await this.open(bucket, key);
+    if ('action' in source) return { ...source, uuid: id };
     const indexedAt = new Date().toISOString();
     await source.close();
     const record: ArchiveRecord = {
@@ -186,14 +181,8 @@ export class Indexer {
    */
   async indexObject(bucket: string, key: string, uuid: string, keyHost: string, sequencer?: string, eventTime?: string): Promise<IndexResult> {
     const eventName = 'ObjectCreated';
-    let source: S3RangeSource;
-    try {
-      source = await S3RangeSource.open(this.deps.s3, bucket, key, this.deps.endpoint ? { endpoint: this.deps.endpoint } : {});
-    } catch (err) {
-      // Removed before we got to it: the ObjectRemoved event (or none) decides.
-      if (err instanceof StoreNotFoundError) return { key, eventName, uuid, action: 'gone', reason: describeError(err) };
-      throw err;
-    }
+    const source = await this.open(bucket, key);
+    if ('action' in source) return { ...source, uuid };
     const indexedAt = new Date().toISOString();
     const base = {
       ...emptyRecord(eventTime, indexedAt),
@@ -252,6 +241,16 @@ export class Indexer {
       await this.deps.repo.markDeleted(derived, sequencer, `superseded by archive ${uuid} at the same key`, key);
     }
     return { key, eventName, uuid, action: outcome };
+  }
+
+  /** The object, or 'gone' when it was removed before we got to it (the ObjectRemoved event, or none, decides). */
+  private async open(bucket: string, key: string): Promise<S3RangeSource | IndexResult> {
+    try {
+      return await S3RangeSource.open(this.deps.s3, bucket, key, this.deps.endpoint ? { endpoint: this.deps.endpoint } : {});
+    } catch (err) {
+      if (err instanceof StoreNotFoundError) return { key, eventName: 'ObjectCreated', action: 'gone', reason: describeError(err) };
+      throw err;
+    }
   }
 
   private async putRejected(record: ArchiveRecord): Promise<IndexResult> {
