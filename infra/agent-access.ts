@@ -9,7 +9,8 @@
  *  - never delete or overwrite history: no s3:DeleteObject(Version), and the
  *    bucket is versioned (an overwrite only adds a version; Object Lock,
  *    when enabled, also stops version deletion);
- *  - call only the agent routes of the catalogue API for its own host.
+ *  - call only the agent routes of the catalogue API, and act only on its own
+ *    host's restore jobs (IAM here, the caller's role id in lambda/api.ts).
  *
  * Trust: the account root principal, i.e. any IAM identity of this account
  * that is itself allowed sts:AssumeRole on the role (an on-prem host's IAM
@@ -77,11 +78,11 @@ export class AgentAccess extends Construct {
       resources: [bucket.bucketArn],
       conditions: { StringLike: { 's3:prefix': [`${ARCHIVES_PREFIX}*`, `${RESTORE_PLANS_PREFIX}*`] } },
     });
-    // IAM sees method + path only: the body (e.g. which agentId claims) and
-    // which host a restore id belongs to can't be conditioned on, so
-    // /restores/* is open to every agent role; lambda/api.ts and the agent's
-    // allowedDirs check are the guards there. The host-scoped listing is
-    // pinned to this host.
+    // IAM sees method + path only: which host a restore id belongs to can't
+    // be conditioned on, so IAM lets every agent role reach /restores/*;
+    // lambda/api.ts then maps the caller's role id (CALLER_ROLES) to its host
+    // and answers 403 to another host's jobs (src/catalog/access.ts). The
+    // host-scoped listing is pinned to this host here as well.
     const invoke = new iam.PolicyStatement({
       sid: 'InvokeAgentRoutes',
       actions: ['execute-api:Invoke'],

@@ -11,6 +11,7 @@ import { BackupBucket } from './backup-bucket.js';
 import { CatalogApi } from './catalog-api.js';
 import { CatalogFunctions, LAMBDA_RUNTIME } from './catalog-functions.js';
 import { CatalogTable } from './catalog-table.js';
+import { OperatorAccess, callerRolesEnvironment } from './operator-access.js';
 import type { CowstreamConfig } from './config.js';
 import { acknowledge } from './nag.js';
 import { Schedules } from './schedules.js';
@@ -28,6 +29,7 @@ export class CowstreamStack extends Stack {
   readonly functions: CatalogFunctions;
   readonly api: CatalogApi;
   readonly agentAccess: AgentAccess;
+  readonly operatorAccess: OperatorAccess;
   readonly alarms: Alarms;
 
   constructor(scope: Construct, id: string, props: CowstreamStackProps) {
@@ -60,6 +62,9 @@ export class CowstreamStack extends Stack {
       encryptionKey: this.backupBucket.encryptionKey,
       api: this.api,
     });
+    this.operatorAccess = new OperatorAccess(this, 'OperatorAccess', { api: this.api });
+    // The API tells hosts from operators by the caller's role id (src/catalog/access.ts).
+    this.functions.api.addEnvironment('CALLER_ROLES', callerRolesEnvironment(this, this.operatorAccess.role, this.agentAccess.roles));
     new Schedules(this, 'Schedules', {
       verify: this.functions.verify,
       prune: this.functions.prune,

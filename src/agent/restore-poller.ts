@@ -247,24 +247,24 @@ export class RestorePoller {
     const log = this.log;
     log.info('restore job claimed', { jobId: job.id, archiveId: job.archiveId, target: job.target.path });
     let latest: RestoreProgress | null = null;
-    let reported = -1;
     let ticker: NodeJS.Timeout | null = null;
     this.abort = new AbortController();
     const abort = this.abort;
+    // Every tick reports, changed or not: each report renews the job's lease in the
+    // catalogue, which fails the job as "agent lost" when the reports stop.
     const sendProgress = async (): Promise<void> => {
-      if (!latest || latest.bytesDone === reported) return;
-      const p = latest;
+      const p = latest ?? { bytesDone: 0, bytesTotal: 0 };
       try {
         await this.client.reportProgress(job.id, { agentId: this.agentId, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
-        reported = p.bytesDone;
       } catch (err) {
-        // 409: cancelled (or taken over) in the catalogue — stop writing.
-        if (err instanceof ConflictError) abort.abort(new RestoreError(`restore job ${job.id} was cancelled: ${err.message}`));
+        // 409: cancelled, or its lease expired (FAILED) in the catalogue — stop writing.
+        if (err instanceof ConflictError) abort.abort(new RestoreError(`restore job ${job.id} is no longer this agent's (cancelled, or its lease expired): ${err.message}`));
         else log.warn('progress report failed', { jobId: job.id, error: describeError(err) });
       }
     };
     let outcome: RestoreRunOutcome;
     try {
+      ticker = setInterval(() => void sendProgress(), this.opts.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS);
       if (!this.opts.store) throw new RestoreError('this agent has no S3 store to load the restore plan from');
       const plan = await this.loadPlan(job);
       const names = (job.devices && job.devices.length > 0 ? job.devices : plan.devices.map((d) => d.name));
@@ -272,7 +272,6 @@ export class RestorePoller {
       await checkRestoreTarget(job.target.path, names, this.opts.allowedDirs, forbidden);
       await this.ensureCompressor();
       const store = this.opts.store;
-      ticker = setInterval(() => void sendProgress(), this.opts.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS);
       const result = await restoreArchive({
         plan,
         target: job.target.path,

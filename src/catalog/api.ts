@@ -24,6 +24,7 @@ import {
   type RestoreStatus,
 } from './records.js';
 import type { CatalogRepository } from './repository.js';
+import { LOCAL_CALLER, requireHost, requireOperator, requireReader, type Caller, type CallerResolver } from './access.js';
 
 /** Builds the JSON restore plan stored at `restore-plans/<id>.json` (STORE helper's planner). */
 export type RestorePlanBuilder = (req: {
@@ -39,6 +40,10 @@ export interface ApiDeps {
   bucket: string;
   buildPlan: RestorePlanBuilder;
   logger?: Logger;
+  /** Who is calling (access.ts). Default: the embedded catalogue's LOCAL_CALLER. */
+  resolveCaller?: CallerResolver;
+  /** Lease of a claimed restore job, renewed by each progress report (default 5 min). */
+  restoreLeaseMs?: number;
 }
 
 export type ApiEvent = APIGatewayProxyEventV2;
@@ -52,6 +57,7 @@ export const restorePlanKey = (id: string): string => `${RESTORE_PLAN_PREFIX}${i
 const MAX_BODY_BYTES = 64 * 1024;
 
 interface Request {
+  caller: Caller;
   params: string[];
   query: Record<string, string | undefined>;
   body: () => unknown;
@@ -69,8 +75,31 @@ function errorResult(statusCode: number, code: string, message: string): ApiResu
   return json(statusCode, { error: { code, message } });
 }
 
+/** Percent-decodes a path segment; a malformed escape is the caller's mistake (400), not ours. */
+function decodeSegment(value: string, what: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    throw new UsageError(`${what}: malformed percent-escape in "${value.slice(0, 100)}"`);
+  }
+}
+
 function param(value: string, schema: typeof uuidSchema, what: string): string {
-  return parseOrUsage(schema, decodeURIComponent(value), what);
+  return parseOrUsage(schema, decodeSegment(value, what), what);
+}
+
+/** A restore job the caller may see, its lease evaluated first (an expired one is FAILED). */
+async function visibleRestore(repo: CatalogRepository, caller: Caller, rawId: string, what: string): Promise<RestoreJob> {
+  const job = await repo.requireRestore(param(rawId, uuidSchema, 'restore id'));
+  requireReader(caller, job.hostId, what);
+  return repo.expireLease(job);
+}
+
+/** A restore job of the caller's own host (job operations are the host agent's alone). */
+async function ownRestore(repo: CatalogRepository, caller: Caller, rawId: string, what: string): Promise<RestoreJob> {
+  const job = await repo.requireRestore(param(rawId, uuidSchema, 'restore id'));
+  requireHost(caller, job.hostId, what);
+  return job;
 }
 
 function optionalInt(value: string | undefined, name: string): number | undefined {
@@ -83,7 +112,8 @@ const routes: Route[] = [
   {
     method: 'GET',
     pattern: /^\/archives$/,
-    run: async ({ repo }, { query }) => {
+    run: async ({ repo }, { caller, query }) => {
+      requireOperator(caller, 'list archives');
       const hostId = query.host ? parseOrUsage(hostIdSchema, query.host, 'host') : undefined;
       const disk = query.disk ? parseOrUsage(diskNameSchema, query.disk, 'disk') : undefined;
       if (disk !== undefined && hostId === undefined) throw new UsageError('disk filter needs host');
@@ -100,17 +130,24 @@ const routes: Route[] = [
   {
     method: 'GET',
     pattern: new RegExp(`^/archives/${ID}$`),
-    run: async ({ repo }, { params }) => json(200, await repo.requireArchive(param(params[0]!, uuidSchema, 'archive id'))),
+    run: async ({ repo }, { caller, params }) => {
+      requireOperator(caller, 'read archive records');
+      return json(200, await repo.requireArchive(param(params[0]!, uuidSchema, 'archive id')));
+    },
   },
   {
     method: 'GET',
     pattern: new RegExp(`^/archives/${ID}/chain$`),
-    run: async ({ repo }, { params }) => json(200, { items: await repo.getChain(param(params[0]!, uuidSchema, 'archive id')) }),
+    run: async ({ repo }, { caller, params }) => {
+      requireOperator(caller, 'read archive chains');
+      return json(200, { items: await repo.getChain(param(params[0]!, uuidSchema, 'archive id')) });
+    },
   },
   {
     method: 'DELETE',
     pattern: new RegExp(`^/archives/${ID}$`),
-    run: async ({ repo, s3 }, { params }) => {
+    run: async ({ repo, s3 }, { caller, params }) => {
+      requireOperator(caller, 'delete archives');
       const id = param(params[0]!, uuidSchema, 'archive id');
       const archive = await repo.requireArchive(id);
       if (archive.status === 'DELETED') return json(200, archive);
@@ -126,8 +163,14 @@ const routes: Route[] = [
   {
     method: 'POST',
     pattern: /^\/restores$/,
-    run: async (deps, { body }) => {
+    run: async (deps, { caller, body }) => {
+      requireOperator(caller, 'request restores');
       const req = parseOrUsage(createRestoreBodySchema, body(), 'restore request');
+      const hosts = await deps.repo.listHosts();
+      if (!hosts.some((h) => h.hostId === req.hostId)) {
+        const known = hosts.map((h) => h.hostId).sort();
+        throw new NotFoundError(`hostId: host "${req.hostId}" is not known to the catalogue; known hosts: ${known.length > 0 ? known.join(', ') : '(none)'}`);
+      }
       const archive = await deps.repo.requireArchive(req.archiveId);
       if (archive.status !== 'INDEXED' && archive.status !== 'VERIFIED') {
         throw new ConflictError(`archive ${archive.uuid} is ${archive.status}${archive.reason ? ` (${archive.reason})` : ''} and cannot be restored`);
@@ -175,56 +218,68 @@ const routes: Route[] = [
   {
     method: 'GET',
     pattern: new RegExp(`^/restores/${ID}$`),
-    run: async ({ repo }, { params }) => json(200, await repo.requireRestore(param(params[0]!, uuidSchema, 'restore id'))),
+    run: async ({ repo }, { caller, params }) => json(200, await visibleRestore(repo, caller, params[0]!, 'read restore jobs')),
   },
   {
     method: 'GET',
     pattern: /^\/hosts$/,
-    run: async ({ repo }) => json(200, { items: await repo.listHosts() }),
+    run: async ({ repo }, { caller }) => {
+      requireOperator(caller, 'list hosts');
+      return json(200, { items: await repo.listHosts() });
+    },
   },
   {
     method: 'GET',
     pattern: new RegExp(`^/hosts/${ID}/restores$`),
-    run: async ({ repo }, { params, query }) => {
-      const host = parseOrUsage(hostIdSchema, decodeURIComponent(params[0]!), 'host id');
+    run: async ({ repo }, { caller, params, query }) => {
+      const host = parseOrUsage(hostIdSchema, decodeSegment(params[0]!, 'host id'), 'host id');
+      requireReader(caller, host, 'list the restore jobs');
       const status = (query.status ?? 'PENDING').toUpperCase();
       if (!(RESTORE_STATUSES as readonly string[]).includes(status)) {
         throw new UsageError(`status must be one of ${RESTORE_STATUSES.join(', ')}`);
       }
-      return json(200, await repo.listRestores(host, status as RestoreStatus, optionalInt(query.limit, 'limit'), query.cursor));
+      const page = await repo.listRestores(host, status as RestoreStatus, optionalInt(query.limit, 'limit'), query.cursor);
+      // Jobs whose lease ran out are FAILED now; they leave a CLAIMED/RUNNING listing.
+      const items = await Promise.all(page.items.map((j) => repo.expireLease(j)));
+      return json(200, { ...page, items: items.filter((j) => j.status === status) });
     },
   },
   {
     method: 'POST',
     pattern: new RegExp(`^/restores/${ID}/claim$`),
-    run: async ({ repo }, { params, body }) => {
+    run: async ({ repo, restoreLeaseMs }, { caller, params, body }) => {
+      const job = await ownRestore(repo, caller, params[0]!, 'claim restore jobs');
       const { agentId } = parseOrUsage(claimBodySchema, body(), 'claim');
-      return json(200, await repo.claimRestore(param(params[0]!, uuidSchema, 'restore id'), agentId));
+      return json(200, await repo.claimRestore(job.id, agentId, restoreLeaseMs));
     },
   },
   {
     method: 'POST',
     pattern: new RegExp(`^/restores/${ID}/progress$`),
-    run: async ({ repo }, { params, body }) => {
+    run: async ({ repo, restoreLeaseMs }, { caller, params, body }) => {
+      const job = await ownRestore(repo, caller, params[0]!, 'report progress on restore jobs');
       const p = parseOrUsage(progressBodySchema, body(), 'progress');
       if (p.bytesDone > p.bytesTotal) throw new UsageError('bytesDone: must not exceed bytesTotal');
-      const job = await repo.reportProgress(param(params[0]!, uuidSchema, 'restore id'), { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }, p.agentId);
-      return json(200, job);
+      return json(200, await repo.reportProgress(job.id, { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }, p.agentId, restoreLeaseMs));
     },
   },
   {
     method: 'POST',
     pattern: new RegExp(`^/restores/${ID}/complete$`),
-    run: async ({ repo }, { params, body }) => {
+    run: async ({ repo }, { caller, params, body }) => {
+      const job = await ownRestore(repo, caller, params[0]!, 'complete restore jobs');
       const c = parseOrUsage(completeBodySchema, body(), 'completion');
       if (!c.ok && !c.error) throw new UsageError('error: required when ok is false');
-      return json(200, await repo.completeRestore(param(params[0]!, uuidSchema, 'restore id'), c.ok, c.error, c.agentId));
+      return json(200, await repo.completeRestore(job.id, c.ok, c.error, c.agentId));
     },
   },
   {
     method: 'POST',
     pattern: new RegExp(`^/restores/${ID}/cancel$`),
-    run: async ({ repo }, { params }) => json(200, await repo.cancelRestore(param(params[0]!, uuidSchema, 'restore id'))),
+    run: async ({ repo }, { caller, params }) => {
+      requireOperator(caller, 'cancel restores');
+      return json(200, await repo.cancelRestore(param(params[0]!, uuidSchema, 'restore id')));
+    },
   },
 ];
 
@@ -274,7 +329,9 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
         }
         const query: Record<string, string | undefined> = { ...(event.queryStringParameters ?? {}) };
         let parsed: { value: unknown } | undefined;
+        const caller = (deps.resolveCaller ?? (() => LOCAL_CALLER))(event);
         const result = await route.run(deps, {
+          caller,
           params: m.slice(1),
           query,
           body: () => (parsed ??= { value: parseBody(event) }).value,

@@ -15,11 +15,11 @@ import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { CowstreamError, FormatError, describeError } from '../errors.js';
 import { readArchiveSummary } from '../format/summary.js';
 import { S3RangeSource } from '../store/s3-source.js';
-import { normalizePrefix } from '../store/config.js';
+import { archivesPrefix, classifyArchiveKey } from '../store/config.js';
 import { ObjectChangedError } from '../store/errors.js';
-import { archiveIdForKey } from './indexer.js';
+import { NO_HOST, objectIdForKey } from './indexer.js';
 import type { ListingCache } from './listing-cache.js';
-import { hostIdSchema, uuidSchema, type ArchiveRecord } from './records.js';
+import type { ArchiveRecord } from './records.js';
 
 export interface BucketListingOptions {
   client: S3Client;
@@ -47,19 +47,12 @@ interface ListedObject {
   lastModified: string;
 }
 
-/** `archives/<host>/<uuid>.cwa` relative to the prefix, strictly: one host segment, nothing nested. */
-export function strictArchiveKey(relativeKey: string): { hostId: string; uuid: string } | null {
-  const m = /^archives\/([^/]+)\/([^/]+)\.cwa$/.exec(relativeKey);
-  if (!m || !hostIdSchema.safeParse(m[1]).success || !uuidSchema.safeParse(m[2]).success) return null;
-  return { hostId: m[1]!, uuid: m[2]!.toLowerCase() };
-}
-
-async function listObjects(opts: BucketListingOptions, root: string): Promise<ListedObject[]> {
+async function listObjects(opts: BucketListingOptions): Promise<ListedObject[]> {
   const out: ListedObject[] = [];
   let token: string | undefined;
   do {
     const page = await opts.client.send(
-      new ListObjectsV2Command({ Bucket: opts.bucket, Prefix: `${root}archives/`, ...(token ? { ContinuationToken: token } : {}) }),
+      new ListObjectsV2Command({ Bucket: opts.bucket, Prefix: archivesPrefix(opts.prefix ?? ''), ...(token ? { ContinuationToken: token } : {}) }),
     );
     for (const o of page.Contents ?? []) {
       if (o.Key === undefined) continue;
@@ -75,11 +68,11 @@ async function listObjects(opts: BucketListingOptions, root: string): Promise<Li
   return out;
 }
 
-function rejected(o: ListedObject, bucket: string, reason: string, hostId = '-', uuid?: string): ArchiveRecord {
+function rejected(o: ListedObject, bucket: string, reason: string, hostId: string | null, uuid?: string): ArchiveRecord {
   return {
     // No uuid to trust: the catalogue's id for a key (a v5 uuid of the object's URI).
-    uuid: uuid ?? archiveIdForKey(bucket, o.key),
-    hostId,
+    uuid: uuid ?? objectIdForKey(bucket, o.key),
+    hostId: hostId ?? NO_HOST,
     devices: [],
     createdAt: o.lastModified,
     parentUuid: null,
@@ -98,9 +91,9 @@ function rejected(o: ListedObject, bucket: string, reason: string, hostId = '-',
 }
 
 /** Reads one object's footer and header into a record (chainDepth is filled in later). */
-async function summarize(opts: BucketListingOptions, o: ListedObject, root: string): Promise<ArchiveRecord> {
-  const parsed = strictArchiveKey(o.key.slice(root.length));
-  if (!parsed) return rejected(o, opts.bucket, `not an archive key: expected ${root}archives/<host>/<uuid>.cwa`);
+async function summarize(opts: BucketListingOptions, o: ListedObject): Promise<ArchiveRecord> {
+  const parsed = classifyArchiveKey(o.key, opts.prefix ?? '');
+  if (parsed.kind !== 'archive') return rejected(o, opts.bucket, parsed.kind === 'invalid' ? parsed.reason : 'outside the archive prefix', parsed.kind === 'invalid' ? parsed.hostId : null);
   const sourceOpts = opts.endpoint ? { endpoint: opts.endpoint } : {};
   let source = S3RangeSource.forListedObject(opts.client, opts.bucket, o.key, o.size, o.etag, sourceOpts);
   try {
@@ -175,9 +168,7 @@ async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T
 }
 
 export async function listBucketArchives(opts: BucketListingOptions): Promise<BucketListing> {
-  const prefix = normalizePrefix(opts.prefix);
-  const root = prefix === '' ? '' : `${prefix}/`;
-  const objects = await listObjects(opts, root);
+  const objects = await listObjects(opts);
   let cached = 0;
   const archives = await mapLimited(objects, opts.concurrency ?? 16, async (o) => {
     const hit = o.etag ? opts.cache?.get(o.key, o.etag) : undefined;
@@ -185,7 +176,7 @@ export async function listBucketArchives(opts: BucketListingOptions): Promise<Bu
       cached++;
       return { ...hit, chainDepth: 0 };
     }
-    const record = await summarize(opts, o, root);
+    const record = await summarize(opts, o);
     if (o.etag) opts.cache?.set(o.key, o.etag, record);
     return record;
   });

@@ -189,10 +189,10 @@ export class CatalogClient {
   claimRestore(id: string, agentId: string): Promise<RestoreJob> {
     return this.request('POST', `/restores/${encodeURIComponent(id)}/claim`, { agentId });
   }
-  reportProgress(id: string, p: { agentId?: string; bytesDone: number; bytesTotal: number }): Promise<RestoreJob> {
+  reportProgress(id: string, p: { agentId: string; bytesDone: number; bytesTotal: number }): Promise<RestoreJob> {
     return this.request('POST', `/restores/${encodeURIComponent(id)}/progress`, p);
   }
-  completeRestore(id: string, c: { ok: boolean; error?: string; agentId?: string }): Promise<RestoreJob> {
+  completeRestore(id: string, c: { ok: boolean; error?: string; agentId: string }): Promise<RestoreJob> {
     return this.request('POST', `/restores/${encodeURIComponent(id)}/complete`, c);
   }
   cancelRestore(id: string): Promise<RestoreJob> {

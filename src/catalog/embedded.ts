@@ -13,7 +13,8 @@ import { CatalogError, describeError } from '../errors.js';
 import { createApiHandler } from './api.js';
 import { startDynalite, type RunningDynalite } from './dynalite.js';
 import { httpListener } from './http-adapter.js';
-import { Indexer, type IndexResult, type S3NotificationEvent } from './indexer.js';
+import { Indexer, objectIdForKey, type IndexResult, type S3NotificationEvent } from './indexer.js';
+import { archivesPrefix, classifyArchiveKey, normalizePrefix } from '../store/config.js';
 import { createLogger, nullLogger, type Logger } from './log.js';
 import { CatalogRepository } from './repository.js';
 import { createPlanBuilder } from './restore-plan.js';
@@ -37,9 +38,13 @@ export interface EmbeddedCatalogOptions {
   port?: number;
   host?: string;
   s3: EmbeddedCatalogS3;
+  /** The store prefix archives live under (the agent's embedded store uses none). */
+  prefix?: string;
   /** Index archives already in the bucket that the table does not know (missed while down). Default true. */
   scanOnStart?: boolean;
   logger?: Logger | 'quiet';
+  /** Lease of a claimed restore job, renewed by each progress report (default 5 min). */
+  restoreLeaseMs?: number;
   /** Called after each indexed record (tests, demo). */
   onIndexed?: (r: IndexResult) => void;
 }
@@ -79,7 +84,8 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
     const s3 = new S3Client({ endpoint: opts.s3.endpoint, region, forcePathStyle: true, credentials: opts.s3.credentials });
     cleanups.push(() => s3.destroy());
 
-    const indexer = new Indexer({ repo, s3, logger: logger.child({ component: 'indexer' }), endpoint: opts.s3.endpoint });
+    const prefix = normalizePrefix(opts.prefix);
+    const indexer = new Indexer({ repo, s3, logger: logger.child({ component: 'indexer' }), endpoint: opts.s3.endpoint, prefix });
     // Events are indexed one batch at a time, in arrival order, like one Lambda shard.
     let queue: Promise<void> = Promise.resolve();
     const enqueue = (event: S3NotificationEvent): void => {
@@ -97,10 +103,17 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
       cleanups.push(() => off());
     }
     if (opts.scanOnStart ?? true) {
-      await scanBucket(s3, opts.s3.bucket, repo, enqueue);
+      await scanBucket(s3, opts.s3.bucket, prefix, repo, enqueue);
     }
 
-    const api = createApiHandler({ repo, s3, bucket: opts.s3.bucket, buildPlan: createPlanBuilder(repo, s3), logger: logger.child({ component: 'api' }) });
+    const api = createApiHandler({
+      repo,
+      s3,
+      bucket: opts.s3.bucket,
+      buildPlan: createPlanBuilder(repo, s3),
+      logger: logger.child({ component: 'api' }),
+      ...(opts.restoreLeaseMs !== undefined ? { restoreLeaseMs: opts.restoreLeaseMs } : {}),
+    });
     const server: Server = createServer(httpListener(api));
     const host = opts.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {
@@ -144,21 +157,24 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
   }
 }
 
-/** Feeds archive objects the table does not know into the indexer as synthetic created events. */
-async function scanBucket(s3: S3Client, bucket: string, repo: CatalogRepository, enqueue: (e: S3NotificationEvent) => void): Promise<void> {
+/** Feeds objects under archives/ that the table does not know into the indexer as synthetic created events. */
+async function scanBucket(s3: S3Client, bucket: string, prefix: string, repo: CatalogRepository, enqueue: (e: S3NotificationEvent) => void): Promise<void> {
   let token: string | undefined;
   do {
     let page;
     try {
-      page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, ContinuationToken: token }));
+      page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: archivesPrefix(prefix), ContinuationToken: token }));
     } catch (err) {
       throw new CatalogError(`cannot list bucket ${bucket} for the start-up scan`, { cause: err });
     }
     for (const o of page.Contents ?? []) {
-      if (!o.Key || !/(^|\/)archives\/[^/]+\/[^/]+\.cwa$/.test(o.Key)) continue;
-      const m = /([^/]+)\.cwa$/.exec(o.Key);
-      const known = m ? await repo.getArchive(m[1]!.toLowerCase()).catch(() => null) : null;
-      if (known && known.key === o.Key) continue;
+      if (!o.Key) continue;
+      const where = classifyArchiveKey(o.Key, prefix);
+      if (where.kind === 'outside') continue;
+      const ids = where.kind === 'archive' ? [where.uuid, objectIdForKey(bucket, o.Key)] : [objectIdForKey(bucket, o.Key)];
+      let known = false;
+      for (const id of ids) if ((await repo.getArchive(id).catch(() => null))?.key === o.Key) known = true;
+      if (known) continue;
       enqueue({
         Records: [
           {

@@ -55,6 +55,24 @@ export type ArchiveRecord = z.infer<typeof archiveRecordSchema>;
 
 export const restoreTargetSchema = z.object({ path: z.string().min(1).max(4096) }).strict();
 
+/**
+ * A target in a restore request: the agent writes there, so it must be an
+ * absolute path without `..` segments (the agent checks again, against its
+ * allowedDirs and through symlinks; refusing here makes the mistake a 400
+ * instead of a FAILED job).
+ */
+export const restoreTargetRequestSchema = z
+  .object({
+    path: z
+      .string()
+      .min(1)
+      .max(4096)
+      .refine((p) => !p.includes('\0'), 'must not contain NUL')
+      .refine((p) => p.startsWith('/'), 'must be an absolute path')
+      .refine((p) => !p.split('/').includes('..'), 'must not contain a ".." segment'),
+  })
+  .strict();
+
 export const restoreProgressSchema = z.object({ bytesDone: nonNegInt, bytesTotal: nonNegInt });
 export type RestoreProgress = z.infer<typeof restoreProgressSchema>;
 
@@ -72,6 +90,8 @@ export const restoreJobSchema = z.object({
   createdAt: isoSchema,
   updatedAt: isoSchema,
   claimedAt: isoSchema.optional(),
+  /** A claimed job belongs to its agent until then; progress renews it (repository.expireLease). */
+  leaseExpiresAt: isoSchema.optional(),
   finishedAt: isoSchema.optional(),
 });
 export type RestoreJob = z.infer<typeof restoreJobSchema>;
@@ -91,18 +111,16 @@ export const createRestoreBodySchema = z
     archiveId: uuidSchema,
     hostId: hostIdSchema,
     devices: z.array(diskNameSchema).min(1).max(255).optional(),
-    target: restoreTargetSchema,
+    target: restoreTargetRequestSchema,
   })
   .strict();
 export type CreateRestoreBody = z.infer<typeof createRestoreBodySchema>;
 
-export const claimBodySchema = z.object({ agentId: z.string().min(1).max(256) }).strict();
-export const progressBodySchema = z
-  .object({ agentId: z.string().min(1).max(256).optional(), bytesDone: nonNegInt, bytesTotal: nonNegInt })
-  .strict();
-export const completeBodySchema = z
-  .object({ ok: z.boolean(), error: z.string().max(4096).optional(), agentId: z.string().min(1).max(256).optional() })
-  .strict();
+const agentIdSchema = z.string().min(1).max(256);
+export const claimBodySchema = z.object({ agentId: agentIdSchema }).strict();
+/** agentId is required: only the agent that claimed a job may report on it. */
+export const progressBodySchema = z.object({ agentId: agentIdSchema, bytesDone: nonNegInt, bytesTotal: nonNegInt }).strict();
+export const completeBodySchema = z.object({ ok: z.boolean(), error: z.string().max(4096).optional(), agentId: agentIdSchema }).strict();
 
 /** Renders zod issues as one line naming each bad field, e.g. `target.path: Required`. */
 export function formatIssues(issues: readonly z.core.$ZodIssue[]): string {

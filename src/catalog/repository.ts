@@ -25,6 +25,7 @@ import { decodeCursor, encodeCursor } from './cursor.js';
 import {
   ACTIVE_RESTORE_STATUSES,
   archiveRecordSchema,
+  hostIdSchema,
   hostRecordSchema,
   restoreJobSchema,
   type ArchiveRecord,
@@ -37,6 +38,8 @@ import {
 import { GSI } from './table.js';
 
 export const DEFAULT_PAGE_LIMIT = 50;
+/** How long a claimed restore job stays its agent's without a report (the agent reports every 2 s). */
+export const DEFAULT_RESTORE_LEASE_MS = 5 * 60_000;
 export const MAX_PAGE_LIMIT = 500;
 
 export interface Page<T> {
@@ -52,7 +55,8 @@ export interface ListArchivesQuery {
   includeDeleted?: boolean;
 }
 
-export type IndexOutcome = 'created' | 'unchanged' | 'replaced' | 'stale';
+/** 'conflict': the uuid is already indexed from another key (putArchive never replaces such a record). */
+export type IndexOutcome = 'created' | 'unchanged' | 'replaced' | 'stale' | 'conflict';
 export type DeleteOutcome = 'deleted' | 'unchanged' | 'unknown' | 'stale';
 
 const ARCHIVE_SK = 'A';
@@ -148,10 +152,62 @@ export class CatalogRepository {
    * Writes an archive record idempotently. A re-delivered event for the same
    * object (same etag) is a no-op and keeps VERIFIED/CORRUPT state; an event
    * older than the last one applied (S3 sequencer) is ignored; a newer upload
-   * under the same uuid replaces the record.
+   * to the same key replaces the record. A record is never replaced by an
+   * object at another key ('conflict'): S3 orders the events of one key
+   * only, so sequencers of different keys say nothing, and another key may
+   * belong to another host.
    */
   async putArchive(rec: ArchiveRecord): Promise<IndexOutcome> {
-    // Disk index items first: harmless if the archive put then loses a race.
+    const existing = await this.getArchive(rec.uuid);
+    if (existing && existing.key !== rec.key) return 'conflict';
+    await this.registerHost(rec.hostId);
+    try {
+      await this.doc.send(new PutCommand({ TableName: this.tableName, Item: this.archiveItem(rec), ConditionExpression: 'attribute_not_exists(pk)' }));
+      await this.putDiskItems(rec);
+      await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
+      return 'created';
+    } catch (err) {
+      if (!isConditionFailure(err)) throw err;
+    }
+    const current = await this.requireArchive(rec.uuid);
+    if (current.key !== rec.key) return 'conflict';
+    return this.replaceArchive(current, rec);
+  }
+
+  /** The same key again: a no-op, stale, or (newer sequencer) a replacement. */
+  private async replaceArchive(existing: ArchiveRecord, rec: ArchiveRecord): Promise<IndexOutcome> {
+    if (existing.etag !== undefined && existing.etag === rec.etag && existing.status !== 'DELETED') {
+      await this.putDiskItems(rec); // a retry after a crash between the archive put and these
+      return 'unchanged';
+    }
+    if (rec.sequencer === undefined || existing.sequencer === undefined || compareSequencer(rec.sequencer, existing.sequencer) <= 0) {
+      return existing.etag === rec.etag ? 'unchanged' : 'stale';
+    }
+    try {
+      await this.doc.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: this.archiveItem(rec),
+          ConditionExpression: 'sequencer = :old AND #k = :key',
+          ExpressionAttributeNames: { '#k': 'key' },
+          ExpressionAttributeValues: { ':old': existing.sequencer, ':key': rec.key },
+        }),
+      );
+    } catch (err) {
+      if (isConditionFailure(err)) return 'stale'; // a newer event won meanwhile
+      throw err;
+    }
+    await this.putDiskItems(rec);
+    await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
+    return 'replaced';
+  }
+
+  /**
+   * Disk index items, written only once the archive item is this key's
+   * (idempotent puts): an object that lost to another key must not list
+   * the winner under its own host's disks.
+   */
+  private async putDiskItems(rec: ArchiveRecord): Promise<void> {
     for (const d of rec.devices) {
       await this.doc.send(
         new PutCommand({
@@ -167,39 +223,17 @@ export class CatalogRepository {
         }),
       );
     }
-    try {
-      await this.doc.send(new PutCommand({ TableName: this.tableName, Item: this.archiveItem(rec), ConditionExpression: 'attribute_not_exists(pk)' }));
-      await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
-      return 'created';
-    } catch (err) {
-      if (!isConditionFailure(err)) throw err;
-    }
-    const existing = await this.requireArchive(rec.uuid);
-    if (existing.etag !== undefined && existing.etag === rec.etag && existing.key === rec.key && existing.status !== 'DELETED') return 'unchanged';
-    if (rec.sequencer === undefined || existing.sequencer === undefined || compareSequencer(rec.sequencer, existing.sequencer) <= 0) {
-      return existing.etag === rec.etag ? 'unchanged' : 'stale';
-    }
-    try {
-      await this.doc.send(
-        new PutCommand({
-          TableName: this.tableName,
-          Item: this.archiveItem(rec),
-          ConditionExpression: 'sequencer = :old',
-          ExpressionAttributeValues: { ':old': existing.sequencer },
-        }),
-      );
-    } catch (err) {
-      if (isConditionFailure(err)) return 'stale'; // a newer event won meanwhile
-      throw err;
-    }
-    await this.touchHost(rec.hostId, rec.status === 'REJECTED' ? undefined : rec.createdAt);
-    return 'replaced';
   }
 
-  /** ObjectRemoved: marks the archive DELETED unless a newer event was applied. */
-  async markDeleted(uuid: string, sequencer?: string, reason?: string): Promise<DeleteOutcome> {
+  /**
+   * ObjectRemoved: marks the archive DELETED unless a newer event was applied.
+   * With `key`, only a record indexed from that key is touched (the removal
+   * of some other object never deletes a record; its sequencer is not
+   * comparable either).
+   */
+  async markDeleted(uuid: string, sequencer?: string, reason?: string, key?: string): Promise<DeleteOutcome> {
     const existing = await this.getArchive(uuid);
-    if (!existing) return 'unknown';
+    if (!existing || (key !== undefined && existing.key !== key)) return 'unknown';
     if (existing.status === 'DELETED') return 'unchanged';
     if (sequencer !== undefined && existing.sequencer !== undefined && compareSequencer(sequencer, existing.sequencer) < 0) return 'stale';
     const now = new Date().toISOString();
@@ -384,7 +418,13 @@ export class CatalogRepository {
 
   // ---- hosts ------------------------------------------------------------
 
-  private async touchHost(hostId: string, archiveCreatedAt: string | undefined): Promise<void> {
+  /**
+   * Registers a host before any record of it is written, so a host is always
+   * known (POST /restores checks) once one of its archives can be read.
+   */
+  private async registerHost(hostId: string): Promise<void> {
+    // A rejected object outside any valid host segment names no host.
+    if (!hostIdSchema.safeParse(hostId).success) return;
     const now = new Date().toISOString();
     await this.doc.send(
       new UpdateCommand({
@@ -394,7 +434,10 @@ export class CatalogRepository {
         ExpressionAttributeValues: { ':h': hostId, ':now': now, ':hosts': 'HOSTS', ':e': 'host' },
       }),
     );
-    if (archiveCreatedAt === undefined) return;
+  }
+
+  private async touchHost(hostId: string, archiveCreatedAt: string | undefined): Promise<void> {
+    if (archiveCreatedAt === undefined || !hostIdSchema.safeParse(hostId).success) return;
     try {
       // Only ever moves forward: out-of-order indexing must not make a host look stale.
       await this.doc.send(
@@ -538,30 +581,62 @@ export class CatalogRepository {
     }
   }
 
-  /** Exactly one concurrent claimer wins; the others get ConflictError. */
-  async claimRestore(id: string, agentId: string): Promise<RestoreJob> {
-    const now = new Date().toISOString();
-    return this.transition(id, ['PENDING'], 'CLAIMED', { claimedBy: agentId, claimedAt: now });
+  /**
+   * Exactly one concurrent claimer wins; the others get ConflictError. The
+   * winner holds a lease of `leaseMs` that each progress report renews.
+   */
+  async claimRestore(id: string, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
+    const now = Date.now();
+    return this.transition(id, ['PENDING'], 'CLAIMED', {
+      claimedBy: agentId,
+      claimedAt: new Date(now).toISOString(),
+      leaseExpiresAt: new Date(now + leaseMs).toISOString(),
+    });
   }
 
-  async reportProgress(id: string, progress: RestoreProgress, agentId?: string): Promise<RestoreJob> {
+  /** Only the claiming agent may report; each report renews its lease. */
+  async reportProgress(id: string, progress: RestoreProgress, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
     return this.transition(
       id,
       ['CLAIMED', 'RUNNING'],
       'RUNNING',
-      { progress },
-      agentId ? { expr: 'claimedBy = :agent', values: { ':agent': agentId } } : undefined,
+      { progress, leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() },
+      { expr: 'claimedBy = :agent', values: { ':agent': agentId } },
     );
   }
 
-  async completeRestore(id: string, ok: boolean, error?: string, agentId?: string): Promise<RestoreJob> {
+  /** Only the claiming agent may complete. */
+  async completeRestore(id: string, ok: boolean, error: string | undefined, agentId: string): Promise<RestoreJob> {
     return this.transition(
       id,
       ['CLAIMED', 'RUNNING'],
       ok ? 'SUCCEEDED' : 'FAILED',
       { finishedAt: new Date().toISOString(), ...(error !== undefined ? { error } : {}) },
-      agentId ? { expr: 'claimedBy = :agent', values: { ':agent': agentId } } : undefined,
+      { expr: 'claimedBy = :agent', values: { ':agent': agentId } },
     );
+  }
+
+  /**
+   * A claimed job whose lease ran out becomes FAILED: its agent is gone
+   * (crashed, cut off, or never reporting), and nobody must wait for it
+   * forever. Evaluated whenever the job is read (GET, listings); a report
+   * that reaches the job first renews the lease instead — the conditional
+   * write decides which. Returns the job as it is now.
+   */
+  async expireLease(job: RestoreJob, now: number = Date.now()): Promise<RestoreJob> {
+    if (!(ACTIVE_RESTORE_STATUSES.includes(job.status) && job.status !== 'PENDING')) return job;
+    if (job.leaseExpiresAt === undefined || Date.parse(job.leaseExpiresAt) >= now) return job;
+    const nowIso = new Date(now).toISOString();
+    const error = `agent lost: no report from ${job.claimedBy ?? 'the claiming agent'} since its lease expired at ${job.leaseExpiresAt}; a partial target may be left at ${job.target.path}`;
+    try {
+      return await this.transition(job.id, ['CLAIMED', 'RUNNING'], 'FAILED', { finishedAt: nowIso, error }, {
+        expr: 'leaseExpiresAt < :now',
+        values: { ':now': nowIso },
+      });
+    } catch (err) {
+      if (err instanceof ConflictError) return this.requireRestore(job.id); // renewed or finished meanwhile
+      throw err;
+    }
   }
 
   async cancelRestore(id: string): Promise<RestoreJob> {

@@ -13,6 +13,8 @@ export interface CatalogRuntime {
   s3: S3Client;
   bucket: string;
   tableName: string;
+  /** ARCHIVE_PREFIX: the store prefix archives live under (the stack's layout uses none). */
+  prefix: string;
 }
 
 export function requireEnv(env: NodeJS.ProcessEnv, name: string): string {
@@ -30,7 +32,7 @@ export function catalogRuntimeFromEnv(env: NodeJS.ProcessEnv = process.env): Cat
     region,
     ...(env.S3_ENDPOINT ? { endpoint: env.S3_ENDPOINT, forcePathStyle: true } : {}),
   });
-  return { repo: new CatalogRepository(doc, tableName), s3, bucket, tableName };
+  return { repo: new CatalogRepository(doc, tableName), s3, bucket, tableName, prefix: env.ARCHIVE_PREFIX ?? '' };
 }
 
 /** Parses a non-negative integer env var with a default. */

@@ -129,6 +129,42 @@ export function parseArchiveKey(key: string): { prefix: string; hostId: string; 
   return { prefix: m[1] ?? '', hostId: m[2]!, uuid: m[3]! };
 }
 
+/** What the catalogue makes of an object key under a configured prefix (classifyArchiveKey). */
+export type ArchiveKeyClass =
+  /** Not under `<prefix>/archives/`: not the catalogue's business. */
+  | { kind: 'outside' }
+  /** Exactly `<prefix>/archives/<hostId>/<uuid>.cwa`; uuid lower-cased. */
+  | { kind: 'archive'; hostId: string; uuid: string }
+  /** Under `<prefix>/archives/` but not an archive key; hostId = the first segment when it is a valid host id. */
+  | { kind: 'invalid'; hostId: string | null; reason: string };
+
+const UUID_NAME = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.cwa$/i;
+
+function isHostSegment(s: string): boolean {
+  return SAFE_SEGMENT.test(s) && s !== '.' && s !== '..';
+}
+
+/**
+ * The only shape of key the catalogue indexes: the configured prefix, then
+ * `archives/`, ONE host segment and `<uuid>.cwa` — nothing nested. A host
+ * role may write anything under its own `archives/<host>/`, so a key such as
+ * `archives/evil/x/archives/A/<uuid>.cwa` must never be read as host A's.
+ */
+export function classifyArchiveKey(key: string, prefix: string): ArchiveKeyClass {
+  const base = archivesPrefix(prefix);
+  if (!key.startsWith(base)) return { kind: 'outside' };
+  const parts = key.slice(base.length).split('/');
+  const first = parts[0] ?? '';
+  const hostId = parts.length > 1 && isHostSegment(first) ? first : null;
+  const invalid = (reason: string): ArchiveKeyClass => ({ kind: 'invalid', hostId, reason: `${reason}; archives are stored only as ${base}<hostId>/<uuid>.cwa` });
+  if (parts.length === 1) return invalid(`key ${key} has no host segment`);
+  if (!isHostSegment(first)) return invalid(`key ${key} has no valid host segment ("${first}")`);
+  if (parts.length > 2) return invalid(`key ${key} is nested below host ${first}`);
+  const m = UUID_NAME.exec(parts[1]!);
+  if (!m) return invalid(`key ${key} is not named <uuid>.cwa`);
+  return { kind: 'archive', hostId: first, uuid: m[1]!.toLowerCase() };
+}
+
 /** `s3://bucket/key` → parts; null when the text is not an s3 URI. */
 export function parseS3Uri(text: string): { bucket: string; key: string } | null {
   const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(text);

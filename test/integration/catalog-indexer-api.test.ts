@@ -147,10 +147,14 @@ describe('embedded catalogue: indexer', () => {
     const other = await archiveBytes('someone-else');
     const wrongHostKey = archiveKey('', 'h9', other.uuid);
     await put(wrongHostKey, other.bytes);
-    // Keys with spaces arrive form-encoded ('+'): decoded before use.
+    // Keys with spaces arrive form-encoded ('+'): decoded before use (an indexer configured with that prefix).
     const spaced = await archiveBytes('h 9'.replace(' ', '-'));
-    await put(`with space/archives/h-9/${spaced.uuid}.cwa`, spaced.bytes);
+    const spacedKey = `with space/archives/h-9/${spaced.uuid}.cwa`;
+    await put(spacedKey, spaced.bytes);
     await catalog.idle();
+    const spacedEvent = { eventName: 'ObjectCreated:Put', s3: { bucket: { name: s3.bucket }, object: { key: spacedKey.replace(/ /g, '+') } } };
+    expect((await new Indexer({ repo: catalog.repo, s3: catalog.s3Client }).handleRecord(spacedEvent)).action).toBe('ignored');
+    expect((await new Indexer({ repo: catalog.repo, s3: catalog.s3Client, prefix: 'with space' }).handleRecord(spacedEvent)).action).toBe('created');
     await waitFor('rejections', async () => ((await client.listArchives({ host: 'h9' })).items.length === 3 ? true : null), 3000);
     const byKey = new Map((await client.listArchives({ host: 'h9' })).items.map((a) => [a.key, a]));
     expect(byKey.get(garbageKey)!.status).toBe('REJECTED');

@@ -5,66 +5,29 @@
  * prune (dry run, then for real), verify, and the freshness metric.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import type { APIGatewayProxyEventV2, S3Event } from 'aws-lambda';
+import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Event } from 'aws-lambda';
 import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
-import { startEmbeddedS3, type EmbeddedS3 } from '../../src/store/embedded-s3.js';
-import { startDynalite, type RunningDynalite } from '../../src/catalog/dynalite.js';
-import { createDocumentClient, ensureCatalogTable } from '../../src/catalog/table.js';
-import { CatalogRepository } from '../../src/catalog/repository.js';
+import type { EmbeddedS3 } from '../../src/store/embedded-s3.js';
+import type { CatalogRepository } from '../../src/catalog/repository.js';
+import { apiEvent, startLambdaPeers, type LambdaPeers } from '../helpers/lambda-peers.js';
 import { computeFreshness, publishFreshness, FRESHNESS_METRIC } from '../../src/catalog/freshness.js';
 import { buildChain, type ChainStep } from '../helpers/s3-chain-fixture.js';
 
-const ENV_KEYS = ['TABLE_NAME', 'BUCKET', 'DYNAMODB_ENDPOINT', 'S3_ENDPOINT', 'AWS_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'RETENTION', 'DRY_RUN', 'LOG_LEVEL'];
-const savedEnv = Object.fromEntries(ENV_KEYS.map((k) => [k, process.env[k]]));
-
-let dir: string;
+let peers: LambdaPeers;
 let s3: EmbeddedS3;
-let dyn: RunningDynalite;
 let repo: CatalogRepository;
 let s3Client: S3Client;
 let pool: ZstdPool;
 let chainA: ChainStep[];
 let chainB: ChainStep[];
-const events: S3Event[] = [];
-
-function apiEvent(method: string, path: string, body?: unknown): APIGatewayProxyEventV2 {
-  return {
-    version: '2.0',
-    routeKey: '$default',
-    rawPath: `/prod${path.split('?')[0]}`,
-    rawQueryString: path.split('?')[1] ?? '',
-    headers: {},
-    queryStringParameters: Object.fromEntries(new URLSearchParams(path.split('?')[1] ?? '')),
-    requestContext: { http: { method, path, protocol: 'HTTP/1.1', sourceIp: '1.2.3.4', userAgent: 't' }, stage: 'prod' } as APIGatewayProxyEventV2['requestContext'],
-    ...(body !== undefined ? { body: Buffer.from(JSON.stringify(body)).toString('base64'), isBase64Encoded: true } : { isBase64Encoded: false }),
-  };
-}
+let events: S3Event[];
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'cowstream-lambdas-'));
-  s3 = await startEmbeddedS3({ dir: join(dir, 's3') });
-  s3.onEvent((e) => events.push(e as unknown as S3Event));
-  dyn = await startDynalite();
-  Object.assign(process.env, {
-    TABLE_NAME: 'catalog',
-    BUCKET: s3.bucket,
-    DYNAMODB_ENDPOINT: dyn.endpoint,
-    S3_ENDPOINT: s3.endpoint,
-    AWS_REGION: 'us-east-1',
-    AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
-    LOG_LEVEL: 'ERROR',
-  });
-  const { client, doc } = createDocumentClient({ endpoint: dyn.endpoint, credentials: s3.credentials });
-  await ensureCatalogTable(client, 'catalog');
-  repo = new CatalogRepository(doc, 'catalog');
-  s3Client = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials });
+  peers = await startLambdaPeers({ ARCHIVE_PREFIX: 'site1', CALLER_ROLES: JSON.stringify({ operators: ['AROAOPERATOR'], hosts: [] }) });
+  ({ s3, repo, s3Client, events } = peers);
   pool = new ZstdPool({ workers: 1 });
   const devices = [{ id: 0, name: 'vda', size: 6 * CLUSTER_SIZE }];
   chainA = await buildChain({ client: s3Client, bucket: s3.bucket, prefix: 'site1', hostId: 'lh', devices, incrementals: 1, compressor: pool, seed: 1 });
@@ -72,15 +35,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  s3Client?.destroy();
   await pool?.close();
-  await dyn?.close();
-  await s3?.close();
-  for (const k of ENV_KEYS) {
-    if (savedEnv[k] === undefined) delete process.env[k];
-    else process.env[k] = savedEnv[k];
-  }
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await peers?.close();
 });
 
 describe('lambda handlers', () => {
@@ -96,15 +52,16 @@ describe('lambda handlers', () => {
 
   it('api.handler serves a named-stage payload 2.0 event and builds restore plans', async () => {
     const { handler } = await import('../../lambda/api.js');
-    const list = await handler(apiEvent('GET', '/archives?host=lh&limit=10'));
+    const operator = { userId: 'AROAOPERATOR:ops', userArn: 'arn:aws:sts::123456789012:assumed-role/Operator/ops' };
+    const list = await handler(apiEvent('GET', '/archives?host=lh&limit=10', undefined, operator));
     expect(list.statusCode).toBe(200);
     expect(JSON.parse(list.body!).items).toHaveLength(4);
-    const created = await handler(apiEvent('POST', '/restores', { archiveId: chainB[1]!.uuid, hostId: 'lh', target: { path: '/restore/x' } }));
+    const created = await handler(apiEvent('POST', '/restores', { archiveId: chainB[1]!.uuid, hostId: 'lh', target: { path: '/restore/x' } }, operator));
     expect(created.statusCode).toBe(202);
     const { restoreId } = JSON.parse(created.body!);
     const plan = await s3Client.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: `restore-plans/${restoreId}.json` }));
     expect(plan.ContentLength).toBeGreaterThan(0);
-    const bad = await handler(apiEvent('POST', '/restores', { archiveId: 'x' }));
+    const bad = await handler(apiEvent('POST', '/restores', { archiveId: 'x' }, operator));
     expect(bad.statusCode).toBe(400);
     expect(JSON.parse(bad.body!).error.code).toBe('USAGE');
   });

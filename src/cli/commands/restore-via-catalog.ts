@@ -59,7 +59,9 @@ export async function runRestoreViaCatalog(opts: RestoreViaCatalogOptions): Prom
   const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : Infinity;
   try {
     while (!FINAL.has(job.status)) {
-      if (Date.now() > deadline) throw new RestoreError(`restore ${restoreId} still ${job.status} after ${opts.timeoutMs} ms`);
+      if (Date.now() > deadline) {
+        throw new RestoreError(`restore ${restoreId} still ${job.status} after ${opts.timeoutMs} ms (--timeout); it goes on in the catalogue: cancel it or look again later`);
+      }
       await new Promise((r) => setTimeout(r, opts.pollMs ?? 1000));
       job = await client.getRestore(restoreId);
       const payload = { done: formatBytes(job.progress.bytesDone), all: formatBytes(job.progress.bytesTotal), status: job.status };

@@ -6,7 +6,7 @@ import { describeLocator } from '../../restore/chain.js';
 import { restoreArchive, DEFAULT_PARALLEL, MAX_PARALLEL, type RestoreProgress } from '../../restore/engine.js';
 import { buildRestorePlan, sourceOpener } from '../../restore/locate.js';
 import type { StoreFlags } from '../../store/config.js';
-import { formatBytes, formatRate, parsePositiveInt, printJson } from '../output.js';
+import { formatBytes, formatRate, parseDuration, parsePositiveInt, printJson } from '../output.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store-options.js';
 import { runRestoreViaCatalog } from './restore-via-catalog.js';
 
@@ -22,6 +22,7 @@ interface RestoreFlags extends StoreFlags {
   viaCatalog?: boolean;
   host?: string;
   wait?: boolean;
+  timeout?: string;
   catalog?: string;
 }
 
@@ -51,7 +52,9 @@ function makeBar(enabled: boolean): { update(p: RestoreProgress): void; stop(): 
 async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   if (o.viaCatalog) {
     // The catalogue path (CATALOG helper): request the restore, the agent executes it.
-    await runRestoreViaCatalog({ ref, ...o });
+    const { timeout, ...rest } = o;
+    if (timeout !== undefined && !o.wait) throw new UsageError('--timeout needs --wait');
+    await runRestoreViaCatalog({ ref, ...rest, ...(timeout !== undefined ? { timeoutMs: parseDuration(timeout, '--timeout') } : {}) });
     return;
   }
   if (!o.to) throw new UsageError('restore needs --to <dir|file>');
@@ -112,6 +115,7 @@ export function registerRestoreCommands(program: Command): void {
       .option('--via-catalog', 'ask the catalogue to have the host agent restore (see --host, --wait)')
       .option('--host <id>', 'with --via-catalog: the host whose agent restores')
       .option('--wait', 'with --via-catalog: follow the restore until it is done')
+      .option('--timeout <duration>', 'with --wait: give up waiting after this long (e.g. 90s, 30m, 2h; default: wait until the job ends)')
       .option('--catalog <url>', 'with --via-catalog: catalogue URL'),
   ).action(async (ref: string, o: RestoreFlags) => runRestore(ref, o));
 }

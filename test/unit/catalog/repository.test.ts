@@ -104,14 +104,15 @@ describe('CatalogRepository on dynalite', () => {
     expect(won).toHaveLength(1);
     expect(lost).toHaveLength(9);
     for (const l of lost) expect(l.reason).toBeInstanceOf(ConflictError);
-    const winner = (won[0] as PromiseFulfilledResult<RestoreJob>).value.claimedBy;
+    const winner = (won[0] as PromiseFulfilledResult<RestoreJob>).value.claimedBy!;
     expect((await cat.repo.requireRestore(j.id)).claimedBy).toBe(winner);
     expect((await cat.repo.listRestores('claimhost', 'PENDING')).items).toEqual([]);
     expect((await cat.repo.listRestores('claimhost', 'CLAIMED')).items.map((x) => x.id)).toEqual([j.id]);
     // Progress from a loser is refused; from the winner it moves the job to RUNNING.
     await expect(cat.repo.reportProgress(j.id, { bytesDone: 1, bytesTotal: 2 }, 'intruder')).rejects.toBeInstanceOf(ConflictError);
     expect((await cat.repo.reportProgress(j.id, { bytesDone: 1, bytesTotal: 2 }, winner)).status).toBe('RUNNING');
-    expect((await cat.repo.completeRestore(j.id, true)).status).toBe('SUCCEEDED');
+    await expect(cat.repo.completeRestore(j.id, true, undefined, 'intruder')).rejects.toBeInstanceOf(ConflictError);
+    expect((await cat.repo.completeRestore(j.id, true, undefined, winner)).status).toBe('SUCCEEDED');
     await expect(cat.repo.cancelRestore(j.id)).rejects.toBeInstanceOf(ConflictError);
     await expect(cat.repo.claimRestore(randomUUID(), 'a')).rejects.toBeInstanceOf(NotFoundError);
   });

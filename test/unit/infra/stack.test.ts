@@ -308,6 +308,33 @@ describe('IAM', () => {
     }
   });
 
+  it('creates an operator role, trusted by this account only, that may invoke every catalogue route and nothing else', () => {
+    const id = logicalId(s.stack.operatorAccess.role);
+    const trust = resources[id]!.Properties.AssumeRolePolicyDocument.Statement as Json[];
+    expect(trust).toHaveLength(1);
+    expect(flat(trust[0]!.Principal)).toContain(':root');
+    const statements = statementsOfRole(id);
+    expect(statements.flatMap((st) => list<string>(st.Action))).toEqual(['execute-api:Invoke']);
+    const tails = list(statements[0]!.Resource).map((r) => {
+      const parts = (r as Json)['Fn::Join'][1] as unknown[];
+      return parts[parts.length - 1] as string;
+    });
+    expect(tails.sort()).toEqual(CATALOG_ROUTES.map((r) => `/*/${r.method}${r.path.replace(/\{[^}]+\}/g, '*')}`).sort());
+  });
+
+  it('tells the API function the role id of every host role and of the operator role (CALLER_ROLES)', () => {
+    const env = resources[logicalId(s.stack.functions.api)]!.Properties.Environment.Variables as Json;
+    const text = flat(env.CALLER_ROLES);
+    expect(text).toContain(flat({ 'Fn::GetAtt': [logicalId(s.stack.operatorAccess.role), 'RoleId'] }));
+    for (const [host, role] of s.stack.agentAccess.roles) {
+      expect(text).toContain(flat({ 'Fn::GetAtt': [logicalId(role), 'RoleId'] }));
+      expect(text).toContain(`\\"hostId\\":\\"${host}\\"`);
+    }
+    for (const name of ['indexer', 'verify', 'prune', 'freshness'] as const) {
+      expect(resources[logicalId(s.stack.functions.all[name])]!.Properties.Environment.Variables.CALLER_ROLES).toBeUndefined();
+    }
+  });
+
   it('gives no other principal s3:DeleteObject than the api and prune functions', () => {
     const deleters = new Set<string>();
     for (const [, p] of ofType('AWS::IAM::Policy')) {
@@ -443,6 +470,7 @@ describe('outputs', () => {
       expect(outputs[key].Value).toEqual({ 'Fn::GetAtt': [logicalId(role), 'Arn'] });
       expect(outputs[key].Description).toContain(`"${host}"`);
     }
+    expect(outputs.OperatorRoleArn.Value).toEqual({ 'Fn::GetAtt': [logicalId(s.stack.operatorAccess.role), 'Arn'] });
   });
 });
 
