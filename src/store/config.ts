@@ -47,9 +47,6 @@ export function effectiveEndpoint(cfg: Pick<StoreConfig, 'endpoint'>, env: NodeJ
  * env/profile and a missing region becomes a clear error at first use.
  */
 export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env: NodeJS.ProcessEnv = process.env): S3Client {
-  // cowstream supports Node 20 (package.json engines); the SDK's one-time
-  // "node >= 22 after January 2027" notice would otherwise print on every CLI run.
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const endpoint = effectiveEndpoint(cfg, env);
   const config: S3ClientConfig = {
     maxAttempts: opts.maxAttempts ?? 5,
