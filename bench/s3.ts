@@ -40,7 +40,7 @@ interface ChildResult {
 }
 
 async function client(endpoint: string): Promise<S3Client> {
-  const { createS3Client } = await import('../src/store/config.js');
+  const { createS3Client } = await import('../src/store/s3-client.js');
   return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
 }
 

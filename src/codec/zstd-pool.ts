@@ -3,8 +3,8 @@
  * contract of src/codec/types.ts. The codec is node:zlib's native zstd, or the
  * `zstd-codec` WebAssembly build as the fallback (ZstdBackend, docs/zstd.md).
  *
- * - One worker per core by default (os.availableParallelism()); each worker
- *   runs one job at a time.
+ * - Up to one worker per core by default (os.availableParallelism()), started
+ *   on demand; each worker runs one job at a time.
  * - A BOUNDED queue: at most `maxQueue` jobs wait for a worker. Further callers
  *   await a slot before their job is even queued, so backpressure reaches the
  *   producer (the archive writer, and through it the device reader).
@@ -223,7 +223,8 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     // (see zstd-worker.mjs); whole 16 MiB steps as older emscripten runtimes expect.
     const mem = checkInt(options.wasmMemoryBytes ?? DEFAULT_WASM_MEMORY, 'wasmMemoryBytes', WASM_MEMORY_STEP, 512 * 1024 * 1024);
     this.wasmMemoryBytes = Math.ceil(mem / WASM_MEMORY_STEP) * WASM_MEMORY_STEP;
-    for (let i = 0; i < this.workerCount; i++) this.slots.push(this.spawn());
+    // Workers start on demand (pump): each costs ~30 ms of CPU to start, a
+    // small archive needs one or two, and a command that never compresses none.
   }
 
   compress(data: Uint8Array): Promise<Buffer> {
@@ -376,8 +377,13 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     });
   }
 
+  /** An idle worker, else a newly started one while fewer than workerCount run. */
   private freeSlot(): Slot | undefined {
-    return this.slots.find((s) => s.job === null && !s.retiring);
+    const idle = this.slots.find((s) => s.job === null && !s.retiring);
+    if (idle || this.slots.length >= this.workerCount || this.closed || this.brokenReason !== null) return idle;
+    const slot = this.spawn();
+    this.slots.push(slot);
+    return slot;
   }
 
   /** Moves queued jobs into idle workers and wakes blocked callers for the freed queue places. */
@@ -408,7 +414,8 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
       );
     }
     // Wake as many blocked callers as there is room for (queue places + idle workers).
-    let room = this.maxQueue - this.queue.length + this.slots.filter((s) => s.job === null && !s.retiring).length;
+    const startable = this.closed || this.brokenReason !== null ? 0 : this.workerCount - this.slots.length;
+    let room = this.maxQueue - this.queue.length + this.slots.filter((s) => s.job === null && !s.retiring).length + startable;
     while (this.blockedCallers.length > 0 && room-- > 0) this.blockedCallers.shift()!();
   }
 

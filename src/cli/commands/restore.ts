@@ -8,7 +8,6 @@ import { buildRestorePlan, sourceOpener } from '../../restore/locate.js';
 import type { StoreFlags } from '../../store/config.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store.js';
-import { runRestoreViaCatalog } from './restore-via-catalog.js';
 
 interface RestoreFlags extends StoreFlags {
   to?: string;
@@ -51,6 +50,8 @@ function makeBar(enabled: boolean): { update(p: RestoreProgress): void; stop(): 
 async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   if (o.viaCatalog) {
     // The catalogue path (CATALOG helper): request the restore, the agent executes it.
+    // Loaded here only: the catalogue client brings SigV4 signing and zod (docs/startup.md).
+    const { runRestoreViaCatalog } = await import('./restore-via-catalog.js');
     await runRestoreViaCatalog({ ref, ...o });
     return;
   }
@@ -90,7 +91,7 @@ async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   } finally {
     bar.stop();
     await pool.close();
-    ctx.client?.destroy();
+    ctx.close();
   }
 }
 

@@ -5,9 +5,7 @@ import { readKeyFile } from '../../codec/crypto.js';
 import { openArchive } from '../../format/reader.js';
 import { describeLocator } from '../../catalog/chain.js';
 import { resolveRef, sourceOpener, type ArchiveContext } from '../../restore/locate.js';
-import { createS3Client, effectiveEndpoint, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
-import { DEFAULT_EMBEDDED_BUCKET, startEmbeddedS3 } from '../../store/embedded-s3.js';
-import { abortIncompleteUploads, listIncompleteUploads } from '../../store/uploads.js';
+import { DEFAULT_EMBEDDED_BUCKET, effectiveEndpoint, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
 
 /** Adds --bucket/--prefix/--endpoint/--region (env: COWSTREAM_S3_BUCKET, COWSTREAM_S3_PREFIX, AWS_*). */
@@ -19,14 +17,32 @@ export function addStoreOptions(cmd: Command): Command {
     .option('--region <region>', 'AWS region (default: $AWS_REGION / profile)');
 }
 
-/** Store + client from flags/env; client is null when nothing is configured. */
-export function archiveContextFromFlags(flags: StoreFlags): ArchiveContext {
+/** An ArchiveContext of the CLI: its S3 client is built on first use, and close() destroys it. */
+export interface CliArchiveContext extends ArchiveContext {
+  close(): void;
+}
+
+/**
+ * Store + client from flags/env. The client (and the S3 SDK) is loaded only
+ * when a ref needs S3: a local .cwa never loads it (docs/startup.md).
+ */
+export function archiveContextFromFlags(flags: StoreFlags): CliArchiveContext {
   const store = storeConfigFromFlags(flags);
-  if (store) return { store, client: createS3Client(store) };
   // No bucket, but s3:// URIs still work against the default AWS/env endpoint.
   const endpoint = flags.endpoint;
-  const client = createS3Client({ bucket: 'unused', prefix: '', ...(endpoint ? { endpoint } : {}), ...(flags.region ? { region: flags.region } : {}) });
-  return { store: null, client };
+  const config = store ?? { bucket: 'unused', prefix: '', ...(endpoint ? { endpoint } : {}), ...(flags.region ? { region: flags.region } : {}) };
+  const ctx: CliArchiveContext = {
+    store,
+    client: null,
+    connect: async () => (await import('../../store/s3-client.js')).createS3Client(config),
+    close: () => ctx.client?.destroy(),
+  };
+  return ctx;
+}
+
+/** The S3 client of a command that always talks to S3 (loaded on demand). */
+async function s3ClientFor(store: NonNullable<ReturnType<typeof storeConfigFromFlags>>): Promise<import('@aws-sdk/client-s3').S3Client> {
+  return (await import('../../store/s3-client.js')).createS3Client(store);
 }
 
 /** Loads a key file (exactly 32 bytes, as `cowstream key create` writes it). */
@@ -74,7 +90,7 @@ async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
     }
   } finally {
     await pool?.close();
-    ctx.client?.destroy();
+    ctx.close();
   }
 }
 
@@ -92,7 +108,8 @@ export function registerStoreCommands(program: Command): void {
     async (o: StoreFlags & { json?: boolean }) => {
       const store = storeConfigFromFlags(o);
       if (!store) throw new UsageError('uploads list needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
-      const client = createS3Client(store);
+      const client = await s3ClientFor(store);
+      const { listIncompleteUploads } = await import('../../store/uploads.js');
       try {
         const list = await listIncompleteUploads(client, store.bucket, normalizePrefix(store.prefix) ? `${normalizePrefix(store.prefix)}/` : '');
         if (o.json) printJson({ bucket: store.bucket, prefix: store.prefix, uploads: list });
@@ -113,7 +130,8 @@ export function registerStoreCommands(program: Command): void {
     const store = storeConfigFromFlags(o);
     if (!store) throw new UsageError('uploads abort needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
     const olderThan = o.olderThan !== undefined ? parsePositiveInt(o.olderThan, '--older-than') : undefined;
-    const client = createS3Client(store);
+    const client = await s3ClientFor(store);
+    const { abortIncompleteUploads } = await import('../../store/uploads.js');
     try {
       const res = await abortIncompleteUploads(client, store.bucket, normalizePrefix(store.prefix) ? `${normalizePrefix(store.prefix)}/` : '', {
         ...(olderThan ? { olderThanSeconds: olderThan } : {}),
@@ -139,6 +157,7 @@ export function registerStoreCommands(program: Command): void {
     .option('--json', 'print the endpoint as one JSON line')
     .action(async (o: { dir: string; port?: string; bucket: string; host: string; json?: boolean }) => {
       const port = o.port !== undefined ? (o.port === '0' ? 0 : parsePositiveInt(o.port, '--port', 65535)) : 0;
+      const { startEmbeddedS3 } = await import('../../store/embedded-s3.js');
       const server = await startEmbeddedS3({ dir: resolve(o.dir), port, bucket: o.bucket, host: o.host });
       const info = { endpoint: server.endpoint, bucket: server.bucket, dir: server.dir, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
       if (o.json) process.stdout.write(JSON.stringify(info) + '\n');
