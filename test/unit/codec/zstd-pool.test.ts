@@ -2,7 +2,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { ChecksumError, CodecError } from '../../../src/errors.js';
-import { ZstdPool, resolveZstdBackend } from '../../../src/codec/zstd-pool.js';
+import { ZstdPool, nativeZstdAvailable, resolveZstdBackend } from '../../../src/codec/zstd-pool.js';
+
+/** Tests of the native backend run where node:zlib has zstd (Node ≥ 22.15); the wasm ones everywhere. */
+const itNative = it.skipIf(!nativeZstdAvailable());
 
 /** Compressible but not trivial: random words from a small vocabulary. */
 function textLike(size: number, seed = 1): Buffer {
@@ -158,7 +161,7 @@ describe('ZstdPool', () => {
     expect(p.stats().workersReplaced).toBe(1);
   });
 
-  it('native: level 19 on a 4 MiB extent needs no configured heap (no abort, no worker replaced)', async () => {
+  itNative('native: level 19 on a 4 MiB extent needs no configured heap (no abort, no worker replaced)', async () => {
     const p = pool({ backend: 'native', workers: 1, level: 19 });
     const input = textLike(4 * 1024 * 1024);
     const frame = await p.compress(input);
@@ -166,7 +169,7 @@ describe('ZstdPool', () => {
     expect(p.stats().workersReplaced).toBe(0);
   });
 
-  it('native: a forged window descriptor is refused, not allocated (window capped by maxInputBytes)', async () => {
+  itNative('native: a forged window descriptor is refused, not allocated (window capped by maxInputBytes)', async () => {
     // Magic, FHD 0 (no content size), window descriptor 2^27 (0x88), one raw
     // last block of 1 byte: valid zstd that asks the decoder for a 128 MiB window.
     const forged = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x88, 0x09, 0x00, 0x00, 0x41]);
@@ -189,16 +192,19 @@ describe('ZstdPool', () => {
     await expect(p.compress(input)).rejects.toThrow(/closed/);
   });
 
-  it('runs the backend COWSTREAM_ZSTD selects (native by default on this runtime)', () => {
-    const want = process.env.COWSTREAM_ZSTD === 'wasm' ? 'wasm' : 'native';
+  it('runs the backend COWSTREAM_ZSTD selects (native by default where the runtime has it)', () => {
+    const native = nativeZstdAvailable();
+    const want = process.env.COWSTREAM_ZSTD === 'wasm' || !native ? 'wasm' : 'native';
     expect(pool({ workers: 1 }).stats().backend).toBe(want);
-    expect(resolveZstdBackend({})).toBe('native');
+    expect(resolveZstdBackend({})).toBe(native ? 'native' : 'wasm');
     expect(resolveZstdBackend({ COWSTREAM_ZSTD: 'wasm' })).toBe('wasm');
-    expect(resolveZstdBackend({ COWSTREAM_ZSTD: 'native' })).toBe('native');
+    if (native) expect(resolveZstdBackend({ COWSTREAM_ZSTD: 'native' })).toBe('native');
+    // Asking for native where it is missing is an error, never a silent fallback.
+    else expect(() => resolveZstdBackend({ COWSTREAM_ZSTD: 'native' })).toThrow(/needs ≥ 22.15/);
     expect(() => resolveZstdBackend({ COWSTREAM_ZSTD: 'zlib' })).toThrow(CodecError);
   });
 
-  it('frames cross between the backends at every level used (native ⇄ wasm)', async () => {
+  itNative('frames cross between the backends at every level used (native ⇄ wasm)', async () => {
     const native = pool({ backend: 'native', workers: 1 });
     const wasm = pool({ backend: 'wasm', workers: 1 });
     const inputs = [Buffer.alloc(0), Buffer.from('x'), textLike(4 * 1024 * 1024, 5), Buffer.alloc(4 * 1024 * 1024), randomBytes(100_000)];
