@@ -1,37 +1,47 @@
 /**
- * bench:s3 — archives to S3 and back, against ONE local s3rver in one run.
+ * bench:s3 — archives to S3 and back, against ONE local s3rver in one run,
+ * reached two ways: directly on loopback, and through a shaping proxy that
+ * makes it behave like a remote endpoint (bench/shaping-proxy.ts: 20 ms each
+ * way, 100 MB/s per connection; BENCH_LATENCY_MS, BENCH_MBPS).
  *
  *   npm run bench:s3                       (~1 GiB image, cached in bench/work/)
  *   BENCH_IMAGE_MIB=256 npm run bench:s3   (smaller image)
  *   BENCH_PARALLEL=8 ...                   (restore parallelism, default 8)
- *   BENCH_PAIRS=3 ...                      (paired runs of backup vs (b) and of the two restores)
+ *   BENCH_PAIRS=3 ...                      (paired runs, see below)
+ *   BENCH_RESTIC=1 ...                     (also restic backup --stdin, once, loopback)
  *
  * Backup of the same image, each in its own process (peak RSS = largest process, /usr/bin/time):
  *   cowstream   image → ArchiveWriter (ZstdPool, zstd -1) → S3ArchiveSink (multipart)
  *   (a)         plain lib-storage Upload of the raw image
  *   (b)         zstd -1 -T0 -c image | Upload   (the vzdump-style pipeline)
- *   (c)         restic backup --stdin to the same endpoint
+ *   (c)         restic backup --stdin to the same endpoint (BENCH_RESTIC=1)
  * Restore of the cowstream archive:
  *   parallel    restoreArchive (coalesced ranged GETs, ZstdPool, positional writes)
  *   sequential  one GetObject stream, extents decoded one at a time, written in order
  *
- * The s3rver runs as `cowstream s3 serve` in its own process; all clients go
- * through 127.0.0.1. Throughput is MB/s of disk data (image bytes / seconds).
+ * Pairs, each pair back to back: loopback cowstream backup / (b); proxied
+ * cowstream backup / proxied (a); loopback sequential / parallel restore;
+ * proxied sequential / parallel restore. The s3rver runs as `cowstream s3
+ * serve` in its own process with --trace-gc: the run reports its CPU seconds
+ * and its full (mark-compact) and young (scavenge) GCs per GiB it received.
+ * Throughput is MB/s of disk data (image bytes / seconds).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createReadStream, mkdtempSync, statSync, rmSync } from 'node:fs';
+import { createReadStream, mkdtempSync, readFileSync, statSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { benchImage as image, benchImageMiB as imageMiB, benchRoot as root, benchWork as work, ensureBenchImage } from './image.js';
-import { medianBy } from './stats.js';
+import { median, medianBy } from './stats.js';
 
 const MiB = 1024 * 1024;
 const parallel = Number(process.env.BENCH_PARALLEL ?? 8);
 const pairs = Number(process.env.BENCH_PAIRS ?? 3);
+const latencyMs = Number(process.env.BENCH_LATENCY_MS ?? 20);
+const linkMBps = Number(process.env.BENCH_MBPS ?? 100);
 const CREDS = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
 
 interface ChildResult {
@@ -40,7 +50,7 @@ interface ChildResult {
 }
 
 async function client(endpoint: string): Promise<S3Client> {
-  const { createS3Client } = await import('../src/store/config.js');
+  const { createS3Client } = await import('../src/store/s3-client.js');
   return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
 }
 
@@ -165,13 +175,6 @@ interface Row {
   note?: string;
 }
 
-interface RestoreRow {
-  name: string;
-  seconds: number;
-  rss: number;
-}
-
-
 /** Runs a command under /usr/bin/time; returns wall seconds, peak RSS (largest process) and stdout. */
 function measured(shell: string, env: NodeJS.ProcessEnv = {}): { wall: number; maxRssMiB: number; stdout: string } {
   const t0 = performance.now();
@@ -187,6 +190,11 @@ function measured(shell: string, env: NodeJS.ProcessEnv = {}): { wall: number; m
   return { wall, maxRssMiB: m ? Number(m[1]) / 1024 : NaN, stdout: r.stdout };
 }
 
+/** The child's JSON result line. */
+function childResult<T extends ChildResult>(m: { stdout: string }): T {
+  return JSON.parse(m.stdout.trim().split('\n').pop()!) as T;
+}
+
 async function storedBytes(c: S3Client, bucket: string, prefix: string): Promise<number> {
   let total = 0;
   let token: string | undefined;
@@ -198,110 +206,193 @@ async function storedBytes(c: S3Client, bucket: string, prefix: string): Promise
   return total;
 }
 
-async function startServer(dir: string): Promise<{ endpoint: string; proc: ChildProcess }> {
-  const proc = spawn(process.execPath, ['bin/cowstream.js', 's3', 'serve', '--dir', dir, '--bucket', 'bench', '--json'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: proc.stdout! }).once('line', resolve);
-    proc.once('exit', (code) => reject(new Error(`s3 serve exited ${code}`)));
+/** A child process that prints one JSON line with `endpoint` on stdout; other stdout lines go to `onLine`. */
+async function startEndpointProcess(argv: string[], onLine: (line: string) => void = () => {}): Promise<{ endpoint: string; proc: ChildProcess }> {
+  const proc = spawn(argv[0]!, argv.slice(1), { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: proc.stdout! });
+  const endpoint = await new Promise<string>((resolve, reject) => {
+    let found = false;
+    lines.on('line', (line) => {
+      if (!found && line.startsWith('{')) {
+        found = true;
+        resolve((JSON.parse(line) as { endpoint: string }).endpoint);
+      } else onLine(line);
+    });
+    proc.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited ${code}`)));
   });
-  return { endpoint: (JSON.parse(line) as { endpoint: string }).endpoint, proc };
+  return { endpoint, proc };
+}
+
+/** CPU seconds (user + sys) a process has used so far (Linux /proc; CLK_TCK 100). */
+function procCpu(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+async function stop(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null) return;
+  proc.kill('SIGTERM');
+  await new Promise((r) => proc.once('exit', r));
+}
+
+interface Pair {
+  ours: Row;
+  base: Row;
 }
 
 async function parent(): Promise<void> {
   await ensureBenchImage(work, imageMiB);
   const size = statSync(image).size;
   const tmp = mkdtempSync(join(tmpdir(), 'cowstream-bench-s3-'));
-  const { endpoint, proc } = await startServer(join(tmp, 's3'));
+  // The embedded S3 server with GC tracing: full GCs per GiB are part of its cost.
+  const gc = { markCompact: 0, scavenge: 0 };
+  const { endpoint, proc } = await startEndpointProcess(
+    [process.execPath, '--trace-gc', 'bin/cowstream.js', 's3', 'serve', '--dir', join(tmp, 's3'), '--bucket', 'bench', '--json'],
+    (line) => {
+      if (/Mark-Compact/.test(line)) gc.markCompact++;
+      else if (/Scavenge/.test(line)) gc.scavenge++;
+    },
+  );
+  const shaped = await startEndpointProcess([
+    process.execPath,
+    join(root, 'node_modules', 'tsx', 'dist', 'cli.mjs'),
+    'bench/shaping-proxy.ts',
+    '--target',
+    endpoint,
+    '--latency-ms',
+    String(latencyMs),
+    '--mbps',
+    String(linkMBps),
+    '--json',
+  ]);
+  const remote = shaped.endpoint;
   const c = await client(endpoint);
   const self = `node_modules/.bin/tsx bench/s3.ts --child`;
-  const rows: Row[] = [];
   const mbps = (s: number): string => (size / 1e6 / s).toFixed(0);
+  const serverCpu0 = procCpu(proc.pid!);
+  let received = 0;
   try {
     // warm the page cache so every variant reads the image from memory
     for await (const _ of createReadStream(image, { highWaterMark: 4 * MiB })) void _;
-    process.stderr.write(`image ${image} (${imageMiB} MiB), ${availableParallelism()} cores, s3rver at ${endpoint}\n`);
+    process.stderr.write(`image ${image} (${imageMiB} MiB), ${availableParallelism()} cores, s3rver at ${endpoint}, shaped ${remote} (${latencyMs} ms each way, ${linkMBps} MB/s per connection)\n`);
 
     const uuid = '01900000-0000-7000-8000-00000000b001';
     const archKey = `cowstream/archives/bench/${uuid}.cwa`;
-    // Paired runs: cowstream's backup and baseline (b) back to back, `pairs`
-    // times; likewise the two restores. This VM's speed drifts by ±25 % over
-    // tens of seconds, so each ratio is taken within a pair and the median
-    // pair is reported (with every pair's numbers).
-    const backupPairs: { ours: Row; b: Row }[] = [];
+    const remoteKey = `remote/archives/bench/${uuid}.cwa`;
+    const backup = async (ep: string, key: string, prefix: string): Promise<Row> => {
+      const m = measured(`${self} backup ${ep} ${key}`);
+      const r = childResult<ChildResult & { storedBytes: number; memoryBound: number }>(m);
+      received += r.storedBytes;
+      return { name: 'cowstream backup (zstd -1, multipart)', seconds: r.seconds, stored: await storedBytes(c, 'bench', prefix), rss: m.maxRssMiB, note: `sink bound ${(r.memoryBound / MiB).toFixed(0)} MiB` };
+    };
+    const rawUpload = async (ep: string, key: string): Promise<Row> => {
+      const m = measured(`${self} upload ${ep} ${key} ${image}`);
+      received += size;
+      return { name: '(a) plain Upload of the raw image', seconds: childResult(m).seconds, stored: await storedBytes(c, 'bench', key), rss: m.maxRssMiB };
+    };
+    // Paired runs: this VM's speed drifts by ±25 % over tens of seconds, so
+    // each ratio is taken within a pair (back to back) and the median pair is
+    // reported, with every pair's numbers.
+    const loopPairs: Pair[] = [];
+    const remotePairs: Pair[] = [];
     for (let i = 0; i < pairs; i++) {
-      const m = measured(`${self} backup ${endpoint} ${archKey}`);
-      const r = JSON.parse(m.stdout.trim().split('\n').pop()!) as ChildResult & { storedBytes: number; memoryBound: number };
-      const ours: Row = { name: 'cowstream backup (zstd -1, multipart)', seconds: r.seconds, stored: await storedBytes(c, 'bench', 'cowstream/'), rss: m.maxRssMiB, note: `sink bound ${(r.memoryBound / MiB).toFixed(0)} MiB` };
+      const ours = await backup(endpoint, archKey, 'cowstream/');
       // wall time of the whole pipeline (zstd starts before node is ready, so the in-process time would flatter it)
       const mb = measured(`zstd -1 -T0 -c ${image} | ${self} upload ${endpoint} zstd/image.raw.zst -`);
-      const b: Row = { name: '(b) zstd -1 -T0 -c image \\| Upload', seconds: mb.wall, stored: await storedBytes(c, 'bench', 'zstd/'), rss: mb.maxRssMiB, note: 'wall incl. node start' };
-      backupPairs.push({ ours, b });
+      const zstdBytes = await storedBytes(c, 'bench', 'zstd/');
+      received += zstdBytes;
+      loopPairs.push({ ours, base: { name: '(b) zstd -1 -T0 -c image \\| Upload', seconds: mb.wall, stored: zstdBytes, rss: mb.maxRssMiB, note: 'wall incl. node start' } });
+      const oursRemote = await backup(remote, remoteKey, 'remote/');
+      remotePairs.push({ ours: oursRemote, base: await rawUpload(remote, 'remote-raw/image.raw') });
     }
-    const backupMid = medianBy(backupPairs, (p) => p.b.seconds / p.ours.seconds);
-    rows.push(backupMid.ours);
-    {
-      const m = measured(`${self} upload ${endpoint} raw/image.raw ${image}`);
-      const r = JSON.parse(m.stdout.trim().split('\n').pop()!) as ChildResult;
-      rows.push({ name: '(a) plain Upload of the raw image', seconds: r.seconds, stored: await storedBytes(c, 'bench', 'raw/'), rss: m.maxRssMiB });
-    }
-    rows.push(backupMid.b);
-    {
+    const loopRaw = await rawUpload(endpoint, 'raw/image.raw');
+    const restic: Row[] = [];
+    if (process.env.BENCH_RESTIC === '1') {
       await c.send(new CreateBucketCommand({ Bucket: 'restic' })).catch(() => undefined);
       const env = { RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: `s3:${endpoint}/restic` };
       try {
         measured('restic init', env);
         const m = measured(`restic backup --no-cache --stdin --stdin-filename image.raw < ${image}`, env);
-        rows.push({ name: '(c) restic backup --stdin', seconds: m.wall, stored: await storedBytes(c, 'restic', ''), rss: m.maxRssMiB });
+        restic.push({ name: '(c) restic backup --stdin', seconds: m.wall, stored: await storedBytes(c, 'restic', ''), rss: m.maxRssMiB });
       } catch (err) {
-        rows.push({ name: '(c) restic backup --stdin', seconds: NaN, stored: NaN, rss: NaN, note: `failed: ${String((err as Error).message).split('\n').slice(-3).join(' ')}` });
+        restic.push({ name: '(c) restic backup --stdin', seconds: NaN, stored: NaN, rss: NaN, note: `failed: ${String((err as Error).message).split('\n').slice(-3).join(' ')}` });
       }
     }
+    const serverCpuBackup = procCpu(proc.pid!) - serverCpu0;
+    const gcBackup = { ...gc };
+    const receivedBackup = received;
 
-    const outPar = join(tmp, 'restore-par.raw');
-    const outSeq = join(tmp, 'restore-seq.raw');
-    const restorePairs: { seq: RestoreRow; par: RestoreRow }[] = [];
-    for (let i = 0; i < pairs; i++) {
+    const restorePair = (ep: string, key: string): Pair & { same: boolean } => {
+      const outPar = join(tmp, 'restore-par.raw');
+      const outSeq = join(tmp, 'restore-seq.raw');
       rmSync(outSeq, { force: true });
       rmSync(outPar, { force: true });
-      const ms = measured(`${self} restore-sequential ${endpoint} ${archKey} ${outSeq}`);
-      const seq = { name: 'sequential single-stream read + decompress', seconds: (JSON.parse(ms.stdout.trim().split('\n').pop()!) as ChildResult).seconds, rss: ms.maxRssMiB };
-      const mp = measured(`${self} restore-parallel ${endpoint} ${archKey} ${outPar}`);
-      const par = { name: `cowstream restore --parallel ${parallel}`, seconds: (JSON.parse(mp.stdout.trim().split('\n').pop()!) as ChildResult).seconds, rss: mp.maxRssMiB };
-      restorePairs.push({ seq, par });
+      const ms = measured(`${self} restore-sequential ${ep} ${key} ${outSeq}`);
+      const mp = measured(`${self} restore-parallel ${ep} ${key} ${outPar}`);
+      const same = spawnSync('cmp', ['-s', image, outPar]).status === 0 && spawnSync('cmp', ['-s', image, outSeq]).status === 0;
+      return {
+        base: { name: 'sequential single-stream read + decompress', seconds: childResult(ms).seconds, stored: NaN, rss: ms.maxRssMiB },
+        ours: { name: `cowstream restore --parallel ${parallel}`, seconds: childResult(mp).seconds, stored: NaN, rss: mp.maxRssMiB },
+        same,
+      };
+    };
+    const loopRestores: (Pair & { same: boolean })[] = [];
+    const remoteRestores: (Pair & { same: boolean })[] = [];
+    for (let i = 0; i < pairs; i++) {
+      loopRestores.push(restorePair(endpoint, archKey));
+      remoteRestores.push(restorePair(remote, remoteKey));
     }
-    const restoreMid = medianBy(restorePairs, (p) => p.seq.seconds / p.par.seconds);
-    const restoreRows: RestoreRow[] = [restoreMid.seq, restoreMid.par];
-    const same = spawnSync('cmp', ['-s', image, outPar]).status === 0 && spawnSync('cmp', ['-s', image, outSeq]).status === 0;
+    const same = [...loopRestores, ...remoteRestores].every((p) => p.same);
 
+    // ---- report
+    const speed = (p: Pair): number => p.base.seconds / p.ours.seconds;
+    const fmt = (xs: number[]): string => xs.map((x) => x.toFixed(2)).join(', ');
+    const spread = (ps: Pair[]): string => `${median(ps.map(speed)).toFixed(2)}× median of ${ps.length} (${Math.min(...ps.map(speed)).toFixed(2)}–${Math.max(...ps.map(speed)).toFixed(2)}; pairs ${fmt(ps.map(speed))})`;
+    const row = (r: Row): string =>
+      `| ${r.name} | ${r.seconds.toFixed(2)} | ${Number.isNaN(r.seconds) ? '-' : mbps(r.seconds)} | ${Number.isNaN(r.stored) ? '-' : r.stored.toLocaleString('en-US')} | ${Number.isNaN(r.stored) ? '-' : (size / r.stored).toFixed(2)} | ${Number.isNaN(r.rss) ? '-' : `${r.rss.toFixed(0)} MiB`} |${r.note ? ` ${r.note}` : ''}`;
+    const lp = medianBy(loopPairs, speed);
+    const rp = medianBy(remotePairs, speed);
+    const lr = medianBy(loopRestores, speed);
+    const rr = medianBy(remoteRestores, speed);
+    const gib = receivedBackup / 2 ** 30;
     const lines: string[] = [];
-    lines.push(`backup of a ${imageMiB} MiB image (${(size / 1e6).toFixed(0)} MB) to s3rver on loopback, ${availableParallelism()} cores`);
+    lines.push(`${new Date().toISOString()}, node ${process.version}, ${availableParallelism()} cores, load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+    lines.push(`backup of a ${imageMiB} MiB image (${(size / 1e6).toFixed(0)} MB); median pairs`);
     lines.push('| variant | seconds | MB/s (disk data) | bytes stored | ratio | peak RSS |');
     lines.push('|---|---:|---:|---:|---:|---:|');
-    for (const r of rows) {
-      lines.push(
-        `| ${r.name} | ${r.seconds.toFixed(2)} | ${Number.isNaN(r.seconds) ? '-' : mbps(r.seconds)} | ${Number.isNaN(r.stored) ? '-' : r.stored.toLocaleString('en-US')} | ${Number.isNaN(r.stored) ? '-' : (size / r.stored).toFixed(2)} | ${Number.isNaN(r.rss) ? '-' : `${r.rss.toFixed(0)} MiB`} |${r.note ? ` ${r.note}` : ''}`,
-      );
-    }
+    lines.push(`| **loopback** | | | | | |`);
+    for (const r of [lp.ours, loopRaw, lp.base, ...restic]) lines.push(row(r));
+    lines.push(`| **through the proxy (${latencyMs} ms each way, ${linkMBps} MB/s per connection)** | | | | | |`);
+    for (const r of [rp.ours, rp.base]) lines.push(row(r));
     lines.push('');
-    lines.push(`restore of the cowstream archive (output byte-identical to the image: ${same ? 'yes' : 'NO'})`);
+    lines.push(`restore of the cowstream archive (outputs byte-identical to the image: ${same ? 'yes' : 'NO'}); median pairs`);
     lines.push('| variant | seconds | MB/s (disk data) | peak RSS |');
     lines.push('|---|---:|---:|---:|');
-    for (const r of restoreRows) lines.push(`| ${r.name} | ${r.seconds.toFixed(2)} | ${mbps(r.seconds)} | ${r.rss.toFixed(0)} MiB |`);
-    const ours = rows[0]!.seconds;
-    const b = rows[2]!.seconds;
-    const fmt = (xs: number[]): string => xs.map((x) => x.toFixed(2)).join(', ');
+    for (const [label, p] of [['loopback', lr], ['proxy', rr]] as const) {
+      for (const r of [p.base, p.ours]) lines.push(`| ${label}: ${r.name} | ${r.seconds.toFixed(2)} | ${mbps(r.seconds)} | ${r.rss.toFixed(0)} MiB |`);
+    }
     lines.push('');
-    lines.push(`backup pairs (cowstream / (b) seconds): ${backupPairs.map((p) => `${p.ours.seconds.toFixed(2)}/${p.b.seconds.toFixed(2)}`).join(', ')}; (b)/cowstream time ratios ${fmt(backupPairs.map((p) => p.b.seconds / p.ours.seconds))}`);
-    lines.push(`restore pairs (sequential / parallel seconds): ${restorePairs.map((p) => `${p.seq.seconds.toFixed(2)}/${p.par.seconds.toFixed(2)}`).join(', ')}; speed-ups ${fmt(restorePairs.map((p) => p.seq.seconds / p.par.seconds))}`);
-    lines.push(`goal backup ≥ (b): ${ours <= b ? 'MET' : 'NOT MET'} in the median pair (${mbps(ours)} vs ${mbps(b)} MB/s)`);
-    const speedup = restoreRows[0]!.seconds / restoreRows[1]!.seconds;
-    lines.push(`goal parallel restore ≥ 2× sequential: ${speedup >= 2 ? 'MET' : 'NOT MET'} in the median pair (${speedup.toFixed(2)}×)`);
+    lines.push(`backup vs (b), loopback:              ${spread(loopPairs)}   goal ≥ 1.0×`);
+    lines.push(`backup vs raw Upload, through proxy:  ${spread(remotePairs)}   goal ≥ 1.5×`);
+    lines.push(`parallel vs sequential restore, loopback: ${spread(loopRestores)}`);
+    lines.push(`parallel vs sequential restore, proxy:    ${spread(remoteRestores)}   goal ≥ 4×`);
+    const rss = [...loopPairs, ...remotePairs].map((p) => p.ours.rss);
+    const rrss = [...loopRestores, ...remoteRestores].map((p) => p.ours.rss);
+    lines.push(`peak RSS, cowstream backup: max ${Math.max(...rss).toFixed(0)} MiB; restore: max ${Math.max(...rrss).toFixed(0)} MiB   goal ≤ 300 MiB both`);
+    lines.push(
+      `s3rver during the backups: ${serverCpuBackup.toFixed(2)} CPU-s, ${gcBackup.markCompact} mark-compact and ${gcBackup.scavenge} scavenge GCs for ${gib.toFixed(2)} GiB received ` +
+        `(${(gcBackup.markCompact / gib).toFixed(0)} full GCs/GiB, ${(serverCpuBackup / gib).toFixed(2)} CPU-s/GiB)`,
+    );
     process.stdout.write(lines.join('\n') + '\n');
     if (!same) process.exitCode = 1;
   } finally {
     c.destroy();
-    proc.kill('SIGTERM');
-    await new Promise((r) => proc.once('exit', r));
+    await stop(shaped.proc);
+    await stop(proc);
     rmSync(tmp, { recursive: true, force: true });
   }
 }

@@ -10,6 +10,28 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+// The project runs on the Node 24 that `npm ci` installs (the `node` dev
+// dependency, docs/runtime.md). Started directly by an older system node
+// (`./bin/cowstream.js` outside npm), it hands over to that Node instead of
+// running on a runtime below package.json's engines.
+const [major, minor] = process.versions.node.split('.').map(Number);
+if (major < 22 || (major === 22 && minor < 15)) {
+  const projectNode = join(root, 'node_modules', '.bin', 'node');
+  if (statSync(projectNode, { throwIfNoEntry: false }) && process.env.COWSTREAM_REEXEC !== '1') {
+    const { spawn } = await import('node:child_process');
+    const child = spawn(projectNode, process.argv.slice(1), { stdio: 'inherit', env: { ...process.env, COWSTREAM_REEXEC: '1' } });
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
+    child.on('exit', (code, signal) => {
+      if (signal) {
+        process.removeAllListeners(signal);
+        process.kill(process.pid, signal);
+      }
+      else process.exit(code ?? 1);
+    });
+    await new Promise(() => {});
+  }
+}
 // Tests point this at a bundle they built elsewhere, leaving dist/cli alone
 // for the CLIs other tests run at the same time.
 const bundleDir = resolve(root, process.env.COWSTREAM_BUNDLE_DIR || join('dist', 'cli'));

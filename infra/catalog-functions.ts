@@ -39,7 +39,7 @@ export function lambdaEntry(name: FunctionName, dir: string = LAMBDA_DIR): strin
   return join(dir, `${name}.ts`);
 }
 
-export const LAMBDA_RUNTIME = lambda.Runtime.NODEJS_22_X;
+export const LAMBDA_RUNTIME = lambda.Runtime.NODEJS_24_X;
 export const LAMBDA_ARCHITECTURE = lambda.Architecture.ARM_64;
 
 interface FunctionSpec {
@@ -206,7 +206,7 @@ export class CatalogFunctions extends Construct {
         // Synthesis must work offline on a CI box without Docker.
         forceDockerBundling: false,
         format: nodejs.OutputFormat.ESM,
-        target: 'node22',
+        target: 'node24',
         minify: true,
         sourceMap: true,
         sourcesContent: false,

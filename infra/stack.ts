@@ -9,7 +9,7 @@ import { AgentAccess } from './agent-access.js';
 import { Alarms } from './alarms.js';
 import { BackupBucket } from './backup-bucket.js';
 import { CatalogApi } from './catalog-api.js';
-import { CatalogFunctions, LAMBDA_RUNTIME } from './catalog-functions.js';
+import { CatalogFunctions } from './catalog-functions.js';
 import { CatalogTable } from './catalog-table.js';
 import { OperatorAccess, callerRolesEnvironment } from './operator-access.js';
 import type { CowstreamConfig } from './config.js';
@@ -78,14 +78,6 @@ export class CowstreamStack extends Stack {
       indexerDlq: this.functions.indexerDlq,
       scheduled: { verify: this.functions.verify, prune: this.functions.prune, freshness: this.functions.freshness },
     });
-
-    for (const fn of Object.values(this.functions.all)) {
-      acknowledge(
-        fn,
-        'AwsSolutions-L1',
-        `Pinned to ${LAMBDA_RUNTIME.name} (issue 6: Node 22 LTS, supported until 2027-04), the Node line the handlers are built and tested for; bump deliberately.`,
-      );
-    }
 
     new CfnOutput(this, 'BucketName', { value: this.backupBucket.bucket.bucketName, description: 'store.bucket of every agent' });
     new CfnOutput(this, 'Region', { value: this.region, description: 'store.region of every agent' });

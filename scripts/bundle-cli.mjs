@@ -63,7 +63,7 @@ async function bundle(opts) {
     bundle: true,
     platform: 'node',
     format: 'esm',
-    target: 'node20',
+    target: 'node24',
     splitting: true,
     packages: 'external',
     sourcemap: true,

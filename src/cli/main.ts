@@ -39,9 +39,9 @@ const COMMAND_GROUP: Record<string, string> = {
 
 /**
  * Builds the `cowstream` program. With `command`, only the group defining it
- * is loaded; otherwise (help, unknown command) every group is.
+ * is loaded; with `versionOnly` none; otherwise (help, unknown command) every group is.
  */
-export async function buildProgram(command?: string): Promise<Command> {
+export async function buildProgram(command?: string, versionOnly = false): Promise<Command> {
   const program = new Command();
   program
     .name('cowstream')
@@ -50,7 +50,7 @@ export async function buildProgram(command?: string): Promise<Command> {
     .showHelpAfterError()
     .exitOverride();
   const group = command !== undefined ? COMMAND_GROUP[command] : undefined;
-  const names = group !== undefined ? [group] : Object.keys(GROUPS);
+  const names = group !== undefined ? [group] : versionOnly ? [] : Object.keys(GROUPS);
   const registrars = await Promise.all(names.map((n) => GROUPS[n]!()));
   for (const register of registrars) register(program);
   return program;
@@ -60,7 +60,9 @@ export async function buildProgram(command?: string): Promise<Command> {
 export async function main(argv: string[]): Promise<void> {
   // argv = [node, script, command, ...]: the first word after the script picks the group.
   const command = argv.slice(2).find((a) => !a.startsWith('-'));
-  const program = await buildProgram(command);
+  // `cowstream --version` needs no command group at all.
+  const versionOnly = command === undefined && argv.slice(2).some((a) => a === '--version' || a === '-V');
+  const program = await buildProgram(command, versionOnly);
   try {
     await program.parseAsync(argv);
   } catch (err) {

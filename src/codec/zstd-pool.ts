@@ -1,15 +1,20 @@
 /**
- * ZstdPool: zstd (via the `zstd-codec` emscripten build) in a pool of
- * worker_threads, implementing the Compressor contract of src/codec/types.ts.
+ * ZstdPool: zstd in a pool of worker_threads, implementing the Compressor
+ * contract of src/codec/types.ts. The codec is node:zlib's native zstd, or the
+ * `zstd-codec` WebAssembly build as the fallback (ZstdBackend, docs/zstd.md).
  *
- * - One worker per core by default (os.availableParallelism()); each worker
- *   runs one job at a time.
+ * - Up to one worker per core by default (os.availableParallelism()), started
+ *   on demand; each worker runs one job at a time.
  * - A BOUNDED queue: at most `maxQueue` jobs wait for a worker. Further callers
  *   await a slot before their job is even queued, so backpressure reaches the
  *   producer (the archive writer, and through it the device reader).
- *   Memory held by the pool ≤ 2 × (workers + maxQueue) × maxInputBytes (an
- *   input and an output buffer per job place, in flight or idle in the free
- *   list), plus each worker's fixed wasm heap (`wasmMemoryBytes`).
+ * - Memory (docs/zstd.md "Memory bound"): the pool's transfer buffers are
+ *   ≤ 2 × (workers + maxQueue) × maxInputBytes (an input and an output buffer
+ *   per job place, in flight or idle in the free list); on top of that each
+ *   worker holds, while it runs a job, one codec context and one output of
+ *   ≤ ZSTD_COMPRESSBOUND(maxInputBytes) (native: freed after the job; the
+ *   decoder's window is capped at maxInputBytes whatever a frame claims), or
+ *   a fixed wasm heap of `wasmMemoryBytes` for its lifetime (wasm).
  * - Inputs are copied once into a pooled ArrayBuffer that is transferred to the
  *   worker (the caller keeps its buffer); results come back transferred too.
  *   compressExtent() with `transfer` skips even that copy: the caller packs
@@ -18,11 +23,12 @@
  *   (ExtentCompressor, src/codec/types.ts), so the archive writer's main
  *   thread only packs clusters and writes bytes.
  * - decompress() never trusts the frame header: the worker decompresses into
- *   a buffer of exactly `expectedSize` bytes and fails if the frame needs more.
+ *   at most `expectedSize` bytes and fails if the frame needs more.
  * - A worker that dies fails its job with CodecError and is replaced.
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
+import * as zlib from 'node:zlib';
 import { ChecksumError, CodecError } from '../errors.js';
 import type { CompressExtentOptions, CompressedExtent, ExtentCompressor, PayloadUnpacker, UnpackPayloadOptions } from './types.js';
 
@@ -30,7 +36,36 @@ import type { CompressExtentOptions, CompressedExtent, ExtentCompressor, Payload
 export const MIN_ZSTD_LEVEL = 1;
 export const MAX_ZSTD_LEVEL = 19;
 
+/** The zstd implementation a pool's workers run. */
+export type ZstdBackend = 'native' | 'wasm';
+
+/** The environment variable that selects the backend: `native` or `wasm` (docs/zstd.md). */
+export const ZSTD_BACKEND_ENV = 'COWSTREAM_ZSTD';
+
+/** True when this runtime's node:zlib has zstd (Node ≥ 22.15). */
+export function nativeZstdAvailable(): boolean {
+  return typeof (zlib as { zstdCompressSync?: unknown }).zstdCompressSync === 'function';
+}
+
+/**
+ * The backend for `COWSTREAM_ZSTD` (unset: native when the runtime has it,
+ * else wasm). Asking for native on a runtime without it is an error, not a
+ * silent fallback.
+ */
+export function resolveZstdBackend(env: NodeJS.ProcessEnv = process.env): ZstdBackend {
+  const want = env[ZSTD_BACKEND_ENV];
+  if (want === undefined || want === '') return nativeZstdAvailable() ? 'native' : 'wasm';
+  if (want === 'wasm') return 'wasm';
+  if (want === 'native') {
+    if (!nativeZstdAvailable()) throw new CodecError(`${ZSTD_BACKEND_ENV}=native, but Node ${process.version} has no zstd in node:zlib (needs ≥ 22.15)`);
+    return 'native';
+  }
+  throw new CodecError(`${ZSTD_BACKEND_ENV} must be 'native' or 'wasm', got '${want}'`);
+}
+
 export interface ZstdPoolOptions {
+  /** Codec implementation; default resolveZstdBackend() (COWSTREAM_ZSTD). */
+  backend?: ZstdBackend;
   /** zstd level, MIN_ZSTD_LEVEL..MAX_ZSTD_LEVEL; default 1. */
   level?: number;
   /** Worker threads; default os.availableParallelism(). */
@@ -43,7 +78,7 @@ export interface ZstdPoolOptions {
    */
   maxInputBytes?: number;
   /**
-   * Linear memory of each worker's wasm instance; default 128 MiB (virtual:
+   * Linear memory of each worker's wasm instance (wasm backend only); default 128 MiB (virtual:
    * only touched pages become resident). Level 19 on 4 MiB needs ~60 MiB.
    */
   wasmMemoryBytes?: number;
@@ -51,6 +86,7 @@ export interface ZstdPoolOptions {
 
 /** Counters for tests and benchmarks. */
 export interface ZstdPoolStats {
+  backend: ZstdBackend;
   workers: number;
   busy: number;
   queued: number;
@@ -63,7 +99,7 @@ export interface ZstdPoolStats {
   buffersAllocated: number;
 }
 
-type Op = 'compress' | 'decompress' | 'extent' | 'unpack';
+type Op = 'compress' | 'decompress' | 'extent' | 'unpack' | 'crash';
 
 interface Job {
   id: number;
@@ -129,6 +165,15 @@ export function zstdCompressBound(n: number): number {
   return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
 }
 
+/**
+ * The decoder's window cap for inputs of ≤ maxInputBytes: our frames never
+ * need a larger window, and a forged window descriptor must not size an
+ * allocation (ZSTD_d_windowLogMax; zstd's own minimum is 2^10).
+ */
+function windowLogFor(maxInputBytes: number): number {
+  return Math.max(10, Math.ceil(Math.log2(maxInputBytes)));
+}
+
 function replyBuffer(msg: WorkerReply): Buffer {
   return Buffer.from(msg.buf as ArrayBuffer, msg.off ?? 0, msg.len);
 }
@@ -141,6 +186,7 @@ function checkInt(value: number, name: string, min: number, max: number): number
 }
 
 export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
+  readonly backend: ZstdBackend;
   readonly level: number;
   readonly workerCount: number;
   readonly maxQueue: number;
@@ -167,6 +213,8 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
   private replaced = 0;
 
   constructor(options: ZstdPoolOptions = {}) {
+    this.backend = options.backend ?? resolveZstdBackend();
+    if (this.backend === 'native' && !nativeZstdAvailable()) throw new CodecError(`native zstd needs node:zlib zstd (Node ≥ 22.15), this is ${process.version}`);
     this.level = checkInt(options.level ?? 1, 'zstd level', MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL);
     this.workerCount = checkInt(options.workers ?? availableParallelism(), 'workers', 1, 256);
     this.maxQueue = checkInt(options.maxQueue ?? 2 * this.workerCount, 'maxQueue', 0, 1 << 16);
@@ -175,7 +223,8 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     // (see zstd-worker.mjs); whole 16 MiB steps as older emscripten runtimes expect.
     const mem = checkInt(options.wasmMemoryBytes ?? DEFAULT_WASM_MEMORY, 'wasmMemoryBytes', WASM_MEMORY_STEP, 512 * 1024 * 1024);
     this.wasmMemoryBytes = Math.ceil(mem / WASM_MEMORY_STEP) * WASM_MEMORY_STEP;
-    for (let i = 0; i < this.workerCount; i++) this.slots.push(this.spawn());
+    // Workers start on demand (pump): each costs ~30 ms of CPU to start, a
+    // small archive needs one or two, and a command that never compresses none.
   }
 
   compress(data: Uint8Array): Promise<Buffer> {
@@ -287,6 +336,7 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
 
   stats(): ZstdPoolStats {
     return {
+      backend: this.backend,
       workers: this.slots.length,
       busy: this.slots.filter((s) => s.job !== null).length,
       queued: this.queue.length,
@@ -299,13 +349,12 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
   }
 
   /**
-   * Kills worker `index` as if it had crashed (test hook for the replacement
-   * path): its job fails with CodecError and a new worker takes its place.
+   * Test hook for the replacement path: queues a job whose worker exits while
+   * it holds it (deterministically mid-job, unlike killing a worker from
+   * outside). The job fails with CodecError and a new worker takes its place.
    */
-  async killWorkerForTest(index: number): Promise<void> {
-    const slot = this.slots[index];
-    if (!slot) throw new CodecError(`no worker ${index}`);
-    await slot.worker.terminate();
+  crashWorkerForTest(): Promise<void> {
+    return this.submit('crash', new Uint8Array(1), 0).then(() => undefined);
   }
 
   private async submit(
@@ -328,8 +377,13 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     });
   }
 
+  /** An idle worker, else a newly started one while fewer than workerCount run. */
   private freeSlot(): Slot | undefined {
-    return this.slots.find((s) => s.job === null && !s.retiring);
+    const idle = this.slots.find((s) => s.job === null && !s.retiring);
+    if (idle || this.slots.length >= this.workerCount || this.closed || this.brokenReason !== null) return idle;
+    const slot = this.spawn();
+    this.slots.push(slot);
+    return slot;
   }
 
   /** Moves queued jobs into idle workers and wakes blocked callers for the freed queue places. */
@@ -352,14 +406,16 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
       }
       // An 'unpack' job also borrows a buffer for its plaintext, so steady
       // restores allocate nothing per extent when callers release results.
-      const out = job.op === 'unpack' && job.expected > 0 ? this.takeBuffer(job.expected) : undefined;
+      // (wasm only: native zstd allocates its own output, which comes back as the result.)
+      const out = job.op === 'unpack' && job.expected > 0 && this.backend === 'wasm' ? this.takeBuffer(job.expected) : undefined;
       slot.worker.postMessage(
         { id: job.id, op: job.op, buf, len, level: this.level, expected: job.expected, hashInner: job.hashInner, ...job.unpack, ...(out ? { out } : {}) },
         out ? [buf, out] : [buf],
       );
     }
     // Wake as many blocked callers as there is room for (queue places + idle workers).
-    let room = this.maxQueue - this.queue.length + this.slots.filter((s) => s.job === null && !s.retiring).length;
+    const startable = this.closed || this.brokenReason !== null ? 0 : this.workerCount - this.slots.length;
+    let room = this.maxQueue - this.queue.length + this.slots.filter((s) => s.job === null && !s.retiring).length + startable;
     while (this.blockedCallers.length > 0 && room-- > 0) this.blockedCallers.shift()!();
   }
 
@@ -391,7 +447,8 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     // execArgv: []: the worker is plain JavaScript, so it must not inherit
     // loader flags such as tsx's `--import` (under tsx/vitest that made every
     // worker load the TypeScript loader: ~100 ms of CPU per worker start).
-    const worker = new Worker(WORKER_URL, { workerData: { memoryBytes: this.wasmMemoryBytes }, execArgv: [] });
+    const workerData = { backend: this.backend, memoryBytes: this.wasmMemoryBytes, windowLogMax: windowLogFor(this.maxInputBytes) };
+    const worker = new Worker(WORKER_URL, { workerData, execArgv: [] });
     const slot: Slot = { worker, job: null, retiring: false };
     // Idle workers must not keep a process alive; a busy one is ref'ed so an
     // awaited job keeps the event loop running until it settles.

@@ -4,13 +4,31 @@
 // plain node, tsx and vitest alike, and none of them agree on how to load a
 // .ts worker.
 //
-// It drives zstd-codec's emscripten binding directly instead of its `Simple`
+// Two backends behind one protocol (workerData.backend, chosen by the pool):
+//
+// 'native' (default): node:zlib's zstd (libzstd inside Node ≥ 22.15), called
+// synchronously in this worker so the digests, the codec and the transfer of
+// one extent stay one job off the main thread (docs/zstd.md: measured against
+// the async API on libuv's pool). The sync API builds a fresh context and
+// output buffer per call (it takes no output buffer), so:
+//   - chunkSize = the output bound (ZSTD_COMPRESSBOUND, or expected + slack
+//     for decompression): one output allocation per call, never a chain of
+//     16 KiB chunks and a concat (15 % / 36 % slower, docs/zstd.md);
+//   - that output buffer is a fresh ArrayBuffer at offset 0, transferred to
+//     the pool as the result without another copy;
+//   - pledgedSrcSize lets zstd size its window and tables to the input;
+//   - decompression is capped by maxOutputLength = expected (ERR_BUFFER_TOO_LARGE
+//     instead of writing past it) and ZSTD_d_windowLogMax (a forged window
+//     descriptor cannot make the decoder allocate 2^31 bytes).
+//
+// 'wasm' (fallback, COWSTREAM_ZSTD=wasm or a runtime without zlib zstd): the
+// zstd-codec emscripten binding, driven directly instead of its `Simple`
 // wrapper: `Simple` allocates two fresh C++ vectors per call, zero-fills the
 // destination and copies the result out through embind element by element.
 // Reusing two vectors and copying out of a heap view measured ~1.8x faster on
 // 4 MiB inputs (216 → 390 MB/s at level 1 on this machine).
 //
-// Memory: the wasm module declares a 16 MiB maximum memory, of which ~5 MiB is
+// wasm memory: the module declares a 16 MiB maximum memory, of which ~5 MiB is
 // static data and stack. That fits one 4 MiB extent at levels ≤ 5 only. When
 // allowed, we raise the declared maximum of the memory import in the module
 // bytes (same-length LEB128 edit, see patchMemoryMax) so the heap is a fixed,
@@ -22,17 +40,19 @@
 //        { id, op: 'extent',     buf, len, level, hashInner }
 //        { id, op: 'unpack',     buf, len, expected, compressed, payloadSha?, checkPlain, out? }
 //                                 out = a lent ArrayBuffer for the plaintext (returned as buf, or as spare)
+//        { id, op: 'crash' }      test hook: the worker dies while holding this job
 //   out: { id, ok: true,  buf, len, input }   input = the request's buf, handed back for reuse
 //        'unpack' replies carry { off } (a raw body comes back inside the request's own buf,
 //        then without `input`)
 //        'extent' replies also carry { compressed, plainSha, innerSha? } (see compressExtent)
-//        { id, ok: false, message, fatal, checksum, input }   fatal = the wasm runtime aborted;
+//        { id, ok: false, message, fatal, checksum, input }   fatal = the codec runtime aborted;
 //                                            checksum = a digest did not match;
 //                                            the worker exits after replying.
 import { parentPort, workerData } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import * as zlib from 'node:zlib';
 
 const require = createRequire(import.meta.url);
 const WASM_PAGE = 65536;
@@ -141,10 +161,89 @@ function loadBinding(memoryBytes) {
   });
 }
 
-const memoryBytes = Number(workerData?.memoryBytes) || 16 * 1024 * 1024;
-const ready = loadBinding(memoryBytes).then(({ b }) => {
-  return { b, codec: new b.ZstdCodec(), src: new b.VectorU8(), dst: new b.VectorU8() };
-});
+/** ZSTD_COMPRESSBOUND from zstd.h (same as zstdCompressBound in zstd-pool.ts). */
+function compressBound(n) {
+  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
+}
+
+/** zlib's smallest chunkSize (Z_MIN_CHUNK). */
+const MIN_CHUNK = 64;
+/**
+ * Room past `expected` in the decompression output: a chunk that ends exactly
+ * full makes zlib allocate a second chunk to look for more output.
+ */
+const DECOMPRESS_SLACK = 64;
+
+/**
+ * An ArrayBuffer holding `out` at offset 0, to transfer as a result. zlib's
+ * output is a view at offset 0 of its own chunk buffer; that buffer is handed
+ * over without a copy when it is larger than Buffer.poolSize (so it cannot be
+ * the worker's shared allocation pool, which a transfer would detach) and
+ * not much larger than the output (a 4 MiB chunk must not ride along with a
+ * 200-byte frame). Anything else is copied out.
+ */
+function ownBuffer(out) {
+  const ab = out.buffer;
+  if (out.byteOffset === 0 && ab.byteLength > Buffer.poolSize && ab.byteLength - out.length <= 64 * 1024) return ab;
+  return ab.slice(out.byteOffset, out.byteOffset + out.length);
+}
+
+/**
+ * The 'native' backend: node:zlib zstd. Levels are validated by the pool;
+ * windowLogMax bounds the decoder's window whatever a frame header claims.
+ */
+function nativeBackend(windowLogMax) {
+  const C = zlib.constants;
+  const compressTo = (input, level) => {
+    const out = zlib.zstdCompressSync(input, {
+      chunkSize: Math.max(MIN_CHUNK, compressBound(input.length)),
+      pledgedSrcSize: input.length,
+      params: { [C.ZSTD_c_compressionLevel]: level },
+    });
+    return [out, out.length];
+  };
+  return {
+    compressTo,
+    compress(input, level) {
+      const [out, len] = compressTo(input, level);
+      return [ownBuffer(out), len];
+    },
+    /** The compressed bytes of the last compressTo(), as a view. */
+    view: (out, len) => out.subarray(0, len),
+    decompress(input, expected) {
+      let out;
+      try {
+        out = zlib.zstdDecompressSync(input, {
+          chunkSize: Math.max(MIN_CHUNK, expected + DECOMPRESS_SLACK),
+          maxOutputLength: Math.max(1, expected),
+          params: { [C.ZSTD_d_windowLogMax]: windowLogMax },
+        });
+      } catch (err) {
+        if (err?.code === 'ERR_BUFFER_TOO_LARGE') throw new Error(`zstd decompress failed: output larger than ${expected} bytes`);
+        throw new Error(`zstd decompress failed: corrupt frame or output larger than ${expected} bytes (${err?.code ?? err?.message ?? err})`);
+      }
+      return [ownBuffer(out), out.length];
+    },
+  };
+}
+
+/** The 'wasm' backend: zstd-codec in a fixed-size heap. */
+async function wasmBackend(memoryBytes) {
+  const { b } = await loadBinding(memoryBytes);
+  const z = { b, codec: new b.ZstdCodec(), src: new b.VectorU8(), dst: new b.VectorU8() };
+  return {
+    compressTo: (input, level) => [z.dst, zstdInto(z, input, level)],
+    compress: (input, level) => compress(z, input, level),
+    view: (dst, len) => b.toTypedArrayView(dst).subarray(0, len),
+    decompress: (input, expected, into) => decompress(z, input, expected, into),
+  };
+}
+
+const backendName = workerData?.backend === 'wasm' ? 'wasm' : 'native';
+const ready =
+  backendName === 'wasm'
+    ? wasmBackend(Number(workerData?.memoryBytes) || 16 * 1024 * 1024)
+    : Promise.resolve(nativeBackend(Number(workerData?.windowLogMax) || 23));
 
 /**
  * Makes `vec` (a C++ std::vector<uint8_t> in the wasm heap) hold exactly
@@ -217,14 +316,13 @@ const SHA256_BYTES = 32;
  * SHA-256 runs in this thread through node:crypto (OpenSSL, SHA-NI when present).
  */
 function compressExtent(z, input, level, hashInner) {
-  const { b, dst } = z;
   const plainSha = createHash('sha256').update(input).digest();
-  const rc = zstdInto(z, input, level);
+  const [dst, rc] = z.compressTo(input, level);
   const compressed = rc < input.length;
   const bodyLen = compressed ? rc : input.length;
   const out = Buffer.allocUnsafeSlow(SHA256_BYTES + bodyLen);
   plainSha.copy(out, 0);
-  out.set(compressed ? b.toTypedArrayView(dst).subarray(0, rc) : input, SHA256_BYTES);
+  out.set(compressed ? z.view(dst, rc) : input, SHA256_BYTES);
   const innerSha = hashInner ? createHash('sha256').update(out).digest() : undefined;
   const buf = out.byteOffset === 0 && out.buffer.byteLength === out.length ? out.buffer : out.buffer.slice(out.byteOffset, out.byteOffset + out.length);
   return { buf, len: out.length, compressed, plainSha: new Uint8Array(plainSha), innerSha: innerSha && new Uint8Array(innerSha) };
@@ -262,7 +360,7 @@ function unpack(z, input, msg) {
   const digest = input.subarray(0, SHA256_BYTES);
   const body = input.subarray(SHA256_BYTES);
   if (msg.compressed) {
-    const [buf, len] = decompress(z, body, msg.expected, msg.out);
+    const [buf, len] = z.decompress(body, msg.expected, msg.out);
     if (len !== msg.expected) throw new Error(`zstd decompress failed: decompressed to ${len} bytes, expected ${msg.expected}`);
     if (msg.checkPlain) checkDigest(new Uint8Array(buf, 0, len), digest, 'plaintext');
     return [buf, 0, len, false];
@@ -286,6 +384,7 @@ parentPort.on('message', async (msg) => {
     parentPort.postMessage({ id, ok: false, fatal: true, message: String(err?.message ?? err) });
     process.exit(1);
   }
+  if (msg.op === 'crash') process.exit(70);
   try {
     const input = new Uint8Array(msg.buf, 0, msg.len);
     if (msg.op === 'unpack') {
@@ -302,7 +401,7 @@ parentPort.on('message', async (msg) => {
       parentPort.postMessage({ id, ok: true, ...r, input: msg.buf }, [r.buf, msg.buf]);
       return;
     }
-    const [buf, len] = msg.op === 'compress' ? compress(z, input, msg.level) : decompress(z, input, msg.expected);
+    const [buf, len] = msg.op === 'compress' ? z.compress(input, msg.level) : z.decompress(input, msg.expected);
     parentPort.postMessage({ id, ok: true, buf, len, input: msg.buf }, [buf, msg.buf]);
   } catch (err) {
     // emscripten aborts (OOM, assertion) leave the runtime unusable; anything

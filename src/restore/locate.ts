@@ -6,7 +6,7 @@
  */
 import { access, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { NotFoundError, UsageError } from '../errors.js';
 import type { RangeSource } from '../format/sink.js';
 import { resolveChain } from './chain.js';
@@ -14,13 +14,17 @@ import { planRestore, type ArchiveLocator, type PlanOptions, type PlannerArchive
 import { archiveKey, archivesPrefix, effectiveEndpoint, parseArchiveKey, parseS3Uri, type StoreConfig } from '../store/config.js';
 import { FileRangeSource } from '../store/file.js';
 import { httpStatusOf, mapS3Error } from '../store/s3-errors.js';
-import { S3RangeSource } from '../store/s3-source.js';
 
 export interface ArchiveContext {
   /** Configured store (bucket/prefix), or null when only files / s3 URIs are used. */
   store: StoreConfig | null;
   /** Client for the store's endpoint (also used for s3:// URIs). */
   client: S3Client | null;
+  /**
+   * Builds the client on first use when `client` is null: a local `.cwa`
+   * never loads the S3 SDK (docs/startup.md). Called at most once per context.
+   */
+  connect?: () => Promise<S3Client>;
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -33,12 +37,24 @@ async function isFile(path: string): Promise<boolean> {
   }
 }
 
-function needClient(ctx: ArchiveContext, what: string): S3Client {
-  if (!ctx.client) throw new UsageError(`${what} needs an S3 bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)`);
+/** The context's client, built now by `connect` if needed; null when the context has no S3. */
+async function clientOf(ctx: ArchiveContext): Promise<S3Client | null> {
+  if (!ctx.client && ctx.connect) {
+    const connect = ctx.connect;
+    delete ctx.connect;
+    ctx.client = await connect();
+  }
   return ctx.client;
 }
 
+async function needClient(ctx: ArchiveContext, what: string): Promise<S3Client> {
+  const client = await clientOf(ctx);
+  if (!client) throw new UsageError(`${what} needs an S3 bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)`);
+  return client;
+}
+
 async function headExists(client: S3Client, bucket: string, key: string, endpoint?: string): Promise<boolean> {
+  const { HeadObjectCommand } = await import('@aws-sdk/client-s3');
   try {
     await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
     return true;
@@ -50,6 +66,7 @@ async function headExists(client: S3Client, bucket: string, key: string, endpoin
 
 /** Host ids that have archives under the prefix (ListObjectsV2 with '/' delimiter, paginated). */
 export async function listHosts(client: S3Client, store: StoreConfig): Promise<string[]> {
+  const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
   const base = archivesPrefix(store.prefix);
   const hosts: string[] = [];
   let token: string | undefined;
@@ -97,14 +114,14 @@ export async function resolveRef(ref: string, ctx: ArchiveContext): Promise<Arch
   }
   if (UUID_RE.test(ref)) {
     if (!ctx.store) throw new UsageError(`looking up archive ${ref} needs an S3 bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)`);
-    const client = needClient(ctx, `looking up archive ${ref}`);
+    const client = await needClient(ctx, `looking up archive ${ref}`);
     const store = ctx.store;
     const loc = await findArchiveByUuid(client, store, ref.toLowerCase());
     if (!loc) throw new NotFoundError(`archive ${ref} not found under s3://${store.bucket}/${archivesPrefix(store.prefix)}*/`);
     return loc;
   }
   if (ctx.store && ref.endsWith('.cwa')) {
-    const client = needClient(ctx, `reading ${ref}`);
+    const client = await needClient(ctx, `reading ${ref}`);
     if (!(await headExists(client, ctx.store.bucket, ref, effectiveEndpoint(ctx.store)))) {
       throw new NotFoundError(`archive object s3://${ctx.store.bucket}/${ref} not found`);
     }
@@ -117,8 +134,9 @@ export async function resolveRef(ref: string, ctx: ArchiveContext): Promise<Arch
 export function sourceOpener(ctx: ArchiveContext): (loc: ArchiveLocator) => Promise<RangeSource> {
   return async (loc) => {
     if (loc.kind === 'file') return FileRangeSource.open(loc.path);
-    const client = needClient(ctx, `reading s3://${loc.bucket}/${loc.key}`);
+    const client = await needClient(ctx, `reading s3://${loc.bucket}/${loc.key}`);
     const endpoint = ctx.store ? effectiveEndpoint(ctx.store) : undefined;
+    const { S3RangeSource } = await import('../store/s3-source.js');
     return S3RangeSource.open(client, loc.bucket, loc.key, endpoint ? { endpoint } : {});
   };
 }
@@ -135,17 +153,20 @@ export function parentLocator(ctx: ArchiveContext): (uuid: string, child: Planne
       } catch {
         /* fall through to the store */
       }
-    } else if (ctx.client) {
+    } else {
+      const client = await clientOf(ctx);
       const parsed = parseArchiveKey(loc.key);
-      if (parsed) {
+      if (client && parsed) {
         const key = archiveKey(parsed.prefix, parsed.hostId, uuid);
-        if (await headExists(ctx.client, loc.bucket, key)) return { kind: 's3', bucket: loc.bucket, key };
+        if (await headExists(client, loc.bucket, key)) return { kind: 's3', bucket: loc.bucket, key };
         const local: StoreConfig = { ...(ctx.store ?? {}), bucket: loc.bucket, prefix: parsed.prefix };
-        const found = await findArchiveByUuid(ctx.client, local, uuid, child.hostId);
+        const found = await findArchiveByUuid(client, local, uuid, child.hostId);
         if (found) return found;
       }
     }
-    if (ctx.client && ctx.store) return findArchiveByUuid(ctx.client, ctx.store, uuid, child.hostId);
+    // Only a configured store is searched; without one a local chain never loads the SDK.
+    const client = ctx.store ? await clientOf(ctx) : null;
+    if (client && ctx.store) return findArchiveByUuid(client, ctx.store, uuid, child.hostId);
     return null;
   };
 }

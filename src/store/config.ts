@@ -1,4 +1,3 @@
-import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { UsageError } from '../errors.js';
 
 /**
@@ -7,6 +6,13 @@ import { UsageError } from '../errors.js';
  * environment: AWS_REGION / AWS_DEFAULT_REGION, AWS_PROFILE and the shared
  * config/credentials files, and AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) for
  * MinIO, Ceph, Wasabi, R2 and other S3-compatible stores.
+ */
+/** The bucket the embedded S3 server creates (src/store/embedded-s3.ts). */
+export const DEFAULT_EMBEDDED_BUCKET = 'cowstream';
+
+/*
+ * Pure configuration: no S3 SDK import here, so commands that never talk to
+ * S3 (local archives) do not load it; the client lives in s3-client.ts.
  */
 export interface StoreConfig {
   bucket: string;
@@ -24,47 +30,9 @@ export interface StoreConfig {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 }
 
-export interface S3ClientOptions {
-  /** SDK retry attempts (default 5: transient 5xx/resets are retried by the SDK). */
-  maxAttempts?: number;
-  /**
-   * Default-on CRC32 request checksums cost ~30 % of upload CPU here. Archives
-   * carry their own SHA-256 per extent, so we compute S3 checksums only when
-   * required or asked for (S3ArchiveSink `checksumAlgorithm`). Pass
-   * 'WHEN_SUPPORTED' to get the SDK default back.
-   */
-  requestChecksumCalculation?: 'WHEN_SUPPORTED' | 'WHEN_REQUIRED';
-}
-
 /** The endpoint the SDK will use: explicit config, else the standard env variables. */
 export function effectiveEndpoint(cfg: Pick<StoreConfig, 'endpoint'>, env: NodeJS.ProcessEnv = process.env): string | undefined {
   return cfg.endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL ?? undefined;
-}
-
-/**
- * Builds the S3 client for a store. Region falls back to us-east-1 only for
- * custom endpoints (local servers ignore it); for AWS the SDK resolves it from
- * env/profile and a missing region becomes a clear error at first use.
- */
-export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env: NodeJS.ProcessEnv = process.env): S3Client {
-  // cowstream supports Node 20 (package.json engines); the SDK's one-time
-  // "node >= 22 after January 2027" notice would otherwise print on every CLI run.
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  const endpoint = effectiveEndpoint(cfg, env);
-  const config: S3ClientConfig = {
-    maxAttempts: opts.maxAttempts ?? 5,
-    requestChecksumCalculation: opts.requestChecksumCalculation ?? 'WHEN_REQUIRED',
-    forcePathStyle: cfg.forcePathStyle ?? endpoint !== undefined,
-  };
-  // Only pass the endpoint when it is explicit: the SDK reads AWS_ENDPOINT_URL_S3 itself.
-  if (cfg.endpoint !== undefined) config.endpoint = cfg.endpoint;
-  const region = cfg.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
-  if (region !== undefined) config.region = region;
-  else if (endpoint !== undefined) config.region = 'us-east-1';
-  if (cfg.credentials) config.credentials = cfg.credentials;
-  const client = new S3Client(config);
-  if (endpoint !== undefined && isLoopback(endpoint)) unsignedPayloadOnLoopback(client);
-  return client;
 }
 
 /** True for http(s)://127.x / localhost / [::1] endpoints. */
@@ -75,26 +43,6 @@ export function isLoopback(endpoint: string): boolean {
   } catch {
     return false;
   }
-}
-
-/**
- * Over plain HTTP SigV4 signs a SHA-256 of every request body (over HTTPS the
- * SDK already sends UNSIGNED-PAYLOAD). On loopback — the embedded server — no
- * one can alter the bytes in transit, and every extent carries its own
- * SHA-256s, so skip that hash: it was the largest single CPU cost of an
- * upload in profiles. The signer uses a preset x-amz-content-sha256 as is.
- */
-function unsignedPayloadOnLoopback(client: S3Client): void {
-  client.middlewareStack.add(
-    (next) => async (args) => {
-      const req = args.request as { headers?: Record<string, string>; body?: unknown };
-      if (req.headers && req.body !== undefined && req.body !== null) {
-        req.headers['x-amz-content-sha256'] ??= 'UNSIGNED-PAYLOAD';
-      }
-      return next(args);
-    },
-    { step: 'build', name: 'cowstreamUnsignedPayloadOnLoopback', priority: 'low' },
-  );
 }
 
 /** Strips leading/trailing slashes; '' means "no prefix". */

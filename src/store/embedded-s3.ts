@@ -12,11 +12,11 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import S3rver from 's3rver';
 import { StoreError } from '../errors.js';
-import type { StoreConfig } from './config.js';
+import { DEFAULT_EMBEDDED_BUCKET, type StoreConfig } from './config.js';
 
 /** s3rver verifies SigV4 signatures against these fixed credentials. */
 export const EMBEDDED_S3_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
-export const DEFAULT_EMBEDDED_BUCKET = 'cowstream';
+export { DEFAULT_EMBEDDED_BUCKET } from './config.js';
 
 /**
  * One S3 notification record in the shape AWS delivers to Lambda

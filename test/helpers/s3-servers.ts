@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { createS3Client, type StoreConfig } from '../../src/store/config.js';
+import type { StoreConfig } from '../../src/store/config.js';
+import { createS3Client } from '../../src/store/s3-client.js';
 import { startEmbeddedS3, type EmbeddedS3 } from '../../src/store/embedded-s3.js';
 
 export interface TestS3Server {

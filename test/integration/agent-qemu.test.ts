@@ -18,7 +18,7 @@ import { AgentClient } from '../../src/agent/control-client.js';
 import { silentLogger } from '../../src/agent/log.js';
 import type { BackupStatus, QemuDiskStatus } from '../../src/agent/backup-request.js';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
-import { createS3Client } from '../../src/store/config.js';
+import { createS3Client } from '../../src/store/s3-client.js';
 import { EMBEDDED_S3_CREDENTIALS } from '../../src/store/embedded-s3.js';
 import { buildRestorePlan, sourceOpener } from '../../src/restore/locate.js';
 import { restoreArchive } from '../../src/restore/engine.js';

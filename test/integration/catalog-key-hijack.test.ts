@@ -26,7 +26,7 @@ import type { CatalogRepository } from '../../src/catalog/repository.js';
 import { startLambdaPeers, type LambdaPeers } from '../helpers/lambda-peers.js';
 import { CatalogClient } from '../../src/catalog/client.js';
 import { objectIdForKey } from '../../src/catalog/indexer.js';
-import { parseRestorePlan } from '../../src/restore/plan.js';
+import { parseRestorePlan } from '../../src/restore/plan-schema.js';
 import type { ArchiveRecord } from '../../src/catalog/records.js';
 
 let pool: ZstdPool;

@@ -16,7 +16,7 @@ import { planRestore } from '../../src/restore/plan.js';
 import { resolveChain } from '../../src/restore/chain.js';
 import { restoreArchive } from '../../src/restore/engine.js';
 import { buildRestorePlan, parentLocator, resolveRef, sourceOpener, type ArchiveContext } from '../../src/restore/locate.js';
-import { createS3Client } from '../../src/store/config.js';
+import { createS3Client } from '../../src/store/s3-client.js';
 import { StoreAccessError } from '../../src/store/errors.js';
 import { buildChain, type ChainStep } from '../helpers/s3-chain-fixture.js';
 import { S3FaultProxy } from '../helpers/s3-fault-proxy.js';

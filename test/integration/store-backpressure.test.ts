@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createS3Client } from '../../src/store/config.js';
+import { createS3Client } from '../../src/store/s3-client.js';
 import { S3ArchiveSink } from '../../src/store/s3-sink.js';
 import { S3FaultProxy } from '../helpers/s3-fault-proxy.js';
 

@@ -10,7 +10,8 @@ import { forget, type ForgetReport } from '../../catalog/forget.js';
 import { ListingCache, defaultCacheDir } from '../../catalog/listing-cache.js';
 import type { ArchiveRecord } from '../../catalog/records.js';
 import type { RetentionPolicy } from '../../catalog/retention.js';
-import { createS3Client, effectiveEndpoint, storeConfigFromFlags, type StoreConfig, type StoreFlags } from '../../store/config.js';
+import { effectiveEndpoint, storeConfigFromFlags, type StoreConfig, type StoreFlags } from '../../store/config.js';
+import { createS3Client } from '../../store/s3-client.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
 import { addStoreOptions } from './store-options.js';
 

@@ -8,7 +8,6 @@ import { buildRestorePlan, sourceOpener } from '../../restore/locate.js';
 import type { StoreFlags } from '../../store/config.js';
 import { formatBytes, formatRate, parseDuration, parsePositiveInt, printJson } from '../output.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store-options.js';
-import { runRestoreViaCatalog } from './restore-via-catalog.js';
 
 interface RestoreFlags extends StoreFlags {
   to?: string;
@@ -54,6 +53,8 @@ async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
     // The catalogue path (CATALOG helper): request the restore, the agent executes it.
     const { timeout, ...rest } = o;
     if (timeout !== undefined && !o.wait) throw new UsageError('--timeout needs --wait');
+    // Loaded here only: the catalogue client brings SigV4 signing and zod (docs/startup.md).
+    const { runRestoreViaCatalog } = await import('./restore-via-catalog.js');
     await runRestoreViaCatalog({ ref, ...rest, ...(timeout !== undefined ? { timeoutMs: parseDuration(timeout, '--timeout') } : {}) });
     return;
   }
@@ -93,7 +94,7 @@ async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   } finally {
     bar.stop();
     await pool.close();
-    ctx.client?.destroy();
+    ctx.close();
   }
 }
 

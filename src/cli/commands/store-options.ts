@@ -1,13 +1,14 @@
 /**
  * Store flags shared by the commands that read archives (restore, verify,
- * uploads, snapshots, forget). Kept apart from store.ts so that loading them
- * does not load the embedded S3 server.
+ * uploads, snapshots, forget). Kept apart from store.ts, and the S3 client is
+ * built on first use, so a local command loads neither the S3 SDK nor the
+ * embedded server (docs/startup.md).
  */
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { readKeyFile } from '../../codec/crypto.js';
 import type { ArchiveContext } from '../../restore/locate.js';
-import { createS3Client, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
+import { storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 
 /** Adds --bucket/--prefix/--endpoint/--region (env: COWSTREAM_S3_BUCKET, COWSTREAM_S3_PREFIX, AWS_*). */
 export function addStoreOptions(cmd: Command): Command {
@@ -18,14 +19,27 @@ export function addStoreOptions(cmd: Command): Command {
     .option('--region <region>', 'AWS region (default: $AWS_REGION / profile)');
 }
 
-/** Store + client from flags/env; client is null when nothing is configured. */
-export function archiveContextFromFlags(flags: StoreFlags): ArchiveContext {
+/** An ArchiveContext of the CLI: its S3 client is built on first use, and close() destroys it. */
+export interface CliArchiveContext extends ArchiveContext {
+  close(): void;
+}
+
+/**
+ * Store + client from flags/env. The client (and the S3 SDK) is loaded only
+ * when a ref needs S3: a local .cwa never loads it.
+ */
+export function archiveContextFromFlags(flags: StoreFlags): CliArchiveContext {
   const store = storeConfigFromFlags(flags);
-  if (store) return { store, client: createS3Client(store) };
   // No bucket, but s3:// URIs still work against the default AWS/env endpoint.
   const endpoint = flags.endpoint;
-  const client = createS3Client({ bucket: 'unused', prefix: '', ...(endpoint ? { endpoint } : {}), ...(flags.region ? { region: flags.region } : {}) });
-  return { store: null, client };
+  const config = store ?? { bucket: 'unused', prefix: '', ...(endpoint ? { endpoint } : {}), ...(flags.region ? { region: flags.region } : {}) };
+  const ctx: CliArchiveContext = {
+    store,
+    client: null,
+    connect: async () => (await import('../../store/s3-client.js')).createS3Client(config),
+    close: () => ctx.client?.destroy(),
+  };
+  return ctx;
 }
 
 /** Loads a key file (exactly 32 bytes, as `cowstream key create` writes it). */

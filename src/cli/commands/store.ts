@@ -4,11 +4,14 @@ import { UsageError } from '../../errors.js';
 import { openArchive } from '../../format/reader.js';
 import { describeLocator } from '../../restore/chain.js';
 import { resolveRef, sourceOpener } from '../../restore/locate.js';
-import { createS3Client, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
-import { DEFAULT_EMBEDDED_BUCKET, startEmbeddedS3 } from '../../store/embedded-s3.js';
-import { abortIncompleteUploads, listIncompleteUploads } from '../../store/uploads.js';
+import { DEFAULT_EMBEDDED_BUCKET, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store-options.js';
+
+/** The S3 client of a command that always talks to S3 (loaded on demand). */
+async function s3ClientFor(store: NonNullable<ReturnType<typeof storeConfigFromFlags>>): Promise<import('@aws-sdk/client-s3').S3Client> {
+  return (await import('../../store/s3-client.js')).createS3Client(store);
+}
 
 interface VerifyFlags extends StoreFlags {
   key?: string;
@@ -50,7 +53,7 @@ async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
     }
   } finally {
     await pool?.close();
-    ctx.client?.destroy();
+    ctx.close();
   }
 }
 
@@ -68,7 +71,8 @@ export function registerStoreCommands(program: Command): void {
     async (o: StoreFlags & { json?: boolean }) => {
       const store = storeConfigFromFlags(o);
       if (!store) throw new UsageError('uploads list needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
-      const client = createS3Client(store);
+      const client = await s3ClientFor(store);
+      const { listIncompleteUploads } = await import('../../store/uploads.js');
       try {
         const list = await listIncompleteUploads(client, store.bucket, normalizePrefix(store.prefix) ? `${normalizePrefix(store.prefix)}/` : '');
         if (o.json) printJson({ bucket: store.bucket, prefix: store.prefix, uploads: list });
@@ -89,7 +93,8 @@ export function registerStoreCommands(program: Command): void {
     const store = storeConfigFromFlags(o);
     if (!store) throw new UsageError('uploads abort needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
     const olderThan = o.olderThan !== undefined ? parsePositiveInt(o.olderThan, '--older-than') : undefined;
-    const client = createS3Client(store);
+    const client = await s3ClientFor(store);
+    const { abortIncompleteUploads } = await import('../../store/uploads.js');
     try {
       const res = await abortIncompleteUploads(client, store.bucket, normalizePrefix(store.prefix) ? `${normalizePrefix(store.prefix)}/` : '', {
         ...(olderThan ? { olderThanSeconds: olderThan } : {}),
@@ -115,6 +120,7 @@ export function registerStoreCommands(program: Command): void {
     .option('--json', 'print the endpoint as one JSON line')
     .action(async (o: { dir: string; port?: string; bucket: string; host: string; json?: boolean }) => {
       const port = o.port !== undefined ? (o.port === '0' ? 0 : parsePositiveInt(o.port, '--port', 65535)) : 0;
+      const { startEmbeddedS3 } = await import('../../store/embedded-s3.js');
       const server = await startEmbeddedS3({ dir: resolve(o.dir), port, bucket: o.bucket, host: o.host });
       const info = { endpoint: server.endpoint, bucket: server.bucket, dir: server.dir, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
       if (o.json) process.stdout.write(JSON.stringify(info) + '\n');

@@ -182,9 +182,9 @@ describe('CatalogTable', () => {
 describe('CatalogFunctions', () => {
   const fnProps = (name: (typeof FUNCTION_NAMES)[number]): Json => resources[logicalId(s.stack.functions.all[name])]!.Properties;
 
-  it.each(FUNCTION_NAMES)('%s runs Node 22 on arm64 with a log group that has a retention', (name) => {
+  it.each(FUNCTION_NAMES)('%s runs Node 24 on arm64 with a log group that has a retention', (name) => {
     const p = fnProps(name);
-    expect(p.Runtime).toBe('nodejs22.x');
+    expect(p.Runtime).toBe('nodejs24.x');
     expect(p.Architectures).toEqual(['arm64']);
     expect(p.Handler).toBe('index.handler');
     const lgId = p.LoggingConfig.LogGroup.Ref as string;

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { CLUSTER_SIZE } from '../../../src/format/constants.js';
 import { RestoreError } from '../../../src/errors.js';
-import { parseRestorePlan, planRestore, type PlannerArchive, type RestorePlan } from '../../../src/restore/plan.js';
+import { planRestore, type PlannerArchive, type RestorePlan } from '../../../src/restore/plan.js';
+import { parseRestorePlan } from '../../../src/restore/plan-schema.js';
 
 const loc = (name: string) => ({ kind: 'file' as const, path: `/a/${name}.cwa` });
 

@@ -3,13 +3,13 @@ import { UsageError } from '../../../src/errors.js';
 import {
   archiveKey,
   archivesPrefix,
-  createS3Client,
   effectiveEndpoint,
   isLoopback,
   parseArchiveKey,
   parseS3Uri,
   storeConfigFromFlags,
 } from '../../../src/store/config.js';
+import { createS3Client } from '../../../src/store/s3-client.js';
 import {
   S3_MAX_PARTS,
   S3_USER_METADATA_LIMIT,

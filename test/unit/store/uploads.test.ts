@@ -7,7 +7,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createS3Client } from '../../../src/store/config.js';
+import { createS3Client } from '../../../src/store/s3-client.js';
 import { StoreCapabilityError } from '../../../src/store/errors.js';
 import { abortIncompleteUploads, listIncompleteUploads } from '../../../src/store/uploads.js';
 
