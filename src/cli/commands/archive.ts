@@ -651,7 +651,8 @@ export function registerArchiveCommands(program: Command): void {
         } else if (r.ok) {
           process.stdout.write(
             `OK ${path}: ${r.extentsChecked} extents, ${formatBytes(r.bytesChecked)} checked` +
-              `${r.plaintextChecked ? ' (stored and plaintext checksums)' : ' (stored checksums only: plaintext needs the key)'}\n`,
+              `${r.plaintextChecked ? ' (stored and plaintext checksums)' : ' (stored checksums only: plaintext needs the key)'}` +
+              `${r.authenticated ? ', header and index authenticated under the key' : ''}\n`,
           );
         } else {
           const b = r.firstBad!;
