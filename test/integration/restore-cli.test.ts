@@ -111,7 +111,7 @@ describe('cowstream restore / verify / uploads (CLI)', () => {
     expect(noKey.code).toBe(1);
     expect(noKey.stderr).toMatch(/archive .* is encrypted \(key fingerprint [0-9a-f]{32}\); pass --key FILE/);
     const wrongFile = join(work, 'wrong.key');
-    writeFileSync(wrongFile, Buffer.alloc(32, 1));
+    writeFileSync(wrongFile, Buffer.alloc(32, 1), { mode: 0o600 });
     const wrong = await run(['restore', enc[1]!.uuid, '--to', join(work, 'enc-wrong.img'), '--key', wrongFile, ...store]);
     expect(wrong.stderr).toMatch(/wrong key: archive .* expects key fingerprint/);
     const r = await run(['restore', enc[1]!.uuid, '--to', join(work, 'enc.img'), '--key', keyFile, ...store]);
