@@ -69,7 +69,7 @@ export const MAX_TRAILER_SIZE = 256 * 1024 * 1024;
  * accepts: each costs heap (~100 bytes), so this, not the file, bounds the
  * memory of opening an archive (docs/FORMAT.md "Reader limits").
  */
-export const DEFAULT_MAX_INDEX_ENTRIES = 2 * 1024 * 1024;
+export const DEFAULT_MAX_INDEX_ENTRIES = 1024 * 1024;
 /** Runs carry a u32 count; longer runs are split. */
 export const MAX_RUN_COUNT = 0xffffffff;
 
