@@ -137,6 +137,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     const s3Info = store ? { ...(store.endpoint ? { endpoint: store.endpoint } : {}), bucket: store.bucket, prefix: store.prefix, embedded: store.embedded } : null;
     const backups = new BackupManager({
       hostId: config.hostId,
+      requireEncryption: config.requireEncryption,
       disks,
       store,
       log,

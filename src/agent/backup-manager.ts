@@ -108,6 +108,8 @@ export class BackupManager implements ControlBackend {
   constructor(
     private readonly ctx: {
       hostId: string;
+      /** Agent config `requireEncryption`: a request without `key` is refused. */
+      requireEncryption?: boolean;
       disks: AgentDisk[];
       store: AgentStore | null;
       log: Logger;
@@ -349,6 +351,9 @@ export class BackupManager implements ControlBackend {
   private async archiveInputs(req: BackupRequest): Promise<{ configs: { name: string; data: Buffer }[]; encryptionKey: Buffer | undefined }> {
     const configs = await this.readConfigFiles(req.configFiles ?? []);
     let encryptionKey: Buffer | undefined;
+    if (req.key === undefined && this.ctx.requireEncryption === true) {
+      throw new BackupRequestError('key', 'key: this agent requires encryption (requireEncryption in the agent config); pass the path of a key file');
+    }
     if (req.key !== undefined) {
       try {
         encryptionKey = await readKeyFile(req.key);

@@ -104,6 +104,8 @@ export const agentConfigSchema = z
         keyFile: z.string().min(1).optional(),
       })
       .optional(),
+    /** Refuse backup requests without a key: every archive is encrypted and authenticated (docs/security.md). */
+    requireEncryption: z.boolean().optional(),
     /** Running QEMU processes whose drives are backed up in pull mode (src/qemu/pull-backup.ts). */
     qemu: z.array(qemuEntrySchema).max(64).optional(),
     log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).optional(),
@@ -173,6 +175,8 @@ export interface AgentConfig {
   store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
   catalog?: { url: string } | { embedded: true; port?: number };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
+  /** Backups without a key are refused. */
+  requireEncryption: boolean;
   /** QEMU processes backed up in pull mode (empty when none). */
   qemu: QemuConfig[];
   logLevel: 'debug' | 'info' | 'warn' | 'error';
@@ -236,6 +240,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
       ...(raw.restore?.pollIntervalMs !== undefined ? { pollIntervalMs: raw.restore.pollIntervalMs } : {}),
       ...(raw.restore?.keyFile !== undefined ? { keyFile: abs(raw.restore.keyFile) } : {}),
     },
+    requireEncryption: raw.requireEncryption ?? false,
     qemu,
     logLevel: raw.log?.level ?? 'info',
     warnings,

@@ -6,7 +6,7 @@
  * AES-GCM and the key fingerprint is src/codec/crypto.ts (pure functions);
  * this module only adapts it.
  */
-import { ChecksumError } from '../errors.js';
+import { AuthenticationError } from './errors.js';
 import { assertKey as assertCodecKey, keyFingerprintBytes as codecFingerprintBytes, openOrFail, randomNonce, seal as codecSeal } from '../codec/crypto.js';
 
 /** Throws EncryptionKeyError unless the key is 32 bytes (KEY_SIZE). */
@@ -35,10 +35,10 @@ export function seal(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, plaint
   return codecSeal(key, nonce, plaintext, aad);
 }
 
-/** Opens ciphertext || tag; authentication failure → ChecksumError. */
+/** Opens ciphertext || tag; authentication failure → AuthenticationError (a ChecksumError). */
 export function open(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array, what: string): Buffer {
   const r = openOrFail(key, nonce, sealed, aad);
   if (r.ok) return r.plain;
-  if (r.reason === 'short') throw new ChecksumError(`${what}: sealed payload shorter than the GCM tag`);
-  throw new ChecksumError(`${what}: AES-256-GCM authentication failed (wrong key or tampered data)`, { cause: r.cause });
+  if (r.reason === 'short') throw new AuthenticationError(`${what}: sealed payload shorter than the GCM tag`);
+  throw new AuthenticationError(`${what}: AES-256-GCM authentication failed (wrong key or tampered data)`, { cause: r.cause });
 }

@@ -67,6 +67,11 @@ export interface DecodeExtentOptions {
   expectedSeq?: number;
   /** Used in error messages, e.g. the extent's byte offset in the archive. */
   what?: string;
+  /**
+   * v2: the archive's header tag, appended to the GCM associated data
+   * (docs/FORMAT.md "Version 2"); null/absent for v1 archives.
+   */
+  headerTag?: Buffer | null;
 }
 
 const ZERO_BLOCK = Buffer.alloc(ZERO_BLOCK_SIZE);
@@ -176,6 +181,8 @@ export interface SealExtentInput {
   /** Present = encrypted; a 12-byte nonce is then required. */
   key?: Buffer;
   nonce?: Buffer;
+  /** v2 header tag, appended to the associated data (absent = v1). */
+  headerTag?: Buffer;
 }
 
 /**
@@ -187,7 +194,8 @@ export function sealExtent(x: SealExtentInput): { header: Buffer; payload: Buffe
   if (encrypted && x.nonce === undefined) throw new Error('internal: encrypted extent needs a 12-byte nonce');
   const { header, aad, payloadLength } = encodeExtentHeader({ ...x, bodyLength: x.body.length, nonce: encrypted ? x.nonce : undefined });
   const inner = Buffer.concat([x.plainSha256, x.body]);
-  const payload = encrypted ? seal(x.key as Buffer, x.nonce as Buffer, aad, inner) : inner;
+  const fullAad = x.headerTag ? Buffer.concat([aad, x.headerTag]) : aad;
+  const payload = encrypted ? seal(x.key as Buffer, x.nonce as Buffer, fullAad, inner) : inner;
   if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
   return { header: finishExtentHeader(header, sha256(payload)), payload };
 }
@@ -354,7 +362,8 @@ async function unpackPlaintext(bytes: Buffer, h: ExtentHeader, opts: DecodeExten
       throw new EncryptionKeyError(`wrong key: archive expects key fingerprint ${expected}, given key has ${got}`);
     }
     const aadEnd = EXTENT_FIXED_SIZE + CLUSTER_ENTRY_SIZE * h.entries.length;
-    inner = open(opts.key, h.nonce, bytes.subarray(0, aadEnd), inner, what);
+    const aad = opts.headerTag ? Buffer.concat([bytes.subarray(0, aadEnd), opts.headerTag]) : bytes.subarray(0, aadEnd);
+    inner = open(opts.key, h.nonce, aad, inner, what);
     if (unpacker) return unpackIn(unpacker, inner, h, what, false);
   }
   const digest = inner.subarray(0, SHA256_SIZE);

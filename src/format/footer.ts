@@ -6,10 +6,10 @@ import { uuidString as stringifyUuid } from './bytes.js';
 import { FormatError, TruncatedArchiveError } from '../errors.js';
 import { ByteReader, ByteWriter } from './bytes.js';
 import { checkSha256, sha256 } from './checksum.js';
-import { FOOTER_BODY_SIZE, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_VERSION, SHA256_SIZE, UUID_SIZE } from './layout.js';
+import { FOOTER_BODY_SIZE, FOOTER_MAGIC, FOOTER_SIZE, FORMAT_V1, FORMAT_V2, FORMAT_VERSION, type FormatVersion, SHA256_SIZE, UUID_SIZE } from './layout.js';
 
 export interface ArchiveFooter {
-  version: number;
+  version: FormatVersion;
   headerLength: number;
   trailerOffset: number;
   trailerLength: number;
@@ -44,7 +44,9 @@ export function decodeFooter(buf: Buffer, what: string): ArchiveFooter {
   const r = new ByteReader(buf.subarray(0, FOOTER_BODY_SIZE), `${what}: footer`);
   r.bytes(FOOTER_MAGIC.length);
   const version = r.u16();
-  if (version !== FORMAT_VERSION) throw new FormatError(`${what}: unsupported archive format version ${version} (this reader knows ${FORMAT_VERSION})`);
+  if (version !== FORMAT_V1 && version !== FORMAT_V2) {
+    throw new FormatError(`${what}: unsupported archive format version ${version} (this reader knows ${FORMAT_V1} and ${FORMAT_V2})`);
+  }
   r.zeros(2, 'flags');
   const headerLength = r.u32();
   const trailerOffset = r.u64('trailer offset');

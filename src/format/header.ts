@@ -1,5 +1,6 @@
 /**
- * Archive header encode/decode (docs/FORMAT.md "Header"). Pure functions.
+ * Archive header encode/decode (docs/FORMAT.md "Header", "Version 2"). Pure
+ * functions; decodeHeader reads v1 and v2, encodeHeader writes v2.
  */
 import { NIL as NIL_UUID, parse as parseUuid } from 'uuid';
 import { uuidString as stringifyUuid } from './bytes.js';
@@ -12,7 +13,9 @@ import {
   ENCRYPTION_AES_256_GCM,
   ENCRYPTION_NONE,
   FINGERPRINT_SIZE,
-  FORMAT_VERSION,
+  FORMAT_V1,
+  FORMAT_V2,
+  type FormatVersion,
   HEADER_FIXED_SIZE,
   HEADER_MAGIC,
   MAX_CONFIGS,
@@ -21,9 +24,12 @@ import {
   MAX_HOST_ID_LENGTH,
   MAX_NAME_LENGTH,
   NAME_PATTERN,
+  SEALED_CONFIG_OVERHEAD,
   SHA256_SIZE,
+  TAG_SIZE,
   UUID_SIZE,
 } from './layout.js';
+import { headerTag, macKey, sealConfig } from './auth.js';
 
 export interface DeviceInfo {
   /** u8 id, unique within the archive. */
@@ -57,10 +63,17 @@ export interface HeaderFields {
 }
 
 export interface ArchiveHeader extends HeaderFields {
-  version: number;
+  version: FormatVersion;
   clusterSize: number;
   zeroBlockSize: number;
   headerLength: number;
+  /** v2: the stored header tag (zeros when not encrypted); v1: null. */
+  tag: Buffer | null;
+  /**
+   * True while `configs[].data` holds sealed blobs (v2 encrypted, not yet
+   * opened with the key); the reader opens them when given the key.
+   */
+  configsSealed: boolean;
 }
 
 /** Clusters of a device: ceil(size / CLUSTER_SIZE). */
@@ -84,7 +97,7 @@ export function checkName(name: string, what: string, Err: ErrorCtor = FormatErr
 }
 
 /** Validates everything the encoder and decoder agree on. */
-export function checkHeaderFields(h: HeaderFields, Err: ErrorCtor = FormatError): void {
+export function checkHeaderFields(h: HeaderFields, Err: ErrorCtor = FormatError, configOverhead = 0): void {
   const hostLen = Buffer.byteLength(h.hostId, 'utf8');
   if (hostLen < 1 || hostLen > MAX_HOST_ID_LENGTH) throw new Err(`host id must be 1..${MAX_HOST_ID_LENGTH} bytes`);
   if (h.devices.length < 1 || h.devices.length > MAX_DEVICES) {
@@ -107,7 +120,7 @@ export function checkHeaderFields(h: HeaderFields, Err: ErrorCtor = FormatError)
     checkName(c.name, 'config name', Err);
     if (cnames.has(c.name)) throw new Err(`duplicate config name ${c.name}`);
     cnames.add(c.name);
-    if (c.data.length > MAX_CONFIG_SIZE) throw new Err(`config ${c.name} is larger than ${MAX_CONFIG_SIZE} bytes`);
+    if (c.data.length > MAX_CONFIG_SIZE + configOverhead) throw new Err(`config ${c.name} is larger than ${MAX_CONFIG_SIZE} bytes`);
   }
   if ((h.encryption === 'none') !== (h.keyFingerprint === null)) {
     throw new Err('a key fingerprint is present exactly when the archive is encrypted');
@@ -120,32 +133,46 @@ function uuidBytes(u: string | null): Uint8Array {
   return parseUuid(u ?? NIL_UUID);
 }
 
-export function encodeHeader(h: HeaderFields): Buffer {
+/**
+ * Encodes a v2 header. With `key` (an encrypted archive) the config blobs are
+ * sealed and the header tag is computed under the key (docs/FORMAT.md
+ * "Version 2"); without, the tag is zeros.
+ */
+export function encodeHeader(h: HeaderFields, key?: Buffer): Buffer {
   checkHeaderFields(h, FormatError);
+  if ((key !== undefined) !== (h.encryption !== 'none')) throw new FormatError('internal: an encrypted header needs the key, a plain one none');
+  const configs = key === undefined ? h.configs : h.configs.map((c) => ({ name: c.name, data: sealConfig(key, h.uuid, c.name, c.data) }));
   const host = Buffer.from(h.hostId, 'utf8');
   let size = HEADER_FIXED_SIZE + host.length;
   for (const d of h.devices) size += 1 + 1 + 8 + Buffer.byteLength(d.name, 'utf8');
-  for (const c of h.configs) size += 1 + 4 + Buffer.byteLength(c.name, 'utf8') + c.data.length;
-  size += SHA256_SIZE;
+  for (const c of configs) size += 1 + 4 + Buffer.byteLength(c.name, 'utf8') + c.data.length;
+  size += TAG_SIZE + SHA256_SIZE;
   if (size > MAX_HEADER_SIZE) throw new FormatError(`header would be ${size} bytes, limit ${MAX_HEADER_SIZE}`);
   const w = new ByteWriter(size);
-  w.bytes(HEADER_MAGIC).u16(FORMAT_VERSION).u16(0).u32(size);
+  w.bytes(HEADER_MAGIC).u16(FORMAT_V2).u16(0).u32(size);
   w.bytes(uuidBytes(h.uuid)).bytes(uuidBytes(h.parentUuid));
   w.u64(h.createdAt).u32(CLUSTER_SIZE).u32(ZERO_BLOCK_SIZE);
   w.u8(CODEC_ZSTD).u8(h.encryption === 'none' ? ENCRYPTION_NONE : ENCRYPTION_AES_256_GCM);
-  w.u8(h.devices.length).u8(host.length).u16(h.configs.length).u16(0);
+  w.u8(h.devices.length).u8(host.length).u16(configs.length).u16(0);
   w.bytes(h.keyFingerprint === null ? Buffer.alloc(FINGERPRINT_SIZE) : Buffer.from(h.keyFingerprint, 'hex'));
   w.bytes(host);
   for (const d of h.devices) {
     const name = Buffer.from(d.name, 'utf8');
     w.u8(d.id).u8(name.length).u64(d.size).bytes(name);
   }
-  for (const c of h.configs) {
+  for (const c of configs) {
     const name = Buffer.from(c.name, 'utf8');
     w.u8(name.length).u32(c.data.length).bytes(name).bytes(c.data);
   }
+  const tagAt = size - TAG_SIZE - SHA256_SIZE;
+  w.bytes(key === undefined ? Buffer.alloc(TAG_SIZE) : headerTag(macKey(key, h.uuid), w.buf.subarray(0, tagAt)));
   w.bytes(sha256(w.buf.subarray(0, size - SHA256_SIZE)));
   return w.done();
+}
+
+/** The stored header tag of an encoded v2 header. */
+export function headerTagOf(encoded: Buffer): Buffer {
+  return encoded.subarray(encoded.length - SHA256_SIZE - TAG_SIZE, encoded.length - SHA256_SIZE);
 }
 
 /** Reads headerLength from the fixed prefix (for callers that do not know it). */
@@ -168,12 +195,16 @@ export function decodeHeader(buf: Buffer): ArchiveHeader {
     throw new FormatError('not a cowstream archive (bad header magic)');
   }
   const version = buf.readUInt16LE(8);
-  if (version !== FORMAT_VERSION) throw new FormatError(`unsupported archive format version ${version} (this reader knows ${FORMAT_VERSION})`);
+  if (version !== FORMAT_V1 && version !== FORMAT_V2) {
+    throw new FormatError(`unsupported archive format version ${version} (this reader knows ${FORMAT_V1} and ${FORMAT_V2})`);
+  }
   const len = buf.readUInt32LE(12);
   if (len !== buf.length) throw new FormatError(`archive header: length field ${len} != ${buf.length} bytes read`);
   checkSha256(buf.subarray(0, len - SHA256_SIZE), buf.subarray(len - SHA256_SIZE), 'archive header');
+  const tagSize = version === FORMAT_V2 ? TAG_SIZE : 0;
+  if (len < HEADER_FIXED_SIZE + tagSize + SHA256_SIZE) throw new FormatError(`archive header: ${len} bytes is too short`);
 
-  const r = new ByteReader(buf.subarray(0, len - SHA256_SIZE), 'archive header');
+  const r = new ByteReader(buf.subarray(0, len - SHA256_SIZE - tagSize), 'archive header');
   r.bytes(HEADER_MAGIC.length);
   r.u16();
   r.zeros(2, 'flags');
@@ -216,6 +247,11 @@ export function decodeHeader(buf: Buffer): ArchiveHeader {
     configs.push({ name, data });
   }
   r.expectEnd();
+  const tag = version === FORMAT_V2 ? Buffer.from(buf.subarray(len - SHA256_SIZE - TAG_SIZE, len - SHA256_SIZE)) : null;
+  const sealed = version === FORMAT_V2 && enc !== ENCRYPTION_NONE;
+  if (version === FORMAT_V2 && enc === ENCRYPTION_NONE && !(tag as Buffer).every((b) => b === 0)) {
+    throw new FormatError('archive header: header tag set but not encrypted');
+  }
   const parentUuid = parentRaw.every((b) => b === 0) ? null : stringifyUuid(parentRaw);
   if (uuidRaw.every((b) => b === 0)) throw new FormatError('archive header: nil archive UUID');
   const fields: HeaderFields = {
@@ -230,6 +266,6 @@ export function decodeHeader(buf: Buffer): ArchiveHeader {
     configs,
   };
   if (enc === ENCRYPTION_NONE && !fp.every((b) => b === 0)) throw new FormatError('archive header: key fingerprint set but not encrypted');
-  checkHeaderFields(fields, FormatError);
-  return { ...fields, version, clusterSize, zeroBlockSize, headerLength: len };
+  checkHeaderFields(fields, FormatError, sealed ? SEALED_CONFIG_OVERHEAD : 0);
+  return { ...fields, version, clusterSize, zeroBlockSize, headerLength: len, tag, configsSealed: sealed && configs.length > 0 };
 }

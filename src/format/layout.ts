@@ -1,14 +1,24 @@
 /**
- * Byte-layout constants of archive format v1. docs/FORMAT.md is the spec;
- * every number here is cited there.
+ * Byte-layout constants of archive formats v1 and v2. docs/FORMAT.md is the
+ * spec; every number here is cited there.
  */
 import { MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA } from './constants.js';
 
-export const FORMAT_VERSION = 1;
+/** The version the writer produces. */
+export const FORMAT_VERSION = 2;
+/** v1: no header/index tags, config blobs in clear (still readable). */
+export const FORMAT_V1 = 1;
+export const FORMAT_V2 = 2;
+export type FormatVersion = typeof FORMAT_V1 | typeof FORMAT_V2;
+/** HMAC-SHA256 tag (v2 header tag, index tag). */
+export const TAG_SIZE = 32;
+/** v2 sealed config blob: nonce || ciphertext || GCM tag. */
+export const SEALED_CONFIG_OVERHEAD = 12 + 16;
 
 export const HEADER_MAGIC = Buffer.from('CWSARCH1', 'ascii');
 export const EXTENT_MAGIC = Buffer.from('CWX1', 'ascii');
 export const TRAILER_MAGIC = Buffer.from('CWT1', 'ascii');
+export const TRAILER_MAGIC_V2 = Buffer.from('CWT2', 'ascii');
 export const FOOTER_MAGIC = Buffer.from('CWSFOOT1', 'ascii');
 
 export const SHA256_SIZE = 32;
@@ -54,6 +64,12 @@ export const EXTENT_REF_SIZE = 16;
 export const DATA_RUN_SIZE = 20;
 export const ZERO_RUN_SIZE = 16;
 export const MAX_TRAILER_SIZE = 256 * 1024 * 1024;
+/**
+ * Default cap on index entries (extents + data runs + zero runs) a reader
+ * accepts: each costs heap (~100 bytes), so this, not the file, bounds the
+ * memory of opening an archive (docs/FORMAT.md "Reader limits").
+ */
+export const DEFAULT_MAX_INDEX_ENTRIES = 1024 * 1024;
 /** Runs carry a u32 count; longer runs are split. */
 export const MAX_RUN_COUNT = 0xffffffff;
 

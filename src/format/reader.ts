@@ -8,18 +8,39 @@ import { CodecError, CowstreamError, EncryptionKeyError, FormatError, TruncatedA
 import type { Compressor } from '../codec/types.js';
 import { CLUSTER_SIZE } from './constants.js';
 import { keyFingerprint } from './encryption.js';
+import { checkTag, headerTag, indexTag, macKey, openConfig } from './auth.js';
+import { IndexTooLargeError } from './errors.js';
+import { maxIndexEntriesFromEnv, MAX_INDEX_ENTRIES_ENV } from './limits.js';
 import { type DecodedCluster, type ExtentHeader, checkExtent, decodeExtent } from './extent.js';
 import { type ArchiveFooter, decodeFooter } from './footer.js';
 import { type ArchiveHeader, clusterCountOf, clusterLengthOf, decodeHeader } from './header.js';
-import { FOOTER_SIZE, HEADER_FIXED_SIZE, MAX_HEADER_SIZE, MAX_TRAILER_SIZE, SHA256_SIZE, extentHeaderSize } from './layout.js';
+import {
+  EXTENT_REF_SIZE,
+  FOOTER_BODY_SIZE,
+  FOOTER_SIZE,
+  FORMAT_V2,
+  HEADER_FIXED_SIZE,
+  MAX_HEADER_SIZE,
+  MAX_TRAILER_SIZE,
+  SHA256_SIZE,
+  TAG_SIZE,
+  TRAILER_FIXED_SIZE,
+  extentHeaderSize,
+} from './layout.js';
 import type { RangeSource } from './sink.js';
-import { type DataRun, type ExtentRef, type TrailerIndex, type ZeroRun, decodeTrailer, trailerSize, validateIndex } from './trailer.js';
+import { type DataRun, type ExtentRef, type TrailerIndex, type ZeroRun, decodeTrailer, peekTrailerCounts, trailerSize, validateIndex } from './trailer.js';
 
 export interface OpenArchiveOptions {
   /** 32-byte key for encrypted archives; a wrong key fails at open. */
   key?: Buffer;
   /** Needed to decode compressed extents (and for plaintext checks in verify). */
   compressor?: Compressor;
+  /**
+   * Index entries (extents + data runs + zero runs) this reader loads; more
+   * is refused with IndexTooLargeError before the trailer is read. Default:
+   * COWSTREAM_MAX_INDEX_ENTRIES, else DEFAULT_MAX_INDEX_ENTRIES.
+   */
+  maxIndexEntries?: number;
 }
 
 export type ClusterLocation = { kind: 'data'; run: DataRun } | { kind: 'zero'; run: ZeroRun } | { kind: 'absent' };
@@ -41,6 +62,8 @@ export interface VerifyResult {
   bytesChecked: number;
   /** True when plaintext SHA-256s were checked too (needs compressor, and key if encrypted). */
   plaintextChecked: boolean;
+  /** True when header, index and configs were authenticated under the key (v2, encrypted, key given). */
+  authenticated: boolean;
   firstBad?: VerifyFailure;
 }
 
@@ -54,7 +77,9 @@ function asCowstream(err: unknown, what: string): CowstreamError {
 }
 
 export class ArchiveReader {
-  private readonly runsByExtent: DataRun[][];
+  /** Data runs grouped by extent (compressed sparse rows: no array per extent). */
+  private readonly runStart: Uint32Array;
+  private readonly runOrder: Uint32Array;
   private readonly deviceSizes: Map<number, number>;
 
   constructor(
@@ -63,10 +88,24 @@ export class ArchiveReader {
     readonly footer: ArchiveFooter,
     readonly index: TrailerIndex,
     private readonly opts: OpenArchiveOptions,
+    /** Header, index and configs verified under the key (v2, encrypted, key given). */
+    readonly authenticated = false,
   ) {
-    this.runsByExtent = index.extents.map(() => []);
-    for (const r of index.dataRuns) this.runsByExtent[r.extentIndex].push(r);
+    const n = index.extents.length;
+    this.runStart = new Uint32Array(n + 1);
+    for (const r of index.dataRuns) this.runStart[r.extentIndex + 1]++;
+    for (let i = 0; i < n; i++) this.runStart[i + 1] += this.runStart[i];
+    this.runOrder = new Uint32Array(index.dataRuns.length);
+    const fill = this.runStart.slice(0, n);
+    index.dataRuns.forEach((r, i) => {
+      this.runOrder[fill[r.extentIndex]++] = i;
+    });
     this.deviceSizes = new Map(header.devices.map((d) => [d.id, d.size]));
+  }
+
+  /** v2 header tag bound into encrypted extents' associated data (null for v1 / not encrypted). */
+  get headerTag(): Buffer | null {
+    return this.header.version === FORMAT_V2 && this.encrypted ? this.header.tag : null;
   }
 
   get encrypted(): boolean {
@@ -118,7 +157,8 @@ export class ArchiveReader {
   /** The extent's cluster table must list exactly the clusters the index maps to it. */
   private checkAgainstIndex(x: ExtentRef, h: ExtentHeader): void {
     let i = 0;
-    for (const run of this.runsByExtent[x.seq]) {
+    for (let k = this.runStart[x.seq]; k < this.runStart[x.seq + 1]; k++) {
+      const run = this.index.dataRuns[this.runOrder[k]];
       for (let c = run.firstCluster; c < run.firstCluster + run.count; c++, i++) {
         const e = h.entries[i];
         if (e === undefined || e.deviceId !== run.deviceId || e.cluster !== c) {
@@ -151,6 +191,7 @@ export class ArchiveReader {
       archiveUuid: this.header.uuid,
       expectedSeq: x.seq,
       what,
+      headerTag: this.headerTag,
     });
   }
 
@@ -170,7 +211,7 @@ export class ArchiveReader {
   async verify(opts: VerifyOptions = {}): Promise<VerifyResult> {
     const xs = this.index.extents;
     const plaintextChecked = this.opts.compressor !== undefined && (!this.encrypted || this.opts.key !== undefined);
-    const result: VerifyResult = { ok: true, extentCount: xs.length, extentsChecked: 0, bytesChecked: 0, plaintextChecked };
+    const result: VerifyResult = { ok: true, extentCount: xs.length, extentsChecked: 0, bytesChecked: 0, plaintextChecked, authenticated: this.authenticated };
     let dataBytes = 0;
     // Read one extent ahead: hides S3 latency, bounds memory to two extents.
     const readAt = (i: number): Promise<Buffer> | undefined => {
@@ -234,34 +275,87 @@ export async function openArchive(source: RangeSource, opts: OpenArchiveOptions 
   if (!Number.isSafeInteger(size) || size < FOOTER_SIZE) {
     throw new TruncatedArchiveError(`${name}: ${size} bytes is too short to be an archive (no footer)`);
   }
-  const footer = decodeFooter(await readExact(source, size - FOOTER_SIZE, FOOTER_SIZE), name);
+  const footerBuf = await readExact(source, size - FOOTER_SIZE, FOOTER_SIZE);
+  const footer = decodeFooter(footerBuf, name);
   const body = size - FOOTER_SIZE;
-  const { headerLength, trailerOffset, trailerLength } = footer;
+  const { headerLength, trailerOffset, trailerLength, version } = footer;
   // Every length is checked against limits and the file size before any read/allocation.
   if (headerLength < minHeader || headerLength > MAX_HEADER_SIZE || headerLength > body) {
     throw new FormatError(`${name}: footer header length ${headerLength} out of range`);
   }
-  if (trailerLength < trailerSize(0, 0, 0) || trailerLength > MAX_TRAILER_SIZE || trailerOffset < headerLength || trailerOffset + trailerLength !== body) {
+  if (trailerLength < trailerSize(0, 0, 0, version) || trailerLength > MAX_TRAILER_SIZE || trailerOffset < headerLength || trailerOffset + trailerLength !== body) {
     throw new FormatError(`${name}: footer trailer position ${trailerOffset}+${trailerLength} inconsistent with file size ${size}`);
   }
+  await checkIndexSize(source, footer, opts.maxIndexEntries ?? maxIndexEntriesFromEnv());
   const [headerBuf, trailerBuf] = await Promise.all([readExact(source, 0, headerLength), readExact(source, trailerOffset, trailerLength)]);
-  const header = decodeHeaderNamed(headerBuf, name);
+  let header = decodeHeaderNamed(headerBuf, name);
+  if (header.version !== footer.version) throw new FormatError(`${name}: header says format version ${header.version}, footer ${footer.version}`);
   if (header.uuid !== footer.uuid) throw new FormatError(`${name}: footer belongs to archive ${footer.uuid}, header says ${header.uuid}`);
   const index = decodeTrailerNamed(trailerBuf, footer, name);
   if (index.extents.length !== footer.extentCount) throw new FormatError(`${name}: footer says ${footer.extentCount} extents, trailer has ${index.extents.length}`);
+  let authenticated = false;
+  if (opts.key !== undefined) {
+    header = authenticate(opts.key, header, headerBuf, footerBuf, trailerBuf, index, name);
+    authenticated = header.version === FORMAT_V2;
+  }
   try {
     validateIndex(index, header, trailerOffset);
   } catch (err) {
     throw prefix(err, name);
   }
   checkTotals(index, header, footer, name);
-  if (opts.key !== undefined && header.keyFingerprint !== null) {
-    const got = keyFingerprint(opts.key);
-    if (got !== header.keyFingerprint) {
-      throw new EncryptionKeyError(`${name}: wrong key: archive expects key fingerprint ${header.keyFingerprint}, given key has ${got}`);
-    }
+  return new ArchiveReader(source, header, footer, index, opts, authenticated);
+}
+
+/**
+ * Refuses an index with more entries than `max` before reading it: the
+ * trailer length bounds the entries (each is >= 16 bytes), and only when that
+ * bound exceeds `max` are the exact counts read (16 bytes).
+ */
+async function checkIndexSize(source: RangeSource, footer: ArchiveFooter, max: number): Promise<void> {
+  const fixed = trailerSize(0, 0, 0, footer.version);
+  if ((footer.trailerLength - fixed) / EXTENT_REF_SIZE <= max) return;
+  const c = peekTrailerCounts(await readExact(source, footer.trailerOffset, TRAILER_FIXED_SIZE), footer.version);
+  const total = c.extents + c.dataRuns + c.zeroRuns;
+  if (total > max) {
+    throw new IndexTooLargeError(
+      `${source.name}: the index holds ${c.extents} extents, ${c.dataRuns} data runs and ${c.zeroRuns} zero runs (${total} entries); ` +
+        `this reader loads at most ${max} (raise ${MAX_INDEX_ENTRIES_ENV} if the archive is trusted and memory allows)`,
+    );
   }
-  return new ArchiveReader(source, header, footer, index, opts);
+}
+
+/**
+ * Key checks (docs/FORMAT.md "What a reader with the key checks"): the key
+ * must be the archive's, then (v2) the header tag, the index tag and every
+ * sealed config must verify. Returns the header with its configs opened.
+ */
+function authenticate(
+  key: Buffer,
+  header: ArchiveHeader,
+  headerBuf: Buffer,
+  footerBuf: Buffer,
+  trailerBuf: Buffer,
+  index: TrailerIndex,
+  name: string,
+): ArchiveHeader {
+  if (header.keyFingerprint === null) {
+    throw new EncryptionKeyError(
+      `${name}: archive is not encrypted, but a key was given: an unencrypted archive carries no authentication, anyone who can write the store could have made it`,
+    );
+  }
+  const got = keyFingerprint(key);
+  if (got !== header.keyFingerprint) {
+    throw new EncryptionKeyError(`${name}: wrong key: archive expects key fingerprint ${header.keyFingerprint}, given key has ${got}`);
+  }
+  if (header.version !== FORMAT_V2) return header;
+  const kMac = macKey(key, header.uuid);
+  const hTag = header.tag as Buffer;
+  checkTag(headerTag(kMac, headerBuf.subarray(0, headerBuf.length - SHA256_SIZE - TAG_SIZE)), hTag, `${name}: header`);
+  const trailerBody = trailerBuf.subarray(0, trailerBuf.length - SHA256_SIZE - TAG_SIZE);
+  checkTag(indexTag(kMac, hTag, footerBuf.subarray(0, FOOTER_BODY_SIZE), trailerBody), index.tag as Buffer, `${name}: index (trailer and footer)`);
+  const configs = header.configs.map((c) => ({ name: c.name, data: openConfig(key, header.uuid, c.name, c.data, `${name}: config ${c.name}`) }));
+  return { ...header, configs, configsSealed: false };
 }
 
 function prefix(err: unknown, name: string): Error {
@@ -282,7 +376,7 @@ function decodeHeaderNamed(buf: Buffer, name: string): ArchiveHeader {
 
 function decodeTrailerNamed(buf: Buffer, footer: ArchiveFooter, name: string): TrailerIndex {
   try {
-    return decodeTrailer(buf, footer.trailerSha256);
+    return decodeTrailer(buf, footer.trailerSha256, footer.version);
   } catch (err) {
     throw prefix(err, name);
   }
@@ -300,11 +394,13 @@ function checkTotals(index: TrailerIndex, header: ArchiveHeader, footer: Archive
   if (stored !== footer.storedBytes) throw new FormatError(`${name}: footer says ${footer.storedBytes} stored bytes, index implies ${stored}`);
   const sizes = new Map(header.devices.map((d) => [d.id, d.size]));
   let logical = 0;
-  for (const r of [...index.dataRuns, ...index.zeroRuns]) {
+  const add = (r: ZeroRun): void => {
     const size = sizes.get(r.deviceId) as number;
     logical += r.count * CLUSTER_SIZE;
     if (r.firstCluster + r.count === clusterCountOf(size)) logical -= clusterCountOf(size) * CLUSTER_SIZE - size;
-  }
+  };
+  for (const r of index.dataRuns) add(r);
+  for (const r of index.zeroRuns) add(r);
   if (footer.dataBytes + footer.zeroBytes !== logical) {
     throw new FormatError(`${name}: footer data+zero bytes ${footer.dataBytes + footer.zeroBytes} != ${logical} logical bytes in the index`);
   }

@@ -11,9 +11,13 @@ import {
   EXTENT_REF_SIZE,
   MAX_EXTENT_SIZE,
   MIN_EXTENT_SIZE,
+  FORMAT_V2,
+  type FormatVersion,
   SHA256_SIZE,
+  TAG_SIZE,
   TRAILER_FIXED_SIZE,
   TRAILER_MAGIC,
+  TRAILER_MAGIC_V2,
   ZERO_RUN_SIZE,
 } from './layout.js';
 
@@ -45,6 +49,8 @@ export interface TrailerIndex {
   extents: ExtentRef[];
   dataRuns: DataRun[];
   zeroRuns: ZeroRun[];
+  /** v2: the stored index tag (zeros when not encrypted); v1: null. */
+  tag: Buffer | null;
 }
 
 export interface TrailerInput {
@@ -53,36 +59,51 @@ export interface TrailerInput {
   zeroRuns: ZeroRun[];
 }
 
-export function trailerSize(e: number, r: number, z: number): number {
-  return TRAILER_FIXED_SIZE + EXTENT_REF_SIZE * e + DATA_RUN_SIZE * r + ZERO_RUN_SIZE * z + SHA256_SIZE;
+/** Trailer bytes for E extents, R data runs, Z zero runs (v2 adds the index tag). */
+export function trailerSize(e: number, r: number, z: number, version: FormatVersion = FORMAT_V2): number {
+  return TRAILER_FIXED_SIZE + EXTENT_REF_SIZE * e + DATA_RUN_SIZE * r + ZERO_RUN_SIZE * z + (version === FORMAT_V2 ? TAG_SIZE : 0) + SHA256_SIZE;
 }
 
-export function encodeTrailer(t: TrailerInput): Buffer {
+/**
+ * Encodes a v2 trailer. `tagOf` computes the index tag over the bytes before
+ * it (docs/FORMAT.md "Index tag"); without it the tag is zeros (not encrypted).
+ */
+export function encodeTrailer(t: TrailerInput, tagOf?: (body: Buffer) => Buffer): Buffer {
   const size = trailerSize(t.extents.length, t.dataRuns.length, t.zeroRuns.length);
   const w = new ByteWriter(size);
-  w.bytes(TRAILER_MAGIC).u32(t.extents.length).u32(t.dataRuns.length).u32(t.zeroRuns.length);
+  w.bytes(TRAILER_MAGIC_V2).u32(t.extents.length).u32(t.dataRuns.length).u32(t.zeroRuns.length);
   for (const e of t.extents) w.u64(e.offset).u32(e.length).u16(e.clusterCount).u16(0);
   for (const d of t.dataRuns) w.u8(d.deviceId).skip(3).u32(d.count).u64(d.firstCluster).u32(d.extentIndex);
   for (const z of t.zeroRuns) w.u8(z.deviceId).skip(3).u32(z.count).u64(z.firstCluster);
+  const tagAt = size - TAG_SIZE - SHA256_SIZE;
+  w.bytes(tagOf === undefined ? Buffer.alloc(TAG_SIZE) : tagOf(w.buf.subarray(0, tagAt)));
   w.bytes(sha256(w.buf.subarray(0, size - SHA256_SIZE)));
   return w.done();
+}
+
+/** Entry counts from the trailer's fixed 16 bytes (for limits checked before reading the rest). */
+export function peekTrailerCounts(prefix: Buffer, version: FormatVersion): { extents: number; dataRuns: number; zeroRuns: number } {
+  const r = new ByteReader(prefix.subarray(0, TRAILER_FIXED_SIZE), 'trailer');
+  if (!r.bytes(TRAILER_MAGIC.length).equals(version === FORMAT_V2 ? TRAILER_MAGIC_V2 : TRAILER_MAGIC)) throw new FormatError('trailer: bad magic');
+  return { extents: r.u32(), dataRuns: r.u32(), zeroRuns: r.u32() };
 }
 
 /**
  * Decodes the trailer. `expectedSha256` is the footer's trailer checksum;
  * counts are checked against the exact length before anything is allocated.
  */
-export function decodeTrailer(buf: Buffer, expectedSha256: Uint8Array): TrailerIndex {
-  if (buf.length < trailerSize(0, 0, 0)) throw new FormatError(`trailer: ${buf.length} bytes is too short`);
+export function decodeTrailer(buf: Buffer, expectedSha256: Uint8Array, version: FormatVersion): TrailerIndex {
+  if (buf.length < trailerSize(0, 0, 0, version)) throw new FormatError(`trailer: ${buf.length} bytes is too short`);
   // The footer holds SHA-256 of the whole trailer (including its own checksum).
   checkSha256(buf, expectedSha256, 'trailer');
   checkSha256(buf.subarray(0, buf.length - SHA256_SIZE), buf.subarray(buf.length - SHA256_SIZE), 'trailer (own checksum)');
-  const r = new ByteReader(buf.subarray(0, buf.length - SHA256_SIZE), 'trailer');
-  if (!r.bytes(TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) throw new FormatError('trailer: bad magic');
+  const tagSize = version === FORMAT_V2 ? TAG_SIZE : 0;
+  const r = new ByteReader(buf.subarray(0, buf.length - SHA256_SIZE - tagSize), 'trailer');
+  if (!r.bytes(TRAILER_MAGIC.length).equals(version === FORMAT_V2 ? TRAILER_MAGIC_V2 : TRAILER_MAGIC)) throw new FormatError('trailer: bad magic');
   const e = r.u32();
   const nr = r.u32();
   const nz = r.u32();
-  if (trailerSize(e, nr, nz) !== buf.length) {
+  if (trailerSize(e, nr, nz, version) !== buf.length) {
     throw new FormatError(`trailer: counts (${e} extents, ${nr} data runs, ${nz} zero runs) do not match its ${buf.length} bytes`);
   }
   const extents: ExtentRef[] = new Array(e);
@@ -113,7 +134,8 @@ export function decodeTrailer(buf: Buffer, expectedSha256: Uint8Array): TrailerI
     zeroRuns[i] = { deviceId, firstCluster, count };
   }
   r.expectEnd();
-  return { extents, dataRuns, zeroRuns };
+  const tag = version === FORMAT_V2 ? Buffer.from(buf.subarray(buf.length - SHA256_SIZE - TAG_SIZE, buf.length - SHA256_SIZE)) : null;
+  return { extents, dataRuns, zeroRuns, tag };
 }
 
 function checkRunList(runs: ZeroRun[], kind: string, sizes: Map<number, number>): void {

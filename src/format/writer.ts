@@ -35,10 +35,12 @@ import {
   clusterCountOf,
   clusterLengthOf,
   encodeHeader,
+  headerTagOf,
 } from './header.js';
-import { MAX_RUN_COUNT, SHA256_SIZE } from './layout.js';
+import { indexTag, macKey } from './auth.js';
+import { FOOTER_BODY_SIZE, MAX_RUN_COUNT, SHA256_SIZE } from './layout.js';
 import type { ByteSink, ClusterSink } from './sink.js';
-import { type DataRunRecord, type ZeroRun, encodeTrailer } from './trailer.js';
+import { type DataRunRecord, type ZeroRun, encodeTrailer, trailerSize } from './trailer.js';
 
 export interface ArchiveWriterOptions {
   hostId: string;
@@ -193,6 +195,8 @@ export class ArchiveWriter implements ClusterSink {
 
   private offset = 0;
   private readonly headerLength: number;
+  /** v2 header tag (encrypted archives): bound into every extent's associated data and the index tag. */
+  private readonly headerTag: Buffer | undefined;
   private readonly extents: { offset: number; length: number; clusterCount: number }[] = [];
   private readonly dataRuns: DataRunRecord[] = [];
   private storedBytes = 0;
@@ -201,7 +205,7 @@ export class ArchiveWriter implements ClusterSink {
   private clusterCount = 0;
   private zeroClusterCount = 0;
 
-  private constructor(opts: ArchiveWriterOptions, uuid: string, headerLength: number) {
+  private constructor(opts: ArchiveWriterOptions, uuid: string, headerLength: number, headerTag: Buffer | undefined) {
     this.uuid = uuid;
     this.compressor = opts.compressor;
     this.extentCompressor = isExtentCompressor(opts.compressor) ? opts.compressor : undefined;
@@ -211,6 +215,7 @@ export class ArchiveWriter implements ClusterSink {
     this.maxInFlight = opts.maxInFlightExtents ?? 4;
     this.parentUuid = opts.parentUuid ?? null;
     this.headerLength = headerLength;
+    this.headerTag = headerTag;
     this.offset = headerLength;
     for (const d of opts.devices) {
       this.devices.set(d.id, { info: d, clusters: clusterCountOf(d.size), present: new SparseBitmap(), zeroRuns: [], compactedAt: 0 });
@@ -237,8 +242,8 @@ export class ArchiveWriter implements ClusterSink {
       configs: opts.configs ?? [],
     };
     checkHeaderFields(fields, ArchiveWriteError);
-    const header = encodeHeader(fields);
-    const w = new ArchiveWriter(opts, uuid, header.length);
+    const header = encodeHeader(fields, opts.encryptionKey);
+    const w = new ArchiveWriter(opts, uuid, header.length, opts.encryptionKey ? Buffer.from(headerTagOf(header)) : undefined);
     try {
       await opts.output.write(header);
     } catch (err) {
@@ -422,7 +427,7 @@ export class ArchiveWriter implements ClusterSink {
       if (key !== undefined) {
         // The stored-payload digest is over the ciphertext, so it is computed after sealing.
         const sk = await (this.sealKey ??= importSealKey(key));
-        payload = await sealAsync(sk, nonce as Buffer, c.inner, aad);
+        payload = await sealAsync(sk, nonce as Buffer, c.inner, Buffer.concat([aad, this.headerTag as Buffer]));
         payloadSha = await sha256Async(payload);
       } else {
         payload = c.inner;
@@ -500,21 +505,28 @@ export class ArchiveWriter implements ClusterSink {
           }
         }
         const dataRuns = [...this.dataRuns].sort((a, b) => a.deviceId - b.deviceId || a.firstCluster - b.firstCluster);
-        const trailer = encodeTrailer({ extents: this.extents, dataRuns, zeroRuns });
         const trailerOffset = this.offset;
-        await this.output.write(trailer);
-        const footer = encodeFooter({
+        const fields = {
           headerLength: this.headerLength,
           trailerOffset,
-          trailerLength: trailer.length,
+          trailerLength: trailerSize(this.extents.length, dataRuns.length, zeroRuns.length),
           extentCount: this.extents.length,
-          trailerSha256: sha256(trailer),
           uuid: this.uuid,
           storedBytes: this.storedBytes,
           dataBytes: this.dataBytes,
           zeroBytes: this.zeroBytes,
           clusterCount: this.clusterCount,
-        });
+        };
+        // The index tag covers every footer field but the trailer digest (docs/FORMAT.md "Index tag").
+        const footerBody = encodeFooter({ ...fields, trailerSha256: Buffer.alloc(SHA256_SIZE) }).subarray(0, FOOTER_BODY_SIZE);
+        const key = this.key;
+        const hTag = this.headerTag;
+        const trailer = encodeTrailer(
+          { extents: this.extents, dataRuns, zeroRuns },
+          key === undefined || hTag === undefined ? undefined : (body) => indexTag(macKey(key, this.uuid), hTag, footerBody, body),
+        );
+        await this.output.write(trailer);
+        const footer = encodeFooter({ ...fields, trailerSha256: sha256(trailer) });
         await this.output.write(footer);
         await this.output.close();
         this.state = 'finished';

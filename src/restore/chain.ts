@@ -8,7 +8,7 @@
  * catalogue looks it up in DynamoDB.
  */
 import { NotFoundError, RestoreError } from '../errors.js';
-import { openArchive } from '../format/reader.js';
+import { type ArchiveReader, openArchive } from '../format/reader.js';
 import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlannerArchive } from './plan.js';
 
@@ -25,7 +25,15 @@ export function describeLocator(loc: ArchiveLocator): string {
  */
 export async function readPlannerArchive(source: RangeSource, locator: ArchiveLocator): Promise<PlannerArchive> {
   try {
-    const reader = await openArchive(source);
+    return plannerArchiveOf(await openArchive(source), locator);
+  } finally {
+    await source.close().catch(() => undefined);
+  }
+}
+
+/** The planner's view of an opened archive: header identity and index runs. */
+export function plannerArchiveOf(reader: ArchiveReader, locator: ArchiveLocator): PlannerArchive {
+  {
     const h = reader.header;
     return {
       uuid: h.uuid,
@@ -33,7 +41,7 @@ export async function readPlannerArchive(source: RangeSource, locator: ArchiveLo
       hostId: h.hostId,
       createdAt: h.createdAt,
       locator,
-      size: source.size,
+      size: reader.source.size,
       keyFingerprint: h.keyFingerprint,
       devices: h.devices.map((d) => ({ id: d.id, name: d.name, size: d.size })),
       dataRuns: reader.index.dataRuns.map((r) => ({
@@ -45,8 +53,6 @@ export async function readPlannerArchive(source: RangeSource, locator: ArchiveLo
       })),
       zeroRuns: reader.index.zeroRuns.map((r) => ({ deviceId: r.deviceId, firstCluster: r.firstCluster, count: r.count })),
     };
-  } finally {
-    await source.close().catch(() => undefined);
   }
 }
 

@@ -27,6 +27,7 @@ import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlanExtent, RestorePlan } from './plan.js';
 import { describeLocator } from './chain.js';
 import { openTargets, type OpenedTarget } from './target.js';
+import { authenticatePlan } from './authenticate.js';
 
 export const DEFAULT_PARALLEL = 4;
 export const MAX_PARALLEL = 64;
@@ -136,6 +137,9 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
     const wrong = encrypted.find((c) => c.keyFingerprint !== got);
     if (wrong) throw new EncryptionKeyError(`wrong key: archive ${wrong.uuid} expects key fingerprint ${wrong.keyFingerprint}, given key has ${got}`);
   }
+  // With a key, nothing the plan says is trusted until every archive's header
+  // and index verify under it and the plan matches them (docs/security.md).
+  const headerTags = opts.key ? (await authenticatePlan(plan, opts.key, opts.openSource)).headerTags : [];
   const targets = await openTargets(
     opts.target,
     selected.map((i) => ({ name: plan.devices[i]!.name, size: plan.devices[i]!.size })),
@@ -231,6 +235,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
               keyFingerprint: link.keyFingerprint ?? null,
               compressor: opts.compressor,
               archiveUuid: link.uuid,
+              headerTag: headerTags[range.archive] ?? null,
               what: `extent at ${ex.offset} of archive ${link.uuid}`,
             });
           } catch (err) {

@@ -92,7 +92,7 @@ describe('cowstream archive CLI', () => {
     const l = await run(['archive', 'list', archive, '--json']);
     expect(l.code, l.stderr).toBe(0);
     const listed = json<{ header: Record<string, unknown>; devices: Array<Record<string, unknown>>; configs: unknown[]; totals: Record<string, number> }>(l);
-    expect(listed.header).toMatchObject({ hostId: 'pve1', encryption: 'none', parentUuid: null, uuid: created.uuid, version: 1 });
+    expect(listed.header).toMatchObject({ hostId: 'pve1', encryption: 'none', parentUuid: null, uuid: created.uuid, version: 2 });
     expect(listed.devices).toEqual([
       expect.objectContaining({ id: 0, name: 'disk0', size: size0, absentClusters: 0 }),
       expect.objectContaining({ id: 1, name: 'disk1', size: 40_000, dataClusters: 1, zeroClusters: 0 }),

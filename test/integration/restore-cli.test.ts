@@ -9,33 +9,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/main.js';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import type { EmbeddedS3Event } from '../../src/store/embedded-s3.js';
 import { S3ArchiveSink } from '../../src/store/s3-sink.js';
 import { buildChain, type ChainStep } from '../helpers/s3-chain-fixture.js';
+import { runCliInProcess } from '../helpers/cli-inprocess.js';
 import { startS3rver, type TestS3Server } from '../helpers/s3-servers.js';
 
 const devices = [{ id: 0, name: 'vda', size: 3 * 1024 * 1024 + 777 }];
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const ow = process.stdout.write.bind(process.stdout);
-  const ew = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => ((stdout += String(c)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => ((stderr += String(c)), true)) as typeof process.stderr.write;
-  const prev = process.exitCode;
-  process.exitCode = 0;
-  try {
-    await main(['node', 'cowstream', ...args]);
-    return { code: Number(process.exitCode ?? 0), stdout, stderr };
-  } finally {
-    process.stdout.write = ow;
-    process.stderr.write = ew;
-    process.exitCode = prev;
-  }
-}
+const run = runCliInProcess;
 
 describe('cowstream restore / verify / uploads (CLI)', () => {
   let server: TestS3Server;
@@ -116,7 +99,7 @@ describe('cowstream restore / verify / uploads (CLI)', () => {
   it('encrypted archives: restore and verify need the key file, and name a missing one', async () => {
     const key = Buffer.alloc(32, 0x42);
     const keyFile = join(work, 'k.key');
-    writeFileSync(keyFile, key);
+    writeFileSync(keyFile, key, { mode: 0o600 });
     const pool = new ZstdPool({ workers: 2 });
     let enc: ChainStep[];
     try {
@@ -128,7 +111,7 @@ describe('cowstream restore / verify / uploads (CLI)', () => {
     expect(noKey.code).toBe(1);
     expect(noKey.stderr).toMatch(/archive .* is encrypted \(key fingerprint [0-9a-f]{32}\); pass --key FILE/);
     const wrongFile = join(work, 'wrong.key');
-    writeFileSync(wrongFile, Buffer.alloc(32, 1));
+    writeFileSync(wrongFile, Buffer.alloc(32, 1), { mode: 0o600 });
     const wrong = await run(['restore', enc[1]!.uuid, '--to', join(work, 'enc-wrong.img'), '--key', wrongFile, ...store]);
     expect(wrong.stderr).toMatch(/wrong key: archive .* expects key fingerprint/);
     const r = await run(['restore', enc[1]!.uuid, '--to', join(work, 'enc.img'), '--key', keyFile, ...store]);

@@ -561,7 +561,7 @@ export function registerArchiveCommands(program: Command): void {
     .argument('<devices...>', 'NAME=IMAGE pairs: device name in the archive = image file or block device')
     .option('--config-file <file>', 'store a config file (e.g. a VM config) in the header; repeatable', collect, [])
     .option('--level <n>', `zstd level ${MIN_ZSTD_LEVEL}..${MAX_ZSTD_LEVEL}`, '1')
-    .option('--key <file>', 'encrypt extents with AES-256-GCM using this 32-byte key file')
+    .option('--key <file>', 'encrypt with this key file (cowstream key create): extents and configs sealed with AES-256-GCM, header and index authenticated')
     .option('--host-id <id>', 'host id recorded in the header (default: this host name)')
     .option('--workers <n>', 'compression worker threads (default: one per core)')
     .option('--progress', 'show a progress bar on stderr even when it is not a terminal')
@@ -632,7 +632,7 @@ export function registerArchiveCommands(program: Command): void {
     .command('verify')
     .description('check every checksum (header, extents, plaintext, trailer, footer); exit 0 only when all are good')
     .argument('<archive>', 'archive file')
-    .option('--key <file>', 'key file, to also check the plaintext of an encrypted archive')
+    .option('--key <file>', 'key file: also authenticate header, index and configs and check the plaintext of an encrypted archive')
     .option('--progress', 'show a progress bar on stderr even when it is not a terminal')
     .option('--json', 'print the result as JSON')
     .action(async (path: string, opts: { key?: string; json?: boolean; progress?: boolean }) => {
@@ -653,7 +653,8 @@ export function registerArchiveCommands(program: Command): void {
         } else if (r.ok) {
           process.stdout.write(
             `OK ${path}: ${r.extentsChecked} extents, ${formatBytes(r.bytesChecked)} checked` +
-              `${r.plaintextChecked ? ' (stored and plaintext checksums)' : ' (stored checksums only: plaintext needs the key)'}\n`,
+              `${r.plaintextChecked ? ' (stored and plaintext checksums)' : ' (stored checksums only: plaintext needs the key)'}` +
+              `${r.authenticated ? ', header and index authenticated under the key' : ''}\n`,
           );
         } else {
           const b = r.firstBad!;

@@ -37,13 +37,15 @@ async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
         extentsChecked: res.extentsChecked,
         bytesChecked: res.bytesChecked,
         plaintextChecked: res.plaintextChecked,
+        authenticated: res.authenticated,
         ...(res.firstBad ? { firstBad: res.firstBad } : {}),
       };
       if (o.json) printJson(out);
       else {
         process.stdout.write(
           `${res.ok ? 'OK' : 'CORRUPT'} archive ${out.archive} (${out.source}): ${res.extentsChecked}/${res.extentCount} extents, ` +
-            `${formatBytes(res.bytesChecked)} checked, ${res.plaintextChecked ? 'stored + plaintext checksums' : 'stored checksums only (pass --key for plaintext)'}\n`,
+            `${formatBytes(res.bytesChecked)} checked, ${res.plaintextChecked ? 'stored + plaintext checksums' : 'stored checksums only (pass --key for plaintext)'}` +
+            `${res.authenticated ? ', header and index authenticated' : ''}\n`,
         );
         if (res.firstBad) process.stdout.write(`  first bad extent: seq ${res.firstBad.seq} at offset ${res.firstBad.offset}: ${res.firstBad.message}\n`);
       }

@@ -85,12 +85,15 @@ describe('key files', () => {
   });
 
   it('readKeyFile accepts exactly 32 bytes', async () => {
-    for (const size of [0, 16, 31, 33, 64]) {
+    for (const size of [0, 16, 31, 33]) {
       const p = join(dir, `bad-${size}`);
-      await writeFile(p, randomBytes(size));
+      await writeFile(p, randomBytes(size), { mode: 0o600 });
       await expect(readKeyFile(p)).rejects.toThrow(EncryptionKeyError);
       await expect(readKeyFile(p)).rejects.toThrow(`it has ${size}`);
     }
+    const p64 = join(dir, 'bad-64');
+    await writeFile(p64, randomBytes(64), { mode: 0o600 });
+    await expect(readKeyFile(p64)).rejects.toThrow(/neither a 32-byte key nor a passphrase-wrapped key file/);
     await expect(readKeyFile(join(dir, 'missing'))).rejects.toThrow(EncryptionKeyError);
     await mkdir(join(dir, 'adir'));
     await expect(readKeyFile(join(dir, 'adir'))).rejects.toThrow(/not a regular file/);

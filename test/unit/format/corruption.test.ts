@@ -166,8 +166,8 @@ describe('garbage and crafted fields', () => {
     magic.write('XXXXXXXX', 0, 'ascii');
     await expect(openArchive(new BufferRangeSource(resealHeader(magic)))).rejects.toThrow(/bad header magic/);
     const hv = Buffer.from(good);
-    hv.writeUInt16LE(2, 8);
-    await expect(openArchive(new BufferRangeSource(resealHeader(hv)))).rejects.toThrow(/unsupported archive format version 2/);
+    hv.writeUInt16LE(3, 8);
+    await expect(openArchive(new BufferRangeSource(resealHeader(hv)))).rejects.toThrow(/unsupported archive format version 3/);
     const fv = Buffer.from(good);
     fv.writeUInt16LE(9, footerStart(fv) + 8);
     await expect(openArchive(new BufferRangeSource(resealFooter(fv)))).rejects.toThrow(/unsupported archive format version 9/);

@@ -65,6 +65,8 @@ describe('AES-256-GCM encryption', () => {
     await expect(decodeExtent(slice, { key: OTHER, keyFingerprint: keyFingerprint(KEY), compressor })).rejects.toThrow(keyFingerprint(KEY));
     // Without the fingerprint a wrong key still fails authentication, typed.
     await expect(decodeExtent(slice, { key: OTHER, compressor })).rejects.toBeInstanceOf(ChecksumError);
-    expect((await decodeExtent(slice, { key: KEY, compressor })).length).toBe(x.clusterCount);
+    // v2: the associated data includes the header tag, so the extent only opens bound to its header.
+    await expect(decodeExtent(slice, { key: KEY, compressor })).rejects.toBeInstanceOf(ChecksumError);
+    expect((await decodeExtent(slice, { key: KEY, compressor, headerTag: r.headerTag })).length).toBe(x.clusterCount);
   });
 });
