@@ -1,0 +1,258 @@
+/**
+ * Pull mode for VMs as they are: a drive whose format node is attached to
+ * the guest directly (no raw filter) is fleeced by a backup job (job graph),
+ * one behind a raw filter by our own filter (filter graph). Against a REAL
+ * qemu-storage-daemon: archive = disk at the snapshot point while the guest
+ * writes through the very export being backed up; incremental chains across
+ * both graph kinds; QEMU's graph exactly as before after success, cancel and
+ * a SIGKILL of the backup process (the next run removes what it left).
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ZstdPool } from '../../src/codec/zstd-pool.js';
+import { QmpClient } from '../../src/qemu/qmp.js';
+import type { PullBackupResult } from '../../src/qemu/pull-backup.js';
+import { QemuBackupError, QmpTimeoutError } from '../../src/qemu/errors.js';
+import { processStart } from '../../src/qemu/run-record.js';
+import { backupToFile, fillRandom } from '../helpers/qemu-pull.js';
+import { copyExport, createImage, guestWrites, startDaemon, tempDir, type QemuDaemon } from '../helpers/qemu-daemon.js';
+import { firstDiff, restoreChain } from '../helpers/qemu-archive.js';
+
+const SIZE = 64 * 1024 * 1024;
+const pool = new ZstdPool({ workers: 2 });
+afterAll(async () => pool.close());
+
+type Attach = 'filter' | 'direct';
+
+
+/** Everything of QEMU's block layer a backup may touch: nodes, edges, exports, jobs. */
+async function graphOf(qmp: QmpClient): Promise<{ nodes: string[]; edges: string[]; exports: string[]; jobs: string[] }> {
+  const nodes = await qmp.execute<{ 'node-name': string; drv: string; ro: boolean }[]>('query-named-block-nodes', { flat: true });
+  const g = await qmp.execute<{ nodes: { id: number; name: string; type: string }[]; edges: { parent: number; child: number; name: string }[] }>('x-debug-query-block-graph');
+  const byId = new Map(g.nodes.map((n) => [n.id, n]));
+  const label = (id: number): string => `${byId.get(id)?.type}:${byId.get(id)?.name}`;
+  const exports = await qmp.execute<{ id: string; 'node-name': string }[]>('query-block-exports');
+  const jobs = await qmp.execute<{ id: string }[]>('query-jobs');
+  return {
+    nodes: nodes.map((n) => `${n['node-name']}:${n.drv}:${n.ro ? 'ro' : 'rw'}`).sort(),
+    edges: g.edges.map((e) => `${label(e.parent)} -${e.name}-> ${label(e.child)}`).sort(),
+    exports: exports.map((e) => `${e.id}@${e['node-name']}`).sort(),
+    jobs: jobs.map((j) => j.id).sort(),
+  };
+}
+
+async function bitmapNames(qmp: QmpClient): Promise<string[]> {
+  const nodes = await qmp.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name: string }[] }[]>('query-named-block-nodes', { flat: true });
+  // A copy-before-write filter keeps an unnamed bitmap on the drive while it exists.
+  return (nodes.find((n) => n['node-name'] === 'd0')?.['dirty-bitmaps'] ?? []).map((b) => b.name).filter((n) => typeof n === 'string' && n.startsWith('cowstream-')).sort();
+}
+
+
+const ownFiles = (dir: string): string[] => readdirSync(dir).filter((f) => f.endsWith('.fleece') || f.endsWith('.run'));
+
+describe('job graph: a qcow2 node exported to the guest directly', () => {
+  const t = tempDir();
+  let d: QemuDaemon;
+  let qmp: QmpClient;
+  afterAll(async () => {
+    await qmp?.close();
+    await d?.stop();
+    t.cleanup();
+  });
+
+  it('archive equals the disk at the snapshot point while the guest writes through that export; 1 MiB READs over several connections; graph as before', async () => {
+    const img = join(t.dir, 'd0.qcow2');
+    await createImage(img, 'qcow2', String(SIZE));
+    d = await startDaemon(t.dir, [{ path: img, format: 'qcow2' }], { attach: 'direct' });
+    qmp = await QmpClient.connect(d.qmpSocket);
+    await fillRandom(d, t.dir, 32 * 1024 * 1024);
+    await guestWrites(d.guestUri(0), 5, 40, SIZE);
+    const before = await graphOf(qmp);
+    expect(before.edges).toContain('block-backend: -root-> block-driver:d0');
+    const ref = join(t.dir, 'ref.raw');
+    await copyExport(d.guestUri(0), ref);
+    let writers: Promise<void> | null = null;
+    let writesDone = false;
+    let readWhileWriting = false;
+    let during: Awaited<ReturnType<typeof graphOf>> | null = null;
+    const r = await backupToFile(d, qmp, t.dir, 'full', pool, {
+      readChunk: 4 * 1024 * 1024,
+      readSize: 1024 * 1024,
+      connections: 3,
+      maxInFlight: 2,
+      onSnapshot: async (info) => {
+        expect(info.graph).toBe('job');
+        during = await graphOf(qmp);
+        writers = guestWrites(d.guestUri(0), 77, 400, SIZE, { maxLen: 1024 * 1024 }).then(() => void (writesDone = true));
+      },
+      onProgress: () => {
+        if (!writesDone) readWhileWriting = true;
+      },
+    });
+    await writers;
+    expect(readWhileWriting).toBe(true);
+    expect(r.graph).toBe('job');
+    expect(r.graphReason).toMatch(/'d0' is attached directly/);
+    expect(r.devices[0]).toMatchObject({ readSize: 1024 * 1024, connections: 3 });
+    // During the backup the job's filter sits between the export and the drive.
+    expect(during!.jobs).toEqual([expect.stringMatching(/^cowstream-[0-9a-f]{8}-job0$/)]);
+    const now = join(t.dir, 'now.raw');
+    await copyExport(d.guestUri(0), now);
+    const restored = await restoreChain(r.path, join(t.dir, 'restore-1'), pool);
+    const want = await readFile(ref);
+    expect(firstDiff(restored.get('vda')!, want)).toBeNull();
+    expect((await readFile(now)).equals(want)).toBe(false);
+    expect(await graphOf(qmp)).toEqual(before);
+    expect(await bitmapNames(qmp)).toEqual([`cowstream-${r.uuid}`]);
+    expect(ownFiles(t.dir)).toEqual([]);
+  }, 90_000);
+
+  it('cancel mid-read: graph as before, bitmap generation kept, no files left', async () => {
+    const before = await graphOf(qmp);
+    const bms = await bitmapNames(qmp);
+    const ac = new AbortController();
+    const p = backupToFile(d, qmp, t.dir, 'incremental', pool, { signal: ac.signal, readChunk: 64 * 1024, maxInFlight: 1, connections: 1, onProgress: () => ac.abort() });
+    await guestWrites(d.guestUri(0), 6, 20, SIZE);
+    await expect(p).rejects.toBeInstanceOf(QemuBackupError);
+    expect(await graphOf(qmp)).toEqual(before);
+    expect(await bitmapNames(qmp)).toEqual(bms);
+    expect(ownFiles(t.dir)).toEqual([]);
+  }, 60_000);
+
+  it('a busy QMP socket (another client holds the monitor) gives a clear error, no hang', async () => {
+    const err = await QmpClient.connect(d.qmpSocket, { connectTimeoutMs: 500 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(QmpTimeoutError);
+    expect((err as Error).message).toMatch(/another client holds it/);
+  });
+});
+
+describe('incremental chain across both graph kinds (same image, attached differently)', () => {
+  const t = tempDir();
+  let d: QemuDaemon;
+  let qmp: QmpClient;
+  const img = join(t.dir, 'd0.qcow2');
+  afterAll(async () => {
+    await qmp?.close();
+    await d?.stop();
+    t.cleanup();
+  });
+  const restart = async (attach: Attach): Promise<void> => {
+    await qmp?.close();
+    await d?.stop();
+    d = await startDaemon(t.dir, [{ path: img, format: 'qcow2' }], { attach });
+    qmp = await QmpClient.connect(d.qmpSocket);
+  };
+  const check = async (r: PullBackupResult & { path: string }, tag: string): Promise<void> => {
+    const disk = join(t.dir, `${tag}.raw`);
+    await copyExport(d.guestUri(0), disk);
+    const restored = await restoreChain(r.path, join(t.dir, `restore-${tag}`), pool);
+    expect(firstDiff(restored.get('vda')!, await readFile(disk))).toBeNull();
+  };
+
+  it('filter full → job incremental → filter incremental → job incremental, each restoring to the disk', async () => {
+    await createImage(img, 'qcow2', String(SIZE));
+    await restart('filter');
+    await fillRandom(d, t.dir, 16 * 1024 * 1024);
+    const full = await backupToFile(d, qmp, t.dir, 'full', pool);
+    expect(full.graph).toBe('filter');
+    await check(full, 'full');
+    let parent = full.uuid;
+    const kinds: Attach[] = ['direct', 'filter', 'direct'];
+    for (const [i, attach] of kinds.entries()) {
+      await restart(attach);
+      const before = await graphOf(qmp);
+      await guestWrites(d.guestUri(0), 30 + i, 50, SIZE);
+      const inc = await backupToFile(d, qmp, t.dir, 'incremental', pool, { readSize: 1024 * 1024 });
+      expect({ graph: inc.graph, mode: inc.mode, parent: inc.parentUuid }).toEqual({ graph: attach === 'direct' ? 'job' : 'filter', mode: 'incremental', parent });
+      expect(inc.devices[0]!.skippedClusters).toBeGreaterThan(0);
+      await check(inc, `inc${i}`);
+      expect(await graphOf(qmp)).toEqual(before);
+      expect(await bitmapNames(qmp)).toEqual([`cowstream-${inc.uuid}`]);
+      parent = inc.uuid;
+    }
+    expect(ownFiles(t.dir)).toEqual([]);
+  }, 120_000);
+});
+
+describe.each<Attach>(['direct', 'filter'])('SIGKILL of the backup process mid-backup (%s attach)', (attach) => {
+  const t = tempDir();
+  let d: QemuDaemon;
+  let qmp: QmpClient | null = null;
+  afterAll(async () => {
+    await qmp?.close();
+    await d?.stop();
+    t.cleanup();
+  });
+
+  it('leaves recognisable leftovers; the next run removes them, restores the bitmap generation and backs up correctly', async () => {
+    const img = join(t.dir, 'd0.qcow2');
+    await createImage(img, 'qcow2', String(SIZE));
+    d = await startDaemon(t.dir, [{ path: img, format: 'qcow2' }], { attach });
+    qmp = await QmpClient.connect(d.qmpSocket);
+    await fillRandom(d, t.dir, 24 * 1024 * 1024);
+    const base = await backupToFile(d, qmp, t.dir, 'full', pool);
+    const before = await graphOf(qmp);
+    await guestWrites(d.guestUri(0), 40, 60, SIZE);
+    // The monitor serves one client: hand it to the child.
+    await qmp.close();
+    qmp = null;
+    const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../helpers/qemu-pull-child.ts'), d.qmpSocket, d.nbdSocket, t.dir, t.dir, 'incremental'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let errOut = '';
+    child.stderr.on('data', (c: Buffer) => (errOut += c.toString()));
+    const exited = new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_c, sig) => r(sig)));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`child never reported progress: ${out} ${errOut}`)), 30_000);
+      child.stdout.on('data', (c: Buffer) => {
+        out += c.toString();
+        if (out.includes('progress')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      child.once('exit', () => reject(new Error(`child exited early: ${out} ${errOut}`)));
+    });
+    child.kill('SIGKILL');
+    expect(await exited).toBe('SIGKILL');
+    // The guest keeps writing after the crash: the next incremental must see it.
+    await guestWrites(d.guestUri(0), 41, 40, SIZE);
+    qmp = await QmpClient.connect(d.qmpSocket);
+    const left = await graphOf(qmp);
+    expect(left.nodes.some((n) => /^cowstream-[0-9a-f]{8}-/.test(n))).toBe(true);
+    expect((await bitmapNames(qmp)).length).toBe(2);
+    expect(ownFiles(t.dir).some((f) => f.endsWith('.run'))).toBe(true);
+
+    // A record naming a live process: its objects are not touched.
+    const runFile = join(t.dir, ownFiles(t.dir).find((f) => f.endsWith('.run'))!);
+    const saved = readFileSync(runFile, 'utf8');
+    const sleeper = spawn('sleep', ['30']);
+    try {
+      writeFileSync(runFile, JSON.stringify({ ...(JSON.parse(saved) as object), pid: sleeper.pid, pidStart: processStart(sleeper.pid!) }));
+      await expect(backupToFile(d, qmp, t.dir, 'incremental', pool)).rejects.toThrow(/cowstream backup [0-9a-f-]{36} \(pid \d+\) is still running on this QEMU/);
+      expect(await graphOf(qmp)).toEqual(left);
+    } finally {
+      sleeper.kill('SIGKILL');
+      writeFileSync(runFile, saved);
+    }
+
+    const warnings: string[] = [];
+    const next = await backupToFile(d, qmp, t.dir, 'incremental', pool, { onWarning: (m) => warnings.push(m) }).catch((e: unknown) => { throw new Error(`${String(e)} after warnings: ${warnings.join(' / ')}`); });
+    expect(next.recovered).toEqual([expect.stringMatching(/removed the leftovers of cowstream backup [0-9a-f-]{36} \(its process is gone\)/)]);
+    expect(warnings.filter((w) => w.startsWith('recovery:'))).toEqual([]);
+    // The killed run's generation went back into the base's: the chain still starts at base.
+    expect(next.mode).toBe('incremental');
+    expect(next.parentUuid).toBe(base.uuid);
+    expect(await graphOf(qmp)).toEqual(before);
+    expect(await bitmapNames(qmp)).toEqual([`cowstream-${next.uuid}`]);
+    expect(ownFiles(t.dir)).toEqual([]);
+    const disk = join(t.dir, 'disk.raw');
+    await copyExport(d.guestUri(0), disk);
+    const restored = await restoreChain(next.path, join(t.dir, 'restore'), pool);
+    expect(firstDiff(restored.get('vda')!, await readFile(disk))).toBeNull();
+  }, 120_000);
+});
