@@ -187,7 +187,7 @@ describe('pull backup refuses bad input with clear errors', () => {
     const ok = await run(['backup', '--qemu', d.qmpSocket, '--drive', 'd0=vda', '--fleecing', t.dir, '--to', `file:${outDir}`, '--json'], { COWSTREAM_QEMU_NBD_SOCKET: d.nbdSocket });
     expect({ code: ok.code, stderr: ok.stderr, stdout: ok.code === 0 ? '' : ok.stdout }).toEqual({ code: 0, stderr: '', stdout: '' });
     const res = JSON.parse(ok.stdout) as { uuid: string; mode: string; target: string; devices: { name: string; size: number }[] };
-    expect(res).toMatchObject({ mode: 'full', devices: [{ name: 'vda', size: 8 * 1024 * 1024 }] });
+    expect(res).toMatchObject({ mode: 'full', graph: 'filter', graphReason: expect.stringMatching(/raw filter/), devices: [{ name: 'vda', size: 8 * 1024 * 1024 }] });
     expect(res.target).toBe(join(outDir, `${res.uuid}.cwa`));
     expect(existsSync(res.target)).toBe(true);
 
