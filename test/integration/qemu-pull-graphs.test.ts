@@ -122,6 +122,47 @@ describe('job graph: a qcow2 node exported to the guest directly', () => {
     expect(ownFiles(t.dir)).toEqual([]);
   }, 60_000);
 
+  it('the archive sink fails mid-backup: graph as before, the bitmap generation folded back', async () => {
+    const before = await graphOf(qmp);
+    const bms = await bitmapNames(qmp);
+    let written = 0;
+    const failing = backupToFile(d, qmp, t.dir, 'incremental', pool, {
+      readChunk: 256 * 1024,
+      openOutput: async () => ({
+        write: async (c: Uint8Array) => {
+          written += c.length;
+          if (written > 64 * 1024) throw new Error('disk full');
+        },
+        close: async () => undefined,
+        abort: async () => undefined,
+      }),
+    }).catch((e: unknown) => e);
+    await guestWrites(d.guestUri(0), 7, 30, SIZE);
+    expect(String(await failing)).toMatch(/disk full/);
+    expect(await graphOf(qmp)).toEqual(before);
+    expect(await bitmapNames(qmp)).toEqual(bms);
+    expect(ownFiles(t.dir)).toEqual([]);
+  }, 60_000);
+
+  it('a backup job cancelled from outside mid-backup fails the backup (its reads would no longer be the snapshot)', async () => {
+    const before = await graphOf(qmp);
+    const bms = await bitmapNames(qmp);
+    let cancelled: Promise<unknown> | null = null;
+    const p = backupToFile(d, qmp, t.dir, 'full', pool, {
+      readChunk: 64 * 1024,
+      maxInFlight: 1,
+      connections: 1,
+      onProgress: () => {
+        cancelled ??= qmp.execute<{ id: string }[]>('query-jobs').then((jobs) => qmp.execute('job-cancel', { id: jobs.find((j) => j.id.endsWith('-job0'))!.id }));
+      },
+    });
+    await expect(p).rejects.toThrow(/backup job of 'vda' ended during the backup/);
+    await cancelled;
+    expect(await graphOf(qmp)).toEqual(before);
+    expect(await bitmapNames(qmp)).toEqual(bms);
+    expect(ownFiles(t.dir)).toEqual([]);
+  }, 60_000);
+
   it('a busy QMP socket (another client holds the monitor) gives a clear error, no hang', async () => {
     const err = await QmpClient.connect(d.qmpSocket, { connectTimeoutMs: 500 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(QmpTimeoutError);
