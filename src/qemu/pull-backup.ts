@@ -107,9 +107,12 @@ export interface PullBackupOptions {
   cbwTimeoutSec?: number;
   readChunk?: number;
   /**
-   * Bytes per NBD READ in the job graph (default 1 MiB). The filter graph
-   * always reads one 64 KiB cluster per READ (QEMU 7.2 snapshot-access bug,
-   * extent-reader.ts).
+   * Bytes per NBD READ (a power of two, 64 KiB … 2 MiB). Job graph: default
+   * 1 MiB. Filter graph: default 64 KiB with a raw fleecing file; larger
+   * makes the fleecing image a qcow2 whose cluster is the READ size, so one
+   * READ never spans a copied and a not-yet-copied cbw cluster (the QEMU 7.2
+   * snapshot-access bug, extent-reader.ts) — at the price of a guest write
+   * copying a whole READ-sized cluster first.
    */
   readSize?: number;
   /** NBD connections per drive when the export advertises multi-conn (default 4). */
@@ -229,6 +232,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
     created: { flFile: false, fl: false, cbw: false, redirected: false, job: false, sa: false, export: false, newBitmap: false, oldDisabled: false },
   }));
 
+  const readSize = pickReadSize(graph, o.readSize, o.readChunk);
   const total = drives.reduce((s, d) => s + d.plan.node.size, 0);
   let writer: ArchiveWriter | null = null;
   let nbdDir: string | null = null;
@@ -264,7 +268,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
     await writeRecord(o.fleecingDir, { uuid, pid: process.pid, pidStart: processStart(process.pid), nbdSocket: nbdDir ? nbdSocket : null });
     recordWritten = true;
     if (graph === 'job') await setUpJobGraph(qmp, drives, mode);
-    else await setUpFilterGraph(qmp, drives, mode, o.cbwTimeoutSec ?? 45);
+    else await setUpFilterGraph(qmp, drives, mode, o.cbwTimeoutSec ?? 45, readSize);
     await o.onSnapshot?.({ uuid, parentUuid, mode, modeReason, graph, graphReason });
     // Export bitmap: the old generation, copied onto the exported node.
     for (const d of drives) {
@@ -312,7 +316,6 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
       const conn = await connectAll(nbdSocket, d.exportId, dirtyContext, o.connections ?? 4, o.maxInFlight ?? 32, clients);
       const client = conn[0] as NbdClient;
       if (client.size !== d.plan.node.size) throw new QemuBackupError(`export of '${d.name}' has ${client.size} bytes, the drive ${d.plan.node.size}`);
-      const readSize = graph === 'job' ? Math.min(o.readSize ?? 1024 * 1024, o.readChunk ?? 4 * 1024 * 1024) : CLUSTER_SIZE;
       const onAbort = (): void => {
         for (const c of conn) c.destroy(new QemuBackupError('backup cancelled'));
       };
@@ -406,13 +409,25 @@ export function incrementalBlocker(nodes: NamedNode[], bitmaps: NamedNode['bitma
   return null;
 }
 
-/** Filter graph: fleecing file + our cbw filter, then the snapshot point (one reopen of the raw parents). */
-async function setUpFilterGraph(qmp: QmpClient, drives: DriveState[], mode: 'full' | 'incremental', cbwTimeoutSec: number): Promise<void> {
-  // Fleecing targets: sparse files sized like the drive (cbw requires equal size).
+/** READ size: a power of two within [64 KiB, 2 MiB] and ≤ the run size; see PullBackupOptions.readSize. */
+function pickReadSize(graph: GraphKind, wanted: number | undefined, readChunk: number | undefined): number {
+  const want = wanted ?? (graph === 'job' ? 1024 * 1024 : CLUSTER_SIZE);
+  if (!Number.isInteger(want) || want < CLUSTER_SIZE || want > 2 * 1024 * 1024 || (want & (want - 1)) !== 0) {
+    throw new QemuDriveError(`read size ${want} must be a power of two from 64 KiB to 2 MiB`);
+  }
+  return Math.min(want, Math.max(CLUSTER_SIZE, readChunk ?? 4 * 1024 * 1024));
+}
+
+/** Filter graph: fleecing image + our cbw filter, then the snapshot point (one reopen of the raw parents). */
+async function setUpFilterGraph(qmp: QmpClient, drives: DriveState[], mode: 'full' | 'incremental', cbwTimeoutSec: number, readSize: number): Promise<void> {
+  // Fleecing targets sized like the drive (cbw requires equal size): a sparse raw file when
+  // READs are one 64 KiB cluster; else a qcow2 whose cluster (= the cbw copy unit) is the READ size.
   for (const d of drives) {
-    await createFleeceFile(d.fleecePath, d.plan.node.size);
-    await qmp.execute('blockdev-add', { driver: 'file', 'node-name': d.flNode, filename: d.fleecePath, discard: 'unmap' });
-    d.created.fl = true;
+    if (readSize === CLUSTER_SIZE) {
+      await createFleeceFile(d.fleecePath, d.plan.node.size);
+      await qmp.execute('blockdev-add', { driver: 'file', 'node-name': d.flNode, filename: d.fleecePath, discard: 'unmap' });
+      d.created.fl = true;
+    } else await addQcow2Fleece(qmp, d, readSize, null);
   }
   // copy-before-write filters (not yet in the guest's path).
   for (const d of drives) {
@@ -449,18 +464,8 @@ async function setUpFilterGraph(qmp: QmpClient, drives: DriveState[], mode: 'ful
  * the snapshot point, exact for the bitmaps too.
  */
 async function setUpJobGraph(qmp: QmpClient, drives: DriveState[], mode: 'full' | 'incremental'): Promise<void> {
-  for (const d of drives) {
-    await createFleeceFile(d.fleecePath, 0);
-    await qmp.execute('blockdev-add', { driver: 'file', 'node-name': d.flFileNode, filename: d.fleecePath, discard: 'unmap' });
-    d.created.flFile = true;
-    await qmp.execute('blockdev-create', { 'job-id': d.createJobId, options: { driver: 'qcow2', file: d.flFileNode, size: d.plan.node.size, 'cluster-size': FLEECE_CLUSTER } });
-    const job = await waitJobConcluded(qmp, d.createJobId);
-    await qmp.execute('job-dismiss', { id: d.createJobId });
-    if (job.error) throw new QemuBackupError(`creating the fleecing image ${d.fleecePath} failed: ${job.error}`);
-    // The overlay reads what was not copied yet from the drive itself.
-    await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': d.flNode, file: d.flFileNode, backing: d.plan.node.nodeName, discard: 'unmap' });
-    d.created.fl = true;
-  }
+  // The overlay reads what was not copied yet from the drive itself.
+  for (const d of drives) await addQcow2Fleece(qmp, d, FLEECE_CLUSTER, d.plan.node.nodeName);
   const actions: unknown[] = [];
   for (const d of drives) actions.push({ type: 'block-dirty-bitmap-add', data: { node: d.plan.node.nodeName, name: d.newBitmap, persistent: d.plan.node.drv === 'qcow2' } });
   if (mode === 'incremental') for (const d of drives) actions.push({ type: 'block-dirty-bitmap-disable', data: { node: d.plan.node.nodeName, name: d.oldBitmap } });
@@ -476,6 +481,19 @@ async function setUpJobGraph(qmp: QmpClient, drives: DriveState[], mode: 'full' 
     d.created.oldDisabled = mode === 'incremental';
     d.created.job = true;
   }
+}
+
+/** A qcow2 fleecing image (file node + blockdev-create + qcow2 node), optionally backed by the drive. */
+async function addQcow2Fleece(qmp: QmpClient, d: DriveState, cluster: number, backing: string | null): Promise<void> {
+  await createFleeceFile(d.fleecePath, 0);
+  await qmp.execute('blockdev-add', { driver: 'file', 'node-name': d.flFileNode, filename: d.fleecePath, discard: 'unmap' });
+  d.created.flFile = true;
+  await qmp.execute('blockdev-create', { 'job-id': d.createJobId, options: { driver: 'qcow2', file: d.flFileNode, size: d.plan.node.size, 'cluster-size': cluster } });
+  const job = await waitJobConcluded(qmp, d.createJobId);
+  await qmp.execute('job-dismiss', { id: d.createJobId });
+  if (job.error) throw new QemuBackupError(`creating the fleecing image ${d.fleecePath} failed: ${job.error}`);
+  await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': d.flNode, file: d.flFileNode, backing, discard: 'unmap' });
+  d.created.fl = true;
 }
 
 async function createFleeceFile(path: string, size: number): Promise<void> {

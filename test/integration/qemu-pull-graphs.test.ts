@@ -9,12 +9,12 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
-import type { PullBackupResult } from '../../src/qemu/pull-backup.js';
+import type { PullBackupOptions, PullBackupResult } from '../../src/qemu/pull-backup.js';
 import { QemuBackupError, QmpTimeoutError } from '../../src/qemu/errors.js';
 import { processStart } from '../../src/qemu/run-record.js';
 import { backupToFile, fillRandom } from '../helpers/qemu-pull.js';
@@ -50,8 +50,59 @@ async function bitmapNames(qmp: QmpClient): Promise<string[]> {
   return (nodes.find((n) => n['node-name'] === 'd0')?.['dirty-bitmaps'] ?? []).map((b) => b.name).filter((n) => typeof n === 'string' && n.startsWith('cowstream-')).sort();
 }
 
+/** Starts a daemon on `dir/d0.qcow2` (created on first use) with the guest attached as asked. */
+async function openDaemon(dir: string, attach: Attach): Promise<{ d: QemuDaemon; qmp: QmpClient }> {
+  const img = join(dir, 'd0.qcow2');
+  if (!existsSync(img)) await createImage(img, 'qcow2', String(SIZE));
+  const d = await startDaemon(dir, [{ path: img, format: 'qcow2' }], { attach });
+  return { d, qmp: await QmpClient.connect(d.qmpSocket) };
+}
 
 const ownFiles = (dir: string): string[] => readdirSync(dir).filter((f) => f.endsWith('.fleece') || f.endsWith('.run'));
+
+/**
+ * Full backup while the guest writes (seeded, started at the snapshot
+ * point); checks that reads overlapped the writes, that the archive equals
+ * the copy taken just before the snapshot point (and not the disk after the
+ * writes), and that QEMU's graph is as before. Returns the result and the
+ * graph seen at the snapshot point.
+ */
+async function backupWhileWriting(
+  d: QemuDaemon,
+  qmp: QmpClient,
+  dir: string,
+  opts: Partial<PullBackupOptions>,
+  writes: { seed: number; count: number; maxLen: number },
+): Promise<{ r: PullBackupResult; during: Awaited<ReturnType<typeof graphOf>> }> {
+  const before = await graphOf(qmp);
+  const ref = join(dir, 'ref.raw');
+  await copyExport(d.guestUri(0), ref);
+  let writers: Promise<void> | null = null;
+  let writesDone = false;
+  let readWhileWriting = false;
+  let during: Awaited<ReturnType<typeof graphOf>> | null = null;
+  const r = await backupToFile(d, qmp, dir, 'full', pool, {
+    ...opts,
+    onSnapshot: async () => {
+      during = await graphOf(qmp);
+      writers = guestWrites(d.guestUri(0), writes.seed, writes.count, SIZE, { maxLen: writes.maxLen }).then(() => void (writesDone = true));
+    },
+    onProgress: () => {
+      if (!writesDone) readWhileWriting = true;
+    },
+  });
+  await writers;
+  expect(readWhileWriting).toBe(true);
+  const now = join(dir, 'now.raw');
+  await copyExport(d.guestUri(0), now);
+  const restored = await restoreChain(r.path, join(dir, `restore-${r.uuid}`), pool);
+  const want = await readFile(ref);
+  expect(firstDiff(restored.get('vda')!, want)).toBeNull();
+  expect((await readFile(now)).equals(want)).toBe(false);
+  expect(await graphOf(qmp)).toEqual(before);
+  expect(ownFiles(dir)).toEqual([]);
+  return { r, during: during! };
+}
 
 describe('job graph: a qcow2 node exported to the guest directly', () => {
   const t = tempDir();
@@ -64,50 +115,17 @@ describe('job graph: a qcow2 node exported to the guest directly', () => {
   });
 
   it('archive equals the disk at the snapshot point while the guest writes through that export; 1 MiB READs over several connections; graph as before', async () => {
-    const img = join(t.dir, 'd0.qcow2');
-    await createImage(img, 'qcow2', String(SIZE));
-    d = await startDaemon(t.dir, [{ path: img, format: 'qcow2' }], { attach: 'direct' });
-    qmp = await QmpClient.connect(d.qmpSocket);
+    ({ d, qmp } = await openDaemon(t.dir, 'direct'));
     await fillRandom(d, t.dir, 32 * 1024 * 1024);
     await guestWrites(d.guestUri(0), 5, 40, SIZE);
-    const before = await graphOf(qmp);
-    expect(before.edges).toContain('block-backend: -root-> block-driver:d0');
-    const ref = join(t.dir, 'ref.raw');
-    await copyExport(d.guestUri(0), ref);
-    let writers: Promise<void> | null = null;
-    let writesDone = false;
-    let readWhileWriting = false;
-    let during: Awaited<ReturnType<typeof graphOf>> | null = null;
-    const r = await backupToFile(d, qmp, t.dir, 'full', pool, {
-      readChunk: 4 * 1024 * 1024,
-      readSize: 1024 * 1024,
-      connections: 3,
-      maxInFlight: 2,
-      onSnapshot: async (info) => {
-        expect(info.graph).toBe('job');
-        during = await graphOf(qmp);
-        writers = guestWrites(d.guestUri(0), 77, 400, SIZE, { maxLen: 1024 * 1024 }).then(() => void (writesDone = true));
-      },
-      onProgress: () => {
-        if (!writesDone) readWhileWriting = true;
-      },
-    });
-    await writers;
-    expect(readWhileWriting).toBe(true);
+    expect((await graphOf(qmp)).edges).toContain('block-backend: -root-> block-driver:d0');
+    const { r, during } = await backupWhileWriting(d, qmp, t.dir, { readChunk: 4 * 1024 * 1024, readSize: 1024 * 1024, connections: 3, maxInFlight: 2 }, { seed: 77, count: 400, maxLen: 1024 * 1024 });
     expect(r.graph).toBe('job');
     expect(r.graphReason).toMatch(/'d0' is attached directly/);
     expect(r.devices[0]).toMatchObject({ readSize: 1024 * 1024, connections: 3 });
     // During the backup the job's filter sits between the export and the drive.
-    expect(during!.jobs).toEqual([expect.stringMatching(/^cowstream-[0-9a-f]{8}-job0$/)]);
-    const now = join(t.dir, 'now.raw');
-    await copyExport(d.guestUri(0), now);
-    const restored = await restoreChain(r.path, join(t.dir, 'restore-1'), pool);
-    const want = await readFile(ref);
-    expect(firstDiff(restored.get('vda')!, want)).toBeNull();
-    expect((await readFile(now)).equals(want)).toBe(false);
-    expect(await graphOf(qmp)).toEqual(before);
+    expect(during.jobs).toEqual([expect.stringMatching(/^cowstream-[0-9a-f]{8}-job0$/)]);
     expect(await bitmapNames(qmp)).toEqual([`cowstream-${r.uuid}`]);
-    expect(ownFiles(t.dir)).toEqual([]);
   }, 90_000);
 
   it('cancel mid-read: graph as before, bitmap generation kept, no files left', async () => {
@@ -170,11 +188,30 @@ describe('job graph: a qcow2 node exported to the guest directly', () => {
   });
 });
 
+describe('filter graph with 1 MiB READs: a qcow2 fleecing image whose cluster is the READ size', () => {
+  const t = tempDir();
+  let d: QemuDaemon;
+  let qmp: QmpClient;
+  afterAll(async () => {
+    await qmp?.close();
+    await d?.stop();
+    t.cleanup();
+  });
+
+  it('archive equals the disk at the snapshot point while the guest writes; graph as before', async () => {
+    ({ d, qmp } = await openDaemon(t.dir, 'filter'));
+    await fillRandom(d, t.dir, 40 * 1024 * 1024);
+    // Small scattered writes: each lands in a cbw cluster a READ may be crossing.
+    const { r } = await backupWhileWriting(d, qmp, t.dir, { readSize: 1024 * 1024, connections: 3, maxInFlight: 2 }, { seed: 91, count: 600, maxLen: 64 * 1024 });
+    expect(r.graph).toBe('filter');
+    expect(r.devices[0]).toMatchObject({ readSize: 1024 * 1024, connections: 3 });
+  }, 90_000);
+});
+
 describe('incremental chain across both graph kinds (same image, attached differently)', () => {
   const t = tempDir();
   let d: QemuDaemon;
   let qmp: QmpClient;
-  const img = join(t.dir, 'd0.qcow2');
   afterAll(async () => {
     await qmp?.close();
     await d?.stop();
@@ -183,8 +220,7 @@ describe('incremental chain across both graph kinds (same image, attached differ
   const restart = async (attach: Attach): Promise<void> => {
     await qmp?.close();
     await d?.stop();
-    d = await startDaemon(t.dir, [{ path: img, format: 'qcow2' }], { attach });
-    qmp = await QmpClient.connect(d.qmpSocket);
+    ({ d, qmp } = await openDaemon(t.dir, attach));
   };
   const check = async (r: PullBackupResult & { path: string }, tag: string): Promise<void> => {
     const disk = join(t.dir, `${tag}.raw`);
@@ -194,7 +230,6 @@ describe('incremental chain across both graph kinds (same image, attached differ
   };
 
   it('filter full → job incremental → filter incremental → job incremental, each restoring to the disk', async () => {
-    await createImage(img, 'qcow2', String(SIZE));
     await restart('filter');
     await fillRandom(d, t.dir, 16 * 1024 * 1024);
     const full = await backupToFile(d, qmp, t.dir, 'full', pool);
@@ -229,10 +264,7 @@ describe.each<Attach>(['direct', 'filter'])('SIGKILL of the backup process mid-b
   });
 
   it('leaves recognisable leftovers; the next run removes them, restores the bitmap generation and backs up correctly', async () => {
-    const img = join(t.dir, 'd0.qcow2');
-    await createImage(img, 'qcow2', String(SIZE));
-    d = await startDaemon(t.dir, [{ path: img, format: 'qcow2' }], { attach });
-    qmp = await QmpClient.connect(d.qmpSocket);
+    ({ d, qmp } = await openDaemon(t.dir, attach));
     await fillRandom(d, t.dir, 24 * 1024 * 1024);
     const base = await backupToFile(d, qmp, t.dir, 'full', pool);
     const before = await graphOf(qmp);
