@@ -16,7 +16,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ZstdPool } from '../src/codec/zstd-pool.js';
@@ -173,11 +173,12 @@ async function benchAttach(attach: 'filter' | 'direct', img: string, dir: string
     console.log(`\n## guest export on ${attach === 'direct' ? 'the qcow2 node directly' : 'a raw filter node'}`);
     try {
       const qmp = await QmpClient.connect(d.qmpSocket);
-      const pull = async (withProbe: boolean): Promise<{ ms: number; bytes: number; r: Awaited<ReturnType<typeof runPullBackup>>; busy: number[] }> => {
+      const pull = async (withProbe: boolean): Promise<{ ms: number; bytes: number; r: Awaited<ReturnType<typeof runPullBackup>>; busy: number[]; cpuMs: number }> => {
         let backupDone = false;
         let out = '';
         const probe = withProbe ? latencyProbe(d.nbdSocket, () => backupDone, 0) : Promise.resolve([]);
         const p0 = Date.now();
+        const cpu0 = process.cpuUsage();
         const r = await runPullBackup({
           qmp,
           drives: [{ node: 'd0', name: 'disk' }],
@@ -193,11 +194,13 @@ async function benchAttach(attach: 'filter' | 'direct', img: string, dir: string
           openOutput: async (c) => FileByteSink.create((out = join(dir, `${c.uuid}.cwa`))),
         });
         const ms = Date.now() - p0;
+        const cpu = process.cpuUsage(cpu0);
+        const cpuMs = (cpu.user + cpu.system) / 1000;
         backupDone = true;
         const busy = await probe;
         const bytes = statSync(out).size;
         rmSync(out);
-        return { ms, bytes, r, busy };
+        return { ms, bytes, r, busy, cpuMs };
       };
       // Throughput: the guest is idle (as in the baseline, which needs a
       // quiescent image anyway). Paired runs, baseline then pull, ratio per
@@ -229,6 +232,8 @@ async function benchAttach(attach: 'filter' | 'direct', img: string, dir: string
       console.log(`| cowstream pull mode, guest writing at QD1 during it | ${(loaded.ms / 1000).toFixed(2)} s | ${mbps(loaded.ms)} MiB/s | ${(loaded.bytes / MiB).toFixed(1)} MiB |`);
       console.log(`\npairs (baseline / pull seconds): ${pairs.map((p) => `${(p.base.ms / 1000).toFixed(2)}/${(p.pull.ms / 1000).toFixed(2)}`).join(', ')}; ratios ${ratios.map((x) => x.toFixed(2)).join(', ')}`);
       console.log(`ratio pull/baseline throughput: ${median(ratios).toFixed(2)}x, median of ${pairs.length} pairs (goal ≥ 1.0x)`);
+      // CPU time is less sensitive than wall time to other load on the machine.
+      console.log(`cowstream CPU per pull (this process, all threads): ${(median(pairs.map((p) => p.pull.cpuMs)) / 1000).toFixed(2)} CPU-s median; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
       if (ceiling) {
         console.log(
           `read ceiling (same fleecing graph, no compression, no archive): nbdcopy → tmpfs ${(ceiling.nbdcopyMs / 1000).toFixed(2)} s, ` +

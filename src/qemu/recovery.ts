@@ -37,7 +37,15 @@ export async function recoverLeftovers(qmp: QmpClient, warn: (m: string) => void
   const done: string[] = [];
   for (const tag of tags) {
     const owner = await findOwner(tag, nodes);
-    if (owner.record && ownerAlive(owner.record)) {
+    if (!owner.record) {
+      // Every run writes its record before it creates anything: without one, nothing proves the owner is gone.
+      const ids = [...nodes.keys(), ...jobs.map((j) => j.id), ...exports.map((e) => e.id)].filter((id) => tagOf(id) === tag);
+      throw new QemuDriveError(
+        `QEMU holds cowstream objects whose owner cannot be told (no run record beside their fleecing file): ${[...new Set(ids)].sort().join(', ')}. ` +
+          'If no cowstream backup is running on this QEMU, remove them (block-export-del, job-cancel, blockdev-del) or restore the record',
+      );
+    }
+    if (ownerAlive(owner.record)) {
       throw new QemuDriveError(`cowstream backup ${owner.uuid} (pid ${owner.record.pid}) is still running on this QEMU; wait for it or cancel it`);
     }
     await cleanRun(qmp, tag, owner, warn);

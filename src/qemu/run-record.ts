@@ -13,7 +13,7 @@
  * reads the record beside it and cleans up only when that process is gone.
  */
 import { readFileSync } from 'node:fs';
-import { open, readFile, unlink } from 'node:fs/promises';
+import { lstat, open, readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { COWSTREAM_NODE_PREFIX } from './graph.js';
 
@@ -74,8 +74,11 @@ export async function writeRecord(dir: string, r: RunRecord): Promise<void> {
   }
 }
 
+/** The record of a run, or null when missing, unreadable, or not a regular file of ours (a planted file is ignored). */
 export async function readRecord(dir: string, uuid: string): Promise<RunRecord | null> {
   try {
+    const st = await lstat(recordPath(dir, uuid));
+    if (!st.isFile() || (typeof process.getuid === 'function' && st.uid !== process.getuid())) return null;
     const v = JSON.parse(await readFile(recordPath(dir, uuid), 'utf8')) as Partial<RunRecord>;
     if (typeof v.pid !== 'number' || !Number.isInteger(v.pid) || v.pid <= 0) return null;
     return { uuid, pid: v.pid, pidStart: typeof v.pidStart === 'string' ? v.pidStart : null, nbdSocket: typeof v.nbdSocket === 'string' ? v.nbdSocket : null };

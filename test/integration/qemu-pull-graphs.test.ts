@@ -9,7 +9,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
@@ -308,9 +308,13 @@ describe.each<Attach>(['direct', 'filter'])('SIGKILL of the backup process mid-b
       writeFileSync(runFile, JSON.stringify({ ...(JSON.parse(saved) as object), pid: sleeper.pid, pidStart: processStart(sleeper.pid!) }));
       await expect(backupToFile(d, qmp, t.dir, 'incremental', pool)).rejects.toThrow(/cowstream backup [0-9a-f-]{36} \(pid \d+\) is still running on this QEMU/);
       expect(await graphOf(qmp)).toEqual(left);
+      // No record at all (or one that is not ours): nothing proves the owner gone, so nothing is touched.
+      rmSync(runFile);
+      await expect(backupToFile(d, qmp, t.dir, 'incremental', pool)).rejects.toThrow(/owner cannot be told .*cowstream-[0-9a-f]{8}-/);
+      expect(await graphOf(qmp)).toEqual(left);
     } finally {
       sleeper.kill('SIGKILL');
-      writeFileSync(runFile, saved);
+      writeFileSync(runFile, saved, { mode: 0o600 });
     }
 
     const warnings: string[] = [];
