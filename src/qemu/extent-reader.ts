@@ -212,8 +212,10 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
           const reads: Promise<Buffer>[] = [];
           const runStart = first * CLUSTER_SIZE;
           const runEnd = Math.min(o.size, (first + count) * CLUSTER_SIZE);
-          for (let off = runStart; off < runEnd; off += readSize) {
-            const len = Math.min(readSize, runEnd - off);
+          // READs end on readSize-aligned offsets (absolute, not run-relative): with a
+          // fleecing cluster of readSize (pull-backup.ts) no READ spans two cbw clusters.
+          for (let off = runStart, len = 0; off < runEnd; off += len) {
+            len = Math.min(readSize - (off % readSize), runEnd - off);
             const client = clients[nextClient++ % clients.length] as NbdClient;
             reads.push(client.read(off, len, { noFragment: true, into: run.subarray(off - runStart, off - runStart + len) }));
           }

@@ -415,7 +415,10 @@ function pickReadSize(graph: GraphKind, wanted: number | undefined, readChunk: n
   if (!Number.isInteger(want) || want < CLUSTER_SIZE || want > 2 * 1024 * 1024 || (want & (want - 1)) !== 0) {
     throw new QemuDriveError(`read size ${want} must be a power of two from 64 KiB to 2 MiB`);
   }
-  return Math.min(want, Math.max(CLUSTER_SIZE, readChunk ?? 4 * 1024 * 1024));
+  // Never above the run size; still a power of two (it becomes a qcow2 cluster size).
+  let size = want;
+  while (size > CLUSTER_SIZE && size > (readChunk ?? Infinity)) size /= 2;
+  return size;
 }
 
 /** Filter graph: fleecing image + our cbw filter, then the snapshot point (one reopen of the raw parents). */

@@ -202,7 +202,9 @@ describe('filter graph with 1 MiB READs: a qcow2 fleecing image whose cluster is
     ({ d, qmp } = await openDaemon(t.dir, 'filter'));
     await fillRandom(d, t.dir, 40 * 1024 * 1024);
     // Small scattered writes: each lands in a cbw cluster a READ may be crossing.
-    const { r } = await backupWhileWriting(d, qmp, t.dir, { readSize: 1024 * 1024, connections: 3, maxInFlight: 2 }, { seed: 91, count: 600, maxLen: 64 * 1024 });
+    // Runs and status windows of 17 clusters: data runs start off the 1 MiB grid, and READs must not.
+    const odd = 17 * 64 * 1024;
+    const { r } = await backupWhileWriting(d, qmp, t.dir, { readSize: 1024 * 1024, readChunk: odd, statusWindow: odd, connections: 3, maxInFlight: 2 }, { seed: 91, count: 600, maxLen: 64 * 1024 });
     expect(r.graph).toBe('filter');
     expect(r.devices[0]).toMatchObject({ readSize: 1024 * 1024, connections: 3 });
   }, 90_000);
