@@ -6,14 +6,17 @@
  *
  * qemu-img cannot write to a pipe (it needs a regular, resizable file), so
  * the baseline converts to a raw file on tmpfs and compresses that file;
- * both steps are timed together. Env: BENCH_QEMU_SIZE_MB (default 1024),
+ * both steps are timed together. Both graphs are measured: the guest export
+ * on a raw filter node (filter graph, 64 KiB READs) and on the qcow2 node
+ * directly (job graph: backup job + qcow2 fleecing overlay, 1 MiB READs);
+ * BENCH_QEMU_ATTACH=filter|direct picks one. Env: BENCH_QEMU_SIZE_MB (default 1024),
  * BENCH_QEMU_FILL (fraction written, default 0.5), BENCH_PAIRS (paired runs of
  * baseline and pull, default 3).
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ZstdPool } from '../src/codec/zstd-pool.js';
@@ -151,16 +154,31 @@ async function main(): Promise<void> {
       return { ms: b2 - b0, convertMs: b1 - b0, zstdMs: b2 - b1, bytes };
     };
 
-    // 3. Pull mode through a real qemu-storage-daemon.
-    const d = await startDaemon(dir, [{ path: img, format: 'qcow2' }]);
+    // 3. Pull mode through a real qemu-storage-daemon, per way of attaching the guest.
+    const attachEnv = process.env.BENCH_QEMU_ATTACH;
+    const attaches: ('filter' | 'direct')[] = attachEnv === 'filter' || attachEnv === 'direct' ? [attachEnv] : ['filter', 'direct'];
+    for (const attach of attaches) await benchAttach(attach, img, dir, shm, baseline);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(shm, { recursive: true, force: true });
+  }
+}
+
+type Baseline = () => Promise<{ ms: number; convertMs: number; zstdMs: number; bytes: number }>;
+
+async function benchAttach(attach: 'filter' | 'direct', img: string, dir: string, shm: string, baseline: Baseline): Promise<void> {
+  {
+    const d = await startDaemon(dir, [{ path: img, format: 'qcow2' }], { attach });
     const pool = new ZstdPool({ level: 1 });
+    console.log(`\n## guest export on ${attach === 'direct' ? 'the qcow2 node directly' : 'a raw filter node'}`);
     try {
       const qmp = await QmpClient.connect(d.qmpSocket);
-      const pull = async (withProbe: boolean): Promise<{ ms: number; bytes: number; r: Awaited<ReturnType<typeof runPullBackup>>; busy: number[] }> => {
+      const pull = async (withProbe: boolean): Promise<{ ms: number; bytes: number; r: Awaited<ReturnType<typeof runPullBackup>>; busy: number[]; cpuMs: number }> => {
         let backupDone = false;
         let out = '';
         const probe = withProbe ? latencyProbe(d.nbdSocket, () => backupDone, 0) : Promise.resolve([]);
         const p0 = Date.now();
+        const cpu0 = process.cpuUsage();
         const r = await runPullBackup({
           qmp,
           drives: [{ node: 'd0', name: 'disk' }],
@@ -170,15 +188,19 @@ async function main(): Promise<void> {
           compressor: pool,
           nbdServerSocket: d.nbdSocket,
           maxInFlight: Number(process.env.BENCH_QEMU_INFLIGHT ?? 32),
+          ...(process.env.BENCH_QEMU_CONNECTIONS ? { connections: Number(process.env.BENCH_QEMU_CONNECTIONS) } : {}),
+          ...(process.env.BENCH_QEMU_READ_KB ? { readSize: Number(process.env.BENCH_QEMU_READ_KB) * 1024 } : {}),
           onWarning: (m) => console.error('warning:', m),
           openOutput: async (c) => FileByteSink.create((out = join(dir, `${c.uuid}.cwa`))),
         });
         const ms = Date.now() - p0;
+        const cpu = process.cpuUsage(cpu0);
+        const cpuMs = (cpu.user + cpu.system) / 1000;
         backupDone = true;
         const busy = await probe;
         const bytes = statSync(out).size;
         rmSync(out);
-        return { ms, bytes, r, busy };
+        return { ms, bytes, r, busy, cpuMs };
       };
       // Throughput: the guest is idle (as in the baseline, which needs a
       // quiescent image anyway). Paired runs, baseline then pull, ratio per
@@ -193,7 +215,8 @@ async function main(): Promise<void> {
       const pullMs = mid.pull.ms;
       const pullBytes = mid.pull.bytes;
       const r = mid.pull.r;
-      const ceiling = await readCeiling(qmp, d.nbdSocket, dir, shm);
+      // The ceiling reuses the filter graph's raw node (d0-guest).
+      const ceiling = attach === 'filter' ? await readCeiling(qmp, d.nbdSocket, dir, shm) : null;
       // Latency: 4 KiB guest writes at QD1, idle vs during a second full backup.
       const idle = await latencyProbe(d.nbdSocket, () => true, 3000);
       const loaded = await pull(true);
@@ -209,12 +232,17 @@ async function main(): Promise<void> {
       console.log(`| cowstream pull mode, guest writing at QD1 during it | ${(loaded.ms / 1000).toFixed(2)} s | ${mbps(loaded.ms)} MiB/s | ${(loaded.bytes / MiB).toFixed(1)} MiB |`);
       console.log(`\npairs (baseline / pull seconds): ${pairs.map((p) => `${(p.base.ms / 1000).toFixed(2)}/${(p.pull.ms / 1000).toFixed(2)}`).join(', ')}; ratios ${ratios.map((x) => x.toFixed(2)).join(', ')}`);
       console.log(`ratio pull/baseline throughput: ${median(ratios).toFixed(2)}x, median of ${pairs.length} pairs (goal ≥ 1.0x)`);
-      console.log(
-        `read ceiling (same fleecing graph, no compression, no archive): nbdcopy → tmpfs ${(ceiling.nbdcopyMs / 1000).toFixed(2)} s, ` +
-          `cowstream NbdClient ${(ceiling.clientMs / 1000).toFixed(2)} s for ${(ceiling.bytes / MiB).toFixed(0)} MiB of allocated data ` +
-          `(the whole baseline took ${(baseMs / 1000).toFixed(2)} s)`,
-      );
-      console.log(`read ${(r.devices[0]!.bytesRead / MiB).toFixed(0)} MiB, ${r.devices[0]!.zeroClusters} zero clusters skipped via base:allocation, untrusted status windows: ${r.devices[0]!.untrustedWindows}`);
+      // CPU time is less sensitive than wall time to other load on the machine.
+      console.log(`cowstream CPU per pull (this process, all threads): ${(median(pairs.map((p) => p.pull.cpuMs)) / 1000).toFixed(2)} CPU-s median; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+      if (ceiling) {
+        console.log(
+          `read ceiling (same fleecing graph, no compression, no archive): nbdcopy → tmpfs ${(ceiling.nbdcopyMs / 1000).toFixed(2)} s, ` +
+            `cowstream NbdClient ${(ceiling.clientMs / 1000).toFixed(2)} s for ${(ceiling.bytes / MiB).toFixed(0)} MiB of allocated data ` +
+            `(the whole baseline took ${(baseMs / 1000).toFixed(2)} s)`,
+        );
+      }
+      const dev = r.devices[0]!;
+      console.log(`graph ${r.graph}: ${(dev.readSize / 1024).toFixed(0)} KiB READs over ${dev.connections} connection(s); read ${(dev.bytesRead / MiB).toFixed(0)} MiB, ${dev.zeroClusters} zero clusters skipped via base:allocation, untrusted status windows: ${dev.untrustedWindows}`);
       console.log('');
       console.log(`| guest 4 KiB writes (QD1) | n | p50 | p99 | max |`);
       console.log(`|---|---:|---:|---:|---:|`);
@@ -225,9 +253,6 @@ async function main(): Promise<void> {
       await d.stop();
       await pool.close();
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-    rmSync(shm, { recursive: true, force: true });
   }
 }
 

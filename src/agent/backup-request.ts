@@ -92,6 +92,8 @@ export interface BackupStatus {
   /** Why the mode differs from the requested one (e.g. bitmap invalid after an unclean stop). */
   modeReason?: string;
   requestedMode: 'full' | 'incremental';
+  /** QEMU pull mode: how the drives were fleeced (src/qemu/graph.ts), set at the snapshot point. */
+  qemuGraph?: { kind: 'filter' | 'job'; reason: string };
   parentUuid: string | null;
   disks: string[];
   /** Bytes the backup has to copy (dirty bytes for an incremental). */

@@ -28,6 +28,7 @@ export interface StartBackupResponse {
   uuid: string;
   mode: 'full' | 'incremental';
   modeReason?: string;
+  qemuGraph?: { kind: 'filter' | 'job'; reason: string };
   parentUuid: string | null;
   target: string;
   key?: string;

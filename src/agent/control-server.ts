@@ -40,7 +40,7 @@ export class ControlServer {
         POST: async (q, s) => {
           const req = parseBackupRequest(await readJsonBody(q));
           const st = await backend.startBackup(req);
-          sendJson(s, 202, { uuid: st.uuid, mode: st.mode, ...(st.modeReason ? { modeReason: st.modeReason } : {}), parentUuid: st.parentUuid, target: st.target, ...(st.key ? { key: st.key, bucket: st.bucket } : {}) });
+          sendJson(s, 202, { uuid: st.uuid, mode: st.mode, ...(st.modeReason ? { modeReason: st.modeReason } : {}), ...(st.qemuGraph ? { qemuGraph: st.qemuGraph } : {}), parentUuid: st.parentUuid, target: st.target, ...(st.key ? { key: st.key, bucket: st.bucket } : {}) });
         },
       },
       '/backups/current': {

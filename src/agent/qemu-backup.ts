@@ -85,11 +85,12 @@ export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<voi
         snapshot = true;
         run.status.mode = info.mode;
         run.status.parentUuid = info.parentUuid;
+        run.status.qemuGraph = { kind: info.graph, reason: info.graphReason };
         if (info.modeReason) {
           run.status.modeReason = `full backup instead of incremental: ${info.modeReason}`;
           log.warn('incremental downgraded to full', { uuid, reason: info.modeReason });
         }
-        log.info('backup started', { uuid, kind: 'qemu', qmpSocket: host.config.qmpSocket, mode: info.mode, parentUuid: info.parentUuid, disks: run.status.disks, target: run.status.target });
+        log.info('backup started', { uuid, kind: 'qemu', qmpSocket: host.config.qmpSocket, mode: info.mode, graph: info.graph, graphReason: info.graphReason, parentUuid: info.parentUuid, disks: run.status.disks, target: run.status.target });
         o.onStarted();
       },
       onProgress: (p) => {

@@ -27,8 +27,14 @@
  * fleecing target and one still on the source returns wrong data (zeroes or
  * the guest's NEW data). A cluster is copied as a whole (the cbw/block-copy
  * cluster is 64 KiB for a raw fleecing file), so every READ we send covers
- * exactly one 64 KiB archive cluster; pipelining (maxInFlight) keeps the
- * throughput. Reads complete in any
+ * exactly one 64 KiB archive cluster (`readSize`); pipelining (maxInFlight)
+ * keeps the throughput. The job graph exports a qcow2 fleecing overlay
+ * instead, which resolves every qcow2 cluster on its own (copied → overlay,
+ * not yet → the drive), so its READs may span many clusters.
+ *
+ * Several connections (NBD_FLAG_CAN_MULTI_CONN: QEMU advertises it for
+ * read-only exports) get the READs round-robin; BLOCK_STATUS uses the first.
+ * Reads complete in any
  * order but are handed to the writer in order, one at a time, so memory is
  * bounded by (8 queued runs + 1) × readChunk, in reused run buffers.
  */
@@ -44,14 +50,17 @@ export interface ZeroCapableSink extends ClusterSink {
 }
 
 export interface DriveReadOptions {
-  client: NbdClient;
+  /** Connections to the same export; READs are spread over all of them. */
+  clients: NbdClient[];
   deviceId: number;
   size: number;
   sink: ZeroCapableSink;
   /** Name of the qemu:dirty-bitmap context (incremental), or null (full). */
   dirtyContext: string | null;
-  /** Bytes per READ (multiple of CLUSTER_SIZE). */
+  /** Bytes per run handed to the writer (multiple of CLUSTER_SIZE). */
   readChunk?: number;
+  /** Bytes per NBD READ (multiple of CLUSTER_SIZE, ≤ readChunk; default CLUSTER_SIZE, see the module comment). */
+  readSize?: number;
   /** Bytes per BLOCK_STATUS window. */
   statusWindow?: number;
   /**
@@ -116,6 +125,11 @@ export function classifyClusters(
 /** Reads one drive into the sink. */
 export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
   const readChunk = Math.max(CLUSTER_SIZE, Math.floor((o.readChunk ?? 4 * 1024 * 1024) / CLUSTER_SIZE) * CLUSTER_SIZE);
+  const readSize = Math.min(readChunk, Math.max(CLUSTER_SIZE, Math.floor((o.readSize ?? CLUSTER_SIZE) / CLUSTER_SIZE) * CLUSTER_SIZE));
+  const clients = o.clients;
+  const statusClient = clients[0];
+  if (!statusClient) throw new QemuBackupError('no NBD connection to read from');
+  let nextClient = 0;
   const statusWindow = Math.max(readChunk, Math.floor((o.statusWindow ?? 256 * 1024 * 1024) / CLUSTER_SIZE) * CLUSTER_SIZE);
   const stats: DriveReadStats = { dataClusters: 0, zeroClusters: 0, skippedClusters: 0, bytesRead: 0, untrustedWindows: 0 };
   const totalClusters = Math.ceil(o.size / CLUSTER_SIZE);
@@ -140,10 +154,11 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
       o.onProgress?.(op.count * CLUSTER_SIZE);
       return;
     }
-    const bufs = await op.data;
+    await op.data;
     let bytes = 0;
     for (let i = 0; i < op.count; i++) {
-      const b = bufs[i] as Buffer;
+      const off = (op.first + i) * CLUSTER_SIZE;
+      const b = op.run.subarray(i * CLUSTER_SIZE, i * CLUSTER_SIZE + Math.min(CLUSTER_SIZE, o.size - off));
       await o.sink.writeCluster(o.deviceId, op.first + i, b);
       bytes += b.length;
     }
@@ -164,7 +179,7 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
       if (o.signal?.aborted) throw new QemuBackupError('backup cancelled', { cause: o.signal.reason });
       const start = cluster * CLUSTER_SIZE;
       const len = Math.min(maxStatus, o.size - start);
-      const st = await o.client.blockStatus(start, len);
+      const st = await statusClient.blockStatus(start, len);
       const alloc = st.contexts.get(NBD_META_BASE_ALLOCATION);
       if (!alloc) throw new QemuBackupError('NBD server sent no base:allocation status');
       let dirty: BlockStatusExtent[] | null = null;
@@ -195,10 +210,14 @@ export async function readDrive(o: DriveReadOptions): Promise<DriveReadStats> {
         else if (k === Kind.Data) {
           const run = takeRun();
           const reads: Promise<Buffer>[] = [];
-          for (let c = first; c < first + count; c++) {
-            const off = c * CLUSTER_SIZE;
-            const at = (c - first) * CLUSTER_SIZE;
-            reads.push(o.client.read(off, Math.min(CLUSTER_SIZE, o.size - off), { noFragment: true, into: run.subarray(at, at + CLUSTER_SIZE) }));
+          const runStart = first * CLUSTER_SIZE;
+          const runEnd = Math.min(o.size, (first + count) * CLUSTER_SIZE);
+          // READs end on readSize-aligned offsets (absolute, not run-relative): with a
+          // fleecing cluster of readSize (pull-backup.ts) no READ spans two cbw clusters.
+          for (let off = runStart, len = 0; off < runEnd; off += len) {
+            len = Math.min(readSize - (off % readSize), runEnd - off);
+            const client = clients[nextClient++ % clients.length] as NbdClient;
+            reads.push(client.read(off, len, { noFragment: true, into: run.subarray(off - runStart, off - runStart + len) }));
           }
           await push({ kind: 'data', first, count, run, data: Promise.all(reads) });
         } else stats.skippedClusters += count;

@@ -5,10 +5,13 @@
  *   - copy-before-write filter with on-cbw-error / cbw-timeout (7.1),
  *   - snapshot-access driver (7.1),
  *   - blockdev-reopen (stable since 6.1), block-export-add (5.2),
- *   - block-dirty-bitmap-add/-merge/-disable/-enable in transactions.
+ *   - block-dirty-bitmap-add/-merge/-disable/-enable in transactions,
+ *   - job graph: blockdev-backup with filter-node-name (4.2), blockdev-create
+ *     of qcow2 (4.0).
  */
 import type { QmpClient } from './qmp.js';
 import { QemuUnsupportedError } from './errors.js';
+import type { GraphKind } from './graph.js';
 
 export interface QemuFeatures {
   version: string;
@@ -18,6 +21,10 @@ export interface QemuFeatures {
   blockExportAdd: boolean;
   /** x-debug-query-block-graph is used to find a drive's parents. */
   blockGraph: boolean;
+  /** blockdev-backup that names its cbw filter (job graph). */
+  backupJob: boolean;
+  /** blockdev-create (the job graph's qcow2 fleecing overlay). */
+  blockdevCreate: boolean;
 }
 
 interface SchemaEntry {
@@ -48,15 +55,22 @@ export async function detectFeatures(qmp: QmpClient): Promise<QemuFeatures> {
     blockdevReopen: commands.has('blockdev-reopen'),
     blockExportAdd: commands.has('block-export-add'),
     blockGraph: commands.has('x-debug-query-block-graph'),
+    backupJob: commands.has('blockdev-backup') && memberNames.has('filter-node-name'),
+    blockdevCreate: commands.has('blockdev-create'),
   };
 }
 
 /** Throws QemuUnsupportedError naming every missing piece. */
-export function requirePullBackup(f: QemuFeatures): void {
+export function requirePullBackup(f: QemuFeatures, graph: GraphKind = 'filter'): void {
   const missing: string[] = [];
-  if (!f.snapshotAccess) missing.push('the snapshot-access block driver');
-  if (!f.cbwErrorPolicy) missing.push('copy-before-write on-cbw-error/cbw-timeout');
-  if (!f.blockdevReopen) missing.push('blockdev-reopen');
+  if (graph === 'filter') {
+    if (!f.snapshotAccess) missing.push('the snapshot-access block driver');
+    if (!f.cbwErrorPolicy) missing.push('copy-before-write on-cbw-error/cbw-timeout');
+    if (!f.blockdevReopen) missing.push('blockdev-reopen');
+  } else {
+    if (!f.backupJob) missing.push('blockdev-backup with filter-node-name');
+    if (!f.blockdevCreate) missing.push('blockdev-create');
+  }
   if (!f.blockExportAdd) missing.push('block-export-add');
   if (!f.blockGraph) missing.push('x-debug-query-block-graph');
   if (missing.length > 0) {

@@ -11,6 +11,8 @@ export interface NamedNode {
   nodeName: string;
   drv: string;
   size: number;
+  /** Image file name as QEMU reports it (a file node's path; JSON for composed nodes). */
+  filename: string;
   readOnly: boolean;
   detectZeroes: string;
   cache: { direct: boolean; noFlush: boolean };
@@ -32,7 +34,7 @@ interface RawNode {
   ro: boolean;
   detect_zeroes?: string;
   cache?: { direct?: boolean; 'no-flush'?: boolean };
-  image?: { 'virtual-size'?: number };
+  image?: { 'virtual-size'?: number; filename?: string };
   'dirty-bitmaps'?: { name: string; recording?: boolean; persistent?: boolean; busy?: boolean; granularity?: number; count?: number }[];
 }
 
@@ -44,10 +46,12 @@ export async function namedNodes(qmp: QmpClient): Promise<Map<string, NamedNode>
       nodeName: n['node-name'],
       drv: n.drv,
       size: Number(n.image?.['virtual-size'] ?? 0),
+      filename: typeof n.image?.filename === 'string' ? n.image.filename : '',
       readOnly: n.ro === true,
       detectZeroes: n.detect_zeroes ?? 'off',
       cache: { direct: n.cache?.direct === true, noFlush: n.cache?.['no-flush'] === true },
-      bitmaps: (n['dirty-bitmaps'] ?? []).map((b) => ({
+      // A copy-before-write filter keeps an unnamed bitmap on its drive: not one of ours, and no name to use.
+      bitmaps: (n['dirty-bitmaps'] ?? []).filter((b) => typeof b.name === 'string').map((b) => ({
         name: b.name,
         recording: b.recording === true,
         persistent: b.persistent === true,
@@ -84,21 +88,39 @@ export async function parentsByNode(qmp: QmpClient): Promise<Map<string, ParentE
 /** Node names this tool creates (so a crashed run's leftovers are recognisable). */
 export const COWSTREAM_NODE_PREFIX = 'cowstream-';
 
+/** Dirty bitmaps this tool keeps: `cowstream-<uuid of the archive whose snapshot point started it>`. */
+export const BITMAP_PREFIX = 'cowstream-';
+
+/**
+ * How the copy-before-write filter gets into the guest's write path:
+ *  - 'filter': every parent of the drive is a named `raw` node; ONE
+ *    blockdev-reopen of those parents moves them onto our own cbw filter
+ *    (on-cbw-error=break-snapshot: a failing fleecing store never fails a
+ *    guest write), read through snapshot-access.
+ *  - 'job': a device or export is attached to the drive directly (how libvirt
+ *    and most command lines attach disks). QEMU 7.2 cannot move such a parent
+ *    over QMP, but a `blockdev-backup` job with sync=none inserts its own cbw
+ *    filter above the drive (replacing every parent inside QEMU) and copies
+ *    old data into a qcow2 fleecing overlay whose backing is the drive; that
+ *    overlay, exported read-only, is the disk at the snapshot point (the
+ *    libvirt pull-mode design, QEMU iotest image-fleecing).
+ */
+export type GraphKind = 'filter' | 'job';
+
 export interface DrivePlan {
   node: NamedNode;
-  /** Named `raw` filter nodes whose `file` child is the drive: redirected through the cbw filter. */
+  /** Graph this drive needs on its own. */
+  graph: GraphKind;
+  /** Named `raw` filter nodes whose `file` child is the drive (filter graph: redirected through the cbw filter). */
   redirect: NamedNode[];
+  /** Why the job graph is needed (a direct attachment), for the output. */
+  reason: string | null;
 }
 
 /**
- * Checks that a drive node can be fleeced and finds its parents.
- *
- * QEMU 7.2 has no blockdev-replace, so the only way QMP can put a filter
- * between a running user and a node is blockdev-reopen of a parent node with
- * a new `file` child. We therefore accept parents that are named `raw` nodes
- * (a plain pass-through, which is how we attach the guest-facing export in
- * qemu-storage-daemon) and refuse a device/export attached directly to the
- * drive node, whose writes the filter could not see.
+ * Checks that a drive node can be fleeced and finds its parents. Refuses a
+ * drive used by a block job (a second cbw filter would race it) and a drive
+ * still carrying leftovers of a cowstream run (recovery removes those first).
  */
 export function planDrive(nodeName: string, nodes: Map<string, NamedNode>, parents: Map<string, ParentEdge[]>): DrivePlan {
   const node = nodes.get(nodeName);
@@ -108,24 +130,45 @@ export function planDrive(nodeName: string, nodes: Map<string, NamedNode>, paren
   }
   if (node.size <= 0) throw new QemuDriveError(`block node '${nodeName}' has no medium or size 0`);
   const redirect: NamedNode[] = [];
+  let reason: string | null = null;
   for (const p of parents.get(nodeName) ?? []) {
+    if (p.name.startsWith(COWSTREAM_NODE_PREFIX)) {
+      throw new QemuDriveError(`block node '${nodeName}' is still used by '${p.name}' of another cowstream backup, which is running`);
+    }
     if (p.type === 'block-driver') {
       const pn = nodes.get(p.name);
-      if (p.name.startsWith(COWSTREAM_NODE_PREFIX)) {
-        throw new QemuDriveError(`block node '${nodeName}' is still used by '${p.name}' from an earlier cowstream backup; another backup is running or one crashed (remove that node with blockdev-del)`);
-      }
-      if (!pn || pn.drv !== 'raw' || p.role !== 'file') {
-        throw new QemuDriveError(`block node '${nodeName}' is the '${p.role}' child of '${p.name}' (${pn?.drv ?? '?'}); pull-mode backup can only redirect 'raw' filter parents (QEMU 7.2 has no blockdev-replace)`);
-      }
-      redirect.push(pn);
+      if (pn && pn.drv === 'raw' && p.role === 'file') redirect.push(pn);
+      else reason ??= `'${nodeName}' is the '${p.role}' child of '${p.name}' (${pn?.drv ?? '?'})`;
     } else if (p.type === 'block-backend') {
-      throw new QemuDriveError(
-        `block node '${nodeName}' is attached directly to ${p.name ? `'${p.name}'` : 'a device or export'}; its writes would bypass the copy-before-write filter. ` +
-          `Attach the guest through a 'raw' filter node on top of '${nodeName}' (QEMU 7.2 cannot insert a filter above a device's root node over QMP)`,
-      );
+      reason ??= `'${nodeName}' is attached directly to ${p.name ? `'${p.name}'` : 'a device or export'}`;
     } else if (p.type === 'block-job') {
       throw new QemuDriveError(`block node '${nodeName}' is used by a running block job ('${p.name}')`);
     }
   }
-  return { node, redirect };
+  return { node, graph: reason === null ? 'filter' : 'job', redirect, reason };
+}
+
+/**
+ * One graph for the whole backup, so every drive shares one snapshot point:
+ * the filter graph's point is one blockdev-reopen, the job graph's one
+ * transaction, and the two cannot be combined. The job graph works for any
+ * drive, so one directly attached drive moves the whole backup to it.
+ */
+export function chooseGraph(plans: DrivePlan[]): { graph: GraphKind; reason: string } {
+  const direct = plans.filter((p) => p.graph === 'job');
+  if (direct.length === 0) return { graph: 'filter', reason: 'every drive is attached through a raw filter node' };
+  return { graph: 'job', reason: `${direct.map((p) => p.reason).join('; ')}: a backup job inserts the copy-before-write filter` };
+}
+
+/** blockdev-reopen options for a raw parent: same options, new `file` child. */
+export function reopenOptions(parent: NamedNode, file: string): Record<string, unknown> {
+  // blockdev-reopen resets every option not given to its default, so repeat the ones QEMU reports.
+  return {
+    driver: 'raw',
+    'node-name': parent.nodeName,
+    file,
+    'read-only': parent.readOnly,
+    'detect-zeroes': parent.detectZeroes,
+    cache: { direct: parent.cache.direct, 'no-flush': parent.cache.noFlush },
+  };
 }

@@ -1,8 +1,10 @@
 /**
  * Pull-mode backup of QEMU drive nodes (QEMU ≥ 7.1, tested on 7.2).
  *
- * Graph during the backup (after the Proxmox fleecing design,
- * ../shared/seeds/pve-backup-fleecing.txt):
+ * Two graphs (graph.ts chooses one per backup, the result says which):
+ *
+ * filter graph, when every parent of every drive is a named `raw` node
+ * (after the Proxmox fleecing design):
  *
  *   [guest / writable export]
  *          | root
@@ -14,19 +16,31 @@
  * blockdev-reopen of every drive's raw parent (atomic across drives: one
  * drained section = the snapshot point of the whole backup).
  *
+ * job graph, when a device or export is attached to a drive directly (the
+ * libvirt pull-mode design): a qcow2 fleecing overlay whose backing is the
+ * drive, and a `blockdev-backup` job with sync=none from the drive into it.
+ * The job inserts its own cbw filter above the drive (inside QEMU, for every
+ * parent) and copies old data into the overlay before a guest write lands;
+ * the overlay, exported read-only, reads copied clusters from itself and the
+ * rest from the drive, i.e. the disk at the snapshot point. One `transaction`
+ * of every drive's job and bitmap actions is the snapshot point. Teardown
+ * cancels the job, which takes its filter out again.
+ *
  * Dirty bitmaps (incremental), named `cowstream-<uuid of the archive whose
  * snapshot point started them>`:
- *   1. before the snapshot point: add the new bitmap (records a superset of
- *      what happens after the point),
- *   2. snapshot point (reopen),
- *   3. after it: disable the old bitmap (a superset of what happened before),
- *      copy it onto the snapshot-access node (an NBD export can only publish
- *      bitmaps of its own node chain) and export it as qemu:dirty-bitmap.
+ *   1. before (filter) or at (job) the snapshot point: add the new bitmap
+ *      (records a superset of what happens after the point),
+ *   2. at (job) or after (filter) it: disable the old bitmap (a superset of
+ *      what happened before), copy it onto the exported node (an NBD export
+ *      can only publish bitmaps of its own node chain) and export it as
+ *      qemu:dirty-bitmap.
  *   success → remove the old bitmap; failure → re-enable it, merge the new
  *   one into it and remove the new one (one transaction): nothing is lost.
  * Extra bits in either direction only cost reading a cluster again.
+ *
+ * A run owns what it creates (run-record.ts): a run killed mid-backup
+ * leaves recognisable objects that the next run removes (recovery.ts).
  */
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,14 +51,21 @@ import type { ByteSink } from '../format/sink.js';
 import { ArchiveWriter, type ArchiveSummary } from '../format/writer.js';
 import { NbdClient } from '../nbd/client.js';
 import { NBD_META_QEMU_DIRTY_BITMAP_PREFIX } from '../nbd/client-protocol.js';
-import { NBD_META_BASE_ALLOCATION } from '../nbd/protocol.js';
+import { NBD_FLAG_CAN_MULTI_CONN, NBD_META_BASE_ALLOCATION } from '../nbd/protocol.js';
+import { CLUSTER_SIZE } from '../format/constants.js';
 import { QemuBackupError, QemuDriveError, QemuUnsupportedError, QmpCommandError } from './errors.js';
 import { detectFeatures, requirePullBackup } from './features.js';
-import { COWSTREAM_NODE_PREFIX, namedNodes, parentsByNode, planDrive, type DrivePlan, type NamedNode } from './graph.js';
+import { BITMAP_PREFIX, chooseGraph, COWSTREAM_NODE_PREFIX, namedNodes, parentsByNode, planDrive, reopenOptions, type DrivePlan, type GraphKind, type NamedNode } from './graph.js';
 import { readDrive, type DriveReadStats } from './extent-reader.js';
 import type { QmpClient } from './qmp.js';
+import { recoverLeftovers } from './recovery.js';
+import { fleecePath, processStart, removeRecord, runTag, writeRecord } from './run-record.js';
 
-export const BITMAP_PREFIX = 'cowstream-';
+export { BITMAP_PREFIX };
+/** qcow2 cluster of the job graph's fleecing overlay: the unit a guest write copies first (cost to the guest). */
+export const FLEECE_CLUSTER = CLUSTER_SIZE;
+const JOB_POLL_MS = 50;
+const JOB_WAIT_MS = 30_000;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export interface PullDrive {
@@ -85,13 +106,24 @@ export interface PullBackupOptions {
   /** cbw-timeout in seconds (a guest write never waits longer; the backup breaks instead). */
   cbwTimeoutSec?: number;
   readChunk?: number;
+  /**
+   * Bytes per NBD READ (a power of two, 64 KiB … 2 MiB). Job graph: default
+   * 1 MiB. Filter graph: default 64 KiB with a raw fleecing file; larger
+   * makes the fleecing image a qcow2 whose cluster is the READ size, so one
+   * READ never spans a copied and a not-yet-copied cbw cluster (the QEMU 7.2
+   * snapshot-access bug, extent-reader.ts) — at the price of a guest write
+   * copying a whole READ-sized cluster first.
+   */
+  readSize?: number;
+  /** NBD connections per drive when the export advertises multi-conn (default 4). */
+  connections?: number;
   /** Bytes per BLOCK_STATUS window (default 256 MiB). */
   statusWindow?: number;
   maxInFlight?: number;
   signal?: AbortSignal;
   onProgress?: (p: { done: number; total: number }) => void;
   /** Called once the snapshot point is set (tests resume writers here). */
-  onSnapshot?: (info: { uuid: string; parentUuid: string | null; mode: 'full' | 'incremental'; modeReason: string | null }) => void | Promise<void>;
+  onSnapshot?: (info: { uuid: string; parentUuid: string | null; mode: 'full' | 'incremental'; modeReason: string | null; graph: GraphKind; graphReason: string }) => void | Promise<void>;
   /** Warnings (teardown steps that failed, fallbacks). */
   onWarning?: (message: string) => void;
 }
@@ -101,8 +133,13 @@ export interface PullBackupResult {
   parentUuid: string | null;
   mode: 'full' | 'incremental';
   modeReason: string | null;
+  /** Which graph fleeced the drives, and why. */
+  graph: GraphKind;
+  graphReason: string;
+  /** Leftovers of killed runs removed before this one started. */
+  recovered: string[];
   summary: ArchiveSummary;
-  devices: (DriveReadStats & { name: string; node: string; size: number })[];
+  devices: (DriveReadStats & { name: string; node: string; size: number; connections: number; readSize: number })[];
   qemuVersion: string;
   durationMs: number;
 }
@@ -112,14 +149,21 @@ interface DriveState {
   name: string;
   plan: DrivePlan;
   fleecePath: string;
+  /** Fleecing node: the raw file (filter graph) or the qcow2 overlay (job graph). */
   flNode: string;
+  /** File node under the qcow2 overlay (job graph). */
+  flFileNode: string;
   cbwNode: string;
   saNode: string;
+  jobId: string;
+  createJobId: string;
   exportId: string;
+  /** The node exported over NBD: snapshot-access (filter) or the overlay (job). */
+  exportNode: string;
   oldBitmap: string | null;
   newBitmap: string;
   /** What exists in QEMU now (for teardown). */
-  created: { fl: boolean; cbw: boolean; redirected: boolean; sa: boolean; export: boolean; newBitmap: boolean; oldDisabled: boolean };
+  created: { flFile: boolean; fl: boolean; cbw: boolean; redirected: boolean; job: boolean; sa: boolean; export: boolean; newBitmap: boolean; oldDisabled: boolean };
 }
 
 /** Runs one pull-mode backup; the QMP client stays open (the caller owns it). */
@@ -131,7 +175,11 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
   if (o.drives.length > 255) throw new QemuDriveError('at most 255 drives per archive');
 
   const features = await detectFeatures(qmp);
-  requirePullBackup(features);
+  // Neither graph possible: name what the filter graph misses (the usual upgrade path).
+  if (!features.backupJob || !features.blockdevCreate) requirePullBackup(features, 'filter');
+  requirePullBackup(features, 'job');
+  const recovered = await recoverLeftovers(qmp, warn);
+  for (const r of recovered) warn(r);
 
   const nodes = await namedNodes(qmp);
   const parents = await parentsByNode(qmp);
@@ -146,6 +194,8 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
     seenNodes.add(d.node);
     return { name, plan: planDrive(d.node, nodes, parents) };
   });
+  const { graph, reason: graphReason } = chooseGraph(plans.map((p) => p.plan));
+  requirePullBackup(features, graph);
 
   // Incremental needs every drive to carry the same, recording cowstream bitmap.
   let mode = o.mode;
@@ -162,21 +212,27 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
   }
 
   const uuid = o.uuid ?? uuidv7();
-  const tag = randomBytes(4).toString('hex');
+  // Names stay under QEMU's 31-character node-name limit; the tag ties them to the run (run-record.ts).
+  const pre = `${COWSTREAM_NODE_PREFIX}${runTag(uuid)}-`;
   const drives: DriveState[] = plans.map((p, i) => ({
     id: i,
     name: p.name,
     plan: p.plan,
-    fleecePath: join(o.fleecingDir, `cowstream-${uuid}-${i}.fleece`),
-    flNode: `${COWSTREAM_NODE_PREFIX}${tag}-fl${i}`,
-    cbwNode: `${COWSTREAM_NODE_PREFIX}${tag}-cbw${i}`,
-    saNode: `${COWSTREAM_NODE_PREFIX}${tag}-sa${i}`,
-    exportId: `${COWSTREAM_NODE_PREFIX}${tag}-${i}`,
+    fleecePath: fleecePath(o.fleecingDir, uuid, i),
+    flNode: `${pre}fl${i}`,
+    flFileNode: `${pre}ff${i}`,
+    cbwNode: `${pre}cbw${i}`,
+    saNode: `${pre}sa${i}`,
+    jobId: `${pre}job${i}`,
+    createJobId: `${pre}mk${i}`,
+    exportId: `${pre}${i}`,
+    exportNode: graph === 'job' ? `${pre}fl${i}` : `${pre}sa${i}`,
     oldBitmap: mode === 'incremental' ? (oldBitmaps[i]?.[0]?.name ?? null) : null,
     newBitmap: `${BITMAP_PREFIX}${uuid}`,
-    created: { fl: false, cbw: false, redirected: false, sa: false, export: false, newBitmap: false, oldDisabled: false },
+    created: { flFile: false, fl: false, cbw: false, redirected: false, job: false, sa: false, export: false, newBitmap: false, oldDisabled: false },
   }));
 
+  const readSize = pickReadSize(graph, o.readSize, o.readChunk);
   const total = drives.reduce((s, d) => s + d.plan.node.size, 0);
   let writer: ArchiveWriter | null = null;
   let nbdDir: string | null = null;
@@ -185,6 +241,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
   const clients: NbdClient[] = [];
   let ok = false;
   let failure: unknown = null;
+  let recordWritten = false;
   try {
     const output = await o.openOutput({ uuid, parentUuid, hostId: o.hostId, deviceNames: drives.map((d) => d.name), expectedBytes: total });
     try {
@@ -203,66 +260,32 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
       throw err;
     }
 
-    // 1. Fleecing targets: sparse files sized like the drive (cbw requires equal size).
+    if (!o.nbdServerSocket) {
+      nbdDir = await mkdtemp(join(tmpdir(), 'cowstream-qnbd-'));
+      nbdSocket = join(nbdDir, 'nbd.sock');
+    }
+    // Before anything exists in QEMU: who owns it (a later run cleans up only after a dead owner).
+    await writeRecord(o.fleecingDir, { uuid, pid: process.pid, pidStart: processStart(process.pid), nbdSocket: nbdDir ? nbdSocket : null });
+    recordWritten = true;
+    if (graph === 'job') await setUpJobGraph(qmp, drives, mode);
+    else await setUpFilterGraph(qmp, drives, mode, o.cbwTimeoutSec ?? 45, readSize);
+    await o.onSnapshot?.({ uuid, parentUuid, mode, modeReason, graph, graphReason });
+    // Export bitmap: the old generation, copied onto the exported node.
     for (const d of drives) {
-      const fh = await open(d.fleecePath, 'wx', 0o600);
-      try {
-        await fh.truncate(d.plan.node.size);
-      } finally {
-        await fh.close();
+      if (graph === 'filter') {
+        await qmp.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': d.saNode, file: d.cbwNode });
+        d.created.sa = true;
       }
-      await qmp.execute('blockdev-add', { driver: 'file', 'node-name': d.flNode, filename: d.fleecePath, discard: 'unmap' });
-      d.created.fl = true;
-    }
-    // 2. copy-before-write filters (not yet in the guest's path).
-    for (const d of drives) {
-      await qmp.execute('blockdev-add', {
-        driver: 'copy-before-write',
-        'node-name': d.cbwNode,
-        file: d.plan.node.nodeName,
-        target: d.flNode,
-        // A failing/slow fleecing store breaks the backup, never the guest write (PVE does the same).
-        'on-cbw-error': 'break-snapshot',
-        'cbw-timeout': o.cbwTimeoutSec ?? 45,
-      });
-      d.created.cbw = true;
-    }
-    // 3. New bitmaps before the snapshot point (superset of later writes).
-    await qmp.execute('transaction', {
-      actions: drives.map((d) => ({
-        type: 'block-dirty-bitmap-add',
-        data: { node: d.plan.node.nodeName, name: d.newBitmap, persistent: d.plan.node.drv === 'qcow2' },
-      })),
-    });
-    for (const d of drives) d.created.newBitmap = true;
-    // 4. Snapshot point: one atomic reopen of every parent onto its cbw filter.
-    const redirects = drives.flatMap((d) => d.plan.redirect.map((p) => reopenOptions(p, d.cbwNode)));
-    if (redirects.length > 0) await qmp.execute('blockdev-reopen', { options: redirects });
-    for (const d of drives) d.created.redirected = true;
-    // 5. Freeze the old bitmaps (after the point: superset of earlier writes).
-    if (mode === 'incremental') {
-      await qmp.execute('transaction', {
-        actions: drives.map((d) => ({ type: 'block-dirty-bitmap-disable', data: { node: d.plan.node.nodeName, name: d.oldBitmap } })),
-      });
-      for (const d of drives) d.created.oldDisabled = true;
-    }
-    await o.onSnapshot?.({ uuid, parentUuid, mode, modeReason });
-    // 6. snapshot-access + NBD export.
-    for (const d of drives) {
-      await qmp.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': d.saNode, file: d.cbwNode });
-      d.created.sa = true;
       if (mode === 'incremental') {
         await qmp.execute('transaction', {
           actions: [
-            { type: 'block-dirty-bitmap-add', data: { node: d.saNode, name: 'cowstream-export', persistent: false, disabled: true } },
-            { type: 'block-dirty-bitmap-merge', data: { node: d.saNode, target: 'cowstream-export', bitmaps: [{ node: d.plan.node.nodeName, name: d.oldBitmap }] } },
+            { type: 'block-dirty-bitmap-add', data: { node: d.exportNode, name: 'cowstream-export', persistent: false, disabled: true } },
+            { type: 'block-dirty-bitmap-merge', data: { node: d.exportNode, target: 'cowstream-export', bitmaps: [{ node: d.plan.node.nodeName, name: d.oldBitmap }] } },
           ],
         });
       }
     }
-    if (!o.nbdServerSocket) {
-      nbdDir = await mkdtemp(join(tmpdir(), 'cowstream-qnbd-'));
-      nbdSocket = join(nbdDir, 'nbd.sock');
+    if (nbdDir) {
       try {
         await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
       } catch (err) {
@@ -277,7 +300,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
       await qmp.execute('block-export-add', {
         type: 'nbd',
         id: d.exportId,
-        'node-name': d.saNode,
+        'node-name': d.exportNode,
         name: d.exportId,
         writable: false,
         ...(mode === 'incremental' ? { bitmaps: ['cowstream-export'] } : {}),
@@ -290,22 +313,22 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
     const stats: PullBackupResult['devices'] = [];
     for (const d of drives) {
       const dirtyContext = mode === 'incremental' ? `${NBD_META_QEMU_DIRTY_BITMAP_PREFIX}cowstream-export` : null;
-      const client = await NbdClient.connect(
-        { path: nbdSocket },
-        { exportName: d.exportId, metaContexts: [NBD_META_BASE_ALLOCATION, ...(dirtyContext ? [dirtyContext] : [])], maxInFlight: o.maxInFlight ?? 32 },
-      );
-      clients.push(client);
+      const conn = await connectAll(nbdSocket, d.exportId, dirtyContext, o.connections ?? 4, o.maxInFlight ?? 32, clients);
+      const client = conn[0] as NbdClient;
       if (client.size !== d.plan.node.size) throw new QemuBackupError(`export of '${d.name}' has ${client.size} bytes, the drive ${d.plan.node.size}`);
-      const onAbort = (): void => client.destroy(new QemuBackupError('backup cancelled'));
+      const onAbort = (): void => {
+        for (const c of conn) c.destroy(new QemuBackupError('backup cancelled'));
+      };
       o.signal?.addEventListener('abort', onAbort, { once: true });
       try {
         const s = await readDrive({
-          client,
+          clients: conn,
           deviceId: d.id,
           size: d.plan.node.size,
           sink: writer,
           dirtyContext,
           readChunk: o.readChunk,
+          readSize,
           statusWindow: o.statusWindow,
           // Zero extents are the snapshot's only while nothing wrote since the snapshot point.
           zeroStatusTrusted: async () => (await bitmapCount(qmp, d.plan.node.nodeName, d.newBitmap)) === 0,
@@ -315,15 +338,20 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
             o.onProgress?.({ done, total });
           },
         });
-        stats.push({ ...s, name: d.name, node: d.plan.node.nodeName, size: d.plan.node.size });
+        // The job's filter must have protected every READ: a job that ended (cancelled from
+        // outside, failed) lets the overlay read the guest's new data through its backing.
+        if (graph === 'job') await requireJobRunning(qmp, d);
+        stats.push({ ...s, name: d.name, node: d.plan.node.nodeName, size: d.plan.node.size, connections: conn.length, readSize });
       } catch (err) {
         if (o.signal?.aborted) throw new QemuBackupError('backup cancelled', { cause: err });
         throw new QemuBackupError(`reading '${d.name}' (node ${d.plan.node.nodeName}) from QEMU failed: ${describeError(err)}`, { cause: err });
       } finally {
         o.signal?.removeEventListener('abort', onAbort);
       }
-      await client.close();
-      clients.splice(clients.indexOf(client), 1);
+      for (const c of conn) {
+        await c.close();
+        clients.splice(clients.indexOf(c), 1);
+      }
     }
     // A cancel must also cover the tail: after the last READ, the final
     // extents may still be compressing and uploading (a slow store).
@@ -341,7 +369,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
       o.signal?.removeEventListener('abort', cancelFinish);
     }
     ok = true;
-    return { uuid, parentUuid, mode, modeReason, summary, devices: stats, qemuVersion: features.version, durationMs: Date.now() - t0 };
+    return { uuid, parentUuid, mode, modeReason, graph, graphReason, recovered, summary, devices: stats, qemuVersion: features.version, durationMs: Date.now() - t0 };
   } catch (err) {
     failure = err;
     throw err;
@@ -350,6 +378,8 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
     if (!ok && writer) await writer.abort(failure).catch(() => undefined);
     const problems = await teardown(qmp, drives, { ok, nbdStarted });
     if (nbdDir) await rm(nbdDir, { recursive: true, force: true }).catch(() => undefined);
+    // A record stays only beside leftovers, so the next run can still remove them.
+    if (recordWritten && problems.length === 0) await removeRecord(o.fleecingDir, uuid);
     for (const p of problems) warn(p);
   }
 }
@@ -379,17 +409,146 @@ export function incrementalBlocker(nodes: NamedNode[], bitmaps: NamedNode['bitma
   return null;
 }
 
-/** blockdev-reopen options for a raw parent: same options, new `file` child. */
-function reopenOptions(parent: NamedNode, file: string): Record<string, unknown> {
-  // blockdev-reopen resets every option not given to its default, so repeat the ones QEMU reports.
-  return {
-    driver: 'raw',
-    'node-name': parent.nodeName,
-    file,
-    'read-only': parent.readOnly,
-    'detect-zeroes': parent.detectZeroes,
-    cache: { direct: parent.cache.direct, 'no-flush': parent.cache.noFlush },
-  };
+/** READ size: a power of two within [64 KiB, 2 MiB] and ≤ the run size; see PullBackupOptions.readSize. */
+function pickReadSize(graph: GraphKind, wanted: number | undefined, readChunk: number | undefined): number {
+  const want = wanted ?? (graph === 'job' ? 1024 * 1024 : CLUSTER_SIZE);
+  if (!Number.isInteger(want) || want < CLUSTER_SIZE || want > 2 * 1024 * 1024 || (want & (want - 1)) !== 0) {
+    throw new QemuDriveError(`read size ${want} must be a power of two from 64 KiB to 2 MiB`);
+  }
+  // Never above the run size; still a power of two (it becomes a qcow2 cluster size).
+  let size = want;
+  while (size > CLUSTER_SIZE && size > (readChunk ?? Infinity)) size /= 2;
+  return size;
+}
+
+/** Filter graph: fleecing image + our cbw filter, then the snapshot point (one reopen of the raw parents). */
+async function setUpFilterGraph(qmp: QmpClient, drives: DriveState[], mode: 'full' | 'incremental', cbwTimeoutSec: number, readSize: number): Promise<void> {
+  // Fleecing targets sized like the drive (cbw requires equal size): a sparse raw file when
+  // READs are one 64 KiB cluster; else a qcow2 whose cluster (= the cbw copy unit) is the READ size.
+  for (const d of drives) {
+    if (readSize === CLUSTER_SIZE) {
+      await createFleeceFile(d.fleecePath, d.plan.node.size);
+      await qmp.execute('blockdev-add', { driver: 'file', 'node-name': d.flNode, filename: d.fleecePath, discard: 'unmap' });
+      d.created.fl = true;
+    } else await addQcow2Fleece(qmp, d, readSize, null);
+  }
+  // copy-before-write filters (not yet in the guest's path).
+  for (const d of drives) {
+    await qmp.execute('blockdev-add', {
+      driver: 'copy-before-write',
+      'node-name': d.cbwNode,
+      file: d.plan.node.nodeName,
+      target: d.flNode,
+      // A failing/slow fleecing store breaks the backup, never the guest write (PVE does the same).
+      'on-cbw-error': 'break-snapshot',
+      'cbw-timeout': cbwTimeoutSec,
+    });
+    d.created.cbw = true;
+  }
+  // New bitmaps before the snapshot point (superset of later writes).
+  await qmp.execute('transaction', {
+    actions: drives.map((d) => ({ type: 'block-dirty-bitmap-add', data: { node: d.plan.node.nodeName, name: d.newBitmap, persistent: d.plan.node.drv === 'qcow2' } })),
+  });
+  for (const d of drives) d.created.newBitmap = true;
+  // Snapshot point: one atomic reopen of every parent onto its cbw filter.
+  const redirects = drives.flatMap((d) => d.plan.redirect.map((p) => reopenOptions(p, d.cbwNode)));
+  if (redirects.length > 0) await qmp.execute('blockdev-reopen', { options: redirects });
+  for (const d of drives) d.created.redirected = true;
+  // Freeze the old bitmaps (after the point: superset of earlier writes).
+  if (mode === 'incremental') {
+    await qmp.execute('transaction', { actions: drives.map((d) => ({ type: 'block-dirty-bitmap-disable', data: { node: d.plan.node.nodeName, name: d.oldBitmap } })) });
+    for (const d of drives) d.created.oldDisabled = true;
+  }
+}
+
+/**
+ * Job graph: a qcow2 overlay per drive (backing: the drive), then ONE
+ * transaction that starts every backup job and swaps the bitmap generations:
+ * the snapshot point, exact for the bitmaps too.
+ */
+async function setUpJobGraph(qmp: QmpClient, drives: DriveState[], mode: 'full' | 'incremental'): Promise<void> {
+  // The overlay reads what was not copied yet from the drive itself.
+  for (const d of drives) await addQcow2Fleece(qmp, d, FLEECE_CLUSTER, d.plan.node.nodeName);
+  const actions: unknown[] = [];
+  for (const d of drives) actions.push({ type: 'block-dirty-bitmap-add', data: { node: d.plan.node.nodeName, name: d.newBitmap, persistent: d.plan.node.drv === 'qcow2' } });
+  if (mode === 'incremental') for (const d of drives) actions.push({ type: 'block-dirty-bitmap-disable', data: { node: d.plan.node.nodeName, name: d.oldBitmap } });
+  for (const d of drives) {
+    actions.push({
+      type: 'blockdev-backup',
+      data: { 'job-id': d.jobId, device: d.plan.node.nodeName, target: d.flNode, sync: 'none', 'filter-node-name': d.cbwNode, 'auto-dismiss': false },
+    });
+  }
+  await qmp.execute('transaction', { actions });
+  for (const d of drives) {
+    d.created.newBitmap = true;
+    d.created.oldDisabled = mode === 'incremental';
+    d.created.job = true;
+  }
+}
+
+/** A qcow2 fleecing image (file node + blockdev-create + qcow2 node), optionally backed by the drive. */
+async function addQcow2Fleece(qmp: QmpClient, d: DriveState, cluster: number, backing: string | null): Promise<void> {
+  await createFleeceFile(d.fleecePath, 0);
+  await qmp.execute('blockdev-add', { driver: 'file', 'node-name': d.flFileNode, filename: d.fleecePath, discard: 'unmap' });
+  d.created.flFile = true;
+  await qmp.execute('blockdev-create', { 'job-id': d.createJobId, options: { driver: 'qcow2', file: d.flFileNode, size: d.plan.node.size, 'cluster-size': cluster } });
+  const job = await waitJobConcluded(qmp, d.createJobId);
+  await qmp.execute('job-dismiss', { id: d.createJobId });
+  if (job.error) throw new QemuBackupError(`creating the fleecing image ${d.fleecePath} failed: ${job.error}`);
+  await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': d.flNode, file: d.flFileNode, backing, discard: 'unmap' });
+  d.created.fl = true;
+}
+
+async function createFleeceFile(path: string, size: number): Promise<void> {
+  const fh = await open(path, 'wx', 0o600);
+  try {
+    if (size > 0) await fh.truncate(size);
+  } finally {
+    await fh.close();
+  }
+}
+
+interface JobInfo {
+  id: string;
+  status: string;
+  error?: string;
+}
+
+async function findJob(qmp: QmpClient, id: string): Promise<JobInfo | null> {
+  return (await qmp.execute<JobInfo[]>('query-jobs')).find((j) => j.id === id) ?? null;
+}
+
+async function waitJobConcluded(qmp: QmpClient, id: string): Promise<JobInfo> {
+  const deadline = Date.now() + JOB_WAIT_MS;
+  for (;;) {
+    const j = await findJob(qmp, id);
+    if (!j) throw new QemuBackupError(`QEMU job ${id} disappeared`);
+    if (j.status === 'concluded') return j;
+    if (Date.now() > deadline) throw new QemuBackupError(`QEMU job ${id} did not conclude within ${JOB_WAIT_MS} ms (status ${j.status})`);
+    await new Promise((r) => setTimeout(r, JOB_POLL_MS));
+  }
+}
+
+async function requireJobRunning(qmp: QmpClient, d: DriveState): Promise<void> {
+  const j = await findJob(qmp, d.jobId);
+  if (j?.status === 'running' || j?.status === 'paused' || j?.status === 'ready') return;
+  throw new QemuBackupError(`the backup job of '${d.name}' ended during the backup (${j ? `${j.status}${j.error ? `: ${j.error}` : ''}` : 'gone'}); its reads are not the snapshot`);
+}
+
+/** One connection, plus more when the export advertises multi-conn (all kept in `all` for cleanup). */
+async function connectAll(socket: string, exportName: string, dirtyContext: string | null, want: number, maxInFlight: number, all: NbdClient[]): Promise<NbdClient[]> {
+  const opts = { exportName, metaContexts: [NBD_META_BASE_ALLOCATION, ...(dirtyContext ? [dirtyContext] : [])], maxInFlight };
+  const first = await NbdClient.connect({ path: socket }, opts);
+  all.push(first);
+  const out = [first];
+  // NBD spec: without CAN_MULTI_CONN, connections need not see each other's state.
+  const n = (first.transmissionFlags & NBD_FLAG_CAN_MULTI_CONN) !== 0 ? Math.max(1, Math.min(16, want)) : 1;
+  for (let i = 1; i < n; i++) {
+    const c = await NbdClient.connect({ path: socket }, { ...opts, metaContexts: [] });
+    all.push(c);
+    out.push(c);
+  }
+  return out;
 }
 
 /**
@@ -425,12 +584,26 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
   if (back.length === 0 || (await step('blockdev-reopen (restore the drives\' parents)', () => qmp.execute('blockdev-reopen', { options: back })))) {
     for (const d of drives) d.created.redirected = false;
   }
+  // Job graph: cancelling the job takes its cbw filter out of the guest's path.
   for (const d of drives) {
-    if (d.created.redirected) continue; // the filter is still in the guest path: never delete it
+    if (!d.created.job) continue;
+    const cancelled = await step(`job-cancel ${d.jobId}`, async () => {
+      const j = await findJob(qmp, d.jobId);
+      if (j && j.status !== 'concluded' && j.status !== 'null') await qmp.execute('job-cancel', { id: d.jobId });
+      if (j) {
+        await waitJobConcluded(qmp, d.jobId);
+        await qmp.execute('job-dismiss', { id: d.jobId });
+      }
+    });
+    if (cancelled) d.created.job = false;
+  }
+  for (const d of drives) {
+    if (d.created.redirected || d.created.job) continue; // a filter is still in the guest path: never delete it
     if (d.created.cbw && (await step(`blockdev-del ${d.cbwNode}`, () => qmp.execute('blockdev-del', { 'node-name': d.cbwNode })))) d.created.cbw = false;
     if (!d.created.cbw && d.created.fl && (await step(`blockdev-del ${d.flNode}`, () => qmp.execute('blockdev-del', { 'node-name': d.flNode })))) d.created.fl = false;
+    if (!d.created.fl && d.created.flFile && (await step(`blockdev-del ${d.flFileNode}`, () => qmp.execute('blockdev-del', { 'node-name': d.flFileNode })))) d.created.flFile = false;
   }
-  for (const d of drives) if (!d.created.fl) await unlink(d.fleecePath).catch(() => undefined);
+  for (const d of drives) if (!d.created.fl && !d.created.flFile) await unlink(d.fleecePath).catch(() => undefined);
 
   // Bitmaps: success → drop the old generation; failure → fold the new one back into the old.
   for (const d of drives) {

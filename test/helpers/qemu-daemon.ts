@@ -1,9 +1,11 @@
 /**
  * A real qemu-storage-daemon (QEMU 7.2) for pull-mode tests: one QMP socket,
- * drives as <format> node `dN` over a file node, a `raw` filter node
- * `dN-guest` on top of each, and the guest-facing writable NBD export
- * `guestN` on that filter (the "guest" of these tests writes through it with
- * qemu-io). All sockets live in a private temp dir.
+ * drives as <format> node `dN` over a file node, and the guest-facing
+ * writable NBD export `guestN` (the "guest" of these tests writes through it
+ * with qemu-io). attach 'filter' (default) puts a `raw` filter node
+ * `dN-guest` between the export and `dN`; attach 'direct' exports `dN`
+ * itself, the way libvirt attaches a disk. All sockets live in a private
+ * temp dir.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
@@ -38,7 +40,8 @@ export async function createImage(path: string, format: 'qcow2' | 'raw', size: s
 }
 
 /** Starts the daemon and waits until its QMP socket exists. */
-export async function startDaemon(dir: string, drives: DaemonDrive[]): Promise<QemuDaemon> {
+export async function startDaemon(dir: string, drives: DaemonDrive[], opts: { attach?: 'filter' | 'direct' } = {}): Promise<QemuDaemon> {
+  const direct = opts.attach === 'direct';
   const qmpSocket = join(dir, 'qmp.sock');
   const nbdSocket = join(dir, 'nbd.sock');
   rmSync(qmpSocket, { force: true });
@@ -47,10 +50,10 @@ export async function startDaemon(dir: string, drives: DaemonDrive[]): Promise<Q
   drives.forEach((d, i) => {
     args.push('--blockdev', `driver=file,node-name=d${i}-file,filename=${d.path}`);
     args.push('--blockdev', `driver=${d.format},node-name=d${i},file=d${i}-file`);
-    args.push('--blockdev', `driver=raw,node-name=d${i}-guest,file=d${i}`);
+    if (!direct) args.push('--blockdev', `driver=raw,node-name=d${i}-guest,file=d${i}`);
   });
   args.push('--nbd-server', `addr.type=unix,addr.path=${nbdSocket}`);
-  drives.forEach((_, i) => args.push('--export', `type=nbd,id=guest${i},node-name=d${i}-guest,name=guest${i},writable=on`));
+  drives.forEach((_, i) => args.push('--export', `type=nbd,id=guest${i},node-name=${direct ? `d${i}` : `d${i}-guest`},name=guest${i},writable=on`));
   const proc = spawn('qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   proc.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));

@@ -139,6 +139,8 @@ describe('agent with a qemu[] entry (qemu-storage-daemon)', () => {
     const full = await backup({ mode: 'incremental' }); // no bitmap yet → full, saying why
     expect(full).toMatchObject({ status: 'done', mode: 'full', requestedMode: 'incremental', parentUuid: null, disks: ['vm0'], target: 's3', error: null });
     expect(full.modeReason).toMatch(/no cowstream dirty bitmap/);
+    // The daemon attaches the guest through a raw filter: our own filter graph, and the status says so.
+    expect(full.qemuGraph).toEqual({ kind: 'filter', reason: expect.stringMatching(/raw filter/) });
     expect(full.key).toBe(`archives/qhost/${full.uuid}.cwa`);
     expect(full.total).toBe(SIZE);
     expect(full.archiveBytes).toBeGreaterThan(6 * 1024 * 1024);

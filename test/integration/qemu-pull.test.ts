@@ -5,18 +5,18 @@
  * clean graph afterwards.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import { FileByteSink } from '../../src/store/file.js';
 import { S3ArchiveSink } from '../../src/store/s3-sink.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
-import { runPullBackup, type PullBackupOptions, type PullBackupResult } from '../../src/qemu/pull-backup.js';
+import { runPullBackup } from '../../src/qemu/pull-backup.js';
 import { QemuBackupError } from '../../src/qemu/errors.js';
 import { CowstreamError } from '../../src/errors.js';
-import { copyExport, createImage, guestWrites, pexecFile, startDaemon, tempDir, type QemuDaemon } from '../helpers/qemu-daemon.js';
+import { backupToFile, fillRandom } from '../helpers/qemu-pull.js';
+import { copyExport, createImage, guestWrites, startDaemon, tempDir, type QemuDaemon } from '../helpers/qemu-daemon.js';
 import { firstDiff, restoreChain } from '../helpers/qemu-archive.js';
 import { startS3rver } from '../helpers/s3-servers.js';
 import type { ByteSink } from '../../src/format/sink.js';
@@ -25,22 +25,6 @@ const SIZE = 64 * 1024 * 1024;
 const pool = new ZstdPool({ workers: 2 });
 afterAll(async () => pool.close());
 
-async function backupToFile(d: QemuDaemon, qmp: QmpClient, dir: string, mode: 'full' | 'incremental', extra: Partial<PullBackupOptions> = {}): Promise<PullBackupResult & { path: string }> {
-  let path = '';
-  const r = await runPullBackup({
-    qmp,
-    drives: [{ node: 'd0', name: 'vda' }],
-    mode,
-    fleecingDir: dir,
-    hostId: 'test-host',
-    compressor: pool,
-    nbdServerSocket: d.nbdSocket,
-    onWarning: () => undefined,
-    openOutput: async (c) => FileByteSink.create((path = join(dir, `${c.uuid}.cwa`))),
-    ...extra,
-  });
-  return { ...r, path };
-}
 
 async function nodeNames(qmp: QmpClient): Promise<string[]> {
   const nodes = await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true });
@@ -52,11 +36,6 @@ async function bitmaps(qmp: QmpClient, node: string): Promise<{ name: string; re
   return nodes.find((n) => n['node-name'] === node)?.['dirty-bitmaps'] ?? [];
 }
 
-async function fillRandom(d: QemuDaemon, dir: string, bytes: number, offset = 0): Promise<void> {
-  const f = join(dir, `rand-${offset}.bin`);
-  writeFileSync(f, randomBytes(bytes));
-  await pexecFile('qemu-io', ['-f', 'raw', '-c', `write -s ${f} ${offset} ${bytes}`, d.guestUri(0)]);
-}
 
 describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
   const t = tempDir();
@@ -85,7 +64,7 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
     let writers: Promise<void> | null = null;
     let writesDone = false;
     let readWhileWriting = false;
-    const r = await backupToFile(d, qmp, t.dir, 'full', {
+    const r = await backupToFile(d, qmp, t.dir, 'full', pool, {
       readChunk: 256 * 1024,
       maxInFlight: 2,
       onSnapshot: () => {
@@ -115,10 +94,10 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
   }, 60_000);
 
   it('full → writes → incremental → restore chain equals the disk; the qcow2 bitmap survives a daemon restart', async () => {
-    const full = await backupToFile(d, qmp, t.dir, 'full');
+    const full = await backupToFile(d, qmp, t.dir, 'full', pool);
     expect((await bitmaps(qmp, 'd0')).map((b) => b.name)).toEqual([`cowstream-${full.uuid}`]);
     await guestWrites(d.guestUri(0), 11, 60, SIZE);
-    const inc1 = await backupToFile(d, qmp, t.dir, 'incremental');
+    const inc1 = await backupToFile(d, qmp, t.dir, 'incremental', pool);
     expect(inc1.mode).toBe('incremental');
     expect(inc1.parentUuid).toBe(full.uuid);
     expect(inc1.devices[0]!.skippedClusters).toBeGreaterThan(0);
@@ -136,7 +115,7 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
     expect(bms).toEqual([expect.objectContaining({ name: `cowstream-${inc1.uuid}`, recording: true, persistent: true })]);
 
     await guestWrites(d.guestUri(0), 12, 60, SIZE);
-    const inc2 = await backupToFile(d, qmp, t.dir, 'incremental');
+    const inc2 = await backupToFile(d, qmp, t.dir, 'incremental', pool);
     expect(inc2.mode).toBe('incremental');
     expect(inc2.parentUuid).toBe(inc1.uuid);
     disk = join(t.dir, 'disk2.raw');
@@ -147,7 +126,7 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
   }, 60_000);
 
   it('S3 endpoint dies mid-backup: backup fails, graph clean, guest writes keep working, next incremental captures everything', async () => {
-    const base = await backupToFile(d, qmp, t.dir, 'full');
+    const base = await backupToFile(d, qmp, t.dir, 'full', pool);
     // Incompressible data so the upload needs several parts.
     await fillRandom(d, t.dir, 40 * 1024 * 1024, 8 * 1024 * 1024);
     const s3 = await startS3rver('qemu-fail');
@@ -189,7 +168,7 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
     // The old generation is back and recording; nothing of the failed run remains.
     expect(await bitmaps(qmp, 'd0')).toEqual([expect.objectContaining({ name: `cowstream-${base.uuid}`, recording: true })]);
     await guestWrites(d.guestUri(0), 22, 30, SIZE);
-    const next = await backupToFile(d, qmp, t.dir, 'incremental');
+    const next = await backupToFile(d, qmp, t.dir, 'incremental', pool);
     expect(next.parentUuid).toBe(base.uuid);
     const disk = join(t.dir, 'disk3.raw');
     await copyExport(d.guestUri(0), disk);
@@ -200,7 +179,7 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
   it('cancel tears everything down and keeps the bitmap generation', async () => {
     const before = await bitmaps(qmp, 'd0');
     const ac = new AbortController();
-    const p = backupToFile(d, qmp, t.dir, 'full', { signal: ac.signal, readChunk: 64 * 1024, maxInFlight: 1, onProgress: () => ac.abort() });
+    const p = backupToFile(d, qmp, t.dir, 'full', pool, { signal: ac.signal, readChunk: 64 * 1024, maxInFlight: 1, onProgress: () => ac.abort() });
     await expect(p).rejects.toBeInstanceOf(QemuBackupError);
     expect(await nodeNames(qmp)).toEqual(clean);
     expect((await bitmaps(qmp, 'd0')).map((b) => b.name)).toEqual(before.map((b) => b.name));
@@ -233,7 +212,7 @@ describe('QEMU pull-mode backup (qemu-storage-daemon)', () => {
       };
     };
     const t0 = Date.now();
-    await expect(backupToFile(d, qmp, t.dir, 'full', { signal: ac.signal, openOutput })).rejects.toThrow(/backup cancelled/);
+    await expect(backupToFile(d, qmp, t.dir, 'full', pool, { signal: ac.signal, openOutput })).rejects.toThrow(/backup cancelled/);
     expect(closing).toBe(true);
     expect(Date.now() - t0).toBeLessThan(15_000);
     expect(await nodeNames(qmp)).toEqual(clean);

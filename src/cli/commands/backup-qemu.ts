@@ -121,7 +121,10 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
     if (o.json) printJson(out);
     else {
       say(`backup ${r.uuid}: done (${r.mode}${r.modeReason ? `, ${r.modeReason}` : ''}${r.parentUuid ? `, parent ${r.parentUuid}` : ''}) → ${where}`);
-      for (const d of r.devices) say(`  ${d.name} (node ${d.node}): ${formatBytes(d.size)}, read ${formatBytes(d.bytesRead)}, ${d.zeroClusters} zero / ${d.skippedClusters} unchanged clusters`);
+      say(`  graph: ${r.graph} (${r.graphReason})`);
+      for (const d of r.devices) {
+        say(`  ${d.name} (node ${d.node}): ${formatBytes(d.size)}, read ${formatBytes(d.bytesRead)} in ${formatBytes(d.readSize)} READs over ${d.connections} connection(s), ${d.zeroClusters} zero / ${d.skippedClusters} unchanged clusters`);
+      }
       say(`  archive: ${formatBytes(r.summary.bytesWritten)} in ${(r.durationMs / 1000).toFixed(1)} s (QEMU ${r.qemuVersion})`);
     }
   } finally {

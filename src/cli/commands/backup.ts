@@ -80,6 +80,7 @@ function describeStatus(s: BackupStatus): string {
     `backup ${s.uuid}: ${s.status}`,
     `  mode:        ${s.mode}${s.modeReason ? ` (${s.modeReason})` : ''}${s.parentUuid ? `, parent ${s.parentUuid}` : ''}`,
     `  disks:       ${s.disks.join(', ')}`,
+    ...(s.qemuGraph ? [`  qemu graph:  ${s.qemuGraph.kind} (${s.qemuGraph.reason})`] : []),
     `  target:      ${s.target}${s.key ? ` (s3://${s.bucket}/${s.key})` : ''}`,
     `  progress:    ${formatBytes(s.transferred)} of ${formatBytes(s.total)} (${formatBytes(s.zeroBytes)} zero), ${formatBytes(s.archiveBytes)} written`,
     `  started:     ${s.startTime}${s.endTime ? `, ended ${s.endTime}` : ''}`,
@@ -104,7 +105,7 @@ async function runAgentBackup(o: BackupCliOptions): Promise<void> {
   const say = (text: string): void => void (toStdout ? process.stderr : process.stdout).write(text + '\n');
   const client = new AgentClient(agentSocket(o.agent));
   const started = await client.startBackup(body);
-  if (!o.json) say(`backup ${started.uuid} started: ${started.mode}${started.modeReason ? ` (${started.modeReason})` : ''} → ${started.key ? `s3://${started.bucket}/${started.key}` : started.target}`);
+  if (!o.json) say(`backup ${started.uuid} started: ${started.mode}${started.modeReason ? ` (${started.modeReason})` : ''}${started.qemuGraph ? `, ${started.qemuGraph.kind} graph` : ''} → ${started.key ? `s3://${started.bucket}/${started.key}` : started.target}`);
 
   if (toStdout) {
     const res = await client.raw('GET', '/backups/current/stream');
