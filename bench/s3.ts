@@ -32,7 +32,9 @@ import { medianBy } from './stats.js';
 const MiB = 1024 * 1024;
 const parallel = Number(process.env.BENCH_PARALLEL ?? 8);
 const pairs = Number(process.env.BENCH_PAIRS ?? 3);
-const CREDS = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
+/** The embedded server's generated keys (`s3 serve --state`), set once the server is up. */
+const CREDS: Record<string, string> = { AWS_REGION: 'us-east-1' };
+let KEYS = { accessKeyId: '', secretAccessKey: '' };
 
 interface ChildResult {
   seconds: number;
@@ -41,7 +43,7 @@ interface ChildResult {
 
 async function client(endpoint: string): Promise<S3Client> {
   const { createS3Client } = await import('../src/store/config.js');
-  return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: KEYS });
 }
 
 // ---------------------------------------------------------------- child modes
@@ -198,12 +200,16 @@ async function storedBytes(c: S3Client, bucket: string, prefix: string): Promise
   return total;
 }
 
-async function startServer(dir: string): Promise<{ endpoint: string; proc: ChildProcess }> {
-  const proc = spawn(process.execPath, ['bin/cowstream.js', 's3', 'serve', '--dir', dir, '--bucket', 'bench', '--json'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+async function startServer(state: string): Promise<{ endpoint: string; proc: ChildProcess }> {
+  const proc = spawn(process.execPath, ['bin/cowstream.js', 's3', 'serve', '--state', state, '--bucket', 'bench', '--json'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
     createInterface({ input: proc.stdout! }).once('line', resolve);
     proc.once('exit', (code) => reject(new Error(`s3 serve exited ${code}`)));
   });
+  const { readEmbeddedCredentials } = await import('../src/store/embedded-credentials.js');
+  KEYS = (await readEmbeddedCredentials(state)).s3;
+  CREDS.AWS_ACCESS_KEY_ID = KEYS.accessKeyId;
+  CREDS.AWS_SECRET_ACCESS_KEY = KEYS.secretAccessKey;
   return { endpoint: (JSON.parse(line) as { endpoint: string }).endpoint, proc };
 }
 
@@ -211,7 +217,7 @@ async function parent(): Promise<void> {
   await ensureBenchImage(work, imageMiB);
   const size = statSync(image).size;
   const tmp = mkdtempSync(join(tmpdir(), 'cowstream-bench-s3-'));
-  const { endpoint, proc } = await startServer(join(tmp, 's3'));
+  const { endpoint, proc } = await startServer(tmp);
   const c = await client(endpoint);
   const self = `node_modules/.bin/tsx bench/s3.ts --child`;
   const rows: Row[] = [];

@@ -77,7 +77,11 @@ const qemuEntrySchema = z.strictObject({
 });
 
 const catalogSchema = z.union([
-  z.strictObject({ url: z.string().url() }),
+  z.strictObject({
+    url: z.string().url(),
+    /** File holding the bearer token of a `cowstream catalog serve` (its credentials.json, or the bare token); 0600. */
+    tokenFile: z.string().min(1).optional(),
+  }),
   z.strictObject({ embedded: z.literal(true), port: z.number().int().min(0).max(65535).optional() }),
 ]);
 
@@ -171,7 +175,7 @@ export interface AgentConfig {
   nbd: { host: string; port: number; socket?: string };
   control: { socket: string };
   store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
-  catalog?: { url: string } | { embedded: true; port?: number };
+  catalog?: { url: string; tokenFile?: string } | { embedded: true; port?: number };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
   /** QEMU processes backed up in pull mode (empty when none). */
   qemu: QemuConfig[];
@@ -221,7 +225,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     ...(q.nbdSocket !== undefined ? { nbdSocket: abs(q.nbdSocket) } : {}),
   }));
 
-  const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}) };
+  const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url, ...(raw.catalog.tokenFile !== undefined ? { tokenFile: abs(raw.catalog.tokenFile) } : {}) } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}) };
 
   return {
     hostId: raw.hostId,

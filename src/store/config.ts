@@ -20,7 +20,7 @@ export interface StoreConfig {
    * have no wildcard DNS for virtual-hosted buckets), false for AWS.
    */
   forcePathStyle?: boolean;
-  /** Static credentials (the embedded s3rver uses S3RVER/S3RVER); otherwise the SDK default chain. */
+  /** Static credentials (the embedded store's generated keys); otherwise the SDK default chain. */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 }
 
@@ -141,6 +141,8 @@ export interface StoreFlags {
   prefix?: string;
   endpoint?: string;
   region?: string;
+  /** Static keys (e.g. an embedded store's, from its credentials.json); else the AWS chain. */
+  credentials?: { accessKeyId: string; secretAccessKey: string };
 }
 
 /**
@@ -164,5 +166,6 @@ export function storeConfigFromFlags(flags: StoreFlags, env: NodeJS.ProcessEnv =
     cfg.endpoint = flags.endpoint;
   }
   if (flags.region !== undefined) cfg.region = flags.region;
+  if (flags.credentials !== undefined) cfg.credentials = flags.credentials;
   return cfg;
 }

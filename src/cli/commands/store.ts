@@ -6,26 +6,42 @@ import { openArchive } from '../../format/reader.js';
 import { describeLocator } from '../../restore/chain.js';
 import { resolveRef, sourceOpener, type ArchiveContext } from '../../restore/locate.js';
 import { createS3Client, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
-import { DEFAULT_EMBEDDED_BUCKET, startEmbeddedS3 } from '../../store/embedded-s3.js';
+import { DEFAULT_EMBEDDED_BUCKET, embeddedS3Dir, startEmbeddedS3 } from '../../store/embedded-s3.js';
+import { credentialsPath, loadOrCreateEmbeddedCredentials } from '../../store/embedded-credentials.js';
 import { abortIncompleteUploads, listIncompleteUploads } from '../../store/uploads.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
+import { embeddedS3CredentialsFromState } from '../embedded-auth.js';
 
-/** Adds --bucket/--prefix/--endpoint/--region (env: COWSTREAM_S3_BUCKET, COWSTREAM_S3_PREFIX, AWS_*). */
+/** Adds --bucket/--prefix/--endpoint/--region/--state (env: COWSTREAM_S3_BUCKET, COWSTREAM_S3_PREFIX, AWS_*). */
 export function addStoreOptions(cmd: Command): Command {
   return cmd
     .option('--bucket <name>', 'S3 bucket (default: $COWSTREAM_S3_BUCKET)')
     .option('--prefix <prefix>', 'key prefix inside the bucket (default: $COWSTREAM_S3_PREFIX or none)')
     .option('--endpoint <url>', 'S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS)')
-    .option('--region <region>', 'AWS region (default: $AWS_REGION / profile)');
+    .option('--region <region>', 'AWS region (default: $AWS_REGION / profile)')
+    .option('--state <dir>', "an embedded store's state directory: sign with the keys in its credentials.json");
+}
+
+/** Store flags plus the embedded keys of --state, when given. */
+async function withStateCredentials(flags: StoreFlags & { state?: string }): Promise<StoreFlags> {
+  const credentials = await embeddedS3CredentialsFromState(flags.state);
+  return credentials ? { ...flags, credentials } : flags;
 }
 
 /** Store + client from flags/env; client is null when nothing is configured. */
-export function archiveContextFromFlags(flags: StoreFlags): ArchiveContext {
+export async function archiveContextFromFlags(rawFlags: StoreFlags & { state?: string }): Promise<ArchiveContext> {
+  const flags = await withStateCredentials(rawFlags);
   const store = storeConfigFromFlags(flags);
   if (store) return { store, client: createS3Client(store) };
   // No bucket, but s3:// URIs still work against the default AWS/env endpoint.
   const endpoint = flags.endpoint;
-  const client = createS3Client({ bucket: 'unused', prefix: '', ...(endpoint ? { endpoint } : {}), ...(flags.region ? { region: flags.region } : {}) });
+  const client = createS3Client({
+    bucket: 'unused',
+    prefix: '',
+    ...(endpoint ? { endpoint } : {}),
+    ...(flags.region ? { region: flags.region } : {}),
+    ...(flags.credentials ? { credentials: flags.credentials } : {}),
+  });
   return { store: null, client };
 }
 
@@ -40,7 +56,7 @@ interface VerifyFlags extends StoreFlags {
 }
 
 async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
-  const ctx = archiveContextFromFlags(o);
+  const ctx = await archiveContextFromFlags(o);
   const loc = await resolveRef(ref, ctx);
   const key = o.key ? await loadKeyFile(o.key) : undefined;
   const { ZstdPool } = await import('../../codec/zstd-pool.js');
@@ -90,7 +106,7 @@ export function registerStoreCommands(program: Command): void {
   const uploads = program.command('uploads').description('incomplete multipart uploads under the archive prefix');
   addStoreOptions(uploads.command('list').description('list incomplete multipart uploads').option('--json', 'print JSON')).action(
     async (o: StoreFlags & { json?: boolean }) => {
-      const store = storeConfigFromFlags(o);
+      const store = storeConfigFromFlags(await withStateCredentials(o));
       if (!store) throw new UsageError('uploads list needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
       const client = createS3Client(store);
       try {
@@ -110,7 +126,7 @@ export function registerStoreCommands(program: Command): void {
       .option('--older-than <seconds>', 'only uploads initiated at least this many seconds ago')
       .option('--json', 'print JSON'),
   ).action(async (o: StoreFlags & { json?: boolean; olderThan?: string }) => {
-    const store = storeConfigFromFlags(o);
+    const store = storeConfigFromFlags(await withStateCredentials(o));
     if (!store) throw new UsageError('uploads abort needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
     const olderThan = o.olderThan !== undefined ? parsePositiveInt(o.olderThan, '--older-than') : undefined;
     const client = createS3Client(store);
@@ -131,21 +147,24 @@ export function registerStoreCommands(program: Command): void {
 
   const s3 = program.command('s3').description('the embedded S3-compatible server (s3rver)');
   s3.command('serve')
-    .description('run the embedded S3 server in the foreground (loopback only; credentials S3RVER/S3RVER)')
-    .requiredOption('--dir <dir>', 'directory holding the objects')
+    .description('run the embedded S3 server in the foreground (loopback only; SigV4 with the keys in <state>/credentials.json)')
+    .requiredOption('--state <dir>', 'state directory: credentials.json (created 0600 on first start) and objects under s3/')
+    .option('--dir <dir>', 'directory holding the objects (default <state>/s3)')
     .option('--port <port>', 'TCP port (default: a free one)')
     .option('--bucket <name>', 'bucket to create', DEFAULT_EMBEDDED_BUCKET)
     .addOption(new Option('--host <addr>', 'bind address').default('127.0.0.1').hideHelp())
     .option('--json', 'print the endpoint as one JSON line')
-    .action(async (o: { dir: string; port?: string; bucket: string; host: string; json?: boolean }) => {
+    .action(async (o: { state: string; dir?: string; port?: string; bucket: string; host: string; json?: boolean }) => {
       const port = o.port !== undefined ? (o.port === '0' ? 0 : parsePositiveInt(o.port, '--port', 65535)) : 0;
-      const server = await startEmbeddedS3({ dir: resolve(o.dir), port, bucket: o.bucket, host: o.host });
-      const info = { endpoint: server.endpoint, bucket: server.bucket, dir: server.dir, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+      const state = resolve(o.state);
+      const creds = await loadOrCreateEmbeddedCredentials(state);
+      const server = await startEmbeddedS3({ dir: o.dir !== undefined ? resolve(o.dir) : embeddedS3Dir(state), port, bucket: o.bucket, host: o.host, credentials: creds.s3 });
+      const info = { endpoint: server.endpoint, bucket: server.bucket, dir: server.dir, credentials: credentialsPath(state) };
       if (o.json) process.stdout.write(JSON.stringify(info) + '\n');
       else
         process.stdout.write(
           `embedded S3 listening on ${server.endpoint}, bucket "${server.bucket}", data in ${server.dir}\n` +
-            `use: AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER cowstream ... --endpoint ${server.endpoint} --bucket ${server.bucket}\n`,
+            `keys in ${info.credentials}; use: cowstream ... --state ${state} --endpoint ${server.endpoint} --bucket ${server.bucket}\n`,
         );
       await new Promise<void>((done) => {
         const stop = (): void => {
