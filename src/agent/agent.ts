@@ -4,6 +4,7 @@ import { FileDevice } from '../device/file-device.js';
 import { CbwDevice, DirtyBitmapStore } from '../cbw/index.js';
 import { NbdServer, type NbdExport } from '../nbd/index.js';
 import { createS3Client, normalizePrefix } from '../store/config.js';
+import { resolveChecksumPolicy } from '../store/upload-options.js';
 import { embeddedS3Dir, startEmbeddedS3, type EmbeddedS3 } from '../store/embedded-s3.js';
 import { credentialsPath, loadOrCreateEmbeddedCredentials } from '../store/embedded-credentials.js';
 import type { AgentConfig } from './config.js';
@@ -93,7 +94,15 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     if (config.store) {
       const client = createS3Client({ ...config.store, prefix: normalizePrefix(config.store.prefix) });
       cleanups.push(async () => client.destroy());
-      store = { client, bucket: config.store.bucket, prefix: normalizePrefix(config.store.prefix), ...(config.store.endpoint ? { endpoint: config.store.endpoint } : {}), embedded: false };
+      store = {
+        client,
+        bucket: config.store.bucket,
+        prefix: normalizePrefix(config.store.prefix),
+        ...(config.store.endpoint ? { endpoint: config.store.endpoint } : {}),
+        embedded: false,
+        ...(config.store.upload ? { upload: config.store.upload } : {}),
+        checksums: resolveChecksumPolicy(config.store),
+      };
     } else {
       const credentials = (await loadOrCreateEmbeddedCredentials(config.stateDir)).s3;
       embedded = await startEmbeddedS3({ dir: embeddedS3Dir(config.stateDir), credentials });
@@ -102,7 +111,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       const sc = embedded.storeConfig('');
       const client = createS3Client(sc);
       cleanups.push(async () => client.destroy());
-      store = { client, bucket: sc.bucket, prefix: '', endpoint: embedded.endpoint, embedded: true };
+      store = { client, bucket: sc.bucket, prefix: '', endpoint: embedded.endpoint, embedded: true, checksums: resolveChecksumPolicy(sc) };
       log.info('embedded S3 started', { endpoint: embedded.endpoint, bucket: sc.bucket, dir: embedded.dir, credentials: credentialsPath(config.stateDir) });
     }
 

@@ -3,6 +3,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { firstIssuePath, formatZodIssues } from './zod-errors.js';
+import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
 export class AgentConfigError extends ConfigError {
@@ -39,6 +40,10 @@ const storeSchema = z.strictObject({
   region: z.string().min(1).optional(),
   endpoint: z.string().url().optional(),
   forcePathStyle: z.boolean().optional(),
+  /** WHEN_REQUIRED for stores that reject checksum headers (default: $AWS_REQUEST_CHECKSUM_CALCULATION, else WHEN_SUPPORTED). */
+  ...checksumPolicySchema,
+  /** Storage class, SSE-S3/SSE-KMS, Object Lock, part checksum algorithm (docs/s3.md). */
+  upload: uploadOptionsSchema.optional(),
 });
 
 /**
@@ -174,7 +179,16 @@ export interface AgentConfig {
   disks: DiskConfig[];
   nbd: { host: string; port: number; socket?: string };
   control: { socket: string };
-  store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
+  store?: {
+    bucket: string;
+    prefix: string;
+    region?: string;
+    endpoint?: string;
+    forcePathStyle?: boolean;
+    requestChecksumCalculation?: ChecksumMode;
+    responseChecksumValidation?: ChecksumMode;
+    upload?: UploadOptions;
+  };
   catalog?: { url: string; tokenFile?: string } | { embedded: true; port?: number };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
   /** QEMU processes backed up in pull mode (empty when none). */

@@ -1,5 +1,6 @@
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { UsageError } from '../errors.js';
+import { resolveChecksumPolicy, type ChecksumMode, type UploadOptions } from './upload-options.js';
 
 /**
  * Where archives live. `prefix` may be empty (keys then start with
@@ -22,18 +23,19 @@ export interface StoreConfig {
   forcePathStyle?: boolean;
   /** Static credentials (the embedded store's generated keys); otherwise the SDK default chain. */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** Default: $AWS_REQUEST_CHECKSUM_CALCULATION, else WHEN_SUPPORTED (every part carries a checksum). */
+  requestChecksumCalculation?: ChecksumMode;
+  /** Default: $AWS_RESPONSE_CHECKSUM_VALIDATION, else WHEN_SUPPORTED. */
+  responseChecksumValidation?: ChecksumMode;
+  /** Storage class, SSE, Object Lock and part checksum algorithm of archive uploads (upload-options.ts). */
+  upload?: UploadOptions;
 }
 
 export interface S3ClientOptions {
   /** SDK retry attempts (default 5: transient 5xx/resets are retried by the SDK). */
   maxAttempts?: number;
-  /**
-   * Default-on CRC32 request checksums cost ~30 % of upload CPU here. Archives
-   * carry their own SHA-256 per extent, so we compute S3 checksums only when
-   * required or asked for (S3ArchiveSink `checksumAlgorithm`). Pass
-   * 'WHEN_SUPPORTED' to get the SDK default back.
-   */
-  requestChecksumCalculation?: 'WHEN_SUPPORTED' | 'WHEN_REQUIRED';
+  /** Overrides the store config and the environment (see resolveChecksumPolicy). */
+  requestChecksumCalculation?: ChecksumMode;
 }
 
 /** The endpoint the SDK will use: explicit config, else the standard env variables. */
@@ -53,7 +55,8 @@ export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env
   const endpoint = effectiveEndpoint(cfg, env);
   const config: S3ClientConfig = {
     maxAttempts: opts.maxAttempts ?? 5,
-    requestChecksumCalculation: opts.requestChecksumCalculation ?? 'WHEN_REQUIRED',
+    // Checksums (item of upload-options.ts): config, then AWS_* env, then WHEN_SUPPORTED.
+    ...resolveChecksumPolicy({ ...cfg, ...(opts.requestChecksumCalculation ? { requestChecksumCalculation: opts.requestChecksumCalculation } : {}) }, env),
     forcePathStyle: cfg.forcePathStyle ?? endpoint !== undefined,
   };
   // Only pass the endpoint when it is explicit: the SDK reads AWS_ENDPOINT_URL_S3 itself.

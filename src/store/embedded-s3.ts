@@ -155,7 +155,8 @@ export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<Embedded
     dir: opts.dir,
     credentials: { ...credentials },
     storeConfig(prefix = ''): StoreConfig {
-      return { bucket, prefix, endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { ...credentials } };
+      // s3rver neither stores nor checks additional checksums: computing them would only cost CPU.
+      return { bucket, prefix, endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { ...credentials }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' };
     },
     onEvent(listener: EmbeddedS3Listener): () => void {
       listeners.add(listener);
