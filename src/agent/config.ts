@@ -42,7 +42,7 @@ const storeSchema = z.strictObject({
   forcePathStyle: z.boolean().optional(),
   /** WHEN_REQUIRED for stores that reject checksum headers (default: $AWS_REQUEST_CHECKSUM_CALCULATION, else WHEN_SUPPORTED). */
   ...checksumPolicySchema,
-  /** Storage class, SSE-S3/SSE-KMS, Object Lock, part checksum algorithm (docs/s3.md). */
+  /** Storage class, SSE-S3/SSE-KMS, Object Lock, part checksum algorithm (docs/s3-and-restore.md). */
   upload: uploadOptionsSchema.optional(),
 });
 
