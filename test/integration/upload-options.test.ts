@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { createS3Client, type StoreConfig } from '../../src/store/config.js';
 import { S3ArchiveSink } from '../../src/store/s3-sink.js';
@@ -146,4 +147,51 @@ describe('upload option validation', () => {
     expect(bad({ requestChecksumCalculation: 'ALWAYS' })).toSatisfy((e: unknown) => e instanceof ConfigError && /store\.requestChecksumCalculation/.test((e as Error).message));
     expect(bad({ upload: { sse: { mode: 'AES256' }, checksumAlgorithm: 'CRC32C' }, responseChecksumValidation: 'WHEN_REQUIRED' })).toBeNull();
   });
+});
+
+describe('the agent applies store.upload to its backups', () => {
+  it('an agent backup to a configured bucket carries the options and a checksum on every part', async () => {
+    const { startAgent } = await import('../../src/agent/agent.js');
+    const { AgentClient } = await import('../../src/agent/control-client.js');
+    const { silentLogger } = await import('../../src/agent/log.js');
+    const { makeDisk, makeTempDir } = await import('../helpers/agent-process.js');
+    const tmp = await makeTempDir('cowstream-upload-opts-');
+    const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
+    // The agent's store config has no credentials field: the SDK chain (env) supplies them (fauxqs accepts any).
+    process.env.AWS_ACCESS_KEY_ID = 'AKIAUPLOADTEST';
+    process.env.AWS_SECRET_ACCESS_KEY = 'upload-test-secret';
+    const from = proxy.requests.length;
+    const disk = join(tmp.dir, 'vda.raw');
+    await makeDisk(disk, 24 * MiB, 77);
+    const agent = await startAgent(
+      parseAgentConfig({
+        hostId: 'opts-host',
+        stateDir: join(tmp.dir, 'state'),
+        disks: [{ name: 'vda', path: disk }],
+        nbd: { listen: '127.0.0.1:0' },
+        store: { bucket: server.bucket, prefix: 'p', region: 'us-east-1', endpoint: proxy.endpoint, upload: { storageClass: 'GLACIER_IR', sse: { mode: 'AES256' } } },
+      }),
+      { log: silentLogger },
+    );
+    try {
+      const control = new AgentClient(agent.controlSocket);
+      const st = await control.startBackup({ mode: 'full', target: 's3', compressionLevel: 1 });
+      const done = await control.waitForBackup(st.uuid, undefined, 25);
+      expect(done.status, String(done.error)).toBe('done');
+      const mine = proxy.requests.slice(from).filter((r) => r.url.includes(st.uuid));
+      const create = mine.filter((r) => r.op === 'CreateMultipartUpload');
+      const parts = mine.filter((r) => r.op === 'UploadPart');
+      expect(create).toHaveLength(1);
+      expect(create[0]!.headers).toMatchObject({ 'x-amz-storage-class': 'GLACIER_IR', 'x-amz-server-side-encryption': 'AES256', 'x-amz-checksum-algorithm': 'CRC32C' });
+      expect(parts.length).toBeGreaterThanOrEqual(2);
+      for (const p of parts) expect(p.headers['x-amz-checksum-crc32c']).toMatch(/^[A-Za-z0-9+/]{6}==$/);
+    } finally {
+      await agent.stop();
+      await tmp.cleanup();
+      for (const [k, v] of [['AWS_ACCESS_KEY_ID', saved.id], ['AWS_SECRET_ACCESS_KEY', saved.secret]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  }, 60_000);
 });
