@@ -109,9 +109,8 @@ export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<Embedded
   } catch (err) {
     throw new StoreError(`cannot create the embedded S3 directory ${opts.dir}`, { cause: err });
   }
+  // s3rver never listens itself (listenVerified does), so no address/port here.
   const server = new S3rver({
-    address: host,
-    port: opts.port ?? 0,
     directory: opts.dir,
     silent: true,
     configureBuckets: [{ name: bucket, configs: [] }],

@@ -169,12 +169,12 @@ export function registerBackupCommands(program: Command): void {
     .option('--drive <node[=name]>', 'QEMU block node to back up, optionally named (repeatable, with --qemu)', collect, [])
     .option('--qemu-nbd <socket>', 'with --qemu: Unix socket of the NBD server QEMU already runs (QEMU allows only one; default: start a private one)');
   addUploadOptions(backup).action(async (o: BackupCliOptions) => {
-      if (o.qemu !== undefined) return runQemu(o);
-      if (hasUploadFlags(o)) throw new UsageError('upload options (--storage-class, --sse, --object-lock-*, --checksum-algorithm) apply to --qemu backups; the agent takes them from store.upload in its config');
-      if (o.drive.length > 0) throw new UsageError('--drive needs --qemu <socket>');
-      if (o.qemuNbd !== undefined) throw new UsageError('--qemu-nbd needs --qemu <socket>');
-      return runAgentBackup(o);
-    });
+    if (o.qemu !== undefined) return runQemu(o);
+    if (hasUploadFlags(o)) throw new UsageError('upload options (--storage-class, --sse, --object-lock-*, --checksum-algorithm) apply to --qemu backups; the agent takes them from store.upload in its config');
+    if (o.drive.length > 0) throw new UsageError('--drive needs --qemu <socket>');
+    if (o.qemuNbd !== undefined) throw new UsageError('--qemu-nbd needs --qemu <socket>');
+    return runAgentBackup(o);
+  });
 
   program
     .command('status')
