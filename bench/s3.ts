@@ -42,7 +42,9 @@ const parallel = Number(process.env.BENCH_PARALLEL ?? 8);
 const pairs = Number(process.env.BENCH_PAIRS ?? 3);
 const latencyMs = Number(process.env.BENCH_LATENCY_MS ?? 20);
 const linkMBps = Number(process.env.BENCH_MBPS ?? 100);
-const CREDS = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
+/** The embedded server's generated keys (`s3 serve --state`), set once the server is up. */
+const CREDS: Record<string, string> = { AWS_REGION: 'us-east-1' };
+let KEYS = { accessKeyId: '', secretAccessKey: '' };
 
 interface ChildResult {
   seconds: number;
@@ -51,7 +53,7 @@ interface ChildResult {
 
 async function client(endpoint: string): Promise<S3Client> {
   const { createS3Client } = await import('../src/store/s3-client.js');
-  return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: KEYS });
 }
 
 // ---------------------------------------------------------------- child modes
@@ -251,7 +253,7 @@ async function parent(): Promise<void> {
   // The embedded S3 server with GC tracing: full GCs per GiB are part of its cost.
   const gc = { markCompact: 0, scavenge: 0 };
   const { endpoint, proc } = await startEndpointProcess(
-    [process.execPath, '--trace-gc', 'bin/cowstream.js', 's3', 'serve', '--dir', join(tmp, 's3'), '--bucket', 'bench', '--json'],
+    [process.execPath, '--trace-gc', 'bin/cowstream.js', 's3', 'serve', '--state', tmp, '--bucket', 'bench', '--json'],
     (line) => {
       if (/Mark-Compact/.test(line)) gc.markCompact++;
       else if (/Scavenge/.test(line)) gc.scavenge++;
@@ -270,6 +272,11 @@ async function parent(): Promise<void> {
     '--json',
   ]);
   const remote = shaped.endpoint;
+  // The server made its keys in <tmp>/credentials.json: sign with them.
+  const { readEmbeddedCredentials } = await import('../src/store/embedded-credentials.js');
+  KEYS = (await readEmbeddedCredentials(tmp)).s3;
+  CREDS.AWS_ACCESS_KEY_ID = KEYS.accessKeyId;
+  CREDS.AWS_SECRET_ACCESS_KEY = KEYS.secretAccessKey;
   const c = await client(endpoint);
   const self = `node_modules/.bin/tsx bench/s3.ts --child`;
   const mbps = (s: number): string => (size / 1e6 / s).toFixed(0);

@@ -23,6 +23,7 @@ import { CatalogClient } from '../src/catalog/client.js';
 import { runRestoreViaCatalog } from '../src/cli/commands/restore-via-catalog.js';
 import { formatBytes } from '../src/cli/output.js';
 import { NbdClient } from '../src/nbd/client.js';
+import { readEmbeddedCredentials } from '../src/store/embedded-credentials.js';
 
 const DISK_SIZE = 64 * 1024 * 1024 + 12_345; // deliberately not a cluster multiple
 const HOST = 'demo-host';
@@ -115,7 +116,9 @@ async function demo(): Promise<boolean> {
   let nbd: NbdClient | undefined;
   try {
     const control = new AgentClient(agent.controlSocket);
-    const catalog = new CatalogClient({ url: agent.catalogUrl! });
+    // The embedded services' credentials, generated at first start (0600): the CLI reads them with --state.
+    const { catalogToken } = await readEmbeddedCredentials(agent.config.stateDir);
+    const catalog = new CatalogClient({ url: agent.catalogUrl!, token: catalogToken });
     console.log(`  NBD export: nbd://${agent.nbdAddress.host}:${agent.nbdAddress.port}/vda   control: ${agent.controlSocket}`);
     console.log(`  S3: ${agent.s3?.endpoint} bucket ${agent.s3?.bucket}   catalogue API: ${agent.catalogUrl}`);
     nbd = await NbdClient.connect({ host: agent.nbdAddress.host, port: agent.nbdAddress.port }, { exportName: 'vda' });
@@ -146,7 +149,7 @@ async function demo(): Promise<boolean> {
     let ok = true;
     for (const [name, b] of [['full', full], ['incremental', inc]] as const) {
       const target = join(restoreDir, `${name}.raw`);
-      const job = await runRestoreViaCatalog({ ref: b.uuid, host: HOST, to: target, wait: true, catalog: agent.catalogUrl!, json: false, pollMs: 100, timeoutMs: 60_000 });
+      const job = await runRestoreViaCatalog({ ref: b.uuid, host: HOST, to: target, wait: true, catalog: agent.catalogUrl!, catalogToken, json: false, pollMs: 100, timeoutMs: 60_000 });
       const restored = await readFile(target);
       const same = restored.equals(b.snapshot);
       ok &&= same;

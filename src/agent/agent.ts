@@ -5,7 +5,9 @@ import { CbwDevice, DirtyBitmapStore } from '../cbw/index.js';
 import { NbdServer, type NbdExport } from '../nbd/index.js';
 import { normalizePrefix } from '../store/config.js';
 import { createS3Client } from '../store/s3-client.js';
+import { resolveChecksumPolicy } from '../store/upload-options.js';
 import { embeddedS3Dir, startEmbeddedS3, type EmbeddedS3 } from '../store/embedded-s3.js';
+import { credentialsPath, loadOrCreateEmbeddedCredentials } from '../store/embedded-credentials.js';
 import type { AgentConfig } from './config.js';
 import { ControlServer } from './control-server.js';
 import { BackupManager, type AgentDisk } from './backup-manager.js';
@@ -93,16 +95,25 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     if (config.store) {
       const client = createS3Client({ ...config.store, prefix: normalizePrefix(config.store.prefix) });
       cleanups.push(async () => client.destroy());
-      store = { client, bucket: config.store.bucket, prefix: normalizePrefix(config.store.prefix), ...(config.store.endpoint ? { endpoint: config.store.endpoint } : {}), embedded: false };
+      store = {
+        client,
+        bucket: config.store.bucket,
+        prefix: normalizePrefix(config.store.prefix),
+        ...(config.store.endpoint ? { endpoint: config.store.endpoint } : {}),
+        embedded: false,
+        ...(config.store.upload ? { upload: config.store.upload } : {}),
+        checksums: resolveChecksumPolicy(config.store),
+      };
     } else {
-      embedded = await startEmbeddedS3({ dir: embeddedS3Dir(config.stateDir) });
+      const credentials = (await loadOrCreateEmbeddedCredentials(config.stateDir)).s3;
+      embedded = await startEmbeddedS3({ dir: embeddedS3Dir(config.stateDir), credentials });
       const e = embedded;
       cleanups.push(() => e.close());
       const sc = embedded.storeConfig('');
       const client = createS3Client(sc);
       cleanups.push(async () => client.destroy());
-      store = { client, bucket: sc.bucket, prefix: '', endpoint: embedded.endpoint, embedded: true };
-      log.info('embedded S3 started', { endpoint: embedded.endpoint, bucket: sc.bucket, dir: embedded.dir });
+      store = { client, bucket: sc.bucket, prefix: '', endpoint: embedded.endpoint, embedded: true, checksums: resolveChecksumPolicy(sc) };
+      log.info('embedded S3 started', { endpoint: embedded.endpoint, bucket: sc.bucket, dir: embedded.dir, credentials: credentialsPath(config.stateDir) });
     }
 
     // NBD exports: the CbwDevice of each disk.

@@ -3,6 +3,7 @@ import { readKeyFile } from '../codec/crypto.js';
 import { startEmbeddedCatalog } from '../catalog/embedded.js';
 import type { Logger as CatalogLogger } from '../catalog/log.js';
 import type { EmbeddedS3 } from '../store/embedded-s3.js';
+import { loadOrCreateEmbeddedCredentials, readCatalogTokenFile } from '../store/embedded-credentials.js';
 import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
 import { RestorePoller } from './restore-poller.js';
@@ -59,13 +60,25 @@ export async function startCatalogIntegration(opts: {
   };
   try {
     let url: string;
-    if ('url' in cat) url = cat.url;
-    else {
+    let token: string | undefined;
+    if ('url' in cat) {
+      url = cat.url;
+      // A remote `cowstream catalog serve` needs its token; an AWS (execute-api) URL is IAM-signed instead.
+      if (cat.tokenFile !== undefined) {
+        try {
+          token = await readCatalogTokenFile(cat.tokenFile);
+        } catch (err) {
+          throw new ConfigError(`catalog.tokenFile: ${describeError(err)}`, { cause: err });
+        }
+      } else if (process.env.COWSTREAM_CATALOG_TOKEN) token = process.env.COWSTREAM_CATALOG_TOKEN;
+    } else {
       if (!opts.embeddedS3) {
         throw new ConfigError('catalog.embedded: the embedded catalogue indexes the embedded S3 store; remove `store` or set `catalog.url`');
       }
       const s3 = opts.embeddedS3;
+      token = (await loadOrCreateEmbeddedCredentials(config.stateDir)).catalogToken;
       const catalog = await startEmbeddedCatalog({
+        token,
         stateDir: config.stateDir,
         ...(cat.port !== undefined ? { port: cat.port } : {}),
         s3: { endpoint: s3.endpoint, bucket: s3.bucket, region: 'us-east-1', credentials: s3.credentials, onEvent: (l) => s3.onEvent(l) },
@@ -78,6 +91,7 @@ export async function startCatalogIntegration(opts: {
 
     const poller = new RestorePoller({
       catalogUrl: url,
+      ...(token !== undefined ? { catalogToken: token } : {}),
       hostId: config.hostId,
       allowedDirs: config.restore.allowedDirs,
       forbiddenPaths: opts.exportedPaths,

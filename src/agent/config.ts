@@ -3,6 +3,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { firstIssuePath, formatZodIssues } from './zod-errors.js';
+import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
 export class AgentConfigError extends ConfigError {
@@ -39,6 +40,10 @@ const storeSchema = z.strictObject({
   region: z.string().min(1).optional(),
   endpoint: z.string().url().optional(),
   forcePathStyle: z.boolean().optional(),
+  /** WHEN_REQUIRED for stores that reject checksum headers (default: $AWS_REQUEST_CHECKSUM_CALCULATION, else WHEN_SUPPORTED). */
+  ...checksumPolicySchema,
+  /** Storage class, SSE-S3/SSE-KMS, Object Lock, part checksum algorithm (docs/s3-and-restore.md). */
+  upload: uploadOptionsSchema.optional(),
 });
 
 /**
@@ -77,7 +82,11 @@ const qemuEntrySchema = z.strictObject({
 });
 
 const catalogSchema = z.union([
-  z.strictObject({ url: z.string().url() }),
+  z.strictObject({
+    url: z.string().url(),
+    /** File holding the bearer token of a `cowstream catalog serve` (its credentials.json, or the bare token); 0600. */
+    tokenFile: z.string().min(1).optional(),
+  }),
   z.strictObject({ embedded: z.literal(true), port: z.number().int().min(0).max(65535).optional() }),
 ]);
 
@@ -172,8 +181,17 @@ export interface AgentConfig {
   disks: DiskConfig[];
   nbd: { host: string; port: number; socket?: string };
   control: { socket: string };
-  store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
-  catalog?: { url: string } | { embedded: true; port?: number };
+  store?: {
+    bucket: string;
+    prefix: string;
+    region?: string;
+    endpoint?: string;
+    forcePathStyle?: boolean;
+    requestChecksumCalculation?: ChecksumMode;
+    responseChecksumValidation?: ChecksumMode;
+    upload?: UploadOptions;
+  };
+  catalog?: { url: string; tokenFile?: string } | { embedded: true; port?: number };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
   /** Backups without a key are refused. */
   requireEncryption: boolean;
@@ -225,7 +243,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     ...(q.nbdSocket !== undefined ? { nbdSocket: abs(q.nbdSocket) } : {}),
   }));
 
-  const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}) };
+  const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url, ...(raw.catalog.tokenFile !== undefined ? { tokenFile: abs(raw.catalog.tokenFile) } : {}) } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}) };
 
   return {
     hostId: raw.hostId,

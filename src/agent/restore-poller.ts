@@ -40,6 +40,8 @@ export interface RestorePollerOptions {
   hostId: string;
   /** Catalogue base URL (a CatalogClient is made) — or pass `client`. */
   catalogUrl?: string;
+  /** Bearer token for `catalogUrl` (embedded catalogue). */
+  catalogToken?: string;
   client?: RestoreJobsApi;
   /** Directories restores may write into. Empty = every job is refused. */
   allowedDirs: string[];
@@ -143,7 +145,7 @@ export class RestorePoller {
 
   constructor(private readonly opts: RestorePollerOptions) {
     if (!opts.client && !opts.catalogUrl) throw new RestoreError('RestorePoller needs a catalogue client or URL');
-    this.client = opts.client ?? new CatalogClient({ url: opts.catalogUrl! });
+    this.client = opts.client ?? new CatalogClient({ url: opts.catalogUrl!, ...(opts.catalogToken !== undefined ? { token: opts.catalogToken } : {}) });
     this.log = opts.log ?? quietLog;
     this.agentId = opts.agentId ?? `${opts.hostId}@${hostname()}:${process.pid}`;
   }

@@ -3,6 +3,7 @@ import type { ByteSink } from '../format/sink.js';
 import { FileByteSink } from '../store/file.js';
 import { archiveKey } from '../store/config.js';
 import { S3ArchiveSink } from '../store/s3-sink.js';
+import { sinkUploadOptions, type ChecksumPolicy, type UploadOptions } from '../store/upload-options.js';
 import type { StoreError } from '../errors.js';
 import type { BackupTarget } from './backup-request.js';
 import { HttpStreamSink } from './stream-sink.js';
@@ -14,6 +15,9 @@ export interface AgentStore {
   prefix: string;
   endpoint?: string;
   embedded: boolean;
+  /** Object options of each archive upload, and whether parts carry checksums. */
+  upload?: UploadOptions;
+  checksums?: ChecksumPolicy;
 }
 
 export interface OpenedTarget {
@@ -82,6 +86,7 @@ async function openRawTarget(target: BackupTarget, ctx: TargetContext): Promise<
         key,
         expectedBytes: ctx.expectedBytes,
         metadata: { uuid: ctx.uuid, parentUuid: ctx.parentUuid, hostId: ctx.hostId, deviceNames: ctx.deviceNames },
+        ...(store.checksums ? sinkUploadOptions(store.upload, store.checksums) : {}),
         onWarning: ctx.onWarning,
       });
       return { sink: new CountingSink(sink), description: 's3', bucket: store.bucket, key };

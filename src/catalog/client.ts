@@ -3,11 +3,11 @@
  * URL is an API Gateway execute-api URL the API uses IAM authorization, so
  * requests are signed with SigV4 using the default AWS credential chain
  * (env, profile, SSO, instance role); other URLs (the embedded catalogue)
- * get plain requests.
+ * carry the catalogue's bearer token (`token`).
  */
-import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
-import type { AwsCredentialIdentity, AwsCredentialIdentityProvider, Checksum, SourceData } from '@smithy/types';
+import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@smithy/types';
+import { NodeSha256 } from '../store/node-sha256.js';
 import { CatalogError, ConflictError, ForbiddenError, NotFoundError, UsageError } from '../errors.js';
 import type { Page } from './repository.js';
 import type { ArchiveRecord, CreateRestoreBody, HostRecord, RestoreJob, RestoreStatus } from './records.js';
@@ -19,6 +19,8 @@ export interface CatalogClientOptions {
   region?: string;
   credentials?: AwsCredentialIdentity | AwsCredentialIdentityProvider;
   timeoutMs?: number;
+  /** Bearer token of an embedded catalogue (`<stateDir>/credentials.json`); unsigned requests only. */
+  token?: string;
 }
 
 const EXECUTE_API = /^([a-z0-9]+)\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$/;
@@ -30,32 +32,6 @@ export function executeApiRegion(url: string): string | null {
     return m ? m[2]! : null;
   } catch {
     return null;
-  }
-}
-
-function toBuffer(data: SourceData): Buffer {
-  if (typeof data === 'string') return Buffer.from(data, 'utf8');
-  if (ArrayBuffer.isView(data)) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  return Buffer.from(data);
-}
-
-/** SHA-256 / HMAC-SHA-256 over node:crypto in the shape SignatureV4 expects. */
-export class NodeSha256 implements Checksum {
-  private hash: Hash | Hmac;
-  constructor(private readonly secret?: SourceData) {
-    this.hash = this.fresh();
-  }
-  private fresh(): Hash | Hmac {
-    return this.secret !== undefined ? createHmac('sha256', toBuffer(this.secret)) : createHash('sha256');
-  }
-  update(data: Uint8Array): void {
-    this.hash.update(data);
-  }
-  async digest(): Promise<Uint8Array> {
-    return new Uint8Array(this.hash.digest());
-  }
-  reset(): void {
-    this.hash = this.fresh();
   }
 }
 
@@ -131,6 +107,8 @@ export class CatalogClient {
     if (this.region !== null) {
       headers = await signRequest({ method, url, headers, body: payload }, this.region, await this.resolveCredentials());
       delete headers.host; // fetch sets Host itself and refuses to override it
+    } else if (this.opts.token !== undefined) {
+      headers.authorization = `Bearer ${this.opts.token}`;
     }
     let res: Response;
     try {

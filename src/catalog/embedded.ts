@@ -3,14 +3,18 @@
  * machine. dynalite (LevelDB under <stateDir>/catalog-db) stands in for
  * DynamoDB, node:http + the payload-2.0 adapter for API Gateway, and the
  * embedded S3 server's created/removed notifications — already in the
- * Lambda S3 event shape — feed the same Indexer the Lambda runs.
+ * Lambda S3 event shape — feed the same Indexer the Lambda runs. Every API
+ * request must bear the catalogue token (bearer-auth.ts), as every AWS API
+ * request must be IAM-signed.
  */
+import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { CatalogError, describeError } from '../errors.js';
 import { createApiHandler } from './api.js';
+import { requireBearerToken } from './bearer-auth.js';
 import { startDynalite, type RunningDynalite } from './dynalite.js';
 import { httpListener } from './http-adapter.js';
 import { Indexer, objectIdForKey, type IndexResult, type S3NotificationEvent } from './indexer.js';
@@ -47,12 +51,20 @@ export interface EmbeddedCatalogOptions {
   restoreLeaseMs?: number;
   /** Called after each indexed record (tests, demo). */
   onIndexed?: (r: IndexResult) => void;
+  /**
+   * The bearer token every API request must carry (usually
+   * `loadOrCreateEmbeddedCredentials(stateDir).catalogToken`). Absent: a
+   * random token for this run only (tests), see `token`.
+   */
+  token?: string;
 }
 
 export interface EmbeddedCatalog {
   /** e.g. http://127.0.0.1:41234 */
   readonly url: string;
   readonly port: number;
+  /** The bearer token the API requires. */
+  readonly token: string;
   readonly repo: CatalogRepository;
   readonly s3Client: S3Client;
   readonly dynamoEndpoint: string;
@@ -114,7 +126,8 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
       logger: logger.child({ component: 'api' }),
       ...(opts.restoreLeaseMs !== undefined ? { restoreLeaseMs: opts.restoreLeaseMs } : {}),
     });
-    const server: Server = createServer(httpListener(api));
+    const token = opts.token ?? randomBytes(32).toString('base64url');
+    const server: Server = createServer(requireBearerToken(token, httpListener(api)));
     const host = opts.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new CatalogError(`catalogue cannot listen on ${host}:${opts.port ?? 0}`, { cause: err })));
@@ -132,6 +145,7 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
     return {
       url: `http://${host}:${port}`,
       port,
+      token,
       repo,
       s3Client: s3,
       dynamoEndpoint: dyn.endpoint,

@@ -1,4 +1,5 @@
 import { UsageError } from '../errors.js';
+import type { ChecksumMode, UploadOptions } from './upload-options.js';
 
 /**
  * Where archives live. `prefix` may be empty (keys then start with
@@ -26,8 +27,14 @@ export interface StoreConfig {
    * have no wildcard DNS for virtual-hosted buckets), false for AWS.
    */
   forcePathStyle?: boolean;
-  /** Static credentials (the embedded s3rver uses S3RVER/S3RVER); otherwise the SDK default chain. */
+  /** Static credentials (the embedded store's generated keys); otherwise the SDK default chain. */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** Default: $AWS_REQUEST_CHECKSUM_CALCULATION, else WHEN_SUPPORTED (every part carries a checksum). */
+  requestChecksumCalculation?: ChecksumMode;
+  /** Default: $AWS_RESPONSE_CHECKSUM_VALIDATION, else WHEN_SUPPORTED. */
+  responseChecksumValidation?: ChecksumMode;
+  /** Storage class, SSE, Object Lock and part checksum algorithm of archive uploads (upload-options.ts). */
+  upload?: UploadOptions;
 }
 
 /** The endpoint the SDK will use: explicit config, else the standard env variables. */
@@ -125,6 +132,8 @@ export interface StoreFlags {
   prefix?: string;
   endpoint?: string;
   region?: string;
+  /** Static keys (e.g. an embedded store's, from its credentials.json); else the AWS chain. */
+  credentials?: { accessKeyId: string; secretAccessKey: string };
 }
 
 /**
@@ -148,5 +157,6 @@ export function storeConfigFromFlags(flags: StoreFlags, env: NodeJS.ProcessEnv =
     cfg.endpoint = flags.endpoint;
   }
   if (flags.region !== undefined) cfg.region = flags.region;
+  if (flags.credentials !== undefined) cfg.credentials = flags.credentials;
   return cfg;
 }

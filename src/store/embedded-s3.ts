@@ -3,19 +3,27 @@
  * configured: loopback only, objects persisted under `<stateDir>/s3`, one
  * bucket created on start. Clients use the same S3 code path as for AWS.
  *
+ * Only SigV4 requests signed with the state directory's generated keys
+ * (embedded-credentials.ts) reach s3rver: it serves anonymous requests and
+ * does not check V4 signatures itself, so our own HTTP server verifies each
+ * request (sigv4-verify.ts) before handing it to s3rver's request handler.
+ * s3rver never listens on a socket of its own.
+ *
  * Limits of s3rver (measured): ListMultipartUploads → 501 NotImplemented,
  * AbortMultipartUpload → 405 MethodNotAllowed. The sink therefore warns
  * when it cannot abort, and `cowstream uploads` says it cannot list.
  */
 import { mkdirSync } from 'node:fs';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import S3rver from 's3rver';
 import { StoreError } from '../errors.js';
 import { DEFAULT_EMBEDDED_BUCKET, type StoreConfig } from './config.js';
+import { generateEmbeddedCredentials, type EmbeddedS3Credentials } from './embedded-credentials.js';
+import { verifySigV4, type SigV4Refusal } from './sigv4-verify.js';
 
-/** s3rver verifies SigV4 signatures against these fixed credentials. */
-export const EMBEDDED_S3_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 export { DEFAULT_EMBEDDED_BUCKET } from './config.js';
 
 /**
@@ -52,6 +60,11 @@ export interface EmbeddedS3Options {
   /** Bind address; loopback by default. */
   host?: string;
   bucket?: string;
+  /**
+   * The only keys accepted (usually `loadOrCreateEmbeddedCredentials(stateDir).s3`).
+   * Absent: fresh random keys for this run only (tests), see `credentials`.
+   */
+  credentials?: EmbeddedS3Credentials;
 }
 
 export interface EmbeddedS3 {
@@ -60,7 +73,8 @@ export interface EmbeddedS3 {
   readonly port: number;
   readonly bucket: string;
   readonly dir: string;
-  readonly credentials: { accessKeyId: string; secretAccessKey: string };
+  /** The keys requests must be signed with. */
+  readonly credentials: EmbeddedS3Credentials;
   /** A StoreConfig pointing at this server. */
   storeConfig(prefix?: string): StoreConfig;
   /**
@@ -95,9 +109,8 @@ export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<Embedded
   } catch (err) {
     throw new StoreError(`cannot create the embedded S3 directory ${opts.dir}`, { cause: err });
   }
+  // s3rver never listens itself (listenVerified does), so no address/port here.
   const server = new S3rver({
-    address: host,
-    port: opts.port ?? 0,
     directory: opts.dir,
     silent: true,
     configureBuckets: [{ name: bucket, configs: [] }],
@@ -122,12 +135,16 @@ export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<Embedded
       }
     }
   });
-  let address: AddressInfo;
+  const credentials = opts.credentials ?? generateEmbeddedCredentials().s3;
+  registerWithS3rver(credentials);
+  let http: Server;
   try {
-    address = (await server.run()) as AddressInfo;
+    await server.configureBuckets();
+    http = await listenVerified(server.callback(), credentials, host, opts.port ?? 0);
   } catch (err) {
     throw new StoreError(`cannot start the embedded S3 server on ${host}:${opts.port ?? 0}`, { cause: err });
   }
+  const address = http.address() as AddressInfo;
   const endpoint = `http://${host.includes(':') ? `[${host}]` : host}:${address.port}`;
   let closed = false;
   return {
@@ -135,9 +152,10 @@ export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<Embedded
     port: address.port,
     bucket,
     dir: opts.dir,
-    credentials: { ...EMBEDDED_S3_CREDENTIALS },
+    credentials: { ...credentials },
     storeConfig(prefix = ''): StoreConfig {
-      return { bucket, prefix, endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { ...EMBEDDED_S3_CREDENTIALS } };
+      // s3rver neither stores nor checks additional checksums: computing them would only cost CPU.
+      return { bucket, prefix, endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { ...credentials }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' };
     },
     onEvent(listener: EmbeddedS3Listener): () => void {
       listeners.add(listener);
@@ -148,10 +166,53 @@ export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<Embedded
       closed = true;
       listeners.clear();
       // Keep-alive sockets from SDK clients would hold close() open.
-      const http = (server as unknown as { httpServer?: { closeAllConnections?: () => void } }).httpServer;
-      const p = server.close();
-      http?.closeAllConnections?.();
+      const p = new Promise<void>((resolve) => http.close(() => resolve()));
+      http.closeAllConnections();
       await p;
+      server.logger?.close();
     },
   };
+}
+
+interface S3rverAccount {
+  createKeyPair(accessKeyId: string, secretAccessKey: string): void;
+  revokeAccessKey(accessKeyId: string): void;
+}
+
+/**
+ * s3rver looks the access key id of every signed request up in its own
+ * (process-wide) account registry, which holds only its built-in
+ * S3RVER/S3RVER; requests that passed our verification must find their key
+ * there. The built-in key is removed: nothing may use it.
+ */
+function registerWithS3rver(keys: EmbeddedS3Credentials): void {
+  const require = createRequire(import.meta.url);
+  const { DUMMY_ACCOUNT } = require('s3rver/lib/models/account.js') as { DUMMY_ACCOUNT: S3rverAccount };
+  DUMMY_ACCOUNT.revokeAccessKey('S3RVER');
+  DUMMY_ACCOUNT.createKeyPair(keys.accessKeyId, keys.secretAccessKey);
+}
+
+/** Answers a refused request with an S3 XML error and closes the connection (its body is not read). */
+function sendRefusal(res: ServerResponse, r: SigV4Refusal): void {
+  const xml = (t: string): string => t.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  res.writeHead(r.status, { 'content-type': 'application/xml', connection: 'close' });
+  res.end(`<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${r.code}</Code><Message>${xml(r.message)}</Message></Error>`);
+}
+
+/** Our HTTP server: each request is verified, then handed to s3rver's Koa handler. */
+async function listenVerified(handler: RequestListener, keys: EmbeddedS3Credentials, host: string, port: number): Promise<Server> {
+  const http = createServer((req: IncomingMessage, res: ServerResponse) => {
+    verifySigV4(req, keys).then(
+      (refusal) => (refusal === null ? handler(req, res) : sendRefusal(res, refusal)),
+      () => sendRefusal(res, { status: 403, code: 'AccessDenied', message: 'request could not be verified' }),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    http.once('error', reject);
+    http.listen(port, host, () => {
+      http.off('error', reject);
+      resolve();
+    });
+  });
+  return http;
 }

@@ -4,17 +4,13 @@
  */
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { effectiveEndpoint, isLoopback, type StoreConfig } from './config.js';
+import { resolveChecksumPolicy, type ChecksumMode } from './upload-options.js';
 
 export interface S3ClientOptions {
   /** SDK retry attempts (default 5: transient 5xx/resets are retried by the SDK). */
   maxAttempts?: number;
-  /**
-   * Default-on CRC32 request checksums cost ~30 % of upload CPU here. Archives
-   * carry their own SHA-256 per extent, so we compute S3 checksums only when
-   * required or asked for (S3ArchiveSink `checksumAlgorithm`). Pass
-   * 'WHEN_SUPPORTED' to get the SDK default back.
-   */
-  requestChecksumCalculation?: 'WHEN_SUPPORTED' | 'WHEN_REQUIRED';
+  /** Overrides the store config and the environment (see resolveChecksumPolicy). */
+  requestChecksumCalculation?: ChecksumMode;
 }
 
 /**
@@ -26,7 +22,8 @@ export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env
   const endpoint = effectiveEndpoint(cfg, env);
   const config: S3ClientConfig = {
     maxAttempts: opts.maxAttempts ?? 5,
-    requestChecksumCalculation: opts.requestChecksumCalculation ?? 'WHEN_REQUIRED',
+    // Checksums (upload-options.ts): this option, then the store config, then AWS_* env, then WHEN_SUPPORTED.
+    ...resolveChecksumPolicy({ ...cfg, ...(opts.requestChecksumCalculation ? { requestChecksumCalculation: opts.requestChecksumCalculation } : {}) }, env),
     forcePathStyle: cfg.forcePathStyle ?? endpoint !== undefined,
   };
   // Only pass the endpoint when it is explicit: the SDK reads AWS_ENDPOINT_URL_S3 itself.

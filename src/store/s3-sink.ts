@@ -144,7 +144,7 @@ export interface S3ArchiveSinkOptions {
   metadata?: ArchiveObjectMetadata;
   sse?: SseOption;
   storageClass?: StorageClass | string;
-  /** S3 additional checksum per part and for the object (where the endpoint supports it). */
+  /** S3 additional checksum per part and for the object (upload-options.ts decides when to send one). */
   checksumAlgorithm?: 'CRC32C' | 'SHA256' | 'CRC32';
   /** Object Lock for immutable backups (bucket must have Object Lock enabled). */
   objectLock?: { mode: 'GOVERNANCE' | 'COMPLIANCE'; retainUntil: Date };

@@ -15,6 +15,12 @@ declare module 's3rver' {
     constructor(options?: S3rverOptions);
     run(): Promise<import('node:net').AddressInfo | string>;
     close(): Promise<void>;
+    /** Creates the configured buckets (run() does this before listening). */
+    configureBuckets(): Promise<unknown>;
+    /** Koa's request handler: serves requests on a server we own. */
+    callback(): import('node:http').RequestListener;
+    /** winston logger (silent when `silent`); closed with the server. */
+    logger?: { close(): void };
   }
   export default S3rver;
 }

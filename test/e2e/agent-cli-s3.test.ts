@@ -53,10 +53,10 @@ describe('agent + CLI + S3 + restore', () => {
     expect(i).toMatchObject({ status: 'done', mode: 'incremental', parentUuid: f.uuid });
     const expected = await readFile(diskPath);
 
-    const s3env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1' };
+    const s3env = { AWS_REGION: 'us-east-1' };
     const out = join(tmp.dir, 'restored');
     await mkdir(out); // a directory target gets <NAME>.raw
-    const r = await runCli(['restore', i.uuid, '--to', out, '--bucket', s3.bucket, '--endpoint', s3.endpoint, '--json'], s3env);
+    const r = await runCli(['restore', i.uuid, '--to', out, '--bucket', s3.bucket, '--endpoint', s3.endpoint, '--state', join(tmp.dir, 'state'), '--json'], s3env);
     expect(r.code, r.stderr + r.stdout.toString()).toBe(0);
     expect((await readFile(join(out, 'vda.raw'))).equals(expected)).toBe(true);
 

@@ -15,6 +15,7 @@ import { ConfigError } from '../../src/errors.js';
 import { CatalogClient } from '../../src/catalog/client.js';
 import { runRestoreViaCatalog } from '../../src/cli/commands/restore-via-catalog.js';
 import { makeDisk, makeTempDir } from '../helpers/agent-process.js';
+import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 
 const SIZE = 2 * 1024 * 1024 + 512;
 
@@ -70,7 +71,8 @@ describe('e2e: encrypted archive restored through the catalogue', () => {
     const done = await control.waitForBackup(st.uuid, undefined, 25);
     expect(done.status, done.error ?? '').toBe('done');
     const image = await readFile(diskPath);
-    const catalog = new CatalogClient({ url: agent.catalogUrl! });
+    const token = (await readEmbeddedCredentials(agent.config.stateDir)).catalogToken;
+    const catalog = new CatalogClient({ url: agent.catalogUrl!, token });
     const deadline = Date.now() + 5000;
     while (!(await catalog.getArchive(st.uuid).catch(() => null))) {
       if (Date.now() > deadline) throw new Error('the encrypted archive was not indexed within 5 s');
@@ -78,7 +80,7 @@ describe('e2e: encrypted archive restored through the catalogue', () => {
     }
 
     const target = join(restoreDir, 'enc.raw');
-    const job = await runRestoreViaCatalog({ ref: st.uuid, host: 'enc-host', to: target, wait: true, catalog: agent.catalogUrl!, json: false, pollMs: 50, timeoutMs: 30_000 });
+    const job = await runRestoreViaCatalog({ ref: st.uuid, host: 'enc-host', to: target, wait: true, catalog: agent.catalogUrl!, catalogToken: token, json: false, pollMs: 50, timeoutMs: 30_000 });
     expect(job.status).toBe('SUCCEEDED');
     expect((await readFile(target)).equals(image)).toBe(true);
     await agent.stop();
@@ -87,7 +89,7 @@ describe('e2e: encrypted archive restored through the catalogue', () => {
     // The same agent without the key: the job fails and says why.
     agent = await startAgent(config({}), { log: silentLogger });
     await expect(
-      runRestoreViaCatalog({ ref: st.uuid, host: 'enc-host', to: join(restoreDir, 'nokey.raw'), wait: true, catalog: agent.catalogUrl!, json: false, pollMs: 50, timeoutMs: 30_000 }),
+      runRestoreViaCatalog({ ref: st.uuid, host: 'enc-host', to: join(restoreDir, 'nokey.raw'), wait: true, catalog: agent.catalogUrl!, catalogToken: token, json: false, pollMs: 50, timeoutMs: 30_000 }),
     ).rejects.toThrow(/key|encrypt/i);
   });
 });

@@ -17,6 +17,7 @@ import { CatalogClient } from '../../src/catalog/client.js';
 import { runRestoreViaCatalog } from '../../src/cli/commands/restore-via-catalog.js';
 import { makeDisk, makeTempDir } from '../helpers/agent-process.js';
 import { nbdUri, runQemuIo } from '../helpers/agent-workload.js';
+import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 
 const SIZE = 3 * 1024 * 1024 + 4096; // not a cluster multiple: the partial last cluster must survive too
 
@@ -24,6 +25,7 @@ let tmp: { dir: string; cleanup(): Promise<void> };
 let agent: Agent;
 let control: AgentClient;
 let catalog: CatalogClient;
+let token: string;
 let restoreDir: string;
 let diskPath: string;
 const savedPoll = process.env.COWSTREAM_RESTORE_POLL_MS;
@@ -68,7 +70,8 @@ beforeAll(async () => {
   );
   control = new AgentClient(agent.controlSocket);
   if (!agent.catalogUrl) throw new Error('agent started without a catalogue');
-  catalog = new CatalogClient({ url: agent.catalogUrl });
+  token = (await readEmbeddedCredentials(join(tmp.dir, 'state'))).catalogToken;
+  catalog = new CatalogClient({ url: agent.catalogUrl, token });
 });
 
 afterAll(async () => {
@@ -100,18 +103,18 @@ describe('e2e: backup → catalogue → restore through the agent', () => {
 
     // Restore the incremental (chain of 2) and, separately, the full one.
     const incTarget = join(restoreDir, 'inc.raw');
-    const job = await runRestoreViaCatalog({ ref: inc.uuid, host: 'e2e-host', to: incTarget, wait: true, catalog: agent.catalogUrl!, json: false, pollMs: 50, timeoutMs: 30_000 });
+    const job = await runRestoreViaCatalog({ ref: inc.uuid, host: 'e2e-host', to: incTarget, wait: true, catalog: agent.catalogUrl!, catalogToken: token, json: false, pollMs: 50, timeoutMs: 30_000 });
     expect(job.status).toBe('SUCCEEDED');
     expect(job.claimedBy).toMatch(/^e2e-host@/);
     expect((await readFile(incTarget)).equals(inc.image)).toBe(true);
 
     const fullTarget = join(restoreDir, 'full.raw');
-    await runRestoreViaCatalog({ ref: full.uuid, host: 'e2e-host', to: fullTarget, wait: true, catalog: agent.catalogUrl!, json: false, pollMs: 50, timeoutMs: 30_000 });
+    await runRestoreViaCatalog({ ref: full.uuid, host: 'e2e-host', to: fullTarget, wait: true, catalog: agent.catalogUrl!, catalogToken: token, json: false, pollMs: 50, timeoutMs: 30_000 });
     expect((await readFile(fullTarget)).equals(full.image)).toBe(true);
 
     // The agent refuses to overwrite its own exported disk even if asked through the catalogue.
     await expect(
-      runRestoreViaCatalog({ ref: full.uuid, host: 'e2e-host', to: diskPath, wait: true, catalog: agent.catalogUrl!, json: false, pollMs: 50, timeoutMs: 30_000 }),
+      runRestoreViaCatalog({ ref: full.uuid, host: 'e2e-host', to: diskPath, wait: true, catalog: agent.catalogUrl!, catalogToken: token, json: false, pollMs: 50, timeoutMs: 30_000 }),
     ).rejects.toThrow(/outside the allowed|exported disk/);
     expect((await readFile(diskPath)).equals(inc.image)).toBe(true);
   });

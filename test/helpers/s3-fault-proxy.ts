@@ -8,7 +8,7 @@
  *   - delay the request (slow endpoint),
  *   - cut a GET response body in the middle (connection dies mid-transfer).
  * Rules match an S3 operation and either specific occurrences (1-based) or
- * every occurrence (persistent failure).
+ * every occurrence (persistent failure). Every request's headers are recorded.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -65,8 +65,18 @@ export function classify(req: IncomingMessage): S3Op {
   }
 }
 
+/** One request as the proxy saw it (headers lower-cased by node:http). */
+export interface RecordedRequest {
+  op: S3Op;
+  method: string;
+  url: string;
+  headers: Record<string, string | string[] | undefined>;
+}
+
 export class S3FaultProxy {
   readonly counts = new Map<S3Op, number>();
+  /** Every request received, in order: tests assert on the headers a client really sent. */
+  readonly requests: RecordedRequest[] = [];
   /** Faults actually injected, for assertions that the test really exercised them. */
   readonly injected: { op: S3Op; n: number; action: string }[] = [];
   private rules: FaultRule[] = [];
@@ -109,6 +119,7 @@ export class S3FaultProxy {
 
   private async handle(req: IncomingMessage, res: ServerResponse, target: URL): Promise<void> {
     const op = classify(req);
+    this.requests.push({ op, method: req.method ?? '', url: req.url ?? '', headers: { ...req.headers } });
     const n = this.count(op) + 1;
     this.counts.set(op, n);
     let cutAfter: number | undefined;

@@ -17,6 +17,7 @@ import type { BackupStatus } from '../../src/agent/backup-request.js';
 import { makeDisk, makeTempDir, runCli } from '../helpers/agent-process.js';
 import { applyArchive } from '../helpers/agent-archive.js';
 import { SlowSink } from '../helpers/agent-sinks.js';
+import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 
 const execFileP = promisify(execFile);
 const SIZE = 2 * 1024 * 1024;
@@ -158,7 +159,7 @@ describe('control API', () => {
     expect(done.status).toBe('done');
     expect(done.total).toBe(2 * SIZE + 12345);
     expect(done.transferred).toBe(done.total);
-    const s3 = new S3Client({ endpoint: agent.s3!.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+    const s3 = new S3Client({ endpoint: agent.s3!.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: (await readEmbeddedCredentials(agent.config.stateDir)).s3 });
     const head = await s3.send(new HeadObjectCommand({ Bucket: agent.s3!.bucket, Key: st.key! }));
     expect(head.ContentLength).toBe(done.archiveBytes);
     s3.destroy();

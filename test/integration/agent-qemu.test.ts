@@ -19,7 +19,7 @@ import { silentLogger } from '../../src/agent/log.js';
 import type { BackupStatus, QemuDiskStatus } from '../../src/agent/backup-request.js';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import { createS3Client } from '../../src/store/s3-client.js';
-import { EMBEDDED_S3_CREDENTIALS } from '../../src/store/embedded-s3.js';
+import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 import { buildRestorePlan, sourceOpener } from '../../src/restore/locate.js';
 import { restoreArchive } from '../../src/restore/engine.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
@@ -69,7 +69,7 @@ async function backup(body: Record<string, unknown>): Promise<BackupStatus> {
 /** Restores the chain ending at archive `uuid` from the agent's S3 store; returns drive name → bytes. */
 async function restoreFromS3(uuid: string, dir: string): Promise<Map<string, Buffer>> {
   const s3 = agent.s3!;
-  const store = { bucket: s3.bucket, prefix: s3.prefix, endpoint: s3.endpoint!, credentials: { ...EMBEDDED_S3_CREDENTIALS } };
+  const store = { bucket: s3.bucket, prefix: s3.prefix, endpoint: s3.endpoint!, credentials: (await readEmbeddedCredentials(agent.config.stateDir)).s3 };
   const s3client = createS3Client(store);
   try {
     const ctx = { store, client: s3client };

@@ -160,7 +160,8 @@ function suite(name: string, start: () => Promise<TestS3Server>): void {
 
       it('the CLI prints the plan as JSON and deletes nothing with --dry-run', async () => {
         const before = await keys(client, server.bucket);
-        const env = { ...process.env, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1', XDG_CACHE_HOME: cacheDir };
+        const creds = server.storeConfig().credentials!;
+        const env = { ...process.env, AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey, AWS_REGION: 'us-east-1', XDG_CACHE_HOME: cacheDir };
         const args = ['forget', '--bucket', server.bucket, '--prefix', prefix, '--endpoint', server.endpoint, '--keep-last', '1', '--host', 'h1', '--dry-run', '--json'];
         const { stdout } = await run(process.execPath, [CLI, ...args], { env });
         const out = JSON.parse(stdout) as { dryRun: boolean; removed: Array<{ uuid: string }> };

@@ -54,11 +54,11 @@ afterAll(async () => {
 
 describe('catalogue CLI', () => {
   it('list --json, list (table), show --json', async () => {
-    const env = { COWSTREAM_CATALOG_URL: catalog.url };
+    const env = { COWSTREAM_CATALOG_URL: catalog.url, COWSTREAM_CATALOG_TOKEN: catalog.token };
     const json = await runCli(['list', '--host', 'clihost', '--json'], env);
     expect(json.code, json.stderr).toBe(0);
     expect(JSON.parse(json.stdout.toString()).items.map((a: ArchiveRecord) => a.uuid)).toEqual([...recs].reverse().map((r) => r.uuid));
-    const table = await runCli(['list', '--host', 'clihost', '--limit', '2', '--catalog', catalog.url], {});
+    const table = await runCli(['list', '--host', 'clihost', '--limit', '2', '--catalog', catalog.url, '--catalog-token', catalog.token], {});
     expect(table.code, table.stderr).toBe(0);
     const text = table.stdout.toString();
     expect(text).toMatch(/^UUID\s+HOST\s+CREATED/m);
@@ -73,7 +73,7 @@ describe('catalogue CLI', () => {
   });
 
   it('bad flags: exit 2 with a JSON error', async () => {
-    const env = { COWSTREAM_CATALOG_URL: catalog.url };
+    const env = { COWSTREAM_CATALOG_URL: catalog.url, COWSTREAM_CATALOG_TOKEN: catalog.token };
     const bad = await runCli(['list', '--disk', 'vda', '--json'], env);
     expect(bad.code).toBe(2);
     expect(JSON.parse(bad.stdout.toString()).error.code).toBe('USAGE');

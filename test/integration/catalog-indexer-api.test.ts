@@ -68,7 +68,7 @@ beforeAll(async () => {
     logger: 'quiet',
     onIndexed: (r) => indexed.push({ ...r, at: Date.now() }),
   });
-  client = new CatalogClient({ url: catalog.url });
+  client = new CatalogClient({ url: catalog.url, token: catalog.token });
   pool = new ZstdPool({ workers: 1 });
   chain = await buildChain({
     client: catalog.s3Client,
@@ -198,7 +198,7 @@ describe('embedded catalogue: indexer', () => {
 
 describe('embedded catalogue: API', () => {
   async function raw(method: string, path: string, body?: string): Promise<{ status: number; json: any; type: string | null }> {
-    const res = await fetch(catalog.url + path, { method, body, headers: body ? { 'content-type': 'application/json' } : {} });
+    const res = await fetch(catalog.url + path, { method, body, headers: { authorization: `Bearer ${catalog.token}`, ...(body ? { 'content-type': 'application/json' } : {}) } });
     return { status: res.status, json: await res.json(), type: res.headers.get('content-type') };
   }
 

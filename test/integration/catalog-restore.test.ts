@@ -48,7 +48,7 @@ beforeAll(async () => {
   writeFileSync(exported, Buffer.alloc(4096, 7));
   s3 = await startEmbeddedS3({ dir: join(dir, 's3') });
   catalog = await startEmbeddedCatalog({ stateDir: dir, s3, logger: 'quiet' });
-  client = new CatalogClient({ url: catalog.url });
+  client = new CatalogClient({ url: catalog.url, token: catalog.token });
   pool = new ZstdPool({ workers: 2 });
   chain = await buildChain({
     client: catalog.s3Client,
@@ -80,7 +80,7 @@ describe('restore through the catalogue', () => {
     const p = poller({ pollIntervalMs: 50 });
     p.start();
     try {
-      const job = await runRestoreViaCatalog({ ref: mid.uuid, host: 'h1', to: target, wait: true, catalog: catalog.url, json: false, pollMs: 50, timeoutMs: 30_000 });
+      const job = await runRestoreViaCatalog({ ref: mid.uuid, host: 'h1', to: target, wait: true, catalog: catalog.url, catalogToken: catalog.token, json: false, pollMs: 50, timeoutMs: 30_000 });
       expect(job.status).toBe('SUCCEEDED');
       expect(job.progress.bytesDone).toBe(job.progress.bytesTotal);
       expect(job.progress.bytesTotal).toBe(26 * CLUSTER_SIZE + 4096);
@@ -130,7 +130,7 @@ describe('restore through the catalogue', () => {
     p.start();
     try {
       await expect(
-        runRestoreViaCatalog({ ref: last.uuid, host: 'h1', to: join(outside, 'z'), wait: true, catalog: catalog.url, json: true, pollMs: 50, timeoutMs: 30_000 }),
+        runRestoreViaCatalog({ ref: last.uuid, host: 'h1', to: join(outside, 'z'), wait: true, catalog: catalog.url, catalogToken: catalog.token, json: true, pollMs: 50, timeoutMs: 30_000 }),
       ).rejects.toBeInstanceOf(RestoreError);
     } finally {
       await p.stop();

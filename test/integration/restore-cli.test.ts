@@ -40,8 +40,8 @@ describe('cowstream restore / verify / uploads (CLI)', () => {
     } finally {
       await pool.close();
     }
-    process.env.AWS_ACCESS_KEY_ID = 'S3RVER';
-    process.env.AWS_SECRET_ACCESS_KEY = 'S3RVER';
+    process.env.AWS_ACCESS_KEY_ID = server.embedded!.credentials.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = server.embedded!.credentials.secretAccessKey;
     delete process.env.AWS_PROFILE;
     delete process.env.COWSTREAM_S3_BUCKET;
     store = ['--bucket', 'cli-bucket', '--prefix', 'pre', '--endpoint', server.endpoint, '--region', 'us-east-1'];
@@ -140,7 +140,7 @@ describe('cowstream restore / verify / uploads (CLI)', () => {
       expect(creds.code).toBe(1);
       expect(creds.stderr).toMatch(/access to .* denied .*\(InvalidAccessKeyId\).*check the AWS credentials/);
     } finally {
-      process.env.AWS_ACCESS_KEY_ID = 'S3RVER';
+      process.env.AWS_ACCESS_KEY_ID = server.embedded!.credentials.accessKeyId;
     }
     const noTo = await run(['restore', steps[0]!.uuid, ...store]);
     expect(noTo.code).toBe(2);

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createS3Client } from '../../src/store/s3-client.js';
 import { S3ArchiveSink } from '../../src/store/s3-sink.js';
 import { S3FaultProxy } from '../helpers/s3-fault-proxy.js';
+import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 
 const MiB = 1024 * 1024;
 
@@ -24,7 +25,7 @@ describe('S3 sink against a slow endpoint (server in a child process)', () => {
   let proxy: S3FaultProxy;
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'cowstream-slow-'));
-    child = spawn(process.execPath, ['bin/cowstream.js', 's3', 'serve', '--dir', join(dir, 's3'), '--bucket', 'slow', '--json'], {
+    child = spawn(process.execPath, ['bin/cowstream.js', 's3', 'serve', '--state', dir, '--bucket', 'slow', '--json'], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const line = await new Promise<string>((resolve, reject) => {
@@ -51,7 +52,7 @@ describe('S3 sink against a slow endpoint (server in a child process)', () => {
       prefix: '',
       endpoint: proxy.endpoint,
       region: 'us-east-1',
-      credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+      credentials: (await readEmbeddedCredentials(dir)).s3,
     });
     const total = 200 * MiB;
     let acked = 0;

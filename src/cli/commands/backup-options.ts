@@ -1,9 +1,10 @@
 /** `cowstream backup` options, shared by the agent path (backup.ts) and the QEMU path (backup-qemu.ts). */
 import { resolve } from 'node:path';
 import { UsageError } from '../../errors.js';
+import type { UploadFlags } from '../upload-flags.js';
 
 /** Options of `cowstream backup` as commander parses them (also handed to runQemuBackup). */
-export interface BackupCliOptions {
+export interface BackupCliOptions extends UploadFlags {
   disk: string[];
   incremental?: boolean;
   fleecing?: string;

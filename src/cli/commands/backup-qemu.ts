@@ -17,6 +17,8 @@ import { FileByteSink } from '../../store/file.js';
 import { archiveKey, storeConfigFromFlags } from '../../store/config.js';
 import { createS3Client } from '../../store/s3-client.js';
 import { S3ArchiveSink } from '../../store/s3-sink.js';
+import { resolveChecksumPolicy, sinkUploadOptions } from '../../store/upload-options.js';
+import { hasUploadFlags, uploadOptionsFromFlags } from '../upload-flags.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { runPullBackup, type OutputContext, type PullDrive } from '../../qemu/pull-backup.js';
 import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
@@ -65,11 +67,20 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
   }
   let where = '';
   const client = store ? createS3Client(store) : null;
+  const upload = uploadOptionsFromFlags(o);
+  if (!store && hasUploadFlags(o)) throw new UsageError('upload options (--storage-class, --sse, --object-lock-*, --checksum-algorithm) need --to s3');
   const openOutput = async (ctx: OutputContext): Promise<ByteSink> => {
     if (store && client) {
       const k = archiveKey(store.prefix, ctx.hostId, ctx.uuid);
       where = `s3://${store.bucket}/${k}`;
-      return new S3ArchiveSink({ client, bucket: store.bucket, key: k, expectedBytes: ctx.expectedBytes, metadata: { uuid: ctx.uuid, parentUuid: ctx.parentUuid, hostId: ctx.hostId, deviceNames: ctx.deviceNames } });
+      return new S3ArchiveSink({
+        client,
+        bucket: store.bucket,
+        key: k,
+        expectedBytes: ctx.expectedBytes,
+        metadata: { uuid: ctx.uuid, parentUuid: ctx.parentUuid, hostId: ctx.hostId, deviceNames: ctx.deviceNames },
+        ...sinkUploadOptions(upload, resolveChecksumPolicy(store)),
+      });
     }
     if (fileTarget) {
       where = fileTarget.replace('{uuid}', ctx.uuid);

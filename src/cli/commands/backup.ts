@@ -7,17 +7,17 @@ import { formatBytes, parsePositiveInt, parseSize, printJson } from '../output.j
 import { AgentClient } from '../../agent/control-client.js';
 import type { BackupStatus, DiskStatus } from '../../agent/backup-request.js';
 import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
+import { addUploadOptions, hasUploadFlags } from '../upload-flags.js';
+import { DEFAULT_AGENT_SOCKET, agentSocket } from '../agent-socket.js';
+
+export { DEFAULT_AGENT_SOCKET, agentSocket };
 
 
 /**
  * Where the CLI finds the agent: --agent, else $COWSTREAM_AGENT_SOCKET, else
  * the control socket of an agent whose stateDir is /var/lib/cowstream.
  */
-export const DEFAULT_AGENT_SOCKET = '/var/lib/cowstream/agent.sock';
 
-export function agentSocket(flag: string | undefined): string {
-  return flag ?? process.env.COWSTREAM_AGENT_SOCKET ?? DEFAULT_AGENT_SOCKET;
-}
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
@@ -148,7 +148,7 @@ async function runQemu(o: BackupCliOptions): Promise<void> {
 }
 
 export function registerBackupCommands(program: Command): void {
-  program
+  const backup = program
     .command('backup')
     .description('start a live backup of the agent\'s disks (or of a QEMU VM with --qemu)')
     .option('--disk <name>', 'disk to back up (repeatable; default: all disks)', collect, [])
@@ -167,13 +167,14 @@ export function registerBackupCommands(program: Command): void {
     .option('--agent <socket>', `agent control socket (default $COWSTREAM_AGENT_SOCKET or ${DEFAULT_AGENT_SOCKET})`)
     .option('--qemu <socket>', 'back up a running QEMU through its QMP socket (pull mode) instead of the agent')
     .option('--drive <node[=name]>', 'QEMU block node to back up, optionally named (repeatable, with --qemu)', collect, [])
-    .option('--qemu-nbd <socket>', 'with --qemu: Unix socket of the NBD server QEMU already runs (QEMU allows only one; default: start a private one)')
-    .action(async (o: BackupCliOptions) => {
-      if (o.qemu !== undefined) return runQemu(o);
-      if (o.drive.length > 0) throw new UsageError('--drive needs --qemu <socket>');
-      if (o.qemuNbd !== undefined) throw new UsageError('--qemu-nbd needs --qemu <socket>');
-      return runAgentBackup(o);
-    });
+    .option('--qemu-nbd <socket>', 'with --qemu: Unix socket of the NBD server QEMU already runs (QEMU allows only one; default: start a private one)');
+  addUploadOptions(backup).action(async (o: BackupCliOptions) => {
+    if (o.qemu !== undefined) return runQemu(o);
+    if (hasUploadFlags(o)) throw new UsageError('upload options (--storage-class, --sse, --object-lock-*, --checksum-algorithm) apply to --qemu backups; the agent takes them from store.upload in its config');
+    if (o.drive.length > 0) throw new UsageError('--drive needs --qemu <socket>');
+    if (o.qemuNbd !== undefined) throw new UsageError('--qemu-nbd needs --qemu <socket>');
+    return runAgentBackup(o);
+  });
 
   program
     .command('status')

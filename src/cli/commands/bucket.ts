@@ -13,9 +13,10 @@ import type { RetentionPolicy } from '../../catalog/retention.js';
 import { effectiveEndpoint, storeConfigFromFlags, type StoreConfig, type StoreFlags } from '../../store/config.js';
 import { createS3Client } from '../../store/s3-client.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
-import { addStoreOptions } from './store-options.js';
+import { addStoreOptions, withStateCredentials } from './store-options.js';
 
 interface BucketFlags extends StoreFlags {
+  state?: string;
   host?: string;
   disk?: string;
   json?: boolean;
@@ -23,8 +24,8 @@ interface BucketFlags extends StoreFlags {
   parallel?: string;
 }
 
-function requireStore(o: StoreFlags): StoreConfig {
-  const store = storeConfigFromFlags(o);
+async function requireStore(o: StoreFlags & { state?: string }): Promise<StoreConfig> {
+  const store = storeConfigFromFlags(await withStateCredentials(o));
   if (!store) throw new UsageError('no bucket: give --bucket <name> or set COWSTREAM_S3_BUCKET');
   return store;
 }
@@ -61,7 +62,7 @@ function printTable(header: string[], rows: string[][]): void {
 }
 
 async function runSnapshots(o: BucketFlags): Promise<void> {
-  const store = requireStore(o);
+  const store = await requireStore(o);
   const client = createS3Client(store);
   try {
     const cache = await openCache(o, store);
@@ -115,7 +116,7 @@ function printForget(r: ForgetReport): void {
 
 async function runForget(o: ForgetFlags): Promise<void> {
   const policy = policyFromFlags(o);
-  const store = requireStore(o);
+  const store = await requireStore(o);
   const client = createS3Client(store);
   try {
     const cache = await openCache(o, store);

@@ -9,16 +9,25 @@ import { UsageError } from '../../errors.js';
 import { CatalogClient } from '../../catalog/client.js';
 import { diskNameSchema, hostIdSchema, uuidSchema, type ArchiveRecord } from '../../catalog/records.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
+import { resolveCatalogToken, type EmbeddedAuthFlags } from '../embedded-auth.js';
 
-interface CatalogFlags {
+interface CatalogFlags extends EmbeddedAuthFlags {
   catalog?: string;
   json?: boolean;
 }
 
-function catalogClient(o: CatalogFlags): CatalogClient {
+async function catalogClient(o: CatalogFlags): Promise<CatalogClient> {
   const url = o.catalog ?? process.env.COWSTREAM_CATALOG_URL;
   if (!url) throw new UsageError('no catalogue: give --catalog <url> or set COWSTREAM_CATALOG_URL');
-  return new CatalogClient({ url });
+  const token = await resolveCatalogToken(o, url);
+  return new CatalogClient({ url, ...(token !== undefined ? { token } : {}) });
+}
+
+/** --catalog-token / --state: how the CLI authenticates to an embedded catalogue. */
+export function addCatalogAuthOptions(cmd: Command): Command {
+  return cmd
+    .option('--catalog-token <token>', 'bearer token of an embedded catalogue (default $COWSTREAM_CATALOG_TOKEN, else read from --state)')
+    .option('--state <dir>', "state directory whose credentials.json holds the token (default: the local agent's)");
 }
 
 function short(uuid: string | null): string {
@@ -47,7 +56,7 @@ function archiveRow(a: ArchiveRecord): string[] {
 const HEAD = ['UUID', 'HOST', 'CREATED', 'PARENT', 'DEPTH', 'DEVICES', 'STORED', 'RATIO', 'STATUS'];
 
 export function registerCatalogCommands(program: Command): void {
-  program
+  addCatalogAuthOptions(program
     .command('list')
     .description('list archives in the catalogue, newest first')
     .option('--host <id>', 'only this host')
@@ -57,13 +66,13 @@ export function registerCatalogCommands(program: Command): void {
     .option('--all', 'follow every page')
     .option('--include-deleted', 'also list DELETED archives')
     .option('--catalog <url>', 'catalogue URL (default $COWSTREAM_CATALOG_URL)')
-    .option('--json', 'print JSON')
+    .option('--json', 'print JSON'))
     .action(async (o: CatalogFlags & { host?: string; disk?: string; limit?: string; cursor?: string; all?: boolean; includeDeleted?: boolean }) => {
       if (o.host !== undefined && !hostIdSchema.safeParse(o.host).success) throw new UsageError(`--host "${o.host}" is not a valid host id`);
       if (o.disk !== undefined && !diskNameSchema.safeParse(o.disk).success) throw new UsageError(`--disk "${o.disk}" is not a valid disk name`);
       if (o.disk !== undefined && o.host === undefined) throw new UsageError('--disk needs --host');
       const limit = o.limit !== undefined ? parsePositiveInt(o.limit, '--limit', 500) : undefined;
-      const client = catalogClient(o);
+      const client = await catalogClient(o);
       const items: ArchiveRecord[] = [];
       let cursor = o.cursor;
       let pages = 0;
@@ -82,14 +91,14 @@ export function registerCatalogCommands(program: Command): void {
       if (cursor) process.stdout.write(`more: --cursor ${cursor}\n`);
     });
 
-  program
+  addCatalogAuthOptions(program
     .command('show <id>')
     .description('show one archive of the catalogue and its incremental chain')
     .option('--catalog <url>', 'catalogue URL (default $COWSTREAM_CATALOG_URL)')
-    .option('--json', 'print JSON')
+    .option('--json', 'print JSON'))
     .action(async (id: string, o: CatalogFlags) => {
       if (!uuidSchema.safeParse(id).success) throw new UsageError(`"${id}" is not an archive UUID`);
-      const client = catalogClient(o);
+      const client = await catalogClient(o);
       const archive = await client.getArchive(id);
       let chain: ArchiveRecord[] = [];
       let chainError: string | undefined;
@@ -138,17 +147,23 @@ export function registerCatalogCommands(program: Command): void {
       const s3Port = o.s3Port !== undefined ? parsePositiveInt(o.s3Port, '--s3-port', 65535) : 0;
       const { startEmbeddedS3 } = await import('../../store/embedded-s3.js');
       const { startEmbeddedCatalog } = await import('../../catalog/embedded.js');
-      const s3 = await startEmbeddedS3({ dir: join(o.state, 's3'), port: s3Port, ...(o.bucket ? { bucket: o.bucket } : {}) });
+      const { loadOrCreateEmbeddedCredentials, credentialsPath } = await import('../../store/embedded-credentials.js');
+      const creds = await loadOrCreateEmbeddedCredentials(o.state);
+      const s3 = await startEmbeddedS3({ dir: join(o.state, 's3'), port: s3Port, credentials: creds.s3, ...(o.bucket ? { bucket: o.bucket } : {}) });
       let cat;
       try {
-        cat = await startEmbeddedCatalog({ stateDir: o.state, port, s3, logger: o.json ? 'quiet' : undefined });
+        cat = await startEmbeddedCatalog({ stateDir: o.state, port, s3, token: creds.catalogToken, logger: o.json ? 'quiet' : undefined });
       } catch (err) {
         await s3.close();
         throw err;
       }
-      const info = { catalog: cat.url, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state };
+      const info = { catalog: cat.url, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state, credentials: credentialsPath(o.state) };
       if (o.json) printJson(info);
-      else process.stdout.write(`catalogue listening on ${cat.url}\nembedded S3 on ${s3.endpoint} (bucket ${s3.bucket})\n`);
+      else
+        process.stdout.write(
+          `catalogue listening on ${cat.url}\nembedded S3 on ${s3.endpoint} (bucket ${s3.bucket})\n` +
+            `credentials (catalogue token, S3 keys): ${info.credentials}; clients: --state ${o.state}\n`,
+        );
       await new Promise<void>((resolve) => {
         const stop = (): void => {
           process.off('SIGINT', stop);

@@ -9,6 +9,7 @@ import { RestoreError, UsageError } from '../../errors.js';
 import { CatalogClient } from '../../catalog/client.js';
 import { uuidSchema, type RestoreJob } from '../../catalog/records.js';
 import { formatBytes, printJson } from '../output.js';
+import { resolveCatalogToken } from '../embedded-auth.js';
 
 export interface RestoreViaCatalogOptions {
   /** Archive UUID (catalogue id). */
@@ -28,6 +29,10 @@ export interface RestoreViaCatalogOptions {
   pollMs?: number;
   /** Give up waiting after this long (default: never). */
   timeoutMs?: number;
+  /** Bearer token of an embedded catalogue; default $COWSTREAM_CATALOG_TOKEN, else read from `state`. */
+  catalogToken?: string;
+  /** State directory whose credentials.json holds the token. */
+  state?: string;
 }
 
 const FINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
@@ -40,7 +45,8 @@ export async function runRestoreViaCatalog(opts: RestoreViaCatalogOptions): Prom
   if (!opts.to) throw new UsageError('--via-catalog needs --to <path> on that host');
   if (!isAbsolute(opts.to)) throw new UsageError(`--to must be an absolute path on host ${opts.host}, got "${opts.to}"`);
   if (!uuidSchema.safeParse(opts.ref).success) throw new UsageError(`--via-catalog needs an archive UUID, got "${opts.ref}"`);
-  const client = new CatalogClient({ url });
+  const token = await resolveCatalogToken(opts, url);
+  const client = new CatalogClient({ url, ...(token !== undefined ? { token } : {}) });
   const devices = opts.device && opts.device.length > 0 ? opts.device : undefined;
   const { restoreId } = await client.createRestore({ archiveId: opts.ref, hostId: opts.host, target: { path: opts.to }, ...(devices ? { devices } : {}) });
   let job = await client.getRestore(restoreId);

@@ -23,6 +23,7 @@ interface RestoreFlags extends StoreFlags {
   wait?: boolean;
   timeout?: string;
   catalog?: string;
+  catalogToken?: string;
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
@@ -60,7 +61,7 @@ async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   }
   if (!o.to) throw new UsageError('restore needs --to <dir|file>');
   const parallel = o.parallel !== undefined ? parsePositiveInt(o.parallel, '--parallel', MAX_PARALLEL) : DEFAULT_PARALLEL;
-  const ctx = archiveContextFromFlags(o);
+  const ctx = await archiveContextFromFlags(o);
   const key = o.key ? await loadKeyFile(o.key) : undefined;
   const { ZstdPool } = await import('../../codec/zstd-pool.js');
   const pool = new ZstdPool({});
@@ -117,6 +118,7 @@ export function registerRestoreCommands(program: Command): void {
       .option('--host <id>', 'with --via-catalog: the host whose agent restores')
       .option('--wait', 'with --via-catalog: follow the restore until it is done')
       .option('--timeout <duration>', 'with --wait: give up waiting after this long (e.g. 90s, 30m, 2h; default: wait until the job ends)')
-      .option('--catalog <url>', 'with --via-catalog: catalogue URL'),
+      .option('--catalog <url>', 'with --via-catalog: catalogue URL')
+      .option('--catalog-token <token>', 'with --via-catalog: bearer token of an embedded catalogue (default $COWSTREAM_CATALOG_TOKEN, else from --state)'),
   ).action(async (ref: string, o: RestoreFlags) => runRestore(ref, o));
 }

@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { readKeyFile } from '../../codec/crypto.js';
 import type { ArchiveContext } from '../../restore/locate.js';
 import { storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
+import { embeddedS3CredentialsFromState } from '../embedded-auth.js';
 
 /** Adds --bucket/--prefix/--endpoint/--region (env: COWSTREAM_S3_BUCKET, COWSTREAM_S3_PREFIX, AWS_*). */
 export function addStoreOptions(cmd: Command): Command {
@@ -16,7 +17,14 @@ export function addStoreOptions(cmd: Command): Command {
     .option('--bucket <name>', 'S3 bucket (default: $COWSTREAM_S3_BUCKET)')
     .option('--prefix <prefix>', 'key prefix inside the bucket (default: $COWSTREAM_S3_PREFIX or none)')
     .option('--endpoint <url>', 'S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS)')
-    .option('--region <region>', 'AWS region (default: $AWS_REGION / profile)');
+    .option('--region <region>', 'AWS region (default: $AWS_REGION / profile)')
+    .option('--state <dir>', "an embedded store's state directory: sign with the keys in its credentials.json");
+}
+
+/** Store flags plus the embedded keys of --state, when given. */
+export async function withStateCredentials(flags: StoreFlags & { state?: string }): Promise<StoreFlags> {
+  const credentials = await embeddedS3CredentialsFromState(flags.state);
+  return credentials ? { ...flags, credentials } : flags;
 }
 
 /** An ArchiveContext of the CLI: its S3 client is built on first use, and close() destroys it. */
@@ -28,11 +36,18 @@ export interface CliArchiveContext extends ArchiveContext {
  * Store + client from flags/env. The client (and the S3 SDK) is loaded only
  * when a ref needs S3: a local .cwa never loads it.
  */
-export function archiveContextFromFlags(flags: StoreFlags): CliArchiveContext {
+export async function archiveContextFromFlags(rawFlags: StoreFlags & { state?: string }): Promise<CliArchiveContext> {
+  const flags = await withStateCredentials(rawFlags);
   const store = storeConfigFromFlags(flags);
   // No bucket, but s3:// URIs still work against the default AWS/env endpoint.
   const endpoint = flags.endpoint;
-  const config = store ?? { bucket: 'unused', prefix: '', ...(endpoint ? { endpoint } : {}), ...(flags.region ? { region: flags.region } : {}) };
+  const config = store ?? {
+    bucket: 'unused',
+    prefix: '',
+    ...(endpoint ? { endpoint } : {}),
+    ...(flags.region ? { region: flags.region } : {}),
+    ...(flags.credentials ? { credentials: flags.credentials } : {}),
+  };
   const ctx: CliArchiveContext = {
     store,
     client: null,

@@ -6,7 +6,7 @@ import { describeLocator } from '../../restore/chain.js';
 import { resolveRef, sourceOpener } from '../../restore/locate.js';
 import { DEFAULT_EMBEDDED_BUCKET, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
-import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store-options.js';
+import { addStoreOptions, archiveContextFromFlags, loadKeyFile, withStateCredentials } from './store-options.js';
 
 /** The S3 client of a command that always talks to S3 (loaded on demand). */
 async function s3ClientFor(store: NonNullable<ReturnType<typeof storeConfigFromFlags>>): Promise<import('@aws-sdk/client-s3').S3Client> {
@@ -19,7 +19,7 @@ interface VerifyFlags extends StoreFlags {
 }
 
 async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
-  const ctx = archiveContextFromFlags(o);
+  const ctx = await archiveContextFromFlags(o);
   const loc = await resolveRef(ref, ctx);
   const key = o.key ? await loadKeyFile(o.key) : undefined;
   const { ZstdPool } = await import('../../codec/zstd-pool.js');
@@ -71,7 +71,7 @@ export function registerStoreCommands(program: Command): void {
   const uploads = program.command('uploads').description('incomplete multipart uploads under the archive prefix');
   addStoreOptions(uploads.command('list').description('list incomplete multipart uploads').option('--json', 'print JSON')).action(
     async (o: StoreFlags & { json?: boolean }) => {
-      const store = storeConfigFromFlags(o);
+      const store = storeConfigFromFlags(await withStateCredentials(o));
       if (!store) throw new UsageError('uploads list needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
       const client = await s3ClientFor(store);
       const { listIncompleteUploads } = await import('../../store/uploads.js');
@@ -92,7 +92,7 @@ export function registerStoreCommands(program: Command): void {
       .option('--older-than <seconds>', 'only uploads initiated at least this many seconds ago')
       .option('--json', 'print JSON'),
   ).action(async (o: StoreFlags & { json?: boolean; olderThan?: string }) => {
-    const store = storeConfigFromFlags(o);
+    const store = storeConfigFromFlags(await withStateCredentials(o));
     if (!store) throw new UsageError('uploads abort needs a bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)');
     const olderThan = o.olderThan !== undefined ? parsePositiveInt(o.olderThan, '--older-than') : undefined;
     const client = await s3ClientFor(store);
@@ -114,22 +114,26 @@ export function registerStoreCommands(program: Command): void {
 
   const s3 = program.command('s3').description('the embedded S3-compatible server (s3rver)');
   s3.command('serve')
-    .description('run the embedded S3 server in the foreground (loopback only; credentials S3RVER/S3RVER)')
-    .requiredOption('--dir <dir>', 'directory holding the objects')
+    .description('run the embedded S3 server in the foreground (loopback only; SigV4 with the keys in <state>/credentials.json)')
+    .requiredOption('--state <dir>', 'state directory: credentials.json (created 0600 on first start) and objects under s3/')
+    .option('--dir <dir>', 'directory holding the objects (default <state>/s3)')
     .option('--port <port>', 'TCP port (default: a free one)')
     .option('--bucket <name>', 'bucket to create', DEFAULT_EMBEDDED_BUCKET)
     .addOption(new Option('--host <addr>', 'bind address').default('127.0.0.1').hideHelp())
     .option('--json', 'print the endpoint as one JSON line')
-    .action(async (o: { dir: string; port?: string; bucket: string; host: string; json?: boolean }) => {
+    .action(async (o: { state: string; dir?: string; port?: string; bucket: string; host: string; json?: boolean }) => {
       const port = o.port !== undefined ? (o.port === '0' ? 0 : parsePositiveInt(o.port, '--port', 65535)) : 0;
-      const { startEmbeddedS3 } = await import('../../store/embedded-s3.js');
-      const server = await startEmbeddedS3({ dir: resolve(o.dir), port, bucket: o.bucket, host: o.host });
-      const info = { endpoint: server.endpoint, bucket: server.bucket, dir: server.dir, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+      const { startEmbeddedS3, embeddedS3Dir } = await import('../../store/embedded-s3.js');
+      const { credentialsPath, loadOrCreateEmbeddedCredentials } = await import('../../store/embedded-credentials.js');
+      const state = resolve(o.state);
+      const creds = await loadOrCreateEmbeddedCredentials(state);
+      const server = await startEmbeddedS3({ dir: o.dir !== undefined ? resolve(o.dir) : embeddedS3Dir(state), port, bucket: o.bucket, host: o.host, credentials: creds.s3 });
+      const info = { endpoint: server.endpoint, bucket: server.bucket, dir: server.dir, credentials: credentialsPath(state) };
       if (o.json) process.stdout.write(JSON.stringify(info) + '\n');
       else
         process.stdout.write(
           `embedded S3 listening on ${server.endpoint}, bucket "${server.bucket}", data in ${server.dir}\n` +
-            `use: AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER cowstream ... --endpoint ${server.endpoint} --bucket ${server.bucket}\n`,
+            `keys in ${info.credentials}; use: cowstream ... --state ${state} --endpoint ${server.endpoint} --bucket ${server.bucket}\n`,
         );
       await new Promise<void>((done) => {
         const stop = (): void => {
