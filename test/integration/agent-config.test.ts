@@ -35,7 +35,8 @@ describe('agent config', () => {
 
   it('applies defaults and resolves relative paths against the config dir', () => {
     const c = parseAgentConfig(base(), tmp.dir);
-    expect(c.nbd).toEqual({ host: '127.0.0.1', port: 10809 });
+    // No TCP unless configured: a private Unix socket in the state directory.
+    expect(c.nbd).toEqual({ socket: join(tmp.dir, 'state', 'nbd.sock'), socketMode: 0o600 });
     expect(c.stateDir).toBe(join(tmp.dir, 'state'));
     expect(c.control.socket).toBe(join(tmp.dir, 'state', 'agent.sock'));
     expect(c.disks[0]).toEqual({ name: 'vda', path: img, readOnly: false });
@@ -52,6 +53,10 @@ describe('agent config', () => {
     expectField({ ...base(), disks: [{ name: 'vda', path: '.' }] }, 'disks[0].path', /not a regular file/);
     expectField({ ...base(), nbd: { listen: 'localhost' } }, 'nbd.listen', /host:port/);
     expectField({ ...base(), nbd: { listen: '127.0.0.1:99999' } }, 'nbd.listen');
+    expectField({ ...base(), nbd: { socketMode: '0666' } }, 'nbd.socketMode', /other users/);
+    expectField({ ...base(), nbd: { tls: 'require' } }, 'nbd', /tlsPsk/);
+    expectField({ ...base(), nbd: { socket: false } }, 'nbd', /nbd\.listen/);
+    expectField({ ...base(), nbd: { tlsCert: 'vda.raw' } }, 'nbd', /tlsKey/);
     expectField({ ...base(), store: { bucket: 'b' } }, 'store.bucket');
     expectField({ ...base(), catalog: { url: 'not a url' } }, 'catalog.url');
     expectField({ ...base(), bogus: 1 }, 'bogus', /unknown field/);
