@@ -12,6 +12,7 @@ import { createLogger, type Logger } from './log.js';
 import { lockStateDir } from './state-lock.js';
 import type { AgentStore } from './targets.js';
 import type { ByteSink, ClusterSink } from '../format/sink.js';
+import type { BlockDevice } from '../device/types.js';
 import { startCatalogIntegration, type CatalogIntegration } from './catalog-integration.js';
 import { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 
@@ -24,6 +25,8 @@ export interface StartAgentOptions {
   wrapSink?: (sink: ByteSink, target: string) => ByteSink;
   /** Test seam: wraps the ClusterSink between the CBW job and the archive writer (e.g. slow). */
   wrapClusterSink?: (sink: ClusterSink) => ClusterSink;
+  /** Test seam: wraps each disk's raw device, below copy-before-write (e.g. to inject read errors). */
+  wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
 }
 
 export interface Agent {
@@ -84,8 +87,9 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     const bitmaps = new DirtyBitmapStore(config.stateDir);
     const disks: AgentDisk[] = [];
     for (const [id, d] of config.disks.entries()) {
-      const raw = await FileDevice.open(d.path, { readOnly: d.readOnly });
-      cleanups.push(() => raw.close());
+      const file = await FileDevice.open(d.path, { readOnly: d.readOnly });
+      cleanups.push(() => file.close());
+      const raw = opts.wrapDevice ? opts.wrapDevice(file, d.name) : file;
       const dirty = await bitmaps.open({ name: d.name, path: d.path, size: raw.size });
       // A failed start must not leave the bitmap marked 'running' forever: but
       // the disk may have been written meanwhile only through us, and nothing
