@@ -116,6 +116,8 @@ export class NbdConnection {
   shutdown(): Promise<void> {
     this.stopping = true;
     this.reader.abort(new NbdConnectionClosedError('server shutting down'));
+    // Nothing is in flight before transmission; this also ends a TLS handshake in progress.
+    if (this.phaseValue === 'handshake') this.raw.destroy();
     this.wake();
     return this.done;
   }

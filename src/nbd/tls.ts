@@ -95,6 +95,11 @@ export function makeTlsUpgrade(opts: NbdTlsOptions): TlsUpgrade {
         const subject = pskIdentity === null && verifyClients ? tls.getPeerCertificate().subject : undefined;
         resolve({ socket: tls, identity: pskIdentity !== null ? `psk:${pskIdentity}` : subject ? `x509:${subject.CN ?? JSON.stringify(subject)}` : null });
       });
+      // The NBD listener is half-open (plaintext clients may shut down their
+      // sending side and still read replies); wrapped in TLS, a half-open socket
+      // never reports a peer that leaves before its ClientHello, so the
+      // connection would linger until the handshake timeout.
+      socket.allowHalfOpen = false;
       srv.emit('connection', socket);
     });
 }

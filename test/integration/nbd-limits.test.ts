@@ -2,6 +2,8 @@
  * One client cannot starve the others: a per-peer connection limit, an idle
  * timeout and a handshake timeout (TLS handshake included).
  */
+import { once } from 'node:events';
+import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryDevice } from '../../src/device/memory-device.js';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
@@ -90,5 +92,37 @@ describe('NBD connection limits', () => {
     // ... and never sends a ClientHello.
     expect(await midTls.closedWithin(3000)).toBe(true);
     expect(await waitFor(() => server!.connectionCount === 0, 2000)).toBe(true);
+  });
+
+  it('a client that leaves in the middle of STARTTLS frees its slot at once, not at the handshake timeout', async () => {
+    const port = await start({ handshakeTimeoutMs: 60_000, tls: { mode: 'require', psk: new Map([['alice', Buffer.alloc(32, 1)]]) } });
+    const c = await RawNbdClient.connect({ port });
+    await c.greeting();
+    expect((await c.option(NBD_OPT_STARTTLS)).at(-1)!.replyType).toBe(NBD_REP_ACK);
+    c.destroy();
+    expect(await waitFor(() => server!.connectionCount === 0, 2000)).toBe(true);
+  });
+
+  it('once authenticated, connections count against the TLS identity, whatever address they come from', async () => {
+    const key = Buffer.alloc(32, 9);
+    const port = await start({ maxConnectionsPerPeer: 2, tls: { mode: 'require', psk: new Map([['alice', key], ['bob', key]]) } });
+    const open = async (identity: string, localAddress: string): Promise<boolean> => {
+      const c = await RawNbdClient.connect({ port, localAddress });
+      clients.push(c);
+      await c.greeting();
+      expect((await c.option(NBD_OPT_STARTTLS)).at(-1)!.replyType).toBe(NBD_REP_ACK);
+      const t = tlsConnect({ socket: c.socket, maxVersion: 'TLSv1.2', ciphers: 'PSK-AES128-GCM-SHA256', pskCallback: () => ({ identity, psk: key }), checkServerIdentity: () => undefined });
+      t.on('error', () => undefined);
+      await once(t, 'secureConnect');
+      // Over its limit, the server closes right after the handshake.
+      const closed = await Promise.race([once(t, 'close').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))]);
+      if (!closed) clients.push({ destroy: () => t.destroy() } as unknown as RawNbdClient);
+      return !closed;
+    };
+    expect(await open('alice', '127.0.0.2')).toBe(true);
+    expect(await open('alice', '127.0.0.3')).toBe(true);
+    expect(await open('alice', '127.0.0.4')).toBe(false);
+    expect(await open('bob', '127.0.0.4')).toBe(true);
+    expect(logger.warnings.some((w) => /psk:alice: it already has 2 connections/.test(w))).toBe(true);
   });
 });

@@ -38,6 +38,8 @@ describe('NBD over TLS with real clients', () => {
   let certs: TestCerts;
   let psk: { dir: string; file: string };
   let wrongPsk: { dir: string; file: string };
+  let bobPsk: { dir: string; file: string };
+  let allowPort: number;
   const servers: NbdServer[] = [];
   let pskPort: number;
   let x509Port: number;
@@ -56,6 +58,8 @@ describe('NBD over TLS with real clients', () => {
     certs = await makeTestCerts(join(dir, 'pki'));
     psk = await makePskFile(join(dir, 'psk'), 'alice');
     wrongPsk = await makePskFile(join(dir, 'psk-wrong'), 'alice');
+    bobPsk = await makePskFile(join(dir, 'psk-bob'), 'bob');
+    allowPort = await start({ tls: { mode: 'allow', psk: loadPskFile(psk.file) } });
     pskPort = await start({ tls: { mode: 'require', psk: loadPskFile(psk.file) } });
     x509Port = await start({
       tls: { mode: 'require', cert: await readFile(certs.serverCert), key: await readFile(certs.serverKey), ca: await readFile(certs.caCert) },
@@ -97,8 +101,9 @@ describe('NBD over TLS with real clients', () => {
   it('a wrong PSK, an unknown identity and plaintext are refused', async () => {
     const wrong = await runTool('qemu-io', ['--object', pskObj(wrongPsk.dir), '--image-opts', imageOpts(pskPort), '-c', 'read 0 4k']);
     expect(qemuOk(wrong)).toBe(false);
-    const bob = await runTool('nbdinfo', [`nbds://bob@127.0.0.1:${pskPort}/d?tls-psk-file=${psk.file}`]);
+    const bob = await runTool('nbdinfo', [`nbds://bob@127.0.0.1:${pskPort}/d?tls-psk-file=${bobPsk.file}`]);
     expect(bob.code).not.toBe(0);
+    expect(bob.stderr).toMatch(/TLS|tls|handshake/);
     const plain = await runTool('nbdinfo', [`nbd://127.0.0.1:${pskPort}/d`]);
     expect(plain.code).not.toBe(0);
     const plainQemu = await runTool('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${pskPort}/d`, '-c', 'read 0 4k']);
@@ -114,6 +119,15 @@ describe('NBD over TLS with real clients', () => {
     }
     c.write(encodeOption(NBD_OPT_EXPORT_NAME, Buffer.from('d')));
     expect(await c.closedWithin(5000)).toBe(true);
+  });
+
+  it('"allow": plaintext and TLS clients both get in', async () => {
+    const plain = await runTool('nbdinfo', ['--json', `nbd://127.0.0.1:${allowPort}/d`]);
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(JSON.parse(plain.stdout).TLS).toBe(false);
+    const secure = await runTool('nbdinfo', ['--json', `nbds://alice@127.0.0.1:${allowPort}/d?tls-psk-file=${psk.file}`]);
+    expect(secure.code, secure.stderr).toBe(0);
+    expect(JSON.parse(secure.stdout).TLS).toBe(true);
   });
 
   it('without TLS configured, STARTTLS is answered NBD_REP_ERR_UNSUP (NOTLS mode)', async () => {
