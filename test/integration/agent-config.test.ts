@@ -44,6 +44,19 @@ describe('agent config', () => {
     expect(c.warnings).toEqual([]);
   });
 
+  it('nbd: TCP, socket mode and group, TLS credentials and limits are resolved', async () => {
+    const psk = join(tmp.dir, 'keys.psk');
+    await writeFile(psk, `alice:${'ab'.repeat(32)}\n`, { mode: 0o600 });
+    const c = parseAgentConfig(
+      { ...base(), nbd: { listen: '[::1]:0', socket: 'run/nbd.sock', socketMode: '0660', socketGroup: 65534, tlsPsk: 'keys.psk', handshakeTimeoutMs: 5000, idleTimeoutMs: 60000, maxConnections: 8, maxConnectionsPerPeer: 2 } },
+      tmp.dir,
+    );
+    expect(c.nbd).toMatchObject({ tcp: { host: '::1', port: 0 }, socket: join(tmp.dir, 'run', 'nbd.sock'), socketMode: 0o660, socketGid: 65534, handshakeTimeoutMs: 5000, idleTimeoutMs: 60000, maxConnections: 8, maxConnectionsPerPeer: 2 });
+    expect(c.nbd.tls?.mode).toBe('require');
+    expect(c.nbd.tls?.psk?.get('alice')).toEqual(Buffer.alloc(32, 0xab));
+    expect(parseAgentConfig({ ...base(), nbd: { listen: '127.0.0.1:0', socket: false } }, tmp.dir).nbd.socket).toBeUndefined();
+  });
+
   it('names the bad field', () => {
     expectField({ ...base(), hostId: 'bad host' }, 'hostId');
     expectField({ ...base(), disks: [] }, 'disks', /at least one disk/);
@@ -57,6 +70,8 @@ describe('agent config', () => {
     expectField({ ...base(), nbd: { tls: 'require' } }, 'nbd', /tlsPsk/);
     expectField({ ...base(), nbd: { socket: false } }, 'nbd', /nbd\.listen/);
     expectField({ ...base(), nbd: { tlsCert: 'vda.raw' } }, 'nbd', /tlsKey/);
+    expectField({ ...base(), nbd: { tls: 'off', tlsPsk: 'vda.raw' } }, 'nbd', /credentials/);
+    expectField({ ...base(), nbd: { socketGroup: 'no-such-group-xyz' } }, 'nbd', /no group/);
     expectField({ ...base(), store: { bucket: 'b' } }, 'store.bucket');
     expectField({ ...base(), catalog: { url: 'not a url' } }, 'catalog.url');
     expectField({ ...base(), bogus: 1 }, 'bogus', /unknown field/);
