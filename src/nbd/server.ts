@@ -3,6 +3,11 @@
  * a Unix socket, for real clients: qemu (nbd://), qemu-io, qemu-img, nbdcopy,
  * nbdinfo, Linux nbd-client.
  *
+ * Access: the Unix socket is private from its first instant (unix-socket.ts);
+ * TLS via NBD_OPT_STARTTLS (tls.ts), "require" refusing plaintext; a
+ * per-peer connection limit and handshake/idle timeouts so that one client
+ * cannot hold every slot.
+ *
  * Memory is bounded by configuration: at most maxConnections connections, each
  * with at most maxInFlightPerConnection requests and maxInFlightBytes of
  * READ/WRITE payload in flight, plus a small read-ahead buffer.
