@@ -119,9 +119,9 @@ async function demo(): Promise<boolean> {
     // The embedded services' credentials, generated at first start (0600): the CLI reads them with --state.
     const { catalogToken } = await readEmbeddedCredentials(agent.config.stateDir);
     const catalog = new CatalogClient({ url: agent.catalogUrl!, token: catalogToken });
-    console.log(`  NBD export: nbd://${agent.nbdAddress.host}:${agent.nbdAddress.port}/vda   control: ${agent.controlSocket}`);
+    console.log(`  NBD export: nbd://${agent.nbdAddress!.host}:${agent.nbdAddress!.port}/vda   control: ${agent.controlSocket}`);
     console.log(`  S3: ${agent.s3?.endpoint} bucket ${agent.s3?.bucket}   catalogue API: ${agent.catalogUrl}`);
-    nbd = await NbdClient.connect({ host: agent.nbdAddress.host, port: agent.nbdAddress.port }, { exportName: 'vda' });
+    nbd = await NbdClient.connect({ host: agent.nbdAddress!.host, port: agent.nbdAddress!.port }, { exportName: 'vda' });
 
     step('full backup to S3 while the guest keeps writing over NBD (rate-limited background pass, so the writes race it)');
     const full = await backup(control, { mode: 'full', target: 's3', speed: 48 * 1024 * 1024 }, nbd, diskPath);

@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { describeError } from '../errors.js';
 import { FileDevice } from '../device/file-device.js';
 import { CbwDevice, DirtyBitmapStore } from '../cbw/index.js';
-import { NbdServer, type NbdExport } from '../nbd/index.js';
+import { NbdServer, type NbdExport, type NbdServerOptions } from '../nbd/index.js';
 import { normalizePrefix } from '../store/config.js';
 import { createS3Client } from '../store/s3-client.js';
 import { resolveChecksumPolicy } from '../store/upload-options.js';
@@ -15,6 +15,7 @@ import { createLogger, type Logger } from './log.js';
 import { lockStateDir } from './state-lock.js';
 import type { AgentStore } from './targets.js';
 import type { ByteSink, ClusterSink } from '../format/sink.js';
+import type { BlockDevice } from '../device/types.js';
 import { startCatalogIntegration, type CatalogIntegration } from './catalog-integration.js';
 import { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 
@@ -27,12 +28,15 @@ export interface StartAgentOptions {
   wrapSink?: (sink: ByteSink, target: string) => ByteSink;
   /** Test seam: wraps the ClusterSink between the CBW job and the archive writer (e.g. slow). */
   wrapClusterSink?: (sink: ClusterSink) => ClusterSink;
+  /** Test seam: wraps each disk's raw device, below copy-before-write (e.g. to inject read errors). */
+  wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
 }
 
 export interface Agent {
   readonly config: AgentConfig;
-  /** The TCP address the NBD server actually bound (port 0 → ephemeral). */
-  readonly nbdAddress: { host: string; port: number };
+  /** The TCP address the NBD server actually bound (port 0 → ephemeral); null without `nbd.listen`. */
+  readonly nbdAddress: { host: string; port: number } | null;
+  /** The NBD Unix socket (default `<stateDir>/nbd.sock`); undefined with `nbd.socket: false`. */
   readonly nbdSocket: string | undefined;
   readonly controlSocket: string;
   /** The S3 store for the `s3` target (the configured bucket or the embedded s3rver). */
@@ -43,6 +47,20 @@ export interface Agent {
   readonly disks: readonly AgentDisk[];
   /** Clean shutdown: cancel a running backup, stop NBD, close disks, persist bitmaps with the clean marker. */
   stop(): Promise<void>;
+}
+
+/** The NbdServer listeners, TLS and limits of the agent's `nbd` config. */
+function nbdServerOptions(c: AgentConfig['nbd']): Omit<NbdServerOptions, 'exports'> {
+  return {
+    ...(c.tcp ? { tcp: c.tcp } : {}),
+    ...(c.socket ? { unixSocket: c.socket, unixSocketMode: c.socketMode } : {}),
+    ...(c.socketGid !== undefined ? { unixSocketGid: c.socketGid } : {}),
+    ...(c.tls ? { tls: c.tls } : {}),
+    ...(c.handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs: c.handshakeTimeoutMs } : {}),
+    ...(c.idleTimeoutMs !== undefined ? { idleTimeoutMs: c.idleTimeoutMs } : {}),
+    ...(c.maxConnections !== undefined ? { maxConnections: c.maxConnections } : {}),
+    ...(c.maxConnectionsPerPeer !== undefined ? { maxConnectionsPerPeer: c.maxConnectionsPerPeer } : {}),
+  };
 }
 
 /**
@@ -72,8 +90,9 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     const bitmaps = new DirtyBitmapStore(config.stateDir);
     const disks: AgentDisk[] = [];
     for (const [id, d] of config.disks.entries()) {
-      const raw = await FileDevice.open(d.path, { readOnly: d.readOnly });
-      cleanups.push(() => raw.close());
+      const file = await FileDevice.open(d.path, { readOnly: d.readOnly });
+      cleanups.push(() => file.close());
+      const raw = opts.wrapDevice ? opts.wrapDevice(file, d.name) : file;
       const dirty = await bitmaps.open({ name: d.name, path: d.path, size: raw.size });
       // A failed start must not leave the bitmap marked 'running' forever: but
       // the disk may have been written meanwhile only through us, and nothing
@@ -119,14 +138,12 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     // NBD exports: the CbwDevice of each disk.
     const exports = new Map<string, NbdExport>();
     for (const d of disks) exports.set(d.name, { device: d.device, description: `cowstream disk ${d.name} (${d.path})` });
-    const nbd = new NbdServer({
-      exports,
-      tcp: { host: config.nbd.host, port: config.nbd.port },
-      ...(config.nbd.socket ? { unixSocket: config.nbd.socket } : {}),
-      logger: { warn: (m, f) => log.warn(m, f), info: (m, f) => log.info(m, f), debug: (m, f) => log.debug(m, f) },
-    });
+    const nbd = new NbdServer({ exports, ...nbdServerOptions(config.nbd), logger: { warn: (m, f) => log.warn(m, f), info: (m, f) => log.info(m, f), debug: (m, f) => log.debug(m, f) } });
     const addrs = await nbd.listen();
     cleanups.push(() => nbd.close());
+    if (addrs.tcp && config.nbd.tls?.mode !== 'require') {
+      log.warn('NBD TCP listener without nbd.tls "require": anyone who can reach it (every local user, on loopback) can read and write the exported disks', { nbd: addrs.tcp });
+    }
 
     // Catalogue (embedded or remote) + restore poller.
     let catalog: CatalogIntegration | null = null;
@@ -144,7 +161,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     const qemuHistory = await QemuBackupHistory.open(config.stateDir, log);
     const qemuInfo = config.qemu.map((q) => ({ qmpSocket: q.qmpSocket, drives: q.drives.map((d) => `${d.node}=${d.name}`) }));
 
-    const nbdAddress = addrs.tcp ?? { host: config.nbd.host, port: config.nbd.port };
+    const nbdAddress = addrs.tcp ?? null;
     const s3Info = store ? { ...(store.endpoint ? { endpoint: store.endpoint } : {}), bucket: store.bucket, prefix: store.prefix, embedded: store.embedded } : null;
     const backups = new BackupManager({
       hostId: config.hostId,
@@ -159,7 +176,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       info: () => ({
         hostId: config.hostId,
         pid: process.pid,
-        nbd: `${nbdAddress.host}:${nbdAddress.port}`,
+        nbd: nbdAddress ? `${nbdAddress.host}:${nbdAddress.port}` : null,
         ...(addrs.unixSocket ? { nbdSocket: addrs.unixSocket } : {}),
         disks: disks.map((d) => d.name),
         ...(qemuInfo.length > 0 ? { qemu: qemuInfo } : {}),

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { firstIssuePath, formatZodIssues } from './zod-errors.js';
 import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
+import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-config.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
 export class AgentConfigError extends ConfigError {
@@ -22,11 +23,6 @@ export class AgentConfigError extends ConfigError {
  */
 export const DISK_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const HOST_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
-const listenSchema = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'expected "host:port", e.g. "127.0.0.1:10809"')
-  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0..65535');
 
 const diskSchema = z.strictObject({
   name: z.string().regex(DISK_NAME_RE, 'disk name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63} (it is the NBD export name)'),
@@ -95,12 +91,7 @@ export const agentConfigSchema = z
     hostId: z.string().regex(HOST_ID_RE, 'hostId must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}'),
     stateDir: z.string().min(1),
     disks: z.array(diskSchema).max(255, 'at most 255 disks (archive device table limit)').default([]),
-    nbd: z
-      .strictObject({
-        listen: listenSchema.default('127.0.0.1:10809'),
-        socket: z.string().min(1).optional(),
-      })
-      .default({ listen: '127.0.0.1:10809' }),
+    nbd: nbdConfigSchema,
     control: z.strictObject({ socket: z.string().min(1).optional() }).optional(),
     store: storeSchema.optional(),
     catalog: catalogSchema.optional(),
@@ -179,7 +170,8 @@ export interface AgentConfig {
   hostId: string;
   stateDir: string;
   disks: DiskConfig[];
-  nbd: { host: string; port: number; socket?: string };
+  /** NBD listeners: a Unix socket (default `<stateDir>/nbd.sock`, mode 0600) and, when configured, TCP; TLS. */
+  nbd: AgentNbdConfig;
   control: { socket: string };
   store?: {
     bucket: string;
@@ -229,11 +221,14 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     return { name: d.name, path, readOnly: d.readOnly ?? false };
   });
 
-  const lastColon = raw.nbd.listen.lastIndexOf(':');
-  let host = raw.nbd.listen.slice(0, lastColon);
-  if (host.startsWith('[')) host = host.slice(1, -1);
-  const port = Number(raw.nbd.listen.slice(lastColon + 1));
   const stateDir = abs(raw.stateDir);
+  let nbd: AgentNbdConfig;
+  try {
+    nbd = resolveNbdConfig(raw.nbd, abs, stateDir);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new AgentConfigError('nbd', err.message, { cause: err });
+  }
 
   const warnings: string[] = [];
   const qemu: QemuConfig[] = (raw.qemu ?? []).map((q) => ({
@@ -249,7 +244,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     hostId: raw.hostId,
     stateDir,
     disks,
-    nbd: { host, port, ...(raw.nbd.socket !== undefined ? { socket: abs(raw.nbd.socket) } : {}) },
+    nbd,
     control: { socket: raw.control?.socket !== undefined ? abs(raw.control.socket) : join(stateDir, 'agent.sock') },
     ...(raw.store !== undefined ? { store: { ...raw.store } } : {}),
     ...(catalog !== undefined ? { catalog } : {}),

@@ -1,8 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect } from 'node:net';
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { ConfigError, ConflictError, CowstreamError, NotFoundError } from '../errors.js';
+import { ConflictError, CowstreamError, NotFoundError } from '../errors.js';
+import { listenPrivateSocket } from '../nbd/unix-socket.js';
 import { MethodNotAllowedError, readJsonBody, sendError, sendJson } from './http-util.js';
 import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
@@ -22,8 +22,9 @@ type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
 /**
  * HTTP+JSON control API on a Unix socket (usable with `curl --unix-socket`).
- * The socket is created mode 0600: whoever can talk to it can read every
- * exported disk, so only the agent's user may connect.
+ * The socket is mode 0600 from the instant it exists (bound under umask
+ * 0177, never chmod-ed after the fact): whoever can talk to it can read every
+ * exported disk, so only the agent's user may ever connect.
  */
 export class ControlServer {
   private constructor(
@@ -32,8 +33,7 @@ export class ControlServer {
   ) {}
 
   static async start(socketPath: string, backend: ControlBackend, log: Logger): Promise<ControlServer> {
-    await removeStaleSocket(socketPath);
-    await mkdir(dirname(socketPath), { recursive: true });
+    await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
     const routes: Record<string, Record<string, Handler>> = {
       '/': { GET: async (_q, s) => sendJson(s, 200, backend.info()) },
       '/backups': {
@@ -78,14 +78,7 @@ export class ControlServer {
         else res.destroy(err as Error);
       });
     });
-    await new Promise<void>((resolveP, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, () => {
-        server.off('error', reject);
-        resolveP();
-      });
-    });
-    await chmod(socketPath, 0o600);
+    await listenPrivateSocket(server, socketPath);
     return new ControlServer(server, socketPath);
   }
 
@@ -96,29 +89,4 @@ export class ControlServer {
     });
     await unlink(this.socketPath).catch(() => undefined);
   }
-}
-
-/**
- * A socket file left by a killed agent blocks listen() with EADDRINUSE.
- * Remove it only if nothing answers on it, so two agents never share a socket.
- */
-async function removeStaleSocket(path: string): Promise<void> {
-  let st;
-  try {
-    st = await lstat(path);
-  } catch {
-    return; // nothing there
-  }
-  // Never delete something that is not a socket (a misconfigured path must not cost a file).
-  if (!st.isSocket()) throw new ConfigError(`control.socket: ${path} exists and is not a socket`);
-  const alive = await new Promise<boolean>((r) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      r(true);
-    });
-    s.once('error', () => r(false));
-  });
-  if (alive) throw new ConflictError(`another process is already listening on control socket ${path}`);
-  await unlink(path).catch(() => undefined);
 }

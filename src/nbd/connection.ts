@@ -4,6 +4,7 @@
  * protocol violation or socket failure ends in a clean (logged) close.
  */
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { describeError, NbdProtocolError } from '../errors.js';
 import type { BlockDevice } from '../device/types.js';
 import { nbdErrnoFor, type NbdOpKind } from './errors.js';
@@ -16,7 +17,7 @@ import {
   NBD_INFO_DESCRIPTION, NBD_INFO_NAME, NBD_META_BASE_ALLOCATION, NBD_OPTS_MAGIC,
   NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_LIST_META_CONTEXT,
   NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_OPTION_HEADER_SIZE, NBD_REP_ACK, NBD_REP_ERR_INVALID,
-  NBD_REP_ERR_TOO_BIG, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_META_CONTEXT, NBD_REP_SERVER,
+  NBD_OPT_STARTTLS, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_TOO_BIG, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_META_CONTEXT, NBD_REP_SERVER,
   NBD_REQUEST_MAGIC, NBD_REQUEST_SIZE, commandName, decodeInfoRequest, decodeMetaContextRequest,
   decodeOptionHeader, decodeRequest, encodeBlockStatusChunk, encodeExportNameReply, encodeInfoBlockSize,
   encodeInfoExport, encodeInfoString, encodeMetaContextReply, encodeOffsetDataHeader, encodeOptionReply,
@@ -25,12 +26,15 @@ import {
 } from './protocol.js';
 import { NbdConnectionClosedError, SocketReader } from './socket-reader.js';
 import type { NbdExport, NbdExportSource, NbdLogger } from './types.js';
+import type { TlsUpgrade } from './tls.js';
 
 export interface ConnectionLimits {
   maxRequestBytes: number;
   maxInFlight: number;
   maxInFlightBytes: number;
   handshakeTimeoutMs: number;
+  /** Close a connection in transmission after this long without traffic and with nothing in flight (0: never). */
+  idleTimeoutMs: number;
   /** Largest option payload we read; strings are <= 4096 bytes, so 64 KiB is generous. */
   maxOptionBytes: number;
 }
@@ -42,6 +46,16 @@ export interface ConnectionContext {
   defaultExport?: string;
   limits: ConnectionLimits;
   logger: NbdLogger;
+  /** STARTTLS support; absent: NOTLS mode. */
+  tls?: {
+    mode: 'require' | 'allow';
+    upgrade: TlsUpgrade;
+    /**
+     * Called once TLS is up with the authenticated identity; false closes the
+     * connection (e.g. that identity already holds its share of connections).
+     */
+    onAuthenticated?: (conn: NbdConnection, identity: string | null) => boolean;
+  };
 }
 
 /** Metadata context id we hand out for base:allocation (any nonzero opaque value). */
@@ -56,7 +70,10 @@ interface Selected {
 
 export class NbdConnection {
   readonly done: Promise<void>;
-  private readonly reader: SocketReader;
+  private reader: SocketReader;
+  /** The client's stream: the TCP/Unix socket, or the TLS socket over it after STARTTLS. */
+  private socket: Socket | TLSSocket;
+  private tlsUp = false;
   private readonly log: NbdLogger;
   private readonly fields: Record<string, unknown>;
   private phaseValue: 'handshake' | 'transmission' = 'handshake';
@@ -79,13 +96,14 @@ export class NbdConnection {
   private wakers: Array<() => void> = [];
 
   constructor(
-    private readonly socket: Socket,
+    private readonly raw: Socket,
     private readonly ctx: ConnectionContext,
     readonly id: number,
   ) {
     this.log = ctx.logger;
-    this.fields = { conn: id, remote: socket.remoteAddress ?? 'unix' };
-    this.reader = new SocketReader(socket);
+    this.socket = raw;
+    this.fields = { conn: id, remote: raw.remoteAddress ?? 'unix' };
+    this.reader = new SocketReader(raw);
     this.done = this.run();
   }
 
@@ -98,6 +116,8 @@ export class NbdConnection {
   shutdown(): Promise<void> {
     this.stopping = true;
     this.reader.abort(new NbdConnectionClosedError('server shutting down'));
+    // Nothing is in flight before transmission; this also ends a TLS handshake in progress.
+    if (this.phaseValue === 'handshake') this.raw.destroy();
     this.wake();
     return this.done;
   }
@@ -106,6 +126,8 @@ export class NbdConnection {
     const timer = setTimeout(() => {
       this.log.warn('nbd: handshake timeout, closing connection', this.fields);
       this.reader.abort(new NbdConnectionClosedError('handshake timeout'));
+      // Also ends a TLS handshake in progress (it reads from the raw socket, not the reader).
+      this.raw.destroy();
     }, this.ctx.limits.handshakeTimeoutMs);
     timer.unref();
     try {
@@ -151,7 +173,16 @@ export class NbdConnection {
       }
       const data = await this.reader.read(hdr.length);
       this.log.debug?.(`nbd: option ${optionName(opt)} (${hdr.length} bytes)`, this.fields);
+      if (this.ctx.tls?.mode === 'require' && !this.tlsUp && opt !== NBD_OPT_STARTTLS && opt !== NBD_OPT_ABORT) {
+        // FORCEDTLS: EXPORT_NAME cannot be answered with an error, so the session ends.
+        if (opt === NBD_OPT_EXPORT_NAME) throw new NbdProtocolError('NBD_OPT_EXPORT_NAME before STARTTLS; TLS is required');
+        this.optReply(opt, NBD_REP_ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+        continue;
+      }
       switch (opt) {
+        case NBD_OPT_STARTTLS:
+          await this.startTls(data);
+          break;
         case NBD_OPT_EXPORT_NAME: {
           const sel = this.resolve(data.toString('utf8'));
           // "If the chosen export does not exist ... the server MUST terminate the session."
@@ -190,9 +221,41 @@ export class NbdConnection {
           this.metaContext(opt, data);
           break;
         default:
-          // Includes STARTTLS: we operate in NOTLS mode, where UNSUP is allowed.
           this.optReply(opt, NBD_REP_ERR_UNSUP, `option ${optionName(opt)} is not supported`);
       }
+    }
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: ACK, then the TLS handshake on the same socket; option
+   * haggling goes on over TLS (proto.md "TLS support"). Without TLS configured
+   * this is NOTLS mode, where UNSUP is the allowed answer.
+   */
+  private async startTls(data: Buffer): Promise<void> {
+    const tls = this.ctx.tls;
+    if (!tls) {
+      this.optReply(NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, 'TLS is not configured on this server');
+      return;
+    }
+    if (this.tlsUp || data.length !== 0) {
+      this.optReply(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, this.tlsUp ? 'TLS is already active' : 'NBD_OPT_STARTTLS takes no data');
+      return;
+    }
+    // The client must wait for our ACK before its TLS ClientHello; bytes read
+    // ahead now would be plaintext smuggled into the TLS session.
+    const ahead = this.reader.detach();
+    if (ahead.some((b) => b.length > 0)) throw new NbdProtocolError('data after NBD_OPT_STARTTLS before the TLS handshake');
+    this.optReply(NBD_OPT_STARTTLS, NBD_REP_ACK);
+    // Wrapped in the same tick as the ACK is queued, so no ClientHello byte
+    // can reach the plaintext reader.
+    const { socket, identity } = await tls.upgrade(this.raw);
+    this.socket = socket;
+    this.tlsUp = true;
+    this.reader = new SocketReader(socket);
+    this.fields.tls = `${socket.getProtocol() ?? 'TLS'}${identity ? ` ${identity}` : ''}`;
+    this.log.debug?.('nbd: TLS established', this.fields);
+    if (tls.onAuthenticated && !tls.onAuthenticated(this, identity)) {
+      throw new NbdProtocolError(`TLS peer ${identity ?? '(anonymous)'} is over its connection limit`);
     }
   }
 
@@ -302,6 +365,7 @@ export class NbdConnection {
 
   private async transmission(): Promise<void> {
     this.phaseValue = 'transmission';
+    this.armIdleTimeout();
     const max = this.ctx.limits.maxRequestBytes;
     for (;;) {
       await this.waitUntil(() => this.inflight < this.ctx.limits.maxInFlight);
@@ -344,6 +408,22 @@ export class NbdConnection {
       }
       this.startTask(req, payload, budget);
     }
+  }
+
+  /**
+   * No traffic either way for idleTimeoutMs and no request in flight: the
+   * connection is closed, so idle connections cannot hold the server's slots.
+   */
+  private armIdleTimeout(): void {
+    const ms = this.ctx.limits.idleTimeoutMs;
+    if (ms <= 0) return;
+    this.socket.setTimeout(ms, () => {
+      if (this.inflight > 0 || this.stopping) return; // a slow device is not an idle client
+      this.log.info?.('nbd: idle timeout, closing connection', this.fields);
+      this.stopping = true;
+      this.reader.abort(new NbdConnectionClosedError('idle timeout'));
+      this.wake();
+    });
   }
 
   private startTask(req: NbdRequest, payload: Buffer | undefined, budget: number): void {

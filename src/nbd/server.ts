@@ -3,17 +3,24 @@
  * a Unix socket, for real clients: qemu (nbd://), qemu-io, qemu-img, nbdcopy,
  * nbdinfo, Linux nbd-client.
  *
+ * Access: the Unix socket is private from its first instant (unix-socket.ts);
+ * TLS via NBD_OPT_STARTTLS (tls.ts), "require" refusing plaintext; a
+ * per-peer connection limit and handshake/idle timeouts so that one client
+ * cannot hold every slot.
+ *
  * Memory is bounded by configuration: at most maxConnections connections, each
  * with at most maxInFlightPerConnection requests and maxInFlightBytes of
  * READ/WRITE payload in flight, plus a small read-ahead buffer.
  */
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { lstat, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { rm } from 'node:fs/promises';
 import { ConfigError, describeError } from '../errors.js';
 import { NbdConnection, type ConnectionContext } from './connection.js';
 import { NbdListenError } from './errors.js';
 import { NBD_MAX_REQUEST_DEFAULT } from './protocol.js';
 import type { NbdExportSource, NbdLogger } from './types.js';
+import { makeTlsUpgrade, type NbdTlsOptions } from './tls.js';
+import { listenPrivateSocket } from './unix-socket.js';
 
 export interface NbdServerOptions {
   /** Named exports; a Map<string, NbdExport> works. */
@@ -22,10 +29,28 @@ export interface NbdServerOptions {
   defaultExport?: string;
   /** TCP listener; port 0 picks an ephemeral port. Omit for Unix-socket only. */
   tcp?: { host?: string; port?: number };
-  /** Unix socket path. A stale socket file left by a dead process is replaced. */
+  /**
+   * Unix socket path. A stale socket file left by a dead process is replaced.
+   * Mode 0600 from its first instant (see unix-socket.ts), then unixSocketMode/Gid.
+   */
   unixSocket?: string;
+  /** Permission bits of the Unix socket (default 0o600, at most 0o770). */
+  unixSocketMode?: number;
+  /** Group of the Unix socket (with a group-writable mode, the users who may connect). */
+  unixSocketGid?: number;
+  /** STARTTLS with PSK and/or X.509 credentials; absent: no TLS (NOTLS mode). */
+  tls?: NbdTlsOptions;
   /** Concurrent connections across all listeners (default 64); extra ones are closed at once. */
   maxConnections?: number;
+  /**
+   * Concurrent connections per peer (default 16): per TCP address, and per
+   * TLS identity once authenticated, so that one client cannot take every
+   * slot. Unix-socket clients without TLS are not counted per peer (the
+   * socket's mode and group decide who they are).
+   */
+  maxConnectionsPerPeer?: number;
+  /** Close connections idle this long with nothing in flight (default 0: never; guests may idle for hours). */
+  idleTimeoutMs?: number;
   /**
    * Largest READ/WRITE length (default 32 MiB, the size the spec says clients
    * should stay within); advertised as the maximum block size. Larger READs
@@ -36,7 +61,7 @@ export interface NbdServerOptions {
   maxInFlightPerConnection?: number;
   /** READ+WRITE bytes in flight per connection (default 64 MiB, at least maxRequestBytes). */
   maxInFlightBytesPerConnection?: number;
-  /** A client must finish option haggling within this time (default 30 s). */
+  /** A client must finish option haggling, TLS included, within this time (default 10 s). */
   handshakeTimeoutMs?: number;
   logger?: NbdLogger;
 }
@@ -59,6 +84,10 @@ const stderrLogger: NbdLogger = {
 export class NbdServer {
   private readonly ctx: ConnectionContext;
   private readonly maxConnections: number;
+  private readonly maxPerPeer: number;
+  /** Open connections per peer key (TCP address or TLS identity). */
+  private readonly perPeer = new Map<string, number>();
+  private readonly peerOf = new Map<NbdConnection, string>();
   private readonly servers: Server[] = [];
   private readonly connections = new Set<NbdConnection>();
   private nextId = 1;
@@ -79,6 +108,9 @@ export class NbdServer {
       maxRequestBytes,
     );
     this.maxConnections = positiveInt(opts.maxConnections ?? 64, 'maxConnections');
+    this.maxPerPeer = positiveInt(opts.maxConnectionsPerPeer ?? 16, 'maxConnectionsPerPeer');
+    const idleTimeoutMs = opts.idleTimeoutMs ?? 0;
+    if (!Number.isSafeInteger(idleTimeoutMs) || idleTimeoutMs < 0) throw new ConfigError(`idleTimeoutMs must be a non-negative integer, got ${idleTimeoutMs}`);
     this.ctx = {
       stats: { requests: 0, requestsFailed: 0 },
       exports: opts.exports,
@@ -88,9 +120,13 @@ export class NbdServer {
         maxRequestBytes,
         maxInFlight,
         maxInFlightBytes,
-        handshakeTimeoutMs: positiveInt(opts.handshakeTimeoutMs ?? 30_000, 'handshakeTimeoutMs'),
+        handshakeTimeoutMs: positiveInt(opts.handshakeTimeoutMs ?? 10_000, 'handshakeTimeoutMs'),
+        idleTimeoutMs,
         maxOptionBytes: 64 * 1024,
       },
+      ...(opts.tls
+        ? { tls: { mode: opts.tls.mode, upgrade: makeTlsUpgrade(opts.tls), onAuthenticated: (c, id) => this.onAuthenticated(c, id) } }
+        : {}),
     };
   }
 
@@ -107,9 +143,12 @@ export class NbdServer {
       }
       if (this.opts.unixSocket) {
         const path = this.opts.unixSocket;
-        await removeStaleSocket(path);
         const srv = this.makeServer();
-        await this.listenOn(srv, { path });
+        await listenPrivateSocket(srv, path, {
+          ...(this.opts.unixSocketMode !== undefined ? { mode: this.opts.unixSocketMode } : {}),
+          ...(this.opts.unixSocketGid !== undefined ? { gid: this.opts.unixSocketGid } : {}),
+        });
+        this.watchErrors(srv);
         this.addrs.unixSocket = path;
       }
     } catch (err) {
@@ -151,17 +190,21 @@ export class NbdServer {
     if (this.addrs.unixSocket) await rm(this.addrs.unixSocket, { force: true }).catch(() => undefined);
   }
 
-  private listenOn(srv: Server, opts: { host: string; port: number } | { path: string }): Promise<void> {
+  private listenOn(srv: Server, opts: { host: string; port: number }): Promise<void> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       srv.once('error', onError);
       srv.listen(opts, () => {
         srv.off('error', onError);
-        // Later errors (e.g. EMFILE on accept) must not crash the process.
-        srv.on('error', (err) => this.ctx.logger.warn(`nbd: listener error: ${describeError(err)}`));
+        this.watchErrors(srv);
         resolve();
       });
     });
+  }
+
+  /** Later errors (e.g. EMFILE on accept) must not crash the process. */
+  private watchErrors(srv: Server): void {
+    srv.on('error', (err) => this.ctx.logger.warn(`nbd: listener error: ${describeError(err)}`));
   }
 
   private makeServer(): Server {
@@ -183,11 +226,54 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    if (socket.remoteAddress !== undefined) socket.setNoDelay(true); // proto.md: disable Nagle on TCP
+    const address = socket.remoteAddress;
+    const peer = address !== undefined ? `addr:${normalizeAddress(address)}` : null;
+    if (peer !== null && (this.perPeer.get(peer) ?? 0) >= this.maxPerPeer) {
+      this.ctx.logger.warn(`nbd: refusing connection from ${address}: it already has ${this.maxPerPeer} connections open`);
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
+    if (address !== undefined) socket.setNoDelay(true); // proto.md: disable Nagle on TCP
     const conn = new NbdConnection(socket, this.ctx, this.nextId++);
     this.connections.add(conn);
-    void conn.done.finally(() => this.connections.delete(conn));
+    if (peer !== null) this.countPeer(conn, peer);
+    void conn.done.finally(() => {
+      this.connections.delete(conn);
+      this.uncountPeer(conn);
+    });
   }
+
+  /** After TLS: the connection counts against its authenticated identity instead of its address. */
+  private onAuthenticated(conn: NbdConnection, identity: string | null): boolean {
+    if (identity === null) return true;
+    this.uncountPeer(conn);
+    if ((this.perPeer.get(identity) ?? 0) >= this.maxPerPeer) {
+      this.ctx.logger.warn(`nbd: refusing ${identity}: it already has ${this.maxPerPeer} connections open`);
+      return false;
+    }
+    this.countPeer(conn, identity);
+    return true;
+  }
+
+  private countPeer(conn: NbdConnection, peer: string): void {
+    this.peerOf.set(conn, peer);
+    this.perPeer.set(peer, (this.perPeer.get(peer) ?? 0) + 1);
+  }
+
+  private uncountPeer(conn: NbdConnection): void {
+    const peer = this.peerOf.get(conn);
+    if (peer === undefined) return;
+    this.peerOf.delete(conn);
+    const n = (this.perPeer.get(peer) ?? 1) - 1;
+    if (n <= 0) this.perPeer.delete(peer);
+    else this.perPeer.set(peer, n);
+  }
+}
+
+/** '::ffff:10.0.0.1' and '10.0.0.1' are the same peer. */
+function normalizeAddress(a: string): string {
+  return a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a.toLowerCase();
 }
 
 function positiveInt(v: number, name: string): number {
@@ -196,27 +282,3 @@ function positiveInt(v: number, name: string): number {
 }
 
 
-/**
- * A socket file left by a crashed agent makes listen() fail with EADDRINUSE.
- * Remove it only if it is a socket nobody answers on; never delete a live
- * server's socket or a non-socket file.
- */
-async function removeStaleSocket(path: string): Promise<void> {
-  let st;
-  try {
-    st = await lstat(path);
-  } catch {
-    return; // does not exist
-  }
-  if (!st.isSocket()) throw new NbdListenError(`${path} exists and is not a socket`);
-  const alive = await new Promise<boolean>((resolve) => {
-    const c = createConnection({ path });
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (alive) throw new NbdListenError(`${path} is in use by a running server`);
-  await rm(path, { force: true });
-}

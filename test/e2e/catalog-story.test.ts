@@ -87,7 +87,7 @@ describe('e2e: backup → catalogue → restore through the agent', () => {
     await waitFor('the full archive in the catalogue', () => catalog.getArchive(full.uuid), 2000);
     expect(Date.now() - full.doneAt).toBeLessThan(2000);
 
-    const { host, port } = agent.nbdAddress;
+    const { host, port } = agent.nbdAddress!;
     await runQemuIo(nbdUri(host, port, 'vda'), ['write -P 0xa5 65536 131072', 'write -P 0x3c 1048576 4096', `write -z 2097152 65536`, `write -P 0x77 ${SIZE - 4096} 4096`]);
     const inc = await backup('incremental');
     expect(inc.image.equals(full.image)).toBe(false);

@@ -60,3 +60,20 @@ export function firstDiff(a: Buffer, b: Buffer): number {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
   return -1;
 }
+
+/**
+ * Restores a chain of archive files (oldest first) into images and returns
+ * the image of `device`; throws if an archive's parent is not the previous one.
+ */
+export async function restoreChainFiles(chain: string[], device: string, compressor?: ZstdPool): Promise<Buffer> {
+  const images = new Map<string, Buffer>();
+  let parent: string | null = null;
+  for (const [i, p] of chain.entries()) {
+    const a = await applyArchive(p, images, compressor);
+    if (i > 0 && a.parentUuid !== parent) throw new Error(`${p}: parent ${a.parentUuid}, expected ${parent}`);
+    parent = a.uuid;
+  }
+  const img = images.get(device);
+  if (!img) throw new Error(`no device ${device} in the chain`);
+  return img;
+}

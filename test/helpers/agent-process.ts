@@ -40,8 +40,11 @@ export async function makeDisk(path: string, size: number, seed = 1): Promise<Bu
 
 export interface AgentProcess {
   child: ChildProcess;
+  /** TCP listener (only with `nbd.listen` configured; NaN/'' otherwise). */
   nbdPort: number;
   nbdHost: string;
+  /** The NBD Unix socket, if any. */
+  nbdSocket: string | undefined;
   controlSocket: string;
   /** All stderr log lines so far (JSON objects). */
   logs: Record<string, unknown>[];
@@ -89,11 +92,12 @@ export async function spawnAgent(configPath: string, env: NodeJS.ProcessEnv = {}
     });
   });
   const readyLine = await ready;
-  const nbd = readyLine.nbd as { host: string; port: number };
+  const nbd = readyLine.nbd as { host: string; port: number } | null;
   return {
     child,
-    nbdHost: nbd.host,
-    nbdPort: nbd.port,
+    nbdHost: nbd?.host ?? '',
+    nbdPort: nbd?.port ?? NaN,
+    nbdSocket: readyLine.nbdSocket as string | undefined,
     controlSocket: readyLine.control as string,
     logs,
     exited,

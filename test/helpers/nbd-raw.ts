@@ -12,7 +12,7 @@ import {
   isOptionReplyError,
 } from '../../src/nbd/protocol.js';
 
-export type RawTarget = { host?: string; port: number } | { path: string };
+export type RawTarget = { host?: string; port: number; localAddress?: string } | { path: string };
 
 export interface OptionReply {
   option: number;
@@ -57,7 +57,7 @@ export class RawNbdClient {
 
   static connect(target: RawTarget): Promise<RawNbdClient> {
     return new Promise((resolve, reject) => {
-      const s = 'path' in target ? connect({ path: target.path }) : connect({ host: target.host ?? '127.0.0.1', port: target.port });
+      const s = 'path' in target ? connect({ path: target.path }) : connect({ host: target.host ?? '127.0.0.1', port: target.port, ...(target.localAddress ? { localAddress: target.localAddress } : {}) });
       s.once('connect', () => resolve(new RawNbdClient(s)));
       s.once('error', reject);
     });

@@ -35,12 +35,26 @@ describe('agent config', () => {
 
   it('applies defaults and resolves relative paths against the config dir', () => {
     const c = parseAgentConfig(base(), tmp.dir);
-    expect(c.nbd).toEqual({ host: '127.0.0.1', port: 10809 });
+    // No TCP unless configured: a private Unix socket in the state directory.
+    expect(c.nbd).toEqual({ socket: join(tmp.dir, 'state', 'nbd.sock'), socketMode: 0o600 });
     expect(c.stateDir).toBe(join(tmp.dir, 'state'));
     expect(c.control.socket).toBe(join(tmp.dir, 'state', 'agent.sock'));
     expect(c.disks[0]).toEqual({ name: 'vda', path: img, readOnly: false });
     expect(c.store).toBeUndefined();
     expect(c.warnings).toEqual([]);
+  });
+
+  it('nbd: TCP, socket mode and group, TLS credentials and limits are resolved', async () => {
+    const psk = join(tmp.dir, 'keys.psk');
+    await writeFile(psk, `alice:${'ab'.repeat(32)}\n`, { mode: 0o600 });
+    const c = parseAgentConfig(
+      { ...base(), nbd: { listen: '[::1]:0', socket: 'run/nbd.sock', socketMode: '0660', socketGroup: 65534, tlsPsk: 'keys.psk', handshakeTimeoutMs: 5000, idleTimeoutMs: 60000, maxConnections: 8, maxConnectionsPerPeer: 2 } },
+      tmp.dir,
+    );
+    expect(c.nbd).toMatchObject({ tcp: { host: '::1', port: 0 }, socket: join(tmp.dir, 'run', 'nbd.sock'), socketMode: 0o660, socketGid: 65534, handshakeTimeoutMs: 5000, idleTimeoutMs: 60000, maxConnections: 8, maxConnectionsPerPeer: 2 });
+    expect(c.nbd.tls?.mode).toBe('require');
+    expect(c.nbd.tls?.psk?.get('alice')).toEqual(Buffer.alloc(32, 0xab));
+    expect(parseAgentConfig({ ...base(), nbd: { listen: '127.0.0.1:0', socket: false } }, tmp.dir).nbd.socket).toBeUndefined();
   });
 
   it('names the bad field', () => {
@@ -52,6 +66,12 @@ describe('agent config', () => {
     expectField({ ...base(), disks: [{ name: 'vda', path: '.' }] }, 'disks[0].path', /not a regular file/);
     expectField({ ...base(), nbd: { listen: 'localhost' } }, 'nbd.listen', /host:port/);
     expectField({ ...base(), nbd: { listen: '127.0.0.1:99999' } }, 'nbd.listen');
+    expectField({ ...base(), nbd: { socketMode: '0666' } }, 'nbd.socketMode', /other users/);
+    expectField({ ...base(), nbd: { tls: 'require' } }, 'nbd', /tlsPsk/);
+    expectField({ ...base(), nbd: { socket: false } }, 'nbd', /nbd\.listen/);
+    expectField({ ...base(), nbd: { tlsCert: 'vda.raw' } }, 'nbd', /tlsKey/);
+    expectField({ ...base(), nbd: { tls: 'off', tlsPsk: 'vda.raw' } }, 'nbd', /credentials/);
+    expectField({ ...base(), nbd: { socketGroup: 'no-such-group-xyz' } }, 'nbd', /no group/);
     expectField({ ...base(), store: { bucket: 'b' } }, 'store.bucket');
     expectField({ ...base(), catalog: { url: 'not a url' } }, 'catalog.url');
     expectField({ ...base(), bogus: 1 }, 'bogus', /unknown field/);

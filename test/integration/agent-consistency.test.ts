@@ -77,7 +77,7 @@ describe.each([
         target: `file:${archive}`,
         ...(fleecing ? { fleecing: { dir: join(tmp.dir, 'scratch'), maxBytes: 16 * 1024 * 1024 } } : {}),
       });
-      await concurrentWorkload(nbdUri('127.0.0.1', agent.nbdAddress.port, 'vda'), seed, SIZE, CLIENTS, OPS);
+      await concurrentWorkload(nbdUri('127.0.0.1', agent.nbdAddress!.port, 'vda'), seed, SIZE, CLIENTS, OPS);
       if ((await client.status()).status === 'active') overlapped++;
       const done = await client.waitForBackup(st.uuid, undefined, 50);
       expect(done.status, `seed ${seed}: ${done.error}`).toBe('done');
@@ -105,7 +105,7 @@ describe('copy-before-write error policy through NBD (cbwTimeoutMs 1 ms, slow si
     const copy = await readFile(diskPath);
     const archive = join(tmp.dir, 'bgw.cwa');
     const st = await client.startBackup({ mode: 'full', target: `file:${archive}`, cbwTimeoutMs: 1, onCbwError: 'break-guest-write' });
-    const uri = nbdUri('127.0.0.1', agent.nbdAddress.port, 'vda');
+    const uri = nbdUri('127.0.0.1', agent.nbdAddress!.port, 'vda');
     await expect(runQemuIoCmds(uri, [`write -P 0x5a ${tail} 4096`])).rejects.toThrow(/Input\/output error/);
     const done = await client.waitForBackup(st.uuid, undefined, 50);
     expect(done.status, done.error ?? '').toBe('done');
@@ -118,7 +118,7 @@ describe('copy-before-write error policy through NBD (cbwTimeoutMs 1 ms, slow si
 
   it('break-snapshot: the guest write proceeds and the backup fails saying why', async () => {
     const st = await client.startBackup({ mode: 'full', target: `file:${join(tmp.dir, 'bs.cwa')}`, cbwTimeoutMs: 1 });
-    await runQemuIoCmds(nbdUri('127.0.0.1', agent.nbdAddress.port, 'vda'), [`write -P 0x6b ${tail} 4096`, `read -P 0x6b ${tail} 4096`]);
+    await runQemuIoCmds(nbdUri('127.0.0.1', agent.nbdAddress!.port, 'vda'), [`write -P 0x6b ${tail} 4096`, `read -P 0x6b ${tail} 4096`]);
     const done = await client.waitForBackup(st.uuid, undefined, 50);
     expect(done.status).toBe('error');
     expect(done.error).toMatch(/copy-before-write/);

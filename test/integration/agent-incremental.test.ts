@@ -76,7 +76,7 @@ describe('incremental chain through the agent', () => {
   it('full + 3 incrementals, a failed incremental, then one that still has every change', async () => {
     agent = await startAgent(parseAgentConfig(rawConfig), { log: silentLogger, wrapSink: (s) => new FailingSink(s, failing) });
     const client = new AgentClient(agent.controlSocket);
-    const uri = nbdUri('127.0.0.1', agent.nbdAddress.port, 'vda');
+    const uri = nbdUri('127.0.0.1', agent.nbdAddress!.port, 'vda');
 
     const full = await backup(client, 'full', 'c0');
     expect(full.status).toBe('done');

@@ -38,7 +38,7 @@ beforeAll(async () => {
     }),
     { log: silentLogger },
   );
-  uri = nbdUri('127.0.0.1', agent.nbdAddress.port, 'vda');
+  uri = nbdUri('127.0.0.1', agent.nbdAddress!.port, 'vda');
 });
 
 afterAll(async () => {
@@ -48,7 +48,7 @@ afterAll(async () => {
 
 describe('NBD interop through the agent', () => {
   it('nbdinfo --list shows both exports with their sizes', async () => {
-    const { stdout } = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${agent.nbdAddress.port}`]);
+    const { stdout } = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${agent.nbdAddress!.port}`]);
     const info = JSON.parse(stdout) as { exports: { 'export-name': string; 'export-size': number }[] };
     const byName = Object.fromEntries(info.exports.map((e) => [e['export-name'], e['export-size']]));
     expect(byName).toEqual({ vda: SIZE, vdb: 1024 * 1024 });

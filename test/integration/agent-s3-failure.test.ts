@@ -111,7 +111,7 @@ async function backup(mode: 'full' | 'incremental'): Promise<BackupStatus> {
 
 /** Writes through the agent's NBD export, like a guest would. */
 async function nbdWrite(writes: { offset: number; data: Buffer }[]): Promise<void> {
-  const c = await NbdClient.connect({ host: agent.nbdAddress.host, port: agent.nbdAddress.port }, { exportName: 'vda' });
+  const c = await NbdClient.connect({ host: agent.nbdAddress!.host, port: agent.nbdAddress!.port }, { exportName: 'vda' });
   try {
     await Promise.all(writes.map((w) => c.write(w.offset, w.data)));
   } finally {
