@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { CatalogError, describeError } from '../errors.js';
+import { loadConsoleAssets, withConsole, type ConsoleAssets } from '../console/assets.js';
 import { createApiHandler } from './api.js';
 import { startDynalite, type RunningDynalite } from './dynalite.js';
 import { httpListener } from './http-adapter.js';
@@ -42,6 +43,8 @@ export interface EmbeddedCatalogOptions {
   logger?: Logger | 'quiet';
   /** Called after each indexed record (tests, demo). */
   onIndexed?: (r: IndexResult) => void;
+  /** The web console served at `/` (default: the package's dist/web build); false = API only. */
+  console?: ConsoleAssets | false;
 }
 
 export interface EmbeddedCatalog {
@@ -101,7 +104,9 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
     }
 
     const api = createApiHandler({ repo, s3, bucket: opts.s3.bucket, buildPlan: createPlanBuilder(repo, s3), logger: logger.child({ component: 'api' }) });
-    const server: Server = createServer(httpListener(api));
+    const apiListener = httpListener(api);
+    const consoleAssets = opts.console === false ? null : (opts.console ?? loadConsoleAssets());
+    const server: Server = createServer(consoleAssets ? withConsole(consoleAssets, apiListener) : apiListener);
     const host = opts.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new CatalogError(`catalogue cannot listen on ${host}:${opts.port ?? 0}`, { cause: err })));

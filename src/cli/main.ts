@@ -15,6 +15,7 @@ const GROUPS: Record<string, () => Promise<Registrar>> = {
   restore: async () => (await import('./commands/restore.js')).registerRestoreCommands,
   store: async () => (await import('./commands/store.js')).registerStoreCommands,
   catalog: async () => (await import('./commands/catalog.js')).registerCatalogCommands,
+  console: async () => (await import('./commands/console.js')).registerConsoleCommands,
 };
 
 /** Which group defines each top-level command. */
@@ -32,6 +33,7 @@ const COMMAND_GROUP: Record<string, string> = {
   list: 'catalog',
   show: 'catalog',
   catalog: 'catalog',
+  console: 'console',
 };
 
 /**

@@ -7,8 +7,10 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { CatalogClient } from '../../catalog/client.js';
+import { readCatalogToken } from '../../console/catalog-token.js';
 import { diskNameSchema, hostIdSchema, uuidSchema, type ArchiveRecord } from '../../catalog/records.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
+import { untilInterrupted } from '../signals.js';
 
 interface CatalogFlags {
   catalog?: string;
@@ -146,18 +148,13 @@ export function registerCatalogCommands(program: Command): void {
         await s3.close();
         throw err;
       }
-      const info = { catalog: cat.url, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state };
+      // The fragment carries the token to the page without it reaching any server log.
+      const token = await readCatalogToken(o.state);
+      const consoleUrl = `${cat.url}/${token ? `#token=${token}` : ''}`;
+      const info = { catalog: cat.url, console: consoleUrl, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state };
       if (o.json) printJson(info);
-      else process.stdout.write(`catalogue listening on ${cat.url}\nembedded S3 on ${s3.endpoint} (bucket ${s3.bucket})\n`);
-      await new Promise<void>((resolve) => {
-        const stop = (): void => {
-          process.off('SIGINT', stop);
-          process.off('SIGTERM', stop);
-          resolve();
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-      });
+      else process.stdout.write(`catalogue listening on ${cat.url}\nweb console: ${consoleUrl}\nembedded S3 on ${s3.endpoint} (bucket ${s3.bucket})\n`);
+      await untilInterrupted();
       await cat.close();
       await s3.close();
     });
