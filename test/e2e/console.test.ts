@@ -156,11 +156,14 @@ describe('web console in headless Chromium', () => {
       const text = await readout.innerText();
       expect(text).toContain(`${i === 0 ? 'full' : 'incremental'} ${a.uuid.slice(-8)}`);
       expect(text).toContain(`stored ${formatBytes(a.bytesStored)}`);
+      expect(await readout.getAttribute('data-stored')).toBe(String(a.bytesStored));
       expect(text).toContain(`logical ${formatBytes(a.dataBytes + a.zeroBytes)}`);
       if (i > 0) expect(text).toContain(`depends on ${oldestFirst[i - 1]!.uuid.slice(-8)}`);
       // uPlot's own legend shows the same value for the series under the cursor.
       expect(await page.locator('.u-legend').first().innerText()).toContain(formatBytes(a.bytesStored));
     }
+    // Each incremental is joined to the archive it depends on.
+    expect(await chart.getAttribute('data-links')).toBe(`${oldestFirst[0]!.uuid}>${oldestFirst[1]!.uuid} ${oldestFirst[1]!.uuid}>${oldestFirst[2]!.uuid}`);
     // The canvas really has the blue full point and orange incremental points on it.
     const colours = await page.locator('.chart canvas').first().evaluate((el) => {
       type Canvas = { width: number; height: number; getContext(t: '2d'): { getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } };

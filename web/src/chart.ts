@@ -65,6 +65,7 @@ export function backupsChart(host: HTMLElement, archives: ArchiveRecord[], open:
           ctx.save();
           ctx.strokeStyle = COLORS.link;
           ctx.lineWidth = 1.5 * devicePixelRatio;
+          const drawn: string[] = [];
           for (let i = 0; i < archives.length; i++) {
             const p = parents[i]!;
             if (p < 0) continue;
@@ -72,8 +73,11 @@ export function backupsChart(host: HTMLElement, archives: ArchiveRecord[], open:
             ctx.moveTo(u.valToPos(xs[p]!, 'x', true), u.valToPos(stored[p]!, 'y', true));
             ctx.lineTo(u.valToPos(xs[i]!, 'x', true), u.valToPos(stored[i]!, 'y', true));
             ctx.stroke();
+            drawn.push(`${archives[p]!.uuid}>${archives[i]!.uuid}`);
           }
           ctx.restore();
+          // What was drawn, for assistive technology and tests: the canvas itself is opaque.
+          wrap.dataset.links = drawn.join(' ');
         },
       ],
       setCursor: [
