@@ -31,14 +31,15 @@ export function age(ms: number): string {
   return `${d} d${hrs % 24 ? ` ${hrs % 24} h` : ''}`;
 }
 
-/** Axis labels in one unit, with as many decimals as the step between them needs. */
+/** Axis labels in one unit, small enough that neighbouring labels differ, with the decimals the step needs. */
 export function bytesTicks(values: number[]): string[] {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   const max = Math.max(...values.map(Math.abs), 1);
-  const i = Math.min(units.length - 1, Math.floor(Math.log(max) / Math.log(1024)));
+  const step = values.length > 1 ? Math.abs(values[1]! - values[0]!) : max;
+  let i = Math.min(units.length - 1, Math.floor(Math.log(max) / Math.log(1024)));
+  while (i > 0 && step / 1024 ** i < 0.01) i--;
   const div = 1024 ** i;
-  const step = values.length > 1 ? Math.abs(values[1]! - values[0]!) / div : 1;
-  const decimals = i === 0 ? 0 : Math.max(0, Math.min(3, Math.ceil(-Math.log10(step || 1))));
+  const decimals = i === 0 ? 0 : Math.max(0, Math.min(2, Math.ceil(-Math.log10(step / div || 1))));
   return values.map((v) => `${(v / div).toFixed(decimals)} ${units[i]}`);
 }
 

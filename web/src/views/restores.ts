@@ -154,7 +154,7 @@ export const restoresView: View = async ({ root, signal, query }) => {
   const jobs = table(['Job', 'Host', 'Archive', 'Target and devices', 'Status', 'Progress', 'Agent', 'Requested', 'Finished', 'Error', ''], [], { id: 'restores', class: 'grid' });
   jobs.tBodies[0]!.replaceWith(body);
   await refresh();
-  replace(root, h('h1', null, 'Restores'), form, h('h2', null, 'Jobs'), status, jobs);
+  replace(root, h('h1', null, 'Restores'), form, h('h2', null, 'Jobs'), status, h('div', { class: 'scroll' }, jobs));
   poll(signal, POLL_MS, refresh, (err) => status.replaceChildren(errorBox(err)));
   if (query.get('archive')) document.getElementById('r-target')?.focus();
 };
