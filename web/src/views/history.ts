@@ -7,6 +7,8 @@ import { statusBadge, table, type View } from './common.js';
 
 const MAX_ARCHIVES = 2000;
 
+const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+
 /** Chain number of each archive (1 = the oldest full), following parents within the list. */
 function chainNumbers(oldestFirst: ArchiveRecord[]): Map<string, number> {
   const byId = new Map(oldestFirst.map((a) => [a.uuid, a]));
@@ -50,7 +52,7 @@ export const historyView: View = async ({ root, signal }, host, disk) => {
     h(
       'p',
       { class: 'summary' },
-      `${items.length} archives (${fulls} full, ${items.length - fulls} incremental) in ${chains.size ? new Set(chains.values()).size : 0} chains, ${formatBytes(stored)} stored`,
+      `${items.length} archives (${fulls} full, ${items.length - fulls} incremental) in ${plural(new Set(chains.values()).size, 'chain')}, ${formatBytes(stored)} stored`,
       truncated ? ` — only the newest ${MAX_ARCHIVES} are shown` : '',
     ),
     charts,
