@@ -135,7 +135,7 @@ export async function startConsoleServer(opts: ConsoleServerOptions): Promise<Co
       const url = new URL(req.url ?? '/', 'http://localhost');
       if (!API_PATH.test(url.pathname)) return sendError(res, 404, 'NOT_FOUND', `no route ${req.method} ${url.pathname}`);
       if (!bearerMatches(req.headers.authorization, token)) {
-        return sendError(res, 401, 'UNAUTHORIZED', 'the console token is missing or wrong: open the URL `cowstream console` printed', { 'www-authenticate': 'Bearer' });
+        return sendError(res, 401, 'UNAUTHORIZED', 'the console token is missing or wrong: open the link cowstream console printed', { 'www-authenticate': 'Bearer' });
       }
       await proxy(req, res, url.pathname, url.search);
     })().catch((err: unknown) => {

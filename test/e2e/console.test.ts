@@ -21,6 +21,7 @@ import { CatalogClient } from '../../src/catalog/client.js';
 import type { ArchiveRecord } from '../../src/catalog/records.js';
 import { formatBytes } from '../../src/cli/output.js';
 import { readCatalogToken } from '../../src/console/catalog-token.js';
+import { startConsoleServer } from '../../src/console/server.js';
 import { makeDisk, makeTempDir, REPO_ROOT } from '../helpers/agent-process.js';
 import { nbdUri, runQemuIo } from '../helpers/agent-workload.js';
 import { launchChromium, screenshot, type Chromium } from '../helpers/browser.js';
@@ -272,6 +273,25 @@ describe('web console in headless Chromium', () => {
     const row = page.locator('#restores tr.current');
     await expect.poll(() => row.getAttribute('data-status'), { timeout: 30_000 }).toBe('FAILED');
     expect(await row.locator('td.error-cell').innerText()).toContain('outside the allowed directories');
+  });
+
+  it('through `cowstream console` (loopback proxy): without its token the page asks for one, a wrong one is refused', async () => {
+    const srv = await startConsoleServer({ catalogUrl: agent.catalogUrl!, catalogToken: token });
+    try {
+      await page.goto(`${srv.url}/`);
+      await page.locator('#token-form').waitFor();
+      expect(await page.locator('#token-form').innerText()).toContain('The catalogue wants a token');
+      await screenshot(page, 'token');
+      await page.locator('#token').fill('not-the-token');
+      await page.locator('#token').press('Enter');
+      await expect.poll(() => page.locator('#token-form').innerText().catch(() => '')).toContain('refused the token of this tab');
+      await page.locator('#token').fill(srv.token);
+      await page.locator('#token').press('Enter');
+      await page.locator(`#hosts tr[data-disk="vda"]`).waitFor();
+      expect(await page.locator(`#hosts tr[data-disk="vda"] td[data-stored]`).innerText()).toBe(formatBytes(archives[0]!.bytesStored));
+    } finally {
+      await srv.close();
+    }
   });
 
   // Last: the page's clock stays faked from here on.

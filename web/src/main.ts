@@ -29,7 +29,7 @@ function tokenPrompt(reason: string): void {
     { class: 'card', id: 'token-form' },
     h('h1', null, 'Access token needed'),
     h('p', null, reason),
-    h('p', { class: 'muted' }, 'Open the link that `cowstream catalog serve` or `cowstream console` printed (it carries the token after #token=), or paste the token here. It is kept for this tab only.'),
+    h('p', { class: 'muted' }, 'Open the link that cowstream catalog serve or cowstream console printed (it carries the token after #token=), or paste the token here. It is kept for this tab only.'),
     h('label', { for: 'token' }, 'Token '),
     input,
     ' ',
