@@ -105,7 +105,9 @@ afterAll(async () => {
 describe('web console in headless Chromium', () => {
   it('serves the page at / of the embedded catalogue and sends the bearer token on every API call', async () => {
     const apiCalls: Array<{ url: string; auth: string | undefined }> = [];
+    const foreign: string[] = [];
     page.on('request', (r) => {
+      if (!r.url().startsWith(`${agent.catalogUrl}/`) && !r.url().startsWith('data:')) foreign.push(r.url());
       const path = new URL(r.url()).pathname;
       if (/^\/(archives|hosts|restores)/.test(path)) apiCalls.push({ url: r.url(), auth: r.headers().authorization });
     });
@@ -118,6 +120,8 @@ describe('web console in headless Chromium', () => {
     expect(await page.evaluate("sessionStorage.getItem('cowstream.console.token')")).toBe(token);
     expect(apiCalls.length).toBeGreaterThanOrEqual(2);
     for (const c of apiCalls) expect(c.auth, c.url).toBe(`Bearer ${token}`);
+    // Everything is bundled: no CDN, no font service, nothing but the catalogue's own origin.
+    expect(foreign).toEqual([]);
   });
 
   it('hosts table: per disk the last good backup, its size and age, coloured against the threshold', async () => {

@@ -195,6 +195,7 @@ describe('cowstream console: the loopback proxy', () => {
       ['GET', '/admin', 404],
       ['GET', '/prod/hosts', 404],
       ['GET', '/hostsx', 404],
+      ['GET', '/hosts/%2e%2e/%2e%2e/admin', 404],
       ['PUT', '/archives/x', 405],
       ['PATCH', '/hosts', 405],
     ] as const) {
