@@ -10,6 +10,8 @@ const TOOLS = {
   nbdinfo: 'libnbd-bin',
   'qemu-storage-daemon': 'qemu-system-common',
   zstd: 'zstd',
+  // The web console's browser tests (playwright-core drives it; it never downloads a browser).
+  chromium: 'chromium',
 };
 
 const has = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;

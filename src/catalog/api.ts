@@ -54,7 +54,7 @@ export const RESTORE_PLAN_PREFIX = 'restore-plans/';
 export const restorePlanKey = (id: string): string => `${RESTORE_PLAN_PREFIX}${id}.json`;
 
 /** The largest request body we parse: every valid body is far smaller. */
-const MAX_BODY_BYTES = 64 * 1024;
+export const MAX_BODY_BYTES = 64 * 1024;
 
 interface Request {
   caller: Caller;

@@ -66,22 +66,33 @@ export async function signRequest(
   return signed.headers as Record<string, string>;
 }
 
+/** The validated base URL of a catalogue and the SigV4 region its requests are signed for (null: unsigned). */
+export function catalogEndpoint(opts: Pick<CatalogClientOptions, 'url' | 'sign' | 'region'>): { baseUrl: string; region: string | null } {
+  let parsed: URL;
+  try {
+    parsed = new URL(opts.url);
+  } catch (err) {
+    throw new UsageError(`invalid catalogue URL "${opts.url}"`, { cause: err });
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`catalogue URL must be http(s): ${opts.url}`);
+  const sign = opts.sign ?? 'auto';
+  const region = sign === 'never' ? null : (opts.region ?? executeApiRegion(opts.url) ?? (sign === 'always' ? process.env.AWS_REGION ?? 'us-east-1' : null));
+  return { baseUrl: opts.url.replace(/\/+$/, ''), region };
+}
+
+/** The default AWS credential chain, loaded lazily: the embedded catalogue never needs it. */
+export async function defaultAwsCredentials(): Promise<AwsCredentialIdentityProvider> {
+  const { defaultProvider } = await import('@aws-sdk/credential-provider-node');
+  return defaultProvider();
+}
+
 export class CatalogClient {
   readonly baseUrl: string;
   private readonly region: string | null;
   private credentials?: AwsCredentialIdentity | AwsCredentialIdentityProvider;
 
   constructor(private readonly opts: CatalogClientOptions) {
-    let parsed: URL;
-    try {
-      parsed = new URL(opts.url);
-    } catch (err) {
-      throw new UsageError(`invalid catalogue URL "${opts.url}"`, { cause: err });
-    }
-    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`catalogue URL must be http(s): ${opts.url}`);
-    this.baseUrl = opts.url.replace(/\/+$/, '');
-    const sign = opts.sign ?? 'auto';
-    this.region = sign === 'never' ? null : (opts.region ?? executeApiRegion(opts.url) ?? (sign === 'always' ? process.env.AWS_REGION ?? 'us-east-1' : null));
+    ({ baseUrl: this.baseUrl, region: this.region } = catalogEndpoint(opts));
     this.credentials = opts.credentials;
   }
 
@@ -91,11 +102,7 @@ export class CatalogClient {
   }
 
   private async resolveCredentials(): Promise<AwsCredentialIdentity | AwsCredentialIdentityProvider> {
-    if (!this.credentials) {
-      // Loaded lazily: the embedded catalogue never needs the AWS credential chain.
-      const { defaultProvider } = await import('@aws-sdk/credential-provider-node');
-      this.credentials = defaultProvider();
-    }
+    this.credentials ??= await defaultAwsCredentials();
     return this.credentials;
   }
 

@@ -13,6 +13,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { CatalogError, describeError } from '../errors.js';
+import { loadConsoleAssets, withConsole, type ConsoleAssets } from '../console/assets.js';
 import { createApiHandler } from './api.js';
 import { requireBearerToken } from './bearer-auth.js';
 import { startDynalite, type RunningDynalite } from './dynalite.js';
@@ -57,6 +58,8 @@ export interface EmbeddedCatalogOptions {
    * random token for this run only (tests), see `token`.
    */
   token?: string;
+  /** The web console served at `/` (default: the package's dist/web build); false = API only. */
+  console?: ConsoleAssets | false;
 }
 
 export interface EmbeddedCatalog {
@@ -127,7 +130,10 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
       ...(opts.restoreLeaseMs !== undefined ? { restoreLeaseMs: opts.restoreLeaseMs } : {}),
     });
     const token = opts.token ?? randomBytes(32).toString('base64url');
-    const server: Server = createServer(requireBearerToken(token, httpListener(api)));
+    // The page's static files hold no data and are served without the token; every API call needs it.
+    const apiListener = requireBearerToken(token, httpListener(api));
+    const consoleAssets = opts.console === false ? null : (opts.console ?? loadConsoleAssets());
+    const server: Server = createServer(consoleAssets ? withConsole(consoleAssets, apiListener) : apiListener);
     const host = opts.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new CatalogError(`catalogue cannot listen on ${host}:${opts.port ?? 0}`, { cause: err })));

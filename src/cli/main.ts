@@ -16,6 +16,7 @@ const GROUPS: Record<string, () => Promise<Registrar>> = {
   store: async () => (await import('./commands/store.js')).registerStoreCommands,
   catalog: async () => (await import('./commands/catalog.js')).registerCatalogCommands,
   bucket: async () => (await import('./commands/bucket.js')).registerBucketCommands,
+  console: async () => (await import('./commands/console.js')).registerConsoleCommands,
 };
 
 /** Which group defines each top-level command. */
@@ -35,6 +36,7 @@ const COMMAND_GROUP: Record<string, string> = {
   catalog: 'catalog',
   snapshots: 'bucket',
   forget: 'bucket',
+  console: 'console',
 };
 
 /**

@@ -10,6 +10,7 @@ import { CatalogClient } from '../../catalog/client.js';
 import { diskNameSchema, hostIdSchema, uuidSchema, type ArchiveRecord } from '../../catalog/records.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
 import { resolveCatalogToken, type EmbeddedAuthFlags } from '../embedded-auth.js';
+import { untilInterrupted } from '../signals.js';
 
 interface CatalogFlags extends EmbeddedAuthFlags {
   catalog?: string;
@@ -157,22 +158,20 @@ export function registerCatalogCommands(program: Command): void {
         await s3.close();
         throw err;
       }
-      const info = { catalog: cat.url, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state, credentials: credentialsPath(o.state) };
+      // The fragment carries the token to the page without it reaching any server log.
+      const consoleUrl = `${cat.url}/#token=${cat.token}`;
+      const info = { catalog: cat.url, console: consoleUrl, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state, credentials: credentialsPath(o.state) };
       if (o.json) printJson(info);
       else
         process.stdout.write(
-          `catalogue listening on ${cat.url}\nembedded S3 on ${s3.endpoint} (bucket ${s3.bucket})\n` +
-            `credentials (catalogue token, S3 keys): ${info.credentials}; clients: --state ${o.state}\n`,
+          `catalogue listening on ${cat.url}
+web console: ${consoleUrl}
+embedded S3 on ${s3.endpoint} (bucket ${s3.bucket})
+` +
+            `credentials (catalogue token, S3 keys): ${info.credentials}; clients: --state ${o.state}
+`,
         );
-      await new Promise<void>((resolve) => {
-        const stop = (): void => {
-          process.off('SIGINT', stop);
-          process.off('SIGTERM', stop);
-          resolve();
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-      });
+      await untilInterrupted();
       await cat.close();
       await s3.close();
     });
