@@ -39,8 +39,10 @@ describe('archives altered without the key fail every keyed read path', () => {
     work = mkdtempSync(join(tmpdir(), 'cowstream-auth-'));
     server = await startS3rver('auth-bucket');
     client = server.client();
-    process.env.AWS_ACCESS_KEY_ID = 'S3RVER';
-    process.env.AWS_SECRET_ACCESS_KEY = 'S3RVER';
+    // The embedded S3 server's generated keys (it refuses any other).
+    const keys = server.storeConfig().credentials!;
+    process.env.AWS_ACCESS_KEY_ID = keys.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = keys.secretAccessKey;
     delete process.env.AWS_PROFILE;
     delete process.env.COWSTREAM_S3_BUCKET;
     store = ['--bucket', 'auth-bucket', '--prefix', 'pre', '--endpoint', server.endpoint, '--region', 'us-east-1'];

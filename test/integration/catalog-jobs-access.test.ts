@@ -169,7 +169,7 @@ describe('embedded catalogue: leases and --timeout', () => {
     dir = mkdtempSync(join(tmpdir(), 'cowstream-jobs-'));
     s3 = await startEmbeddedS3({ dir: join(dir, 's3') });
     catalog = await startEmbeddedCatalog({ stateDir: dir, s3, logger: 'quiet', restoreLeaseMs: LEASE_MS });
-    client = new CatalogClient({ url: catalog.url });
+    client = new CatalogClient({ url: catalog.url, token: catalog.token });
     chain = await buildChain({ client: catalog.s3Client, bucket: s3.bucket, prefix: '', hostId: 'h1', devices, incrementals: 0, compressor: pool, seed: 5 });
     await catalog.idle();
   });
@@ -259,11 +259,11 @@ describe('embedded catalogue: leases and --timeout', () => {
 
   it('cowstream restore --via-catalog --wait --timeout gives up when no agent takes the job', async () => {
     const started = Date.now();
-    const r = await runCli(['restore', chain[0]!.uuid, '--via-catalog', '--host', 'h1', '--to', '/restore/t', '--wait', '--timeout', '1s', '--catalog', catalog.url], {});
+    const r = await runCli(['restore', chain[0]!.uuid, '--via-catalog', '--host', 'h1', '--to', '/restore/t', '--wait', '--timeout', '1s', '--catalog', catalog.url, '--catalog-token', catalog.token], {});
     expect(r.code, r.stderr.toString()).toBe(1);
     expect(r.stderr.toString()).toMatch(/still PENDING after 1000 ms \(--timeout\)/);
     expect(Date.now() - started).toBeLessThan(20_000);
-    const bad = await runCli(['restore', chain[0]!.uuid, '--via-catalog', '--host', 'h1', '--to', '/restore/t', '--wait', '--timeout', 'soon', '--catalog', catalog.url], {});
+    const bad = await runCli(['restore', chain[0]!.uuid, '--via-catalog', '--host', 'h1', '--to', '/restore/t', '--wait', '--timeout', 'soon', '--catalog', catalog.url, '--catalog-token', catalog.token], {});
     expect(bad.code).toBe(2);
     expect(bad.stderr.toString()).toMatch(/--timeout must be a positive duration/);
   });

@@ -104,7 +104,7 @@ describe('embedded catalogue: a host replays another host\'s archive under its o
     dir = mkdtempSync(join(tmpdir(), 'cowstream-hijack-'));
     s3 = await startEmbeddedS3({ dir: join(dir, 's3') });
     catalog = await startEmbeddedCatalog({ stateDir: dir, s3, logger: 'quiet' });
-    client = new CatalogClient({ url: catalog.url });
+    client = new CatalogClient({ url: catalog.url, token: catalog.token });
   });
   afterAll(async () => {
     await catalog?.close();
