@@ -104,6 +104,14 @@ export type RunState = Run;
  */
 export class BackupManager implements ControlBackend {
   private run: Run | null = null;
+  /**
+   * A POST /backups between its first line and the moment its run exists
+   * (reading config files and the key file takes awaits). Taken
+   * synchronously, so of two concurrent requests exactly one proceeds;
+   * cancel() and shutdown() see it too.
+   */
+  private starting: { cancelRequested: boolean; settled: Promise<void> } | null = null;
+  private stopping = false;
 
   constructor(
     private readonly ctx: {
@@ -168,8 +176,17 @@ export class BackupManager implements ControlBackend {
   }
 
   async cancel(): Promise<BackupStatus> {
+    const pending = this.starting;
+    if (pending && this.run?.status.status !== 'active') {
+      // The winning request has not created its run yet: it sees the flag and ends as cancelled.
+      pending.cancelRequested = true;
+      await pending.settled;
+    }
     const run = this.run;
-    if (!run || run.status.status !== 'active') throw new ConflictError('no backup is running');
+    if (!run || run.status.status !== 'active') {
+      if (pending && run) return this.current()!;
+      throw new ConflictError('no backup is running');
+    }
     this.requestCancel(run, 'backup cancelled');
     // Wait (bounded) for the bitmaps to be reclaimed so the answer is final.
     await Promise.race([run.finished, new Promise((r) => setTimeout(r, 10_000).unref())]);
@@ -178,6 +195,12 @@ export class BackupManager implements ControlBackend {
 
   /** Cancels a running backup and waits for it to be fully wound down (clean shutdown). */
   async shutdown(): Promise<void> {
+    this.stopping = true;
+    const pending = this.starting;
+    if (pending) {
+      pending.cancelRequested = true;
+      await pending.settled;
+    }
     const run = this.run;
     if (!run) return;
     if (run.status.status === 'active') this.requestCancel(run, 'backup cancelled: the agent is stopping');
@@ -199,12 +222,32 @@ export class BackupManager implements ControlBackend {
   }
 
   async startBackup(req: BackupRequest): Promise<BackupStatus> {
+    // Everything up to taking the slot is synchronous: no await before `this.starting` is set.
+    if (this.stopping) throw new ConflictError('the agent is stopping; no new backup can start');
+    if (this.starting) throw new ConflictError('another backup is starting; cancel it or wait (GET /backups/current)');
     if (this.run?.status.status === 'active') {
       throw new ConflictError(`backup ${this.run.status.uuid} is still running; cancel it or wait (GET /backups/current)`);
     }
-    const sel = this.selectDisks(req.disks);
-    if (sel.kind === 'qemu') return this.startQemuBackup(req, sel.host, sel.drives);
-    const disks = sel.disks;
+    let settle!: () => void;
+    const slot = { cancelRequested: false, settled: new Promise<void>((r) => (settle = r)) };
+    this.starting = slot;
+    try {
+      const sel = this.selectDisks(req.disks);
+      if (sel.kind === 'qemu') return await this.startQemuBackup(req, sel.host, sel.drives, slot);
+      return await this.startFileBackup(req, sel.disks, slot);
+    } finally {
+      this.starting = null;
+      settle();
+    }
+  }
+
+  /** Makes `run` the current one; a cancel that reached the start slot first applies to it. */
+  private adopt(run: Run, slot: { cancelRequested: boolean }): void {
+    this.run = run; // from here on a second request gets 409
+    if (slot.cancelRequested) this.requestCancel(run, 'backup cancelled before it started');
+  }
+
+  private async startFileBackup(req: BackupRequest, disks: AgentDisk[], slot: { cancelRequested: boolean }): Promise<BackupStatus> {
     const names = disks.map((d) => d.name);
 
     // Mode: an incremental needs valid bitmaps on every disk and one common parent archive.
@@ -227,7 +270,7 @@ export class BackupManager implements ControlBackend {
 
     const uuid = uuidv7();
     const { run, resolveFinished } = newRun(req, { uuid, mode, modeReason, parentUuid, disks: names, abort: null });
-    this.run = run; // from here on a second request gets 409
+    this.adopt(run, slot);
     if (modeReason) this.ctx.log.warn('incremental downgraded to full', { uuid, reason: modeReason });
 
     let onStarted!: () => void;
@@ -292,7 +335,7 @@ export class BackupManager implements ControlBackend {
   }
 
   /** Pull-mode backup of QEMU drives; same run bookkeeping, status and targets as file disks. */
-  private async startQemuBackup(req: BackupRequest, host: QemuHost, drives: { node: string; name: string }[]): Promise<BackupStatus> {
+  private async startQemuBackup(req: BackupRequest, host: QemuHost, drives: { node: string; name: string }[], slot: { cancelRequested: boolean }): Promise<BackupStatus> {
     if (req.speed !== undefined) throw new BackupRequestError('speed', 'speed: not supported for QEMU drives (QEMU\'s NBD export is read as fast as the archive accepts it)');
     if (req.fleecing !== undefined) throw new BackupRequestError('fleecing', `fleecing: not accepted for QEMU drives; their fleecing images go to qemu[${host.index}].fleecingDir of the agent config (at most the drive size each)`);
     if (req.onCbwError === 'break-guest-write') throw new BackupRequestError('onCbwError', 'onCbwError: QEMU pull mode always breaks the snapshot, never a guest write');
@@ -300,7 +343,7 @@ export class BackupManager implements ControlBackend {
 
     const uuid = uuidv7();
     const { run, resolveFinished } = newRun(req, { uuid, mode: req.mode, modeReason: undefined, parentUuid: null, disks: drives.map((d) => d.name), abort: new AbortController() });
-    this.run = run; // from here on a second request gets 409
+    this.adopt(run, slot);
     if (req.target.kind === 'stream') {
       // The answer goes out before QEMU is asked (the header waits for the reader):
       // predict the mode from the bitmaps now; the status is corrected at the snapshot point.
