@@ -3,7 +3,7 @@ import { describeError } from '../errors.js';
 import { FileDevice } from '../device/file-device.js';
 import { CbwDevice, DirtyBitmapStore } from '../cbw/index.js';
 import { NbdServer, type NbdExport } from '../nbd/index.js';
-import { createS3Client, normalizePrefix } from '../store/config.js';
+import { createS3Client, normalizePrefix, resolveS3Timeouts } from '../store/config.js';
 import { embeddedS3Dir, startEmbeddedS3, type EmbeddedS3 } from '../store/embedded-s3.js';
 import type { AgentConfig } from './config.js';
 import { ControlServer } from './control-server.js';
@@ -143,6 +143,8 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       ...(opts.wrapClusterSink ? { wrapClusterSink: opts.wrapClusterSink } : {}),
       qemu: qemuHosts,
       qemuHistory,
+      // A cancelled upload's cleanup is bounded by store.timeouts.cleanupMs; the answer waits for it.
+      cancelWaitMs: resolveS3Timeouts(config.store?.timeouts).cleanupMs + 5_000,
       info: () => ({
         hostId: config.hostId,
         pid: process.pid,

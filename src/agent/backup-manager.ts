@@ -127,6 +127,8 @@ export class BackupManager implements ControlBackend {
       /** QEMU processes of the config (`qemu[]`), backed up in pull mode. */
       qemu?: QemuHost[];
       qemuHistory?: QemuBackupHistory;
+      /** How long POST /backups/current/cancel waits for the backup to wind down (default 10 s). */
+      cancelWaitMs?: number;
     },
   ) {}
 
@@ -189,7 +191,9 @@ export class BackupManager implements ControlBackend {
     }
     this.requestCancel(run, 'backup cancelled');
     // Wait (bounded) for the bitmaps to be reclaimed so the answer is final.
-    await Promise.race([run.finished, new Promise((r) => setTimeout(r, 10_000).unref())]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([run.finished, new Promise((r) => (timer = setTimeout(r, this.ctx.cancelWaitMs ?? 10_000)))]);
+    clearTimeout(timer);
     return this.current()!;
   }
 

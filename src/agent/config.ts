@@ -3,6 +3,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { firstIssuePath, formatZodIssues } from './zod-errors.js';
+import type { S3Timeouts } from '../store/config.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
 export class AgentConfigError extends ConfigError {
@@ -33,12 +34,20 @@ const diskSchema = z.strictObject({
   readOnly: z.boolean().optional(),
 });
 
+/** `store.timeouts` (src/store/config.ts S3Timeouts; docs/agent.md). */
+const storeTimeoutsSchema = z.strictObject({
+  connectMs: z.number().int().min(100).max(600_000).optional(),
+  requestMs: z.number().int().min(100).max(3_600_000).optional(),
+  cleanupMs: z.number().int().min(100).max(3_600_000).optional(),
+});
+
 const storeSchema = z.strictObject({
   bucket: z.string().min(3).max(63),
   prefix: z.string().default(''),
   region: z.string().min(1).optional(),
   endpoint: z.string().url().optional(),
   forcePathStyle: z.boolean().optional(),
+  timeouts: storeTimeoutsSchema.optional(),
 });
 
 /**
@@ -170,7 +179,7 @@ export interface AgentConfig {
   disks: DiskConfig[];
   nbd: { host: string; port: number; socket?: string };
   control: { socket: string };
-  store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean };
+  store?: { bucket: string; prefix: string; region?: string; endpoint?: string; forcePathStyle?: boolean; timeouts?: Partial<S3Timeouts> };
   catalog?: { url: string } | { embedded: true; port?: number };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
   /** QEMU processes backed up in pull mode (empty when none). */
@@ -229,7 +238,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     disks,
     nbd: { host, port, ...(raw.nbd.socket !== undefined ? { socket: abs(raw.nbd.socket) } : {}) },
     control: { socket: raw.control?.socket !== undefined ? abs(raw.control.socket) : join(stateDir, 'agent.sock') },
-    ...(raw.store !== undefined ? { store: { ...raw.store } } : {}),
+    ...(raw.store !== undefined ? { store: { ...raw.store, ...(raw.store.timeouts ? { timeouts: definedOnly(raw.store.timeouts) } : {}) } } : {}),
     ...(catalog !== undefined ? { catalog } : {}),
     restore: {
       allowedDirs: (raw.restore?.allowedDirs ?? []).map(abs),
@@ -240,6 +249,11 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     logLevel: raw.log?.level ?? 'info',
     warnings,
   };
+}
+
+/** Drops undefined fields (exactOptionalPropertyTypes). */
+function definedOnly<T extends object>(o: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
 }
 
 /** Reads and validates an agent config file (JSON). */

@@ -22,6 +22,8 @@ export interface StoreConfig {
   forcePathStyle?: boolean;
   /** Static credentials (the embedded s3rver uses S3RVER/S3RVER); otherwise the SDK default chain. */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** Network timeouts (see S3Timeouts); every field defaults. */
+  timeouts?: Partial<S3Timeouts>;
 }
 
 export interface S3ClientOptions {
@@ -51,7 +53,9 @@ export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env
   // "node >= 22 after January 2027" notice would otherwise print on every CLI run.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const endpoint = effectiveEndpoint(cfg, env);
+  const timeouts = resolveS3Timeouts(cfg.timeouts);
   const config: S3ClientConfig = {
+    requestHandler: s3RequestHandler(timeouts),
     maxAttempts: opts.maxAttempts ?? 5,
     requestChecksumCalculation: opts.requestChecksumCalculation ?? 'WHEN_REQUIRED',
     forcePathStyle: cfg.forcePathStyle ?? endpoint !== undefined,
@@ -63,8 +67,49 @@ export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env
   else if (endpoint !== undefined) config.region = 'us-east-1';
   if (cfg.credentials) config.credentials = cfg.credentials;
   const client = new S3Client(config);
+  clientTimeouts.set(client, timeouts);
   if (endpoint !== undefined && isLoopback(endpoint)) unsignedPayloadOnLoopback(client);
   return client;
+}
+
+// ───────────────────────────── S3 timeouts ─────────────────────────────
+// An endpoint that accepts connections and never answers must not hang a
+// backup, a cancel or a shutdown. The SDK sets no timeout by default.
+
+/** Network timeouts of an S3 client (agent config `store.timeouts`, docs/agent.md). */
+export interface S3Timeouts {
+  /** TCP (and TLS) connection establishment, per attempt. */
+  connectMs: number;
+  /**
+   * A request fails when its socket has been silent this long (nothing sent
+   * or received), per attempt. An inactivity bound, not a total: a large
+   * part upload that keeps moving is never cut off.
+   */
+  requestMs: number;
+  /**
+   * Total time a cleanup (AbortMultipartUpload of a failed or cancelled
+   * upload, retries included) may take before it is given up with a warning.
+   */
+  cleanupMs: number;
+}
+
+export const DEFAULT_S3_TIMEOUTS: Readonly<S3Timeouts> = { connectMs: 10_000, requestMs: 60_000, cleanupMs: 30_000 };
+
+export function resolveS3Timeouts(t: Partial<S3Timeouts> | undefined): S3Timeouts {
+  return { ...DEFAULT_S3_TIMEOUTS, ...t };
+}
+
+/** NodeHttpHandler options for the timeouts (also for S3 clients not made by createS3Client). */
+export function s3RequestHandler(t: Partial<S3Timeouts> | undefined): { connectionTimeout: number; socketTimeout: number } {
+  const r = resolveS3Timeouts(t);
+  return { connectionTimeout: r.connectMs, socketTimeout: r.requestMs };
+}
+
+const clientTimeouts = new WeakMap<S3Client, S3Timeouts>();
+
+/** The timeouts a client was made with (defaults for clients made elsewhere). */
+export function timeoutsOf(client: S3Client): S3Timeouts {
+  return clientTimeouts.get(client) ?? { ...DEFAULT_S3_TIMEOUTS };
 }
 
 /** True for http(s)://127.x / localhost / [::1] endpoints. */
