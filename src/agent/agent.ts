@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { describeError } from '../errors.js';
 import { FileDevice } from '../device/file-device.js';
-import { CbwDevice, DirtyBitmapStore } from '../cbw/index.js';
+import { CbwDevice, DirtyBitmapStore, fingerprintOf, replacedImage } from '../cbw/index.js';
 import { NbdServer, type NbdExport } from '../nbd/index.js';
 import { createS3Client, normalizePrefix, resolveS3Timeouts } from '../store/config.js';
 import { embeddedS3Dir, startEmbeddedS3, type EmbeddedS3 } from '../store/embedded-s3.js';
@@ -72,12 +72,20 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       const raw = await FileDevice.open(d.path, { readOnly: d.readOnly });
       cleanups.push(() => raw.close());
       const dirty = await bitmaps.open({ name: d.name, path: d.path, size: raw.size });
+      // The identity of the file we have open, compared with the path's at
+      // every backup start and at shutdown: a file renamed over the path must
+      // not inherit this disk's bitmap.
+      const openFingerprint = async () => fingerprintOf(await raw.openStat(), raw.size);
+      const replaced = async (): Promise<string | null> => replacedImage(d.path, await openFingerprint());
       // A failed start must not leave the bitmap marked 'running' forever: but
       // the disk may have been written meanwhile only through us, and nothing
       // was, so recording a clean state is correct.
-      cleanups.push(() => dirty.shutdown());
+      cleanups.push(async () => {
+        const why = await dirty.shutdown(await openFingerprint());
+        if (why) log.error('disk image replaced: its dirty bitmap is invalid, the next backup is full', { disk: d.name, reason: why });
+      });
       const device = new CbwDevice(raw, { deviceId: id, dirty });
-      disks.push({ id, name: d.name, path: d.path, device, dirty });
+      disks.push({ id, name: d.name, path: d.path, device, dirty, replaced });
       const st = dirty.status();
       log.info('disk opened', { disk: d.name, path: d.path, size: raw.size, bitmap: st.valid ? 'valid' : 'invalid', ...(st.valid ? { dirtyBytes: st.dirtyBytes } : { reason: st.invalidReason }) });
     }

@@ -30,6 +30,8 @@ export interface AgentDisk {
   path: string;
   device: CbwDevice;
   dirty: PersistentDirtyBitmap;
+  /** Why the file at `path` is no longer the one the agent has open (null: it is). */
+  replaced?: () => Promise<string | null>;
 }
 
 /** Embedded config files are small text files; bound what a request can make us read. */
@@ -253,6 +255,7 @@ export class BackupManager implements ControlBackend {
 
   private async startFileBackup(req: BackupRequest, disks: AgentDisk[], slot: { cancelRequested: boolean }): Promise<BackupStatus> {
     const names = disks.map((d) => d.name);
+    await this.checkImages(disks);
 
     // Mode: an incremental needs valid bitmaps on every disk and one common parent archive.
     let mode = req.mode;
@@ -390,6 +393,21 @@ export class BackupManager implements ControlBackend {
       throw e instanceof CowstreamError ? e : new BackupError(`backup could not start: ${describeError(e)}`, { cause: e });
     }
     return this.current()!;
+  }
+
+  /**
+   * A disk image replaced behind the agent's back (another file renamed over
+   * its path) is backed up from the file the agent has open, but its bitmap
+   * no longer describes what the path holds: invalidate it so this and the
+   * next backup are full, and say so loudly.
+   */
+  private async checkImages(disks: AgentDisk[]): Promise<void> {
+    for (const d of disks) {
+      const why = await d.replaced?.().catch((err: unknown) => `cannot check disk image ${d.path}: ${describeError(err)}`);
+      if (!why) continue;
+      if (d.dirty.invalidReason !== why) this.ctx.log.error('disk image replaced: its dirty bitmap is invalid, the next backup is full', { disk: d.name, reason: why });
+      d.dirty.invalidate(why);
+    }
   }
 
   /** Config blobs and key of a request, and a check that its target exists (same for file disks and QEMU drives). */
