@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
@@ -202,6 +202,10 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
   const raw: RawConfig = parsed.data;
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
 
+  // Two entries on one file (same path, a symlink or a hard link to it, or two
+  // nodes of one block device) would let writes through one export bypass the
+  // other's copy-before-write and dirty bitmap.
+  const seenFiles = new Map<string, number>();
   const disks: DiskConfig[] = raw.disks.map((d, i) => {
     const path = abs(d.path);
     let st;
@@ -213,6 +217,16 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     if (!st.isFile() && !st.isBlockDevice()) {
       throw new AgentConfigError(`disks[${i}].path`, `invalid agent config: disks[${i}].path: "${path}" is not a regular file or block device`);
     }
+    const identity = st.isBlockDevice() ? `blk:${st.rdev}` : `file:${st.dev}:${st.ino}`;
+    const prev = seenFiles.get(identity);
+    if (prev !== undefined) {
+      const p = raw.disks[prev]!;
+      throw new AgentConfigError(
+        `disks[${i}].path`,
+        `invalid agent config: disks[${i}].path: disks[${i}] "${d.name}" (${path}) and disks[${prev}] "${p.name}" (${abs(p.path)}) are the same ${st.isBlockDevice() ? 'block device' : 'file'} (${realpathOrSelf(path)}); each disk may be listed once`,
+      );
+    }
+    seenFiles.set(identity, i);
     return { name: d.name, path, readOnly: d.readOnly ?? false };
   });
 
@@ -249,6 +263,14 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     logLevel: raw.log?.level ?? 'info',
     warnings,
   };
+}
+
+function realpathOrSelf(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
+  }
 }
 
 /** Drops undefined fields (exactOptionalPropertyTypes). */
