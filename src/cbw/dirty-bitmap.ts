@@ -8,7 +8,7 @@
  * The header holds the disk identity (path, size, fingerprint of the disk
  * file at the last clean shutdown: size, mtime, inode, device), validity and
  * `state`: 'running' while an agent has the bitmap open, 'clean' after a
- * clean shutdown. Writes are atomic (temp file + fsync + rename).
+ * clean shutdown. Writes are atomic and durable (src/device/durable.ts).
  *
  * On open the bitmap is INVALID (next backup must be full; reason kept) when:
  *   - no full backup has succeeded yet (tracking starts with the first full),
@@ -21,9 +21,10 @@
  * from then on is detectable.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CLUSTER_SIZE } from '../format/constants.js';
+import { writeFileAtomic } from '../device/durable.js';
 import { describeError, UsageError } from '../errors.js';
 import { Bitmap, clusterCount } from './bitmap.js';
 import { BackupBusyError, BitmapFormatError, BitmapInvalidError } from './errors.js';
@@ -152,24 +153,6 @@ function decodeFile(buf: Buffer): { header: BitmapHeader; bits: Bitmap } {
   }
   const bits = Bitmap.deserialize(body.subarray(hstart + hlen));
   return { header, bits };
-}
-
-/** Atomic replace: write a temp file, fsync it, rename over the target. */
-async function writeAtomic(path: string, data: Buffer): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw err;
-  }
 }
 
 export class PersistentDirtyBitmap implements DirtyTracker {
@@ -325,7 +308,7 @@ export class PersistentDirtyBitmap implements DirtyTracker {
   /** Persists the current state (serialized with other saves of this bitmap). */
   async persist(state: 'running' | 'clean' = 'running', fingerprint: DiskFingerprint | null = null): Promise<void> {
     const data = encodeFile(this.header(state, fingerprint), this.snapshot());
-    const next = this.saving.then(() => writeAtomic(this.file, data));
+    const next = this.saving.then(() => writeFileAtomic(this.file, data));
     this.saving = next.catch(() => undefined);
     await next;
   }

@@ -9,6 +9,8 @@
  */
 import { type FileHandle, link, open, rename, stat, unlink } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
+import { dirname } from 'node:path';
+import { fsyncDir } from '../device/durable.js';
 import { ConflictError, NotFoundError, StoreError, TruncatedArchiveError } from '../errors.js';
 import type { ByteSink, RangeSource } from '../format/sink.js';
 
@@ -95,6 +97,8 @@ export class FileByteSink implements ByteSink {
         await link(partial, this.path);
         await unlink(partial);
       }
+      // The new name is durable only once its directory is.
+      await fsyncDir(dirname(this.path));
     } catch (err) {
       await unlink(partial).catch(() => undefined);
       throw ioError(err, this.path);
