@@ -33,6 +33,7 @@ export async function lockStateDir(stateDir: string): Promise<() => Promise<void
   try {
     if (!(await flockExclusive(fh.fd))) {
       const owner = (await fh.readFile('utf8').catch(() => '')).trim();
+      if (owner === String(process.pid)) throw new ConflictError(`this process already runs an agent on state directory ${stateDir}`);
       throw new ConflictError(`another agent${/^\d+$/.test(owner) ? ` (pid ${owner})` : ''} is using state directory ${stateDir}`);
     }
     await fh.truncate(0);

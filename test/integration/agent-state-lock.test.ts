@@ -129,7 +129,7 @@ describe('state directory lock', () => {
     const won = results.filter((r) => r.status === 'fulfilled') as PromiseFulfilledResult<() => Promise<void>>[];
     expect(won).toHaveLength(1);
     for (const r of results) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(ConflictError);
-    await expect(lockStateDir(tmp.dir)).rejects.toThrow(/another agent \(pid \d+\)/);
+    await expect(lockStateDir(tmp.dir)).rejects.toThrow(/this process already runs an agent/);
     await won[0]!.value();
     const again = await lockStateDir(tmp.dir);
     const { stat } = await import('node:fs/promises');
