@@ -215,14 +215,16 @@ export class BackupManager implements ControlBackend {
 
   async cancel(): Promise<BackupStatus> {
     const pending = this.starting;
-    if (pending && this.run?.status.status !== 'active') {
+    const previous = this.run;
+    if (pending && previous?.status.status !== 'active') {
       // The winning request has not created its run yet: it sees the flag and ends as cancelled.
       pending.cancelRequested = true;
       await pending.settled;
     }
     const run = this.run;
     if (!run || run.status.status !== 'active') {
-      if (pending && run) return this.current()!;
+      // A start that was cancelled before its run was active ended as that run; one that failed left none.
+      if (pending && run && run !== previous) return this.current()!;
       throw new ConflictError('no backup is running');
     }
     this.requestCancel(run, 'backup cancelled');
