@@ -1,9 +1,9 @@
 import { mkdir } from 'node:fs/promises';
 import { describeError } from '../errors.js';
 import { FileDevice } from '../device/file-device.js';
-import { CbwDevice, DirtyBitmapStore } from '../cbw/index.js';
+import { CbwDevice, DirtyBitmapStore, fingerprintOf, replacedImage } from '../cbw/index.js';
 import { NbdServer, type NbdExport, type NbdServerOptions } from '../nbd/index.js';
-import { normalizePrefix } from '../store/config.js';
+import { normalizePrefix, resolveS3Timeouts } from '../store/config.js';
 import { createS3Client } from '../store/s3-client.js';
 import { resolveChecksumPolicy } from '../store/upload-options.js';
 import { embeddedS3Dir, startEmbeddedS3, type EmbeddedS3 } from '../store/embedded-s3.js';
@@ -94,12 +94,20 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       cleanups.push(() => file.close());
       const raw = opts.wrapDevice ? opts.wrapDevice(file, d.name) : file;
       const dirty = await bitmaps.open({ name: d.name, path: d.path, size: raw.size });
+      // The identity of the file we have open, compared with the path's at
+      // every backup start and at shutdown: a file renamed over the path must
+      // not inherit this disk's bitmap.
+      const openFingerprint = async () => fingerprintOf(await file.openStat(), file.size);
+      const replaced = async (): Promise<string | null> => replacedImage(d.path, await openFingerprint());
       // A failed start must not leave the bitmap marked 'running' forever: but
       // the disk may have been written meanwhile only through us, and nothing
       // was, so recording a clean state is correct.
-      cleanups.push(() => dirty.shutdown());
+      cleanups.push(async () => {
+        const why = await dirty.shutdown(await openFingerprint());
+        if (why) log.error('disk image replaced: its dirty bitmap is invalid, the next backup is full', { disk: d.name, reason: why });
+      });
       const device = new CbwDevice(raw, { deviceId: id, dirty });
-      disks.push({ id, name: d.name, path: d.path, device, dirty });
+      disks.push({ id, name: d.name, path: d.path, device, dirty, replaced });
       const st = dirty.status();
       log.info('disk opened', { disk: d.name, path: d.path, size: raw.size, bitmap: st.valid ? 'valid' : 'invalid', ...(st.valid ? { dirtyBytes: st.dirtyBytes } : { reason: st.invalidReason }) });
     }
@@ -173,6 +181,8 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       ...(opts.wrapClusterSink ? { wrapClusterSink: opts.wrapClusterSink } : {}),
       qemu: qemuHosts,
       qemuHistory,
+      // A cancelled upload's cleanup is bounded by store.timeouts.cleanupMs; the answer waits for it.
+      cancelWaitMs: resolveS3Timeouts(config.store?.timeouts).cleanupMs + 5_000,
       info: () => ({
         hostId: config.hostId,
         pid: process.pid,

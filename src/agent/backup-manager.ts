@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
-import { readFile, stat } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { v7 as uuidv7 } from 'uuid';
 import { BackupCancelledError, BackupError, ConflictError, CowstreamError, UsageError, describeError } from '../errors.js';
@@ -30,10 +31,45 @@ export interface AgentDisk {
   path: string;
   device: CbwDevice;
   dirty: PersistentDirtyBitmap;
+  /** Why the file at `path` is no longer the one the agent has open (null: it is). */
+  replaced?: () => Promise<string | null>;
 }
 
 /** Embedded config files are small text files; bound what a request can make us read. */
 const MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Reads one config file named by a request: the final component is not
+ * followed if it is a symlink (O_NOFOLLOW), a FIFO or device cannot block or
+ * feed us (O_NONBLOCK, then fstat of what was opened must be a regular
+ * file), and at most its fstat size (<= MAX_CONFIG_FILE_BYTES) is read.
+ */
+async function readConfigFile(p: string): Promise<Buffer> {
+  let fh;
+  try {
+    fh = await open(p, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new Error('is a symlink (not followed)', { cause: err });
+    throw err;
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new Error('not a regular file');
+    if (st.size > MAX_CONFIG_FILE_BYTES) throw new Error(`larger than ${MAX_CONFIG_FILE_BYTES} bytes`);
+    // One byte more than fstat said: filling it means the file grew while we read it.
+    const buf = Buffer.alloc(st.size + 1);
+    let n = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+      if (n === buf.length) throw new Error('changed while it was read');
+    }
+    return Buffer.from(buf.subarray(0, n));
+  } finally {
+    await fh.close();
+  }
+}
 
 interface Run {
   status: BackupStatus;
@@ -104,6 +140,14 @@ export type RunState = Run;
  */
 export class BackupManager implements ControlBackend {
   private run: Run | null = null;
+  /**
+   * A POST /backups between its first line and the moment its run exists
+   * (reading config files and the key file takes awaits). Taken
+   * synchronously, so of two concurrent requests exactly one proceeds;
+   * cancel() and shutdown() see it too.
+   */
+  private starting: { cancelRequested: boolean; settled: Promise<void> } | null = null;
+  private stopping = false;
 
   constructor(
     private readonly ctx: {
@@ -121,6 +165,8 @@ export class BackupManager implements ControlBackend {
       /** QEMU processes of the config (`qemu[]`), backed up in pull mode. */
       qemu?: QemuHost[];
       qemuHistory?: QemuBackupHistory;
+      /** How long POST /backups/current/cancel waits for the backup to wind down (default 10 s). */
+      cancelWaitMs?: number;
     },
   ) {}
 
@@ -170,16 +216,35 @@ export class BackupManager implements ControlBackend {
   }
 
   async cancel(): Promise<BackupStatus> {
+    const pending = this.starting;
+    const previous = this.run;
+    if (pending && previous?.status.status !== 'active') {
+      // The winning request has not created its run yet: it sees the flag and ends as cancelled.
+      pending.cancelRequested = true;
+      await pending.settled;
+    }
     const run = this.run;
-    if (!run || run.status.status !== 'active') throw new ConflictError('no backup is running');
+    if (!run || run.status.status !== 'active') {
+      // A start that was cancelled before its run was active ended as that run; one that failed left none.
+      if (pending && run && run !== previous) return this.current()!;
+      throw new ConflictError('no backup is running');
+    }
     this.requestCancel(run, 'backup cancelled');
     // Wait (bounded) for the bitmaps to be reclaimed so the answer is final.
-    await Promise.race([run.finished, new Promise((r) => setTimeout(r, 10_000).unref())]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([run.finished, new Promise((r) => (timer = setTimeout(r, this.ctx.cancelWaitMs ?? 10_000)))]);
+    clearTimeout(timer);
     return this.current()!;
   }
 
   /** Cancels a running backup and waits for it to be fully wound down (clean shutdown). */
   async shutdown(): Promise<void> {
+    this.stopping = true;
+    const pending = this.starting;
+    if (pending) {
+      pending.cancelRequested = true;
+      await pending.settled;
+    }
     const run = this.run;
     if (!run) return;
     if (run.status.status === 'active') this.requestCancel(run, 'backup cancelled: the agent is stopping');
@@ -201,13 +266,34 @@ export class BackupManager implements ControlBackend {
   }
 
   async startBackup(req: BackupRequest): Promise<BackupStatus> {
+    // Everything up to taking the slot is synchronous: no await before `this.starting` is set.
+    if (this.stopping) throw new ConflictError('the agent is stopping; no new backup can start');
+    if (this.starting) throw new ConflictError('another backup is starting; cancel it or wait (GET /backups/current)');
     if (this.run?.status.status === 'active') {
       throw new ConflictError(`backup ${this.run.status.uuid} is still running; cancel it or wait (GET /backups/current)`);
     }
-    const sel = this.selectDisks(req.disks);
-    if (sel.kind === 'qemu') return this.startQemuBackup(req, sel.host, sel.drives);
-    const disks = sel.disks;
+    let settle!: () => void;
+    const slot = { cancelRequested: false, settled: new Promise<void>((r) => (settle = r)) };
+    this.starting = slot;
+    try {
+      const sel = this.selectDisks(req.disks);
+      if (sel.kind === 'qemu') return await this.startQemuBackup(req, sel.host, sel.drives, slot);
+      return await this.startFileBackup(req, sel.disks, slot);
+    } finally {
+      this.starting = null;
+      settle();
+    }
+  }
+
+  /** Makes `run` the current one; a cancel that reached the start slot first applies to it. */
+  private adopt(run: Run, slot: { cancelRequested: boolean }): void {
+    this.run = run; // from here on a second request gets 409
+    if (slot.cancelRequested) this.requestCancel(run, 'backup cancelled before it started');
+  }
+
+  private async startFileBackup(req: BackupRequest, disks: AgentDisk[], slot: { cancelRequested: boolean }): Promise<BackupStatus> {
     const names = disks.map((d) => d.name);
+    await this.checkImages(disks);
 
     // Mode: an incremental needs valid bitmaps on every disk and one common parent archive.
     let mode = req.mode;
@@ -229,7 +315,7 @@ export class BackupManager implements ControlBackend {
 
     const uuid = uuidv7();
     const { run, resolveFinished } = newRun(req, { uuid, mode, modeReason, parentUuid, disks: names, abort: null });
-    this.run = run; // from here on a second request gets 409
+    this.adopt(run, slot);
     if (modeReason) this.ctx.log.warn('incremental downgraded to full', { uuid, reason: modeReason });
 
     let onStarted!: () => void;
@@ -294,7 +380,7 @@ export class BackupManager implements ControlBackend {
   }
 
   /** Pull-mode backup of QEMU drives; same run bookkeeping, status and targets as file disks. */
-  private async startQemuBackup(req: BackupRequest, host: QemuHost, drives: { node: string; name: string }[]): Promise<BackupStatus> {
+  private async startQemuBackup(req: BackupRequest, host: QemuHost, drives: { node: string; name: string }[], slot: { cancelRequested: boolean }): Promise<BackupStatus> {
     if (req.speed !== undefined) throw new BackupRequestError('speed', 'speed: not supported for QEMU drives (QEMU\'s NBD export is read as fast as the archive accepts it)');
     if (req.fleecing !== undefined) throw new BackupRequestError('fleecing', `fleecing: not accepted for QEMU drives; their fleecing images go to qemu[${host.index}].fleecingDir of the agent config (at most the drive size each)`);
     if (req.onCbwError === 'break-guest-write') throw new BackupRequestError('onCbwError', 'onCbwError: QEMU pull mode always breaks the snapshot, never a guest write');
@@ -302,7 +388,7 @@ export class BackupManager implements ControlBackend {
 
     const uuid = uuidv7();
     const { run, resolveFinished } = newRun(req, { uuid, mode: req.mode, modeReason: undefined, parentUuid: null, disks: drives.map((d) => d.name), abort: new AbortController() });
-    this.run = run; // from here on a second request gets 409
+    this.adopt(run, slot);
     if (req.target.kind === 'stream') {
       // The answer goes out before QEMU is asked (the header waits for the reader):
       // predict the mode from the bitmaps now; the status is corrected at the snapshot point.
@@ -347,6 +433,21 @@ export class BackupManager implements ControlBackend {
     return this.current()!;
   }
 
+  /**
+   * A disk image replaced behind the agent's back (another file renamed over
+   * its path) is backed up from the file the agent has open, but its bitmap
+   * no longer describes what the path holds: invalidate it so this and the
+   * next backup are full, and say so loudly.
+   */
+  private async checkImages(disks: AgentDisk[]): Promise<void> {
+    for (const d of disks) {
+      const why = await d.replaced?.().catch((err: unknown) => `cannot check disk image ${d.path}: ${describeError(err)}`);
+      if (!why) continue;
+      if (d.dirty.invalidReason !== why) this.ctx.log.error('disk image replaced: its dirty bitmap is invalid, the next backup is full', { disk: d.name, reason: why });
+      d.dirty.invalidate(why);
+    }
+  }
+
   /** Config blobs and key of a request, and a check that its target exists (same for file disks and QEMU drives). */
   private async archiveInputs(req: BackupRequest): Promise<{ configs: { name: string; data: Buffer }[]; encryptionKey: Buffer | undefined }> {
     const configs = await this.readConfigFiles(req.configFiles ?? []);
@@ -370,10 +471,7 @@ export class BackupManager implements ControlBackend {
     for (let i = 0; i < paths.length; i++) {
       const p = paths[i]!;
       try {
-        const st = await stat(p);
-        if (!st.isFile()) throw new Error('not a regular file');
-        if (st.size > MAX_CONFIG_FILE_BYTES) throw new Error(`larger than ${MAX_CONFIG_FILE_BYTES} bytes`);
-        out.push({ name: basename(p), data: await readFile(p) });
+        out.push({ name: basename(p), data: await readConfigFile(p) });
       } catch (err) {
         throw new BackupRequestError(`configFiles[${i}]`, `configFiles[${i}]: cannot read "${p}": ${(err as Error).message}`);
       }

@@ -1,10 +1,11 @@
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { firstIssuePath, formatZodIssues } from './zod-errors.js';
 import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
 import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-config.js';
+import type { S3Timeouts } from '../store/config.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
 export class AgentConfigError extends ConfigError {
@@ -30,6 +31,13 @@ const diskSchema = z.strictObject({
   readOnly: z.boolean().optional(),
 });
 
+/** `store.timeouts` (src/store/config.ts S3Timeouts; docs/agent.md). */
+const storeTimeoutsSchema = z.strictObject({
+  connectMs: z.number().int().min(100).max(600_000).optional(),
+  requestMs: z.number().int().min(100).max(3_600_000).optional(),
+  cleanupMs: z.number().int().min(100).max(3_600_000).optional(),
+});
+
 const storeSchema = z.strictObject({
   bucket: z.string().min(3).max(63),
   prefix: z.string().default(''),
@@ -40,6 +48,7 @@ const storeSchema = z.strictObject({
   ...checksumPolicySchema,
   /** Storage class, SSE-S3/SSE-KMS, Object Lock, part checksum algorithm (docs/s3-and-restore.md). */
   upload: uploadOptionsSchema.optional(),
+  timeouts: storeTimeoutsSchema.optional(),
 });
 
 /**
@@ -182,6 +191,7 @@ export interface AgentConfig {
     requestChecksumCalculation?: ChecksumMode;
     responseChecksumValidation?: ChecksumMode;
     upload?: UploadOptions;
+    timeouts?: Partial<S3Timeouts>;
   };
   catalog?: { url: string; tokenFile?: string } | { embedded: true; port?: number };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
@@ -207,6 +217,10 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
   const raw: RawConfig = parsed.data;
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
 
+  // Two entries on one file (same path, a symlink or a hard link to it, or two
+  // nodes of one block device) would let writes through one export bypass the
+  // other's copy-before-write and dirty bitmap.
+  const seenFiles = new Map<string, number>();
   const disks: DiskConfig[] = raw.disks.map((d, i) => {
     const path = abs(d.path);
     let st;
@@ -218,6 +232,16 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     if (!st.isFile() && !st.isBlockDevice()) {
       throw new AgentConfigError(`disks[${i}].path`, `invalid agent config: disks[${i}].path: "${path}" is not a regular file or block device`);
     }
+    const identity = st.isBlockDevice() ? `blk:${st.rdev}` : `file:${st.dev}:${st.ino}`;
+    const prev = seenFiles.get(identity);
+    if (prev !== undefined) {
+      const p = raw.disks[prev]!;
+      throw new AgentConfigError(
+        `disks[${i}].path`,
+        `invalid agent config: disks[${i}].path: disks[${i}] "${d.name}" (${path}) and disks[${prev}] "${p.name}" (${abs(p.path)}) are the same ${st.isBlockDevice() ? 'block device' : 'file'} (${realpathOrSelf(path)}); each disk may be listed once`,
+      );
+    }
+    seenFiles.set(identity, i);
     return { name: d.name, path, readOnly: d.readOnly ?? false };
   });
 
@@ -246,7 +270,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     disks,
     nbd,
     control: { socket: raw.control?.socket !== undefined ? abs(raw.control.socket) : join(stateDir, 'agent.sock') },
-    ...(raw.store !== undefined ? { store: { ...raw.store } } : {}),
+    ...(raw.store !== undefined ? { store: { ...raw.store, ...(raw.store.timeouts ? { timeouts: definedOnly(raw.store.timeouts) } : {}) } } : {}),
     ...(catalog !== undefined ? { catalog } : {}),
     restore: {
       allowedDirs: (raw.restore?.allowedDirs ?? []).map(abs),
@@ -258,6 +282,19 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     logLevel: raw.log?.level ?? 'info',
     warnings,
   };
+}
+
+function realpathOrSelf(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
+  }
+}
+
+/** Drops undefined fields (exactOptionalPropertyTypes). */
+function definedOnly<T extends object>(o: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
 }
 
 /** Reads and validates an agent config file (JSON). */

@@ -9,7 +9,8 @@
  * GET /disks share one, and it is closed as soon as nobody uses it, leaving
  * the monitor free between backups.
  */
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../device/durable.js';
 import { join } from 'node:path';
 import { describeError } from '../errors.js';
 import { QmpClient } from '../qemu/qmp.js';
@@ -166,8 +167,6 @@ export class QemuBackupHistory {
 
   async record(names: string[], b: LastBackup): Promise<void> {
     for (const n of names) this.entries[n] = b;
-    const tmp = `${this.file}.tmp`;
-    await writeFile(tmp, JSON.stringify(this.entries, null, 2) + '\n', { mode: 0o600 });
-    await rename(tmp, this.file);
+    await writeFileAtomic(this.file, JSON.stringify(this.entries, null, 2) + '\n');
   }
 }

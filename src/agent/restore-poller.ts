@@ -10,8 +10,10 @@
  * inside one of `allowedDirs`, and none of them is an exported disk. The
  * plan may only read archives from the agent's own bucket, never local
  * files (a `file` locator would let the catalogue copy any local file).
- * Targets are opened with O_EXCL (never following a planted symlink) and
- * never overwritten.
+ * The check is not what protects: a symlink can be swapped in after it.
+ * Targets are opened by src/restore/confined.ts, component by component
+ * below the allowed directory without following any symlink, and created
+ * with O_EXCL|O_NOFOLLOW, mode 0600, never overwritten.
  */
 import { hostname } from 'node:os';
 import { realpath, stat } from 'node:fs/promises';
@@ -24,6 +26,7 @@ import type { ArchiveLocator, RestorePlan } from '../restore/plan.js';
 import { parseRestorePlan } from '../restore/plan-schema.js';
 import type { RestoreJob } from '../catalog/records.js';
 import { restoreArchive, type RestoreProgress } from '../restore/engine.js';
+import { openConfinedTargets } from '../restore/confined.js';
 import { S3RangeSource } from '../store/s3-source.js';
 
 /** Structural logger: the agent's logger and the catalogue's both fit. */
@@ -278,6 +281,8 @@ export class RestorePoller {
       const result = await restoreArchive({
         plan,
         target: job.target.path,
+        // The check above gives clear reasons; this open is what enforces them against a racing symlink.
+        openTargets: (devices) => openConfinedTargets(job.target.path, devices, this.opts.allowedDirs),
         ...(job.devices && job.devices.length > 0 ? { devices: job.devices } : {}),
         compressor: this.compressor(),
         ...(this.opts.key ? { key: this.opts.key } : {}),

@@ -24,6 +24,7 @@ import { createLogger, nullLogger, type Logger } from './log.js';
 import { CatalogRepository } from './repository.js';
 import { createPlanBuilder } from './restore-plan.js';
 import { createDocumentClient, ensureCatalogTable } from './table.js';
+import { s3RequestHandler } from '../store/config.js';
 
 export const EMBEDDED_TABLE_NAME = 'cowstream-catalog';
 
@@ -96,7 +97,7 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
     cleanups.push(() => client.destroy());
     await ensureCatalogTable(client, EMBEDDED_TABLE_NAME);
     const repo = new CatalogRepository(doc, EMBEDDED_TABLE_NAME);
-    const s3 = new S3Client({ endpoint: opts.s3.endpoint, region, forcePathStyle: true, credentials: opts.s3.credentials });
+    const s3 = new S3Client({ endpoint: opts.s3.endpoint, region, forcePathStyle: true, credentials: opts.s3.credentials, requestHandler: s3RequestHandler(undefined) });
     cleanups.push(() => s3.destroy());
 
     const prefix = normalizePrefix(opts.prefix);

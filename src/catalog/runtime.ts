@@ -5,6 +5,7 @@
  */
 import { S3Client } from '@aws-sdk/client-s3';
 import { ConfigError } from '../errors.js';
+import { s3RequestHandler } from '../store/config.js';
 import { createDocumentClient } from './table.js';
 import { CatalogRepository } from './repository.js';
 
@@ -30,6 +31,7 @@ export function catalogRuntimeFromEnv(env: NodeJS.ProcessEnv = process.env): Cat
   const { doc } = createDocumentClient({ region, ...(env.DYNAMODB_ENDPOINT ? { endpoint: env.DYNAMODB_ENDPOINT } : {}) });
   const s3 = new S3Client({
     region,
+    requestHandler: s3RequestHandler(undefined),
     ...(env.S3_ENDPOINT ? { endpoint: env.S3_ENDPOINT, forcePathStyle: true } : {}),
   });
   return { repo: new CatalogRepository(doc, tableName), s3, bucket, tableName, prefix: env.ARCHIVE_PREFIX ?? '' };

@@ -175,7 +175,8 @@ export class BackupJob {
   private readonly drainQueue: DrainItem[] = [];
   private scratchWritesInFlight = 0;
   private detachSignal: (() => void) | null = null;
-  private readonly endedD = deferred<void>();
+  /** beforeWrite calls waiting in their race (see there); woken by end(). */
+  private readonly endWaiters = new Set<() => void>();
   private readonly doneD = deferred<BackupResult>();
   private change = deferred<void>();
   private status: BackupStatus = 'active';
@@ -358,8 +359,19 @@ export class BackupJob {
     const timeout = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), this.cbwTimeoutMs);
     });
-    const winner = await Promise.race([work.then(() => 'work' as const), timeout, this.endedD.promise.then(() => 'ended' as const)]);
-    clearTimeout(timer);
+    // Not a reaction on a promise that settles when the job ends: it lives as long as the job,
+    // so every slow-path write would leave a closure on it (+~700 B per write
+    // for the whole backup). A waiter removed when the race is over stays bounded.
+    let onEnded!: () => void;
+    const ended = new Promise<'ended'>((resolve) => (onEnded = () => resolve('ended')));
+    this.endWaiters.add(onEnded);
+    let winner: 'work' | 'timeout' | 'ended';
+    try {
+      winner = await Promise.race([work.then(() => 'work' as const), timeout, ended]);
+    } finally {
+      this.endWaiters.delete(onEnded);
+      clearTimeout(timer);
+    }
     const waited = performance.now() - t0;
     if (waited > this.maxCbwWait) this.maxCbwWait = waited;
 
@@ -654,7 +666,8 @@ export class BackupJob {
     this.errorObj = err;
     this.endTime = Date.now();
     this.detachSignal?.();
-    this.endedD.resolve();
+    for (const w of this.endWaiters) w();
+    this.endWaiters.clear();
     this.notifyChange();
     // Wake everyone waiting on a lock: after the end, beforeWrite is a no-op.
     for (const d of this.order) for (const c of [...d.locks.keys()]) this.unlock(d, c);

@@ -8,7 +8,7 @@
  * The header holds the disk identity (path, size, fingerprint of the disk
  * file at the last clean shutdown: size, mtime, inode, device), validity and
  * `state`: 'running' while an agent has the bitmap open, 'clean' after a
- * clean shutdown. Writes are atomic (temp file + fsync + rename).
+ * clean shutdown. Writes are atomic and durable (src/device/durable.ts).
  *
  * On open the bitmap is INVALID (next backup must be full; reason kept) when:
  *   - no full backup has succeeded yet (tracking starts with the first full),
@@ -21,9 +21,10 @@
  * from then on is detectable.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CLUSTER_SIZE } from './cluster.js';
+import { writeFileAtomic } from '../device/durable.js';
 import { describeError, UsageError } from '../errors.js';
 import { Bitmap, clusterCount } from './bitmap.js';
 import { BackupBusyError, BitmapFormatError, BitmapInvalidError } from './errors.js';
@@ -85,6 +86,28 @@ export async function fingerprintDisk(path: string, size: number): Promise<DiskF
   return { size: st.isFile() ? st.size : size, mtimeMs: st.mtimeMs, ino: st.ino, dev: st.dev };
 }
 
+/** The fingerprint of an open descriptor's fstat (see fingerprintDisk). */
+export function fingerprintOf(st: { isFile(): boolean; size: number; mtimeMs: number; ino: number; dev: number }, size: number): DiskFingerprint {
+  return { size: st.isFile() ? st.size : size, mtimeMs: st.mtimeMs, ino: st.ino, dev: st.dev };
+}
+
+/**
+ * Why the file at `path` is not the one the agent has open (compared by
+ * device and inode), or null when it is. A file renamed over the path (or a
+ * path gone) means writes through our descriptor no longer reach what the
+ * next start will open, so its bitmap says nothing about that disk.
+ */
+export async function replacedImage(path: string, open: DiskFingerprint): Promise<string | null> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch (err) {
+    return `disk image ${path} disappeared while the agent had it open (${describeError(err)})`;
+  }
+  if (st.ino === open.ino && st.dev === open.dev) return null;
+  return `disk image ${path} was replaced while the agent had it open (open file: device ${open.dev} inode ${open.ino}; path now: device ${st.dev} inode ${st.ino})`;
+}
+
 function describeFingerprintChange(a: DiskFingerprint, b: DiskFingerprint): string | null {
   if (a.size !== b.size) return `disk file changed (size ${a.size} → ${b.size})`;
   if (a.ino !== b.ino || a.dev !== b.dev) return `disk file changed (replaced: inode ${a.ino} → ${b.ino})`;
@@ -130,24 +153,6 @@ function decodeFile(buf: Buffer): { header: BitmapHeader; bits: Bitmap } {
   }
   const bits = Bitmap.deserialize(body.subarray(hstart + hlen));
   return { header, bits };
-}
-
-/** Atomic replace: write a temp file, fsync it, rename over the target. */
-async function writeAtomic(path: string, data: Buffer): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw err;
-  }
 }
 
 export class PersistentDirtyBitmap implements DirtyTracker {
@@ -303,27 +308,35 @@ export class PersistentDirtyBitmap implements DirtyTracker {
   /** Persists the current state (serialized with other saves of this bitmap). */
   async persist(state: 'running' | 'clean' = 'running', fingerprint: DiskFingerprint | null = null): Promise<void> {
     const data = encodeFile(this.header(state, fingerprint), this.snapshot());
-    const next = this.saving.then(() => writeAtomic(this.file, data));
+    const next = this.saving.then(() => writeFileAtomic(this.file, data));
     this.saving = next.catch(() => undefined);
     await next;
   }
 
   /**
-   * Clean shutdown: call after the disk was flushed and closed (no more
-   * writes). Records the disk fingerprint and state 'clean'. A backup still
-   * frozen is reclaimed first (treated as failed).
+   * Clean shutdown: call after the disk was flushed (no more writes), while
+   * it is still open. Records the disk fingerprint and state 'clean'. A
+   * backup still frozen is reclaimed first (treated as failed).
+   *
+   * `open` is the fingerprint of the descriptor the agent wrote through. It
+   * is what gets recorded; when the path now names another file (replaced
+   * while we ran) the bitmap is invalidated instead and the reason returned.
    */
-  async shutdown(): Promise<void> {
-    if (this.closed) return;
+  async shutdown(open?: DiskFingerprint): Promise<string | null> {
+    if (this.closed) return null;
     if (this.frozen) await this.completeBackup(false);
     let fp: DiskFingerprint | null = null;
-    try {
-      fp = await fingerprintDisk(this.path, this.size);
-    } catch {
-      fp = null; // disk gone: the next open will notice the mismatch
+    let replaced: string | null = null;
+    if (open) {
+      replaced = await replacedImage(this.path, open);
+      if (replaced) this.invalidate(replaced);
+      fp = replaced ? null : open;
+    } else {
+      fp = await fingerprintDisk(this.path, this.size).catch(() => null); // disk gone: the next open notices
     }
     await this.persist('clean', fp);
     this.closed = true;
+    return replaced;
   }
 }
 

@@ -110,8 +110,26 @@ export class FleecingStore {
   async write(slot: number, data: Uint8Array): Promise<void> {
     if (data.length > CLUSTER_SIZE) throw new RangeError('fleecing data larger than a cluster');
     if (slot < 0 || slot >= this.maxSlots) throw new RangeError(`bad fleecing slot ${slot}`);
-    await this.track(this.fh.write(data, 0, data.length, slot * CLUSTER_SIZE));
+    await this.track(this.writeAll(data, slot * CLUSTER_SIZE));
     this.stored++;
+  }
+
+  /**
+   * pwrite until every byte is in: a full scratch file system returns a
+   * short count first (ENOSPC only on the next call), and a slot left half
+   * written would later be drained into the archive with stale bytes.
+   */
+  private async writeAll(data: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
+        if (bytesWritten === 0) throw new Error('write made no progress');
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw new DeviceError(`writing the fleecing file ${this.path} failed after ${done} of ${data.length} bytes: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   async read(slot: number, length: number): Promise<Buffer> {

@@ -15,6 +15,8 @@ export {
   DirtyBitmapStore,
   PersistentDirtyBitmap,
   fingerprintDisk,
+  fingerprintOf,
+  replacedImage,
   type DirtyBitmapStatus,
   type DiskFingerprint,
   type DiskIdentity,

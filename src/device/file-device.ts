@@ -123,6 +123,15 @@ export class FileDevice implements BlockDevice {
     if (fh) await fh.close();
   }
 
+  /**
+   * fstat of the open descriptor: the file the agent really reads and
+   * writes, which is no longer the one at `path` once someone renamed
+   * another file over it.
+   */
+  async openStat(): Promise<import('node:fs').Stats> {
+    return this.handle().stat();
+  }
+
   private handle(): FileHandle {
     if (!this.fh) throw new DeviceClosedError(`device ${this.path} is closed`);
     return this.fh;

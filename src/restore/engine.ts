@@ -59,6 +59,11 @@ export interface RestoreOptions {
   key?: Buffer;
   compressor: Compressor;
   force?: boolean;
+  /**
+   * Opens the targets instead of `target`/`force` (the agent's catalogue
+   * restores: src/restore/confined.ts, never following a symlink).
+   */
+  openTargets?: (devices: { name: string; size: number }[]) => Promise<OpenedTarget[]>;
   onProgress?: (p: RestoreProgress) => void;
   signal?: AbortSignal;
 }
@@ -140,11 +145,8 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
   // With a key, nothing the plan says is trusted until every archive's header
   // and index verify under it and the plan matches them (docs/security.md).
   const headerTags = opts.key ? (await authenticatePlan(plan, opts.key, opts.openSource)).headerTags : [];
-  const targets = await openTargets(
-    opts.target,
-    selected.map((i) => ({ name: plan.devices[i]!.name, size: plan.devices[i]!.size })),
-    opts.force ?? false,
-  );
+  const wantedDevices = selected.map((i) => ({ name: plan.devices[i]!.name, size: plan.devices[i]!.size }));
+  const targets = opts.openTargets ? await opts.openTargets(wantedDevices) : await openTargets(opts.target, wantedDevices, opts.force ?? false);
   const targetOf = new Map<number, OpenedTarget>(selected.map((pi, k) => [pi, targets[k]!]));
 
   const bytesTotal = selected.reduce((n, i) => n + plan.devices[i]!.size, 0);
@@ -315,7 +317,8 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
   } finally {
     for (const t of targets) await t.fh.close().catch(() => undefined);
     for (const p of sources.values()) await p.then((s) => s.close()).catch(() => undefined);
-    if (!ok) for (const t of targets) if (t.created) await unlink(t.path).catch(() => undefined);
+    if (!ok) for (const t of targets) if (t.created) await (t.remove ? t.remove() : unlink(t.path)).catch(() => undefined);
+    for (const t of targets) await t.release?.().catch(() => undefined);
   }
   report();
   return {

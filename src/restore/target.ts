@@ -23,6 +23,10 @@ export interface OpenedTarget {
   blockDevice: boolean;
   /** We created the file: a failed restore removes it again. */
   created: boolean;
+  /** Removes the created file (default: unlink(path)); confined targets unlink through their directory. */
+  remove?: () => Promise<void>;
+  /** Called after `fh` is closed (confined targets close their directory). */
+  release?: () => Promise<void>;
 }
 
 async function statOrNull(path: string): Promise<Awaited<ReturnType<typeof stat>> | null> {

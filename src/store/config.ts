@@ -35,12 +35,48 @@ export interface StoreConfig {
   responseChecksumValidation?: ChecksumMode;
   /** Storage class, SSE, Object Lock and part checksum algorithm of archive uploads (upload-options.ts). */
   upload?: UploadOptions;
+  /** Network timeouts (see S3Timeouts); every field defaults. */
+  timeouts?: Partial<S3Timeouts>;
 }
 
 /** The endpoint the SDK will use: explicit config, else the standard env variables. */
 export function effectiveEndpoint(cfg: Pick<StoreConfig, 'endpoint'>, env: NodeJS.ProcessEnv = process.env): string | undefined {
   return cfg.endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL ?? undefined;
 }
+
+// ───────────────────────────── S3 timeouts ─────────────────────────────
+// An endpoint that accepts connections and never answers must not hang a
+// backup, a cancel or a shutdown. The SDK sets no timeout by default.
+
+/** Network timeouts of an S3 client (agent config `store.timeouts`, docs/agent.md). */
+export interface S3Timeouts {
+  /** TCP (and TLS) connection establishment, per attempt. */
+  connectMs: number;
+  /**
+   * A request fails when its socket has been silent this long (nothing sent
+   * or received), per attempt. An inactivity bound, not a total: a large
+   * part upload that keeps moving is never cut off.
+   */
+  requestMs: number;
+  /**
+   * Total time a cleanup (AbortMultipartUpload of a failed or cancelled
+   * upload, retries included) may take before it is given up with a warning.
+   */
+  cleanupMs: number;
+}
+
+export const DEFAULT_S3_TIMEOUTS: Readonly<S3Timeouts> = { connectMs: 10_000, requestMs: 60_000, cleanupMs: 30_000 };
+
+export function resolveS3Timeouts(t: Partial<S3Timeouts> | undefined): S3Timeouts {
+  return { ...DEFAULT_S3_TIMEOUTS, ...t };
+}
+
+/** NodeHttpHandler options for the timeouts (also for S3 clients not made by createS3Client). */
+export function s3RequestHandler(t: Partial<S3Timeouts> | undefined): { connectionTimeout: number; socketTimeout: number } {
+  const r = resolveS3Timeouts(t);
+  return { connectionTimeout: r.connectMs, socketTimeout: r.requestMs };
+}
+
 
 /** True for http(s)://127.x / localhost / [::1] endpoints. */
 export function isLoopback(endpoint: string): boolean {

@@ -7,8 +7,11 @@
  * archive never looks complete; abort unlinks the partial file. `-` writes
  * to stdout (nothing to rename or unlink there).
  */
+import { constants as fsc } from 'node:fs';
 import { type FileHandle, link, open, rename, stat, unlink } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
+import { dirname } from 'node:path';
+import { fsyncDir } from '../device/durable.js';
 import { ConflictError, NotFoundError, StoreError, TruncatedArchiveError } from '../errors.js';
 import type { ByteSink, RangeSource } from '../format/sink.js';
 
@@ -55,8 +58,13 @@ export class FileByteSink implements ByteSink {
     }
     let fh: FileHandle;
     try {
-      fh = await open(`${path}.partial`, 'w', 0o644);
+      // A new file only (O_EXCL): never truncate whatever sits there, never
+      // follow a planted symlink (O_NOFOLLOW); archives are not for other users (0600).
+      fh = await open(`${path}.partial`, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST' || (err as NodeJS.ErrnoException).code === 'ELOOP') {
+        throw new ConflictError(`${path}.partial already exists (left by an interrupted run, or planted): remove it and retry`, { cause: err });
+      }
       throw ioError(err, `${path}.partial`);
     }
     return new FileByteSink(path, fh, undefined, overwrite);
@@ -95,6 +103,8 @@ export class FileByteSink implements ByteSink {
         await link(partial, this.path);
         await unlink(partial);
       }
+      // The new name is durable only once its directory is.
+      await fsyncDir(dirname(this.path));
     } catch (err) {
       await unlink(partial).catch(() => undefined);
       throw ioError(err, this.path);

@@ -3,7 +3,7 @@
  * that local commands never load the SDK: docs/startup.md).
  */
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
-import { effectiveEndpoint, isLoopback, type StoreConfig } from './config.js';
+import { DEFAULT_S3_TIMEOUTS, effectiveEndpoint, isLoopback, resolveS3Timeouts, s3RequestHandler, type S3Timeouts, type StoreConfig } from './config.js';
 import { resolveChecksumPolicy, type ChecksumMode } from './upload-options.js';
 
 export interface S3ClientOptions {
@@ -20,7 +20,10 @@ export interface S3ClientOptions {
  */
 export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env: NodeJS.ProcessEnv = process.env): S3Client {
   const endpoint = effectiveEndpoint(cfg, env);
+  const timeouts = resolveS3Timeouts(cfg.timeouts);
   const config: S3ClientConfig = {
+    // An endpoint that accepts connections and never answers must not hang anything (store.timeouts).
+    requestHandler: s3RequestHandler(timeouts),
     maxAttempts: opts.maxAttempts ?? 5,
     // Checksums (upload-options.ts): this option, then the store config, then AWS_* env, then WHEN_SUPPORTED.
     ...resolveChecksumPolicy({ ...cfg, ...(opts.requestChecksumCalculation ? { requestChecksumCalculation: opts.requestChecksumCalculation } : {}) }, env),
@@ -33,8 +36,16 @@ export function createS3Client(cfg: StoreConfig, opts: S3ClientOptions = {}, env
   else if (endpoint !== undefined) config.region = 'us-east-1';
   if (cfg.credentials) config.credentials = cfg.credentials;
   const client = new S3Client(config);
+  clientTimeouts.set(client, timeouts);
   if (endpoint !== undefined && isLoopback(endpoint)) unsignedPayloadOnLoopback(client);
   return client;
+}
+
+const clientTimeouts = new WeakMap<S3Client, S3Timeouts>();
+
+/** The timeouts a client was made with (defaults for clients made elsewhere). */
+export function timeoutsOf(client: S3Client): S3Timeouts {
+  return clientTimeouts.get(client) ?? { ...DEFAULT_S3_TIMEOUTS };
 }
 
 /**

@@ -33,6 +33,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { StoreError, UsageError } from '../errors.js';
 import type { ByteSink } from '../format/sink.js';
 import { mapS3Error } from './s3-errors.js';
+import { timeoutsOf } from './s3-client.js';
 
 /** S3 hard limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html). */
 export const S3_MAX_PARTS = 10_000;
@@ -275,6 +276,10 @@ export class S3ArchiveSink implements ByteSink {
     // calls abort() after a failed write().
     // Ends the part splitter's for-await with this error, so every worker stops.
     this.stream.destroy(err instanceof Error ? err : new StoreError(String(err)));
+    // And cancels the S3 calls in flight: against an endpoint that stopped
+    // answering they would otherwise hold done() (and so cleanup) until their
+    // timeouts and retries ran out.
+    void this.upload.abort().catch(() => undefined);
     // Blocked writers learn of the failure only once cleanup is over, so a
     // rejected write() means "nothing left behind" (where the server allows).
     const waiters = this.drainWaiters;
@@ -351,8 +356,12 @@ export class S3ArchiveSink implements ByteSink {
     await this.done.catch(() => undefined);
     const uploadId = this.uploadId;
     if (uploadId === undefined) return; // nothing created (or a single PUT that never completed)
+    // Bounded (store.timeouts.cleanupMs): a cancel or shutdown must not wait on a stalled endpoint.
+    const cleanupMs = timeoutsOf(this.client).cleanupMs;
     try {
-      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: uploadId }));
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: uploadId }), {
+        abortSignal: AbortSignal.timeout(cleanupMs),
+      });
     } catch (err) {
       this.onWarning(
         new StoreError(

@@ -93,6 +93,25 @@ describe('agent config', () => {
     expect(() => loadAgentConfig(join(tmp.dir, 'nope.json'))).toThrow(ConfigError);
   });
 
+  it('refuses two disk entries on one file: same path, symlink, hard link (naming both entries)', async () => {
+    const { link, symlink } = await import('node:fs/promises');
+    await symlink(img, join(tmp.dir, 'vda-sym.raw'));
+    await link(img, join(tmp.dir, 'vda-hard.raw'));
+    for (const other of [img, 'vda.raw', 'vda-sym.raw', 'vda-hard.raw', `${tmp.dir}/./vda.raw`]) {
+      expectField({ ...base(), disks: [{ name: 'vda', path: 'vda.raw' }, { name: 'vdb', path: other }] }, 'disks[1].path', /disks\[1\] "vdb" .* and disks\[0\] "vda" .* are the same file/);
+    }
+    // A different file is fine.
+    await writeFile(join(tmp.dir, 'vdb.raw'), Buffer.alloc(65536));
+    expect(parseAgentConfig({ ...base(), disks: [{ name: 'vda', path: 'vda.raw' }, { name: 'vdb', path: 'vdb.raw' }] }, tmp.dir).disks).toHaveLength(2);
+    const dir = join(tmp.dir, 'cli-dup');
+    await mkdir(dir);
+    const p = join(dir, 'agent.json');
+    await writeFile(p, JSON.stringify({ ...base(), stateDir: join(dir, 'state'), disks: [{ name: 'a', path: img }, { name: 'b', path: join(tmp.dir, 'vda-hard.raw') }] }));
+    const r = await runCli(['agent', '--config', p]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/disks\[1\] "b" .* and disks\[0\] "a" .* are the same file/);
+  });
+
   it('the CLI exits 2 with the field named for a malformed config', async () => {
     const dir = join(tmp.dir, 'cli');
     await mkdir(dir);

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, open, readFile, readdir, rm, stat, writeFile, mkdir } from 'node:fs/promises';
+import { mkdtemp, open, readFile, readdir, rm, stat, writeFile, mkdir, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -81,6 +81,17 @@ afterAll(async () => {
 });
 
 describe('cowstream archive CLI', () => {
+  it('create never follows a symlink planted at <archive>.partial, nor truncates its target', async () => {
+    const victim = join(dir, 'victim.txt');
+    await writeFile(victim, 'precious');
+    const target = join(dir, 'planted.cwa');
+    await symlink(victim, `${target}.partial`);
+    const c = await run(['archive', 'create', target, `disk1=${disk1}`]);
+    expect(c.code).not.toBe(0);
+    expect(c.stderr).toMatch(/planted\.cwa\.partial already exists/);
+    expect(await readFile(victim, 'utf8')).toBe('precious');
+  });
+
   it('create → list → verify → extract round trip (sparse output, configs, --json)', async () => {
     const c = await run(['archive', 'create', archive, '--config-file', conf, '--host-id', 'pve1', '--json', `disk0=${disk0}`, `disk1=${disk1}`]);
     expect(c.code, c.stderr).toBe(0);
@@ -115,6 +126,8 @@ describe('cowstream archive CLI', () => {
     expect((await readFile(join(out, 'disk0.raw'))).equals(await readFile(disk0))).toBe(true);
     expect((await readFile(join(out, 'disk1.raw'))).equals(await readFile(disk1))).toBe(true);
     expect(await readFile(join(out, 'vm-100.conf'), 'utf8')).toBe(await readFile(conf, 'utf8'));
+    // Archives and everything extracted are for their owner only.
+    for (const f of [archive, join(out, 'disk0.raw'), join(out, 'disk1.raw'), join(out, 'vm-100.conf')]) expect((await stat(f)).mode & 0o777, f).toBe(0o600);
     // Sparse: the 6+ MiB of zeros are holes, not allocated blocks.
     const st = await stat(join(out, 'disk0.raw'));
     expect(st.size).toBe(size0);

@@ -4,7 +4,8 @@
  * completes. Real s3rver + dynalite; and the security refusals.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, existsSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, existsSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
@@ -143,6 +144,34 @@ describe('restore through the catalogue', () => {
     await expect(checkRestoreTarget(`${allowed}/../outside/y`, ['vda'], [allowed], [])).rejects.toThrow(/"\.\." segment/);
     await expect(checkRestoreTarget(join(allowed, 'ok'), ['vda', 'vdb'], [allowed], [])).resolves.toEqual([join(allowed, 'ok', 'vda.raw'), join(allowed, 'ok', 'vdb.raw')]);
   });
+
+  it('a symlink flipping in and out of a target component under load never gets a file written outside', async () => {
+    const last = chain[chain.length - 1]!;
+    const outside = join(dir, 'outside-flip');
+    mkdirSync(outside);
+    const flipDir = join(allowed, 'flipzone');
+    mkdirSync(flipDir);
+    mkdirSync(join(flipDir, 'real'));
+    symlinkSync(outside, join(flipDir, 'link'));
+    // Another process renames a directory and a symlink to `flip` in turn, as fast as it can.
+    const flipper = spawn('sh', ['-c', 'cd "$0" && while :; do mv -T link flip; mv -T flip link; mv -T real flip; mv -T flip real; done 2>/dev/null', flipDir], { stdio: 'ignore' });
+    const outcomes: boolean[] = [];
+    try {
+      for (let i = 0; i < 40; i++) {
+        const target = join(flipDir, 'flip', `out-${i}.raw`);
+        await client.createRestore({ archiveId: last.uuid, hostId: 'h1', devices: ['vdb'], target: { path: target } });
+        const outcome = await poller().pollOnce();
+        outcomes.push(outcome?.ok === true);
+      }
+    } finally {
+      flipper.kill('SIGKILL');
+    }
+    expect(readdirSync(outside)).toEqual([]);
+    // Every restore that succeeded wrote its file into the real directory, mode 0600.
+    const written = readdirSync(join(flipDir, existsSync(join(flipDir, 'real')) ? 'real' : 'flip'));
+    expect(written.length).toBe(outcomes.filter(Boolean).length);
+    for (const f of written) expect(statSync(join(flipDir, existsSync(join(flipDir, 'real')) ? 'real' : 'flip', f)).mode & 0o777).toBe(0o600);
+  }, 120_000);
 
   it('refuses a plan that would read local files instead of archives', async () => {
     const last = chain[chain.length - 1]!;

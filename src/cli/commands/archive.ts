@@ -19,6 +19,7 @@ import { openArchive, type ArchiveReader, type VerifyResult } from '../../format
 import { CLUSTER_SIZE, MAX_DEVICES, ZERO_BLOCK_SIZE } from '../../format/constants.js';
 import { NAME_PATTERN, MAX_NAME_LENGTH } from '../../format/layout.js';
 import { FileByteSink, FileRangeSource } from '../../store/file.js';
+import { constants as fsc } from 'node:fs';
 import { formatBytes, formatRate, parsePositiveInt, printJson } from '../output.js';
 
 /** Image bytes per read: 16 clusters, large enough to amortise syscalls, small enough to stay cache-friendly. */
@@ -486,7 +487,7 @@ async function extractArchive(reader: ArchiveReader, dir: string, pool: ZstdPool
   try {
     for (const d of h.devices) {
       const path = join(dir, `${d.name}.raw`);
-      const fh = await open(path, 'wx', 0o644);
+      const fh = await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
       created.push(path);
       handles.set(d.id, fh);
       // Size first: every cluster we do not write (zero runs, zero blocks) stays a hole.
@@ -525,7 +526,7 @@ async function extractArchive(reader: ArchiveReader, dir: string, pool: ZstdPool
     for (const fh of handles.values()) await fh.sync();
     for (const c of h.configs) {
       const path = join(dir, c.name);
-      const fh = await open(path, 'wx', 0o644);
+      const fh = await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
       created.push(path);
       try {
         await fh.writeFile(c.data);
