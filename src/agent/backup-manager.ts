@@ -3,7 +3,7 @@ import { constants as fsc } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { v7 as uuidv7 } from 'uuid';
-import { BackupCancelledError, BackupError, ConflictError, CowstreamError, UsageError, describeError } from '../errors.js';
+import { BackupCancelledError, BackupError, ConflictError, CowstreamError, describeError } from '../errors.js';
 import { ArchiveWriter } from '../format/writer.js';
 import { ZstdPool } from '../codec/zstd-pool.js';
 import { readKeyFile } from '../codec/crypto.js';
@@ -11,7 +11,6 @@ import {
   incrementalBlocker,
   startBackup,
   type BackupDisk,
-  type BackupSession,
   type CbwDevice,
   type PersistentDirtyBitmap,
 } from '../cbw/index.js';
@@ -19,9 +18,10 @@ import { BackupRequestError, type BackupRequest, type BackupStatus, type DiskSta
 import type { ControlBackend } from './control-server.js';
 import type { ByteSink, ClusterSink } from '../format/sink.js';
 import type { Logger } from './log.js';
-import { openTarget, type AgentStore, type OpenedTarget } from './targets.js';
+import { openTarget, type AgentStore } from './targets.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { runQemuDriveBackup } from './qemu-backup.js';
+import type { Run } from './run-state.js';
 
 /** One exported disk of the agent. */
 export interface AgentDisk {
@@ -71,20 +71,6 @@ async function readConfigFile(p: string): Promise<Buffer> {
   }
 }
 
-interface Run {
-  status: BackupStatus;
-  session: BackupSession | null;
-  target: OpenedTarget | null;
-  /** Set while the archive is being written (also during finish(), after the job copied everything). */
-  writer: ArchiveWriter | null;
-  cancelRequested: boolean;
-  /** Why the backup failed before its snapshot was taken (reported by POST /backups itself). */
-  startError: unknown;
-  /** Settles when the run is completely over (bitmaps completed, target closed/aborted). */
-  finished: Promise<void>;
-  /** QEMU pull-mode backups: cancels the NBD reads (src/qemu/pull-backup.ts). */
-  abort: AbortController | null;
-}
 
 /** A new run in state 'active', and the function that settles its `finished` promise. */
 function newRun(
@@ -126,8 +112,6 @@ function newRun(
 /** What POST /backups selected: file disks, or the drives of ONE qemu entry. */
 export type DiskSelection = { kind: 'file'; disks: AgentDisk[] } | { kind: 'qemu'; host: QemuHost; drives: { node: string; name: string }[] };
 
-/** The state a run hands to its executor (also src/agent/qemu-backup.ts). */
-export type RunState = Run;
 
 /**
  * Runs at most one backup at a time over the agent's disks and keeps the

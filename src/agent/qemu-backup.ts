@@ -13,7 +13,7 @@ import type { ByteSink } from '../format/sink.js';
 import { runPullBackup } from '../qemu/pull-backup.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { BackupRequest } from './backup-request.js';
-import type { RunState } from './backup-manager.js';
+import type { Run as RunState } from './run-state.js';
 import type { Logger } from './log.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { openTarget, type AgentStore } from './targets.js';

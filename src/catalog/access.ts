@@ -17,7 +17,7 @@
  */
 import { z } from 'zod';
 import { CatalogError, ForbiddenError } from '../errors.js';
-import type { ApiEvent } from './api.js';
+import type { APIGatewayProxyEventV2 as ApiEvent } from 'aws-lambda';
 import { hostIdSchema } from './records.js';
 
 export interface Caller {

@@ -34,6 +34,7 @@ import { StoreError, UsageError } from '../errors.js';
 import type { ByteSink } from '../format/sink.js';
 import { mapS3Error } from './s3-errors.js';
 import { timeoutsOf } from './s3-client.js';
+import type { ArchiveUploadParams, SseOption } from './upload-params.js';
 
 /** S3 hard limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html). */
 export const S3_MAX_PARTS = 10_000;
@@ -128,9 +129,9 @@ export function decodeArchiveMetadata(rec: Record<string, string> | undefined): 
   return out;
 }
 
-export type SseOption = { mode: 'AES256' } | { mode: 'aws:kms'; kmsKeyId?: string };
+export type { SseOption };
 
-export interface S3ArchiveSinkOptions {
+export interface S3ArchiveSinkOptions extends ArchiveUploadParams {
   client: S3Client;
   bucket: string;
   key: string;
@@ -143,12 +144,6 @@ export interface S3ArchiveSinkOptions {
   /** Bytes buffered between write() and the part splitter (default 1 MiB). */
   highWaterMark?: number;
   metadata?: ArchiveObjectMetadata;
-  sse?: SseOption;
-  storageClass?: StorageClass | string;
-  /** S3 additional checksum per part and for the object (upload-options.ts decides when to send one). */
-  checksumAlgorithm?: 'CRC32C' | 'SHA256' | 'CRC32';
-  /** Object Lock for immutable backups (bucket must have Object Lock enabled). */
-  objectLock?: { mode: 'GOVERNANCE' | 'COMPLIANCE'; retainUntil: Date };
   /** Non-fatal problems (e.g. the server could not abort the multipart upload). */
   onWarning?: (warning: StoreError) => void;
   /** Upload progress in bytes acknowledged by the server. */

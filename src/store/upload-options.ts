@@ -13,7 +13,7 @@
  */
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
-import type { S3ArchiveSinkOptions } from './s3-sink.js';
+import type { ArchiveUploadParams } from './upload-params.js';
 
 export const CHECKSUM_MODES = ['WHEN_SUPPORTED', 'WHEN_REQUIRED'] as const;
 export type ChecksumMode = (typeof CHECKSUM_MODES)[number];
@@ -99,8 +99,8 @@ export function sinkUploadOptions(
   upload: UploadOptions | undefined,
   policy: ChecksumPolicy,
   now: number = Date.now(),
-): Pick<S3ArchiveSinkOptions, 'sse' | 'storageClass' | 'checksumAlgorithm' | 'objectLock'> {
-  const out: Pick<S3ArchiveSinkOptions, 'sse' | 'storageClass' | 'checksumAlgorithm' | 'objectLock'> = {};
+): ArchiveUploadParams {
+  const out: ArchiveUploadParams = {};
   if (policy.requestChecksumCalculation === 'WHEN_SUPPORTED') out.checksumAlgorithm = upload?.checksumAlgorithm ?? DEFAULT_UPLOAD_CHECKSUM;
   if (upload?.storageClass) out.storageClass = upload.storageClass;
   if (upload?.sse) out.sse = upload.sse.mode === 'aws:kms' ? { mode: 'aws:kms', ...(upload.sse.kmsKeyId ? { kmsKeyId: upload.sse.kmsKeyId } : {}) } : { mode: 'AES256' };
