@@ -26,6 +26,10 @@ import type { CowstreamConfig } from './config.js';
 import type { CatalogTable } from './catalog-table.js';
 import { ARCHIVES_PREFIX, METRIC_NAMESPACE, RESTORE_PLANS_PREFIX } from './layout.js';
 import { acknowledge, acknowledgeWildcards } from './nag.js';
+import { MAX_INDEX_ENTRIES_ENV } from '../src/format/limits.js';
+
+/** Index entries a Lambda reads at most (the CLI and agents default to 1 Mi). */
+export const LAMBDA_MAX_INDEX_ENTRIES = 256 * 1024;
 
 /** Repository root (this file lives in `<root>/infra/`). */
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -83,7 +87,14 @@ export class CatalogFunctions extends Construct {
     super(scope, id);
     this.props = props;
     const { config, bucket, table } = props;
-    const base = { TABLE_NAME: table.table.tableName, BUCKET: bucket.bucketName, LOG_LEVEL: 'INFO' };
+    const base = {
+      TABLE_NAME: table.table.tableName,
+      BUCKET: bucket.bucketName,
+      LOG_LEVEL: 'INFO',
+      // A forged index must not exhaust a 512 MB function: planning costs ~450 B per index
+      // entry, so 256 Ki entries stay near 120 MB (docs/security.md, "bounded memory").
+      [MAX_INDEX_ENTRIES_ENV]: String(LAMBDA_MAX_INDEX_ENTRIES),
+    };
 
     this.indexerDlq = new sqs.Queue(this, 'IndexerDlq', {
       encryption: sqs.QueueEncryption.SQS_MANAGED,

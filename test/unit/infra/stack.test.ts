@@ -222,6 +222,8 @@ describe('CatalogFunctions', () => {
       const env = fnProps(name).Environment.Variables as Json;
       expect(env.TABLE_NAME).toEqual({ Ref: logicalId(s.stack.catalogTable.table) });
       expect(env.BUCKET).toEqual({ Ref: backupBucketId() });
+      // Every function that reads archive indexes caps them below what its memory can plan.
+      expect(env.COWSTREAM_MAX_INDEX_ENTRIES, name).toBe(String(256 * 1024));
     }
     const fresh = fnProps('freshness').Environment.Variables as Json;
     expect(fresh).toMatchObject({ HOSTS: 'pve1,pve-2', METRIC_NAMESPACE: 'Cowstream' });
