@@ -53,7 +53,9 @@ interface ChildResult {
 
 async function client(endpoint: string): Promise<S3Client> {
   const { createS3Client } = await import('../src/store/s3-client.js');
-  return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials: KEYS });
+  // The parent reads the keys from the server's state; child processes get them in their environment.
+  const credentials = KEYS.accessKeyId ? KEYS : { accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? '', secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? '' };
+  return createS3Client({ bucket: 'bench', prefix: '', endpoint, region: 'us-east-1', credentials });
 }
 
 // ---------------------------------------------------------------- child modes
