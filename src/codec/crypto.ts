@@ -108,6 +108,7 @@ export const FINGERPRINT_BYTES = 16;
 
 /** First 16 bytes of SHA-256(key): identifies a key without revealing it. */
 export function keyFingerprintBytes(key: Uint8Array): Buffer {
+  assertKey(key);
   return sha256(key).subarray(0, FINGERPRINT_BYTES);
 }
 

@@ -1,16 +1,8 @@
-/** SHA-256 helpers shared by every part of the format (docs/FORMAT.md "Conventions"). */
-import { createHash, timingSafeEqual } from 'node:crypto';
+/** The format's digest check (docs/FORMAT.md "Conventions"); SHA-256 itself lives in codec/hash.ts. */
 import { ChecksumError } from '../errors.js';
+import { digestEquals, sha256 } from '../codec/hash.js';
 
-export function sha256(...parts: Uint8Array[]): Buffer {
-  const h = createHash('sha256');
-  for (const p of parts) h.update(p);
-  return h.digest();
-}
-
-export function digestEquals(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && timingSafeEqual(a, b);
-}
+export { digestEquals, sha256 };
 
 /** Throws ChecksumError unless SHA-256(data) equals `expected`. */
 export function checkSha256(data: Uint8Array, expected: Uint8Array, what: string): void {

@@ -195,7 +195,7 @@ export function sealExtent(x: SealExtentInput): { header: Buffer; payload: Buffe
   const { header, aad, payloadLength } = encodeExtentHeader({ ...x, bodyLength: x.body.length, nonce: encrypted ? x.nonce : undefined });
   const inner = Buffer.concat([x.plainSha256, x.body]);
   const fullAad = x.headerTag ? Buffer.concat([aad, x.headerTag]) : aad;
-  const payload = encrypted ? seal(x.key as Buffer, x.nonce as Buffer, fullAad, inner) : inner;
+  const payload = encrypted ? seal(x.key as Buffer, x.nonce as Buffer, inner, fullAad) : inner;
   if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
   return { header: finishExtentHeader(header, sha256(payload)), payload };
 }
@@ -363,7 +363,7 @@ async function unpackPlaintext(bytes: Buffer, h: ExtentHeader, opts: DecodeExten
     }
     const aadEnd = EXTENT_FIXED_SIZE + CLUSTER_ENTRY_SIZE * h.entries.length;
     const aad = opts.headerTag ? Buffer.concat([bytes.subarray(0, aadEnd), opts.headerTag]) : bytes.subarray(0, aadEnd);
-    inner = open(opts.key, h.nonce, aad, inner, what);
+    inner = open(opts.key, h.nonce, inner, aad, what);
     if (unpacker) return unpackIn(unpacker, inner, h, what, false);
   }
   const digest = inner.subarray(0, SHA256_SIZE);

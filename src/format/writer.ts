@@ -23,7 +23,7 @@ import { type SealKey, importSealKey, sealAsync } from '../codec/crypto.js';
 import { sha256Async } from '../codec/hash.js';
 import { sha256 } from './checksum.js';
 import { CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA } from './constants.js';
-import { assertKey, keyFingerprint, newNonce } from './encryption.js';
+import { assertKey, keyFingerprint, randomNonce } from './encryption.js';
 import { ArchiveWriteError, DuplicateClusterError, IncompleteArchiveError } from './errors.js';
 import { type ClusterEntry, encodeExtentHeader, finishExtentHeader, fullMaskOf, packCluster, zeroMaskOf } from './extent.js';
 import { encodeFooter } from './footer.js';
@@ -411,7 +411,7 @@ export class ArchiveWriter implements ClusterSink {
     const prepared = (async () => {
       const key = this.key;
       const c = await this.compressPlain(plain, key === undefined);
-      const nonce = key !== undefined ? newNonce() : undefined;
+      const nonce = key !== undefined ? randomNonce() : undefined;
       // Stored raw when zstd does not shrink (docs/FORMAT.md "Payload"); the compressor chose.
       const { header, aad, payloadLength } = encodeExtentHeader({
         seq,

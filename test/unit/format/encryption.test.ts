@@ -15,12 +15,12 @@ const OTHER = Buffer.alloc(32, 9);
 describe('AES-256-GCM encryption', () => {
   it('seal/open round trip; AAD and tag are authenticated', () => {
     const nonce = Buffer.alloc(12, 1);
-    const sealed = seal(KEY, nonce, Buffer.from('aad'), Buffer.from('hello'));
+    const sealed = seal(KEY, nonce, Buffer.from('hello'), Buffer.from('aad'));
     expect(sealed.length).toBe(5 + 16);
-    expect(open(KEY, nonce, Buffer.from('aad'), sealed, 't').toString()).toBe('hello');
-    expect(() => open(KEY, nonce, Buffer.from('aaD'), sealed, 't')).toThrow(ChecksumError);
-    expect(() => open(OTHER, nonce, Buffer.from('aad'), sealed, 't')).toThrow(ChecksumError);
-    expect(() => seal(Buffer.alloc(16), nonce, Buffer.alloc(0), Buffer.alloc(1))).toThrow(EncryptionKeyError);
+    expect(open(KEY, nonce, sealed, Buffer.from('aad'), 't').toString()).toBe('hello');
+    expect(() => open(KEY, nonce, sealed, Buffer.from('aaD'), 't')).toThrow(ChecksumError);
+    expect(() => open(OTHER, nonce, sealed, Buffer.from('aad'), 't')).toThrow(ChecksumError);
+    expect(() => seal(Buffer.alloc(16), nonce, Buffer.alloc(1), Buffer.alloc(0))).toThrow(EncryptionKeyError);
     expect(keyFingerprint(KEY)).toMatch(/^[0-9a-f]{32}$/);
   });
 
