@@ -8,6 +8,7 @@ import { PutMetricDataCommand, type CloudWatchClient, type MetricDatum } from '@
 import type { CatalogRepository } from './repository.js';
 
 export const FRESHNESS_METRIC = 'ArchivesLastCreatedAgeHours';
+export const FRESHNESS_DIMENSION = 'HostId';
 export const DEFAULT_METRIC_NAMESPACE = 'Cowstream';
 
 export interface HostFreshness {
@@ -43,7 +44,7 @@ export async function computeFreshness(repo: CatalogRepository, extraHosts: stri
 export async function publishFreshness(cw: CloudWatchClient, namespace: string, items: HostFreshness[], now = new Date()): Promise<number> {
   const data: MetricDatum[] = items
     .filter((i) => i.ageHours !== null)
-    .map((i) => ({ MetricName: FRESHNESS_METRIC, Dimensions: [{ Name: 'HostId', Value: i.hostId }], Timestamp: now, Unit: 'None', Value: i.ageHours! }));
+    .map((i) => ({ MetricName: FRESHNESS_METRIC, Dimensions: [{ Name: FRESHNESS_DIMENSION, Value: i.hostId }], Timestamp: now, Unit: 'None', Value: i.ageHours! }));
   // PutMetricData accepts up to 1000 data points per call; stay far below.
   for (let i = 0; i < data.length; i += 500) {
     await cw.send(new PutMetricDataCommand({ Namespace: namespace, MetricData: data.slice(i, i + 500) }));
