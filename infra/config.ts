@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
 import { parseSize } from '../src/units.js';
 import { retentionConfigSchema, type RetentionConfig, type RetentionPolicy } from '../src/catalog/retention.js';
+import { formatZodIssues } from '../src/zod-issues.js';
 
 /** A context value that does not validate; `key` is the context key. */
 export class InfraConfigError extends ConfigError {
@@ -69,13 +70,6 @@ const DEFAULT_FRESHNESS_HOURS = 26;
 const DEFAULT_VERIFY_BYTE_BUDGET = 1024 ** 3;
 /** S3 Object Lock accepts up to 100 years of default retention. */
 const MAX_LOCK_DAYS = 36_500;
-
-function zodMessage(err: z.ZodError): string {
-  return err.issues
-    .slice(0, 3)
-    .map((i) => `${i.path.length > 0 ? i.path.join('.') + ': ' : ''}${i.message}`)
-    .join('; ');
-}
 
 function asString(key: string, raw: unknown): string {
   if (typeof raw !== 'string') throw new InfraConfigError(key, `expected a string, got ${JSON.stringify(raw)}`);
@@ -201,7 +195,7 @@ export function parseRetention(raw: unknown): RetentionConfig {
     }
   }
   const parsed = retentionConfigSchema.safeParse(value);
-  if (!parsed.success) throw new InfraConfigError('retention', zodMessage(parsed.error));
+  if (!parsed.success) throw new InfraConfigError('retention', formatZodIssues(parsed.error.issues));
   return parsed.data;
 }
 

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
+import { formatZodIssues } from '../zod-issues.js';
 
 export const ARCHIVE_STATUSES = ['INDEXED', 'REJECTED', 'VERIFIED', 'CORRUPT', 'DELETED'] as const;
 export type ArchiveStatus = (typeof ARCHIVE_STATUSES)[number];
@@ -122,17 +123,8 @@ export const claimBodySchema = z.object({ agentId: agentIdSchema }).strict();
 export const progressBodySchema = z.object({ agentId: agentIdSchema, bytesDone: nonNegInt, bytesTotal: nonNegInt }).strict();
 export const completeBodySchema = z.object({ ok: z.boolean(), error: z.string().max(4096).optional(), agentId: agentIdSchema }).strict();
 
-/** Renders zod issues as one line naming each bad field, e.g. `target.path: Required`. */
-export function formatIssues(issues: readonly z.core.$ZodIssue[]): string {
-  return issues
-    .slice(0, 5)
-    .map((i) => {
-      const path = i.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p))).join('.');
-      const keys = i.code === 'unrecognized_keys' ? ` (${(i as { keys?: string[] }).keys?.join(', ')})` : '';
-      return `${path || '(body)'}: ${i.message}${keys}`;
-    })
-    .join('; ');
-}
+/** Renders zod issues as one line naming each bad field, e.g. `target.path: Required` (src/zod-issues.ts). */
+export const formatIssues = (issues: readonly z.core.$ZodIssue[]): string => formatZodIssues(issues);
 
 /** Parses `value` or throws UsageError with a message naming the bad fields. */
 export function parseOrUsage<T>(schema: z.ZodType<T>, value: unknown, what: string): T {

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { RestoreError } from '../errors.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import type { RestorePlan } from './plan.js';
+import { formatZodIssues } from '../zod-issues.js';
 
 const locatorSchema = z.union([
   z.object({ kind: z.literal('s3'), bucket: z.string().min(1), key: z.string().min(1) }),
@@ -51,7 +52,7 @@ const planSchema = z.object({
  */
 export function parseRestorePlan(json: unknown): RestorePlan {
   const res = planSchema.safeParse(json);
-  if (!res.success) throw new RestoreError(`invalid restore plan: ${res.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!res.success) throw new RestoreError(`invalid restore plan: ${formatZodIssues(res.error.issues)}`);
   const plan = res.data as RestorePlan;
   for (const d of plan.devices) {
     if (d.clusters !== Math.ceil(d.size / CLUSTER_SIZE)) throw new RestoreError(`invalid restore plan: device ${d.name} cluster count does not match its size`);
