@@ -10,6 +10,7 @@ import { ConfigError } from '../src/errors.js';
 import { parseSize } from '../src/units.js';
 import { retentionConfigSchema, type RetentionConfig, type RetentionPolicy } from '../src/catalog/retention.js';
 import { formatZodIssues } from '../src/zod-issues.js';
+import { HOST_ID_PATTERN } from '../src/names.js';
 
 /** A context value that does not validate; `key` is the context key. */
 export class InfraConfigError extends ConfigError {
@@ -26,7 +27,7 @@ export class InfraConfigError extends ConfigError {
  * the agent's hostId: it ends up in S3 keys (`archives/<host>/`), in IAM
  * resource ARNs (where `*` and `?` would be wildcards) and in DynamoDB keys.
  */
-export const HOST_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+export const HOST_ID_RE = HOST_ID_PATTERN;
 
 export type ObjectLockMode = 'GOVERNANCE' | 'COMPLIANCE';
 export interface ObjectLockConfig {

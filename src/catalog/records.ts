@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
 import { formatZodIssues } from '../zod-issues.js';
+import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE, HOST_ID_PATTERN, HOST_ID_RULE } from '../names.js';
 
 export const ARCHIVE_STATUSES = ['INDEXED', 'REJECTED', 'VERIFIED', 'CORRUPT', 'DELETED'] as const;
 export type ArchiveStatus = (typeof ARCHIVE_STATUSES)[number];
@@ -20,8 +21,8 @@ export const ACTIVE_RESTORE_STATUSES: readonly RestoreStatus[] = ['PENDING', 'CL
  * Host ids and disk names end up inside DynamoDB keys joined with `#` and
  * inside S3 keys, so they are restricted to a safe alphabet.
  */
-export const hostIdSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 chars of [A-Za-z0-9._-]');
-export const diskNameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 chars of [A-Za-z0-9._-]');
+export const hostIdSchema = z.string().regex(HOST_ID_PATTERN, `must be ${HOST_ID_RULE}`);
+export const diskNameSchema = z.string().regex(DEVICE_NAME_PATTERN, `must be ${DEVICE_NAME_RULE}`);
 export const uuidSchema = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID');
 const isoSchema = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be an ISO-8601 timestamp');
 const nonNegInt = z.number().int().nonnegative();

@@ -13,6 +13,7 @@
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { formatIssues, type ArchiveRecord } from './records.js';
+import { HOST_DISK_PATTERN, HOST_ID_PATTERN } from '../names.js';
 
 const count = z.number().int().nonnegative().max(100_000);
 export const retentionPolicySchema = z
@@ -27,16 +28,14 @@ export const retentionPolicySchema = z
   .strict();
 export type RetentionPolicy = z.infer<typeof retentionPolicySchema>;
 
-const HOST_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-const HOST_DISK_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 /** The one retention schema: the prune Lambda, the CDK context, `forget` and the agents use it. */
 export const retentionConfigSchema = retentionPolicySchema
   .extend({
     /** Per-host overrides. */
-    hosts: z.record(z.string().regex(HOST_KEY, 'host id'), retentionPolicySchema).optional(),
+    hosts: z.record(z.string().regex(HOST_ID_PATTERN, 'host id'), retentionPolicySchema).optional(),
     /** Per-disk overrides, keyed `<host>/<disk>`. */
-    disks: z.record(z.string().regex(HOST_DISK_KEY, '"<host>/<disk>"'), retentionPolicySchema).optional(),
+    disks: z.record(z.string().regex(HOST_DISK_PATTERN, '"<host>/<disk>"'), retentionPolicySchema).optional(),
   })
   .strict();
 export type RetentionConfig = z.infer<typeof retentionConfigSchema>;

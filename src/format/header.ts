@@ -21,7 +21,6 @@ import {
   MAX_CONFIGS,
   MAX_CONFIG_SIZE,
   MAX_HEADER_SIZE,
-  MAX_HOST_ID_LENGTH,
   MAX_NAME_LENGTH,
   NAME_PATTERN,
   SEALED_CONFIG_OVERHEAD,
@@ -30,6 +29,7 @@ import {
   UUID_SIZE,
 } from './layout.js';
 import { headerTag, macKey, sealConfig } from './auth.js';
+import { HOST_ID_RULE, isHostId } from '../names.js';
 
 export interface DeviceInfo {
   /** u8 id, unique within the archive. */
@@ -98,8 +98,7 @@ export function checkName(name: string, what: string, Err: ErrorCtor = FormatErr
 
 /** Validates everything the encoder and decoder agree on. */
 export function checkHeaderFields(h: HeaderFields, Err: ErrorCtor = FormatError, configOverhead = 0): void {
-  const hostLen = Buffer.byteLength(h.hostId, 'utf8');
-  if (hostLen < 1 || hostLen > MAX_HOST_ID_LENGTH) throw new Err(`host id must be 1..${MAX_HOST_ID_LENGTH} bytes`);
+  if (!isHostId(h.hostId)) throw new Err(`host id ${JSON.stringify(h.hostId.slice(0, 64))} must be ${HOST_ID_RULE}`);
   if (h.devices.length < 1 || h.devices.length > MAX_DEVICES) {
     throw new Err(`an archive holds 1..${MAX_DEVICES} devices, got ${h.devices.length}`);
   }

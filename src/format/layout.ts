@@ -2,6 +2,7 @@
  * Byte-layout constants of archive formats v1 and v2. docs/FORMAT.md is the
  * spec; every number here is cited there.
  */
+import { DEVICE_NAME_MAX, DEVICE_NAME_PATTERN } from '../names.js';
 import { MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA } from './constants.js';
 
 /** The version the writer produces. */
@@ -37,12 +38,11 @@ export const ENCRYPTION_AES_256_GCM = 1;
 /** Fixed part of the header before the host id. */
 export const HEADER_FIXED_SIZE = 88;
 export const MAX_HEADER_SIZE = 16 * 1024 * 1024;
-export const MAX_NAME_LENGTH = 128;
-export const MAX_HOST_ID_LENGTH = 255;
+export const MAX_NAME_LENGTH = DEVICE_NAME_MAX;
 export const MAX_CONFIGS = 64;
 export const MAX_CONFIG_SIZE = 8 * 1024 * 1024;
 /** Names are used as file names by `archive extract`: no separators, no leading dot. */
-export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+export const NAME_PATTERN = DEVICE_NAME_PATTERN;
 
 /** Extent header: fixed 56 bytes, 16 per cluster, then payload SHA + header SHA. */
 export const EXTENT_FIXED_SIZE = 56;

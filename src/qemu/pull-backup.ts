@@ -60,13 +60,14 @@ import { readDrive, type DriveReadStats } from './extent-reader.js';
 import type { QmpClient } from './qmp.js';
 import { recoverLeftovers } from './recovery.js';
 import { fleecePath, processStart, removeRecord, runTag, writeRecord } from './run-record.js';
+import { DEVICE_NAME_PATTERN } from '../names.js';
 
 export { BITMAP_PREFIX };
 /** qcow2 cluster of the job graph's fleecing overlay: the unit a guest write copies first (cost to the guest). */
 export const FLEECE_CLUSTER = CLUSTER_SIZE;
 const JOB_POLL_MS = 50;
 const JOB_WAIT_MS = 30_000;
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const NAME_RE = DEVICE_NAME_PATTERN;
 
 export interface PullDrive {
   /** QEMU block node name (the guest-visible format node, e.g. a qcow2 node). */

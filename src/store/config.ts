@@ -1,5 +1,6 @@
 import { UsageError } from '../errors.js';
 import type { ChecksumMode, UploadOptions } from './upload-options.js';
+import { isHostId } from '../names.js';
 
 /**
  * Where archives live. `prefix` may be empty (keys then start with
@@ -101,7 +102,7 @@ const SAFE_SEGMENT = /^[A-Za-z0-9._-]{1,128}$/;
 
 /** `<prefix>/archives/<hostId>/<uuid>.cwa` (no leading slash when prefix is empty). */
 export function archiveKey(prefix: string, hostId: string, uuid: string): string {
-  if (!SAFE_SEGMENT.test(hostId) || hostId === '.' || hostId === '..') {
+  if (!isHostId(hostId)) {
     throw new UsageError(`host id "${hostId}" cannot be used in an S3 key: use 1-128 of [A-Za-z0-9._-]`);
   }
   if (!SAFE_SEGMENT.test(uuid)) throw new UsageError(`archive uuid "${uuid}" cannot be used in an S3 key`);
@@ -132,7 +133,7 @@ export type ArchiveKeyClass =
 const UUID_NAME = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.cwa$/i;
 
 function isHostSegment(s: string): boolean {
-  return SAFE_SEGMENT.test(s) && s !== '.' && s !== '..';
+  return isHostId(s);
 }
 
 /**
