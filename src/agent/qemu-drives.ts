@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { describeError } from '../errors.js';
 import { QmpClient } from '../qemu/qmp.js';
 import { namedNodes } from '../qemu/graph.js';
-import { BITMAP_PREFIX, incrementalBlocker } from '../qemu/pull-backup.js';
+import { BITMAP_PREFIX, qemuIncrementalBlocker } from '../qemu/pull-backup.js';
 import type { QemuConfig, QemuDriveConfig } from './config.js';
 import type { QemuDiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
@@ -104,7 +104,7 @@ export class QemuHost {
       }
       // QEMU lists anonymous bitmaps too (copy-before-write keeps one on the drive during a backup).
       const bms = node.bitmaps.filter((b) => typeof b.name === 'string' && b.name.startsWith(BITMAP_PREFIX));
-      const why = incrementalBlocker([node], [bms]);
+      const why = qemuIncrementalBlocker([node], [bms]);
       const one = bms.length === 1 ? bms[0]! : null;
       return {
         ...base,

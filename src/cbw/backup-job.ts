@@ -52,7 +52,7 @@ import { TokenBucket } from './rate-limit.js';
 import { PriorityMutex, deferred, type Deferred } from './sync.js';
 
 export type CbwErrorPolicy = 'break-snapshot' | 'break-guest-write';
-export type BackupStatus = 'active' | 'done' | 'error' | 'cancelled';
+export type JobState = 'active' | 'done' | 'error' | 'cancelled';
 
 export interface BackupJobDevice {
   /** Device id in the archive (0..254). */
@@ -90,7 +90,7 @@ export interface BackupDeviceProgress {
 }
 
 export interface BackupProgress {
-  status: BackupStatus;
+  status: JobState;
   /** Bytes to copy (sum over devices of the copy set). */
   total: number;
   /** Bytes handed to the sink so far. */
@@ -179,7 +179,7 @@ export class BackupJob {
   private readonly endWaiters = new Set<() => void>();
   private readonly doneD = deferred<BackupResult>();
   private change = deferred<void>();
-  private status: BackupStatus = 'active';
+  private status: JobState = 'active';
   private started = false;
   private errorObj: Error | null = null;
   private pendingClusters = 0;
@@ -660,7 +660,7 @@ export class BackupJob {
 
   // ─────────────────────────────── ending ───────────────────────────────
 
-  private end(status: Exclude<BackupStatus, 'active'>, err: Error | null): void {
+  private end(status: Exclude<JobState, 'active'>, err: Error | null): void {
     if (this.isEnded) return;
     this.status = status;
     this.errorObj = err;

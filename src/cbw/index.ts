@@ -7,7 +7,7 @@ export {
   type BackupProgress,
   type BackupDeviceProgress,
   type BackupResult,
-  type BackupStatus,
+  type JobState,
   type CbwErrorPolicy,
 } from './backup-job.js';
 export { CbwDevice, atQuiescentPoint, type CbwDeviceOptions, type DirtyTracker } from './cbw-device.js';

@@ -204,7 +204,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
   let parentUuid: string | null = null;
   const oldBitmaps = plans.map((p) => p.plan.node.bitmaps.filter((b) => b.name.startsWith(BITMAP_PREFIX)));
   if (mode === 'incremental') {
-    const why = incrementalBlocker(plans.map((p) => p.plan.node), oldBitmaps);
+    const why = qemuIncrementalBlocker(plans.map((p) => p.plan.node), oldBitmaps);
     if (why) {
       mode = 'full';
       modeReason = why;
@@ -393,7 +393,7 @@ async function bitmapCount(qmp: QmpClient, node: string, name: string): Promise<
 }
 
 /** Why an incremental is impossible, or null (also used by the agent's GET /disks). */
-export function incrementalBlocker(nodes: NamedNode[], bitmaps: NamedNode['bitmaps'][]): string | null {
+export function qemuIncrementalBlocker(nodes: NamedNode[], bitmaps: NamedNode['bitmaps'][]): string | null {
   let uuid: string | null = null;
   for (let i = 0; i < nodes.length; i++) {
     const node = nodes[i] as NamedNode;

@@ -16,7 +16,7 @@ import { constants as fsc } from 'node:fs';
 import { mkdir, open, realpath, unlink, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ConflictError, ForbiddenError, RestoreError, UsageError } from '../errors.js';
-import type { OpenedTarget } from './target.js';
+import type { RestoreOutput } from './target.js';
 
 const at = (dir: FileHandle, name: string): string => `/proc/self/fd/${dir.fd}/${name}`;
 
@@ -85,7 +85,7 @@ async function locate(target: string, allowedDirs: string[]): Promise<{ root: st
  * `<NAME>.raw` each, or one file for one device), confined to `allowedDirs`
  * as described in the module comment. Existing files are never overwritten.
  */
-export async function openConfinedTargets(target: string, devices: { name: string; size: number }[], allowedDirs: string[]): Promise<OpenedTarget[]> {
+export async function openConfinedTargets(target: string, devices: { name: string; size: number }[], allowedDirs: string[]): Promise<RestoreOutput[]> {
   if (allowedDirs.length === 0) throw new ForbiddenError('this agent allows no restore targets (restore.allowedDirs is empty)');
   if (devices.length === 0) throw new UsageError('nothing to restore: no devices selected');
   const { root, names } = await locate(target, allowedDirs);
@@ -104,7 +104,7 @@ export async function openConfinedTargets(target: string, devices: { name: strin
     dir = await walk(rootFh, names.slice(0, -1), false, target);
     files = [{ name: devices[0]!.name, file: names[names.length - 1]!, size: devices[0]!.size, path: target }];
   }
-  const opened: OpenedTarget[] = [];
+  const opened: RestoreOutput[] = [];
   try {
     for (const f of files) {
       checkComponent(f.file, 'file name');
@@ -115,7 +115,7 @@ export async function openConfinedTargets(target: string, devices: { name: strin
         if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new ConflictError(`restore target ${target}: ${f.file} exists; catalogue restores never overwrite`, { cause: err });
         throw new RestoreError(`cannot create restore target ${target}: ${f.file}`, { cause: err });
       }
-      const t: OpenedTarget = { name: f.name, path: f.path, size: f.size, fh, fresh: true, blockDevice: false, created: true };
+      const t: RestoreOutput = { name: f.name, path: f.path, size: f.size, fh, fresh: true, blockDevice: false, created: true };
       // Unlinked through the directory descriptor, like it was created: never via a path that may have changed.
       t.remove = () => unlink(at(dir, f.file));
       opened.push(t);

@@ -26,7 +26,7 @@ import { decodeExtentLeased } from '../format/extent.js';
 import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlanExtent, RestorePlan } from './plan.js';
 import { describeLocator } from './chain.js';
-import { openTargets, type OpenedTarget } from './target.js';
+import { openTargets, type RestoreOutput } from './target.js';
 import { authenticatePlan } from './authenticate.js';
 
 export const DEFAULT_PARALLEL = 4;
@@ -63,7 +63,7 @@ export interface RestoreOptions {
    * Opens the targets instead of `target`/`force` (the agent's catalogue
    * restores: src/restore/confined.ts, never following a symlink).
    */
-  openTargets?: (devices: { name: string; size: number }[]) => Promise<OpenedTarget[]>;
+  openTargets?: (devices: { name: string; size: number }[]) => Promise<RestoreOutput[]>;
   onProgress?: (p: RestoreProgress) => void;
   signal?: AbortSignal;
 }
@@ -147,7 +147,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
   const headerTags = opts.key ? (await authenticatePlan(plan, opts.key, opts.openSource)).headerTags : [];
   const wantedDevices = selected.map((i) => ({ name: plan.devices[i]!.name, size: plan.devices[i]!.size }));
   const targets = opts.openTargets ? await opts.openTargets(wantedDevices) : await openTargets(opts.target, wantedDevices, opts.force ?? false);
-  const targetOf = new Map<number, OpenedTarget>(selected.map((pi, k) => [pi, targets[k]!]));
+  const targetOf = new Map<number, RestoreOutput>(selected.map((pi, k) => [pi, targets[k]!]));
 
   const bytesTotal = selected.reduce((n, i) => n + plan.devices[i]!.size, 0);
   const progress: RestoreProgress = { bytesDone: 0, bytesTotal, fetchedBytes: 0, rangesDone: 0, rangesTotal: 0 };

@@ -9,7 +9,7 @@ import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConflictError, RestoreError, UsageError } from '../errors.js';
 
-export interface OpenedTarget {
+export interface RestoreOutput {
   name: string;
   path: string;
   size: number;
@@ -54,7 +54,7 @@ async function blockDeviceSize(fh: FileHandle): Promise<number> {
   return lo;
 }
 
-async function openOne(name: string, path: string, size: number, force: boolean): Promise<OpenedTarget> {
+async function openOne(name: string, path: string, size: number, force: boolean): Promise<RestoreOutput> {
   const st = await statOrNull(path);
   if (st === null) {
     let fh: FileHandle;
@@ -91,11 +91,11 @@ async function openOne(name: string, path: string, size: number, force: boolean)
  * ending in '/') gets `<NAME>.raw` files; any other path is one file and
  * requires exactly one device.
  */
-export async function openTargets(to: string, devices: { name: string; size: number }[], force: boolean): Promise<OpenedTarget[]> {
+export async function openTargets(to: string, devices: { name: string; size: number }[], force: boolean): Promise<RestoreOutput[]> {
   if (devices.length === 0) throw new UsageError('nothing to restore: no devices selected');
   const st = await statOrNull(to);
   const asDir = (st !== null && st.isDirectory()) || (st === null && (to.endsWith('/') || devices.length > 1));
-  const opened: OpenedTarget[] = [];
+  const opened: RestoreOutput[] = [];
   try {
     if (asDir) {
       if (st === null) await mkdir(to, { recursive: true });
