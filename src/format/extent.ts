@@ -9,7 +9,7 @@ import { type Compressor, type PayloadUnpacker, isPayloadUnpacker } from '../cod
 import { ByteReader, ByteWriter } from './bytes.js';
 import { checkSha256, sha256 } from './checksum.js';
 import { BLOCKS_PER_CLUSTER, CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA, ZERO_BLOCK_SIZE } from './constants.js';
-import { keyFingerprint, open, seal } from './encryption.js';
+import { keyFingerprint, open } from './encryption.js';
 import {
   CLUSTER_ENTRY_SIZE,
   EXTENT_FIXED_SIZE,
@@ -166,38 +166,6 @@ export function finishExtentHeader(header: Buffer, payloadSha256: Uint8Array): B
   header.set(payloadSha256, shaAt);
   sha256(header.subarray(0, shaAt + SHA256_SIZE)).copy(header, shaAt + SHA256_SIZE);
   return header;
-}
-
-export interface SealExtentInput {
-  seq: number;
-  archiveUuid: string;
-  /** Sorted ascending by (deviceId, cluster). */
-  entries: ClusterEntry[];
-  plainLength: number;
-  plainSha256: Buffer;
-  /** zstd frame when `compressed`, else the plaintext itself. */
-  body: Buffer;
-  compressed: boolean;
-  /** Present = encrypted; a 12-byte nonce is then required. */
-  key?: Buffer;
-  nonce?: Buffer;
-  /** v2 header tag, appended to the associated data (absent = v1). */
-  headerTag?: Buffer;
-}
-
-/**
- * Builds the extent header and stored payload synchronously: the reference
- * for what the writer's off-thread pipeline (writer.ts) produces.
- */
-export function sealExtent(x: SealExtentInput): { header: Buffer; payload: Buffer } {
-  const encrypted = x.key !== undefined;
-  if (encrypted && x.nonce === undefined) throw new Error('internal: encrypted extent needs a 12-byte nonce');
-  const { header, aad, payloadLength } = encodeExtentHeader({ ...x, bodyLength: x.body.length, nonce: encrypted ? x.nonce : undefined });
-  const inner = Buffer.concat([x.plainSha256, x.body]);
-  const fullAad = x.headerTag ? Buffer.concat([aad, x.headerTag]) : aad;
-  const payload = encrypted ? seal(x.key as Buffer, x.nonce as Buffer, inner, fullAad) : inner;
-  if (payload.length !== payloadLength) throw new Error('internal: payload length mismatch');
-  return { header: finishExtentHeader(header, sha256(payload)), payload };
 }
 
 /**

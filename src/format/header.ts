@@ -174,16 +174,6 @@ export function headerTagOf(encoded: Buffer): Buffer {
   return encoded.subarray(encoded.length - SHA256_SIZE - TAG_SIZE, encoded.length - SHA256_SIZE);
 }
 
-/** Reads headerLength from the fixed prefix (for callers that do not know it). */
-export function peekHeaderLength(prefix: Buffer): number {
-  const r = new ByteReader(prefix, 'archive header');
-  const magic = r.bytes(HEADER_MAGIC.length);
-  if (!magic.equals(HEADER_MAGIC)) throw new FormatError('not a cowstream archive (bad header magic)');
-  r.u16();
-  r.u16();
-  return r.u32();
-}
-
 /**
  * Decodes and validates a complete header. The checksum is checked first, so
  * any later complaint is about a header written that way, not about damage.
