@@ -28,7 +28,6 @@ const isoSchema = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must b
 const nonNegInt = z.number().int().nonnegative();
 
 export const archiveDeviceSchema = z.object({ name: z.string().min(1).max(255), size: nonNegInt });
-export type ArchiveDevice = z.infer<typeof archiveDeviceSchema>;
 
 export const archiveRecordSchema = z.object({
   uuid: uuidSchema,

@@ -10,11 +10,6 @@ export function sha256(...parts: Uint8Array[]): Buffer {
   return h.digest();
 }
 
-/** Hex SHA-256 over one or more byte arrays. */
-export function sha256Hex(...parts: Uint8Array[]): string {
-  return sha256(...parts).toString('hex');
-}
-
 /** True when two digests are equal; constant time for equal lengths. */
 export function digestEquals(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b);

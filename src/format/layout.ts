@@ -27,7 +27,6 @@ export const UUID_SIZE = 16;
 export const FINGERPRINT_SIZE = 16;
 export const NONCE_SIZE = 12;
 export const GCM_TAG_SIZE = 16;
-export const KEY_SIZE = 32;
 
 /** Codec ids (header byte 64). */
 export const CODEC_ZSTD = 1;
