@@ -1,6 +1,5 @@
 export * from './server.js';
 export * from './types.js';
 export * from './errors.js';
-export * from './address.js';
 export { loadPskFile, type NbdTlsOptions } from './tls.js';
 export { SocketInUseError, SocketPathError } from './unix-socket.js';
