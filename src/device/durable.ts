@@ -21,20 +21,28 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /**
- * Atomic, durable replace of `path`: a new temp file (O_EXCL|O_NOFOLLOW, so
- * never someone else's file or a planted symlink) is written and fsynced,
- * renamed over `path`, and the directory fsynced.
+ * Writes `data` to a new file `tmp` (O_EXCL|O_NOFOLLOW, so never someone
+ * else's file or a planted symlink) and fsyncs it, ready to be renamed or
+ * linked into place. On failure the caller unlinks `tmp`.
+ */
+export async function writeSyncedNewFile(tmp: string, data: Uint8Array | string, mode = 0o600): Promise<void> {
+  const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Atomic, durable replace of `path`: a new synced temp file is renamed over
+ * `path`, and the directory fsynced.
  */
 export async function writeFileAtomic(path: string, data: Uint8Array | string, mode = 0o600): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
   try {
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await writeSyncedNewFile(tmp, data, mode);
     await rename(tmp, path);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);

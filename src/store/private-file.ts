@@ -9,6 +9,7 @@ import { link, open, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ConfigError } from '../errors.js';
+import { writeSyncedNewFile } from '../device/durable.js';
 
 /** A secret file that exists but may not be trusted (owner, mode, type). */
 export class InsecureFileError extends ConfigError {
@@ -52,14 +53,8 @@ export async function readPrivateFile(path: string): Promise<Buffer> {
  */
 export async function createPrivateFileExclusive(path: string, data: string | Buffer): Promise<boolean> {
   const tmp = join(dirname(path), `.${randomBytes(8).toString('hex')}.tmp`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await writeSyncedNewFile(tmp, data, 0o600);
     try {
       await link(tmp, path);
       return true;
