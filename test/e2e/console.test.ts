@@ -233,7 +233,7 @@ describe('web console in headless Chromium', () => {
     await page.locator('#r-target').fill(join(restoreDir, 'vda.raw'));
     await page.locator('#r-devices input[value="vda"]').check();
     await page.locator('#r-submit').click();
-    await expect.poll(() => page.locator('#restore-error').innerText().catch(() => '')).toMatch(/invalid restore request: hostId: must be 1-128 chars.*HTTP 400/);
+    await expect.poll(() => page.locator('#restore-error').innerText().catch(() => '')).toMatch(/invalid restore request: hostId: must be 1-128 characters.*HTTP 400/);
     expect(await page.locator('#r-host').getAttribute('aria-invalid')).toBe('true');
     await screenshot(page, 'restore-error');
 
