@@ -101,6 +101,11 @@ export class ConflictError extends CowstreamError {
   override readonly code: string = 'CONFLICT';
 }
 
+/** A backup was asked for while another one is starting or running (HTTP 409). */
+export class BackupRunningError extends ConflictError {
+  override readonly code: string = 'BACKUP_RUNNING';
+}
+
 /** Restore failures (plan, reads, writes, verification). */
 export class RestoreError extends CowstreamError {
   override readonly code: string = 'RESTORE';

@@ -8,6 +8,7 @@ import { createS3Client } from '../store/s3-client.js';
 import { resolveChecksumPolicy } from '../store/upload-options.js';
 import { embeddedS3Dir, startEmbeddedS3, type EmbeddedS3 } from '../store/embedded-s3.js';
 import { credentialsPath, loadOrCreateEmbeddedCredentials } from '../store/embedded-credentials.js';
+import { removeEndpointsFile, writeEndpointsFile } from '../store/embedded-endpoints.js';
 import type { AgentConfig } from './config.js';
 import { ControlServer } from './control-server.js';
 import { BackupManager, type AgentDisk } from './backup-manager.js';
@@ -198,6 +199,13 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
 
     const control = await ControlServer.start(config.control.socket, backups, log);
     cleanups.push(() => control.close());
+
+    // For the CLI's --state: the endpoints are otherwise only in this log.
+    await writeEndpointsFile(config.stateDir, {
+      s3: store?.endpoint ? { endpoint: store.endpoint, bucket: store.bucket, prefix: store.prefix } : null,
+      catalog: catalog?.url ?? null,
+    });
+    cleanups.push(() => removeEndpointsFile(config.stateDir));
 
     log.info('agent ready', {
       hostId: config.hostId,

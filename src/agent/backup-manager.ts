@@ -3,7 +3,7 @@ import { constants as fsc } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { v7 as uuidv7 } from 'uuid';
-import { BackupCancelledError, BackupError, ConflictError, CowstreamError, describeError } from '../errors.js';
+import { BackupCancelledError, BackupError, BackupRunningError, ConflictError, CowstreamError, describeError } from '../errors.js';
 import { ArchiveWriter } from '../format/writer.js';
 import { ZstdPool } from '../codec/zstd-pool.js';
 import { readKeyFile } from '../codec/crypto.js';
@@ -252,9 +252,9 @@ export class BackupManager implements ControlBackend {
   async startBackup(req: BackupRequest): Promise<BackupStatus> {
     // Everything up to taking the slot is synchronous: no await before `this.starting` is set.
     if (this.stopping) throw new ConflictError('the agent is stopping; no new backup can start');
-    if (this.starting) throw new ConflictError('another backup is starting; cancel it or wait (GET /backups/current)');
+    if (this.starting) throw new BackupRunningError('another backup is starting; cancel it or wait (GET /backups/current)');
     if (this.run?.status.status === 'active') {
-      throw new ConflictError(`backup ${this.run.status.uuid} is still running; cancel it or wait (GET /backups/current)`);
+      throw new BackupRunningError(`backup ${this.run.status.uuid} is still running; cancel it or wait (GET /backups/current)`);
     }
     let settle!: () => void;
     const slot = { cancelRequested: false, settled: new Promise<void>((r) => (settle = r)) };

@@ -1,5 +1,6 @@
 import { request, type IncomingMessage } from 'node:http';
 import {
+  BackupRunningError,
   ConflictError,
   CowstreamError,
   ForbiddenError,
@@ -19,7 +20,7 @@ function errorFromResponse(status: number, body: unknown): CowstreamError {
   const msg = e?.message ?? `agent answered HTTP ${status}`;
   if (status === 400 || status === 405) return new UsageError(msg);
   if (status === 404) return new NotFoundError(msg);
-  if (status === 409) return new ConflictError(msg);
+  if (status === 409) return e?.code === 'BACKUP_RUNNING' ? new BackupRunningError(msg) : new ConflictError(msg);
   if (status === 403) return new ForbiddenError(msg);
   return new CowstreamError(msg);
 }

@@ -313,6 +313,15 @@ export function errorToResult(err: unknown, logger: Logger): ApiResult {
   return errorResult(500, code, err instanceof CowstreamError ? err.message : 'internal error');
 }
 
+/**
+ * Successful reads are routine (an agent polls for restore jobs every few
+ * seconds): debug. Writes and failures stay at info.
+ */
+function logRequest(logger: Logger, method: string, fields: { method: string; path: string; status: number | undefined }): void {
+  if (method === 'GET' && (fields.status ?? 200) < 400) logger.debug('request', fields);
+  else logger.info('request', fields);
+}
+
 export function createApiHandler(deps: ApiDeps): ApiHandler {
   const logger = deps.logger ?? nullLogger;
   return async (event: ApiEvent): Promise<ApiResult> => {
@@ -336,7 +345,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
           query,
           body: () => (parsed ??= { value: parseBody(event) }).value,
         });
-        logger.info('request', { method, path, status: result.statusCode });
+        logRequest(logger, method, { method, path, status: result.statusCode });
         return result;
       }
     } catch (err) {

@@ -49,7 +49,7 @@ async function clientOf(ctx: ArchiveContext): Promise<S3Client | null> {
 
 async function needClient(ctx: ArchiveContext, what: string): Promise<S3Client> {
   const client = await clientOf(ctx);
-  if (!client) throw new UsageError(`${what} needs an S3 bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)`);
+  if (!client) throw new UsageError(`${what} needs an S3 bucket: pass --bucket (or set COWSTREAM_S3_BUCKET), or --state <dir> of an agent with the embedded store`);
   return client;
 }
 
@@ -113,7 +113,7 @@ export async function resolveRef(ref: string, ctx: ArchiveContext): Promise<Arch
     throw new NotFoundError(`archive file ${ref} does not exist`);
   }
   if (UUID_RE.test(ref)) {
-    if (!ctx.store) throw new UsageError(`looking up archive ${ref} needs an S3 bucket: pass --bucket (or set COWSTREAM_S3_BUCKET)`);
+    if (!ctx.store) throw new UsageError(`looking up archive ${ref} needs an S3 bucket: pass --bucket (or set COWSTREAM_S3_BUCKET), or --state <dir> of an agent with the embedded store`);
     const client = await needClient(ctx, `looking up archive ${ref}`);
     const store = ctx.store;
     const loc = await findArchiveByUuid(client, store, ref.toLowerCase());

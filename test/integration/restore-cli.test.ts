@@ -85,7 +85,7 @@ describe('cowstream restore / verify / uploads (CLI)', () => {
   it('verify checks stored checksums and reports corruption with exit code 1', async () => {
     const ok = await run(['verify', steps[0]!.uuid, '--json', ...store]);
     expect(ok.code).toBe(0);
-    expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, plaintextChecked: false });
+    expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, plaintextChecked: true });
     const res = await client.send(new GetObjectCommand({ Bucket: 'cli-bucket', Key: steps[0]!.key }));
     const bytes = Buffer.from(await res.Body!.transformToByteArray());
     bytes[Math.floor(bytes.length / 3)]! ^= 0x55;

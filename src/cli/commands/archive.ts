@@ -15,12 +15,13 @@ import { CowstreamError, EncryptionKeyError, UsageError } from '../../errors.js'
 import { ZstdPool, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../../codec/zstd-pool.js';
 import { readKeyFile } from '../../codec/crypto.js';
 import { ArchiveWriter, type ArchiveSummary } from '../../format/writer.js';
-import { openArchive, type ArchiveReader, type VerifyResult } from '../../format/reader.js';
+import { openArchive, type ArchiveReader } from '../../format/reader.js';
 import { CLUSTER_SIZE, MAX_DEVICES, ZERO_BLOCK_SIZE } from '../../format/constants.js';
 import { NAME_PATTERN, MAX_NAME_LENGTH } from '../../format/layout.js';
 import { FileByteSink, FileRangeSource } from '../../store/file.js';
 import { constants as fsc } from 'node:fs';
 import { formatBytes, formatRate, parsePositiveInt, printJson } from '../output.js';
+import { describeVerifyReport, verifyReport } from '../verify-report.js';
 
 /** Image bytes per read: 16 clusters, large enough to amortise syscalls, small enough to stay cache-friendly. */
 const READ_BATCH = 16 * CLUSTER_SIZE;
@@ -640,29 +641,16 @@ export function registerArchiveCommands(program: Command): void {
       const key = opts.key !== undefined ? await readKeyFile(opts.key) : undefined;
       const pool = new ZstdPool();
       try {
-        const r: VerifyResult & { path: string; uuid: string } = await withReader(path, { key, pool }, async (reader) => {
+        const r = await withReader(path, { key, pool }, async (reader) => {
           const progress = makeProgress(reader.index.extents.length, progressWanted(opts), 'verify', 'extents');
           try {
-            const v = await reader.verify({ onProgress: (d) => progress.update(d) });
-            return { path, uuid: reader.header.uuid, ...v };
+            return await verifyReport(reader, path, (d) => progress.update(d));
           } finally {
             progress.stop();
           }
         });
-        if (opts.json) {
-          printJson(r);
-        } else if (r.ok) {
-          process.stdout.write(
-            `OK ${path}: ${r.extentsChecked} extents, ${formatBytes(r.bytesChecked)} checked` +
-              `${r.plaintextChecked ? ' (stored and plaintext checksums)' : ' (stored checksums only: plaintext needs the key)'}` +
-              `${r.authenticated ? ', header and index authenticated under the key' : ''}\n`,
-          );
-        } else {
-          const b = r.firstBad!;
-          process.stdout.write(
-            `BAD ${path}: first bad extent ${b.seq >= 0 ? `#${b.seq} ` : ''}at offset ${b.offset} (${b.length} bytes): ${b.message}\n`,
-          );
-        }
+        if (opts.json) printJson(r);
+        else process.stdout.write(describeVerifyReport(r));
         if (!r.ok) process.exitCode = 1;
       } finally {
         await pool.close();

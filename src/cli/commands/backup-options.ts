@@ -15,7 +15,10 @@ export interface BackupCliOptions extends UploadFlags {
   onCbwError?: 'break-snapshot' | 'break-guest-write';
   key?: string;
   to: string;
+  /** Accepted and ignored: waiting is the default (see `detach`). */
   wait?: boolean;
+  /** Return once the backup has started instead of waiting for its end. */
+  detach?: boolean;
   json?: boolean;
   progress?: boolean;
   agent?: string;

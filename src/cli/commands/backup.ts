@@ -2,8 +2,8 @@ import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
-import { BackupError, UsageError } from '../../errors.js';
-import { formatBytes, parsePositiveInt, parseSize, printJson } from '../output.js';
+import { BackupError, BackupRunningError, UsageError } from '../../errors.js';
+import { formatBytes, formatRate, parsePositiveInt, parseSize, printJson } from '../output.js';
 import { AgentClient } from '../../agent/control-client.js';
 import type { BackupStatus, DiskStatus } from '../../agent/backup-request.js';
 import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
@@ -11,13 +11,6 @@ import { addUploadOptions, hasUploadFlags } from '../upload-flags.js';
 import { DEFAULT_AGENT_SOCKET, agentSocket } from '../agent-socket.js';
 
 export { DEFAULT_AGENT_SOCKET, agentSocket };
-
-
-/**
- * Where the CLI finds the agent: --agent, else $COWSTREAM_AGENT_SOCKET, else
- * the control socket of an agent whose stateDir is /var/lib/cowstream.
- */
-
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
@@ -75,6 +68,30 @@ function makeBar(enabled: boolean): { update(s: BackupStatus): void; stop(): voi
   };
 }
 
+/** What a finished backup cost: wall time, throughput (bytes read per second) and compression (bytes read / bytes written). */
+export interface BackupSummary {
+  durationMs: number;
+  bytesPerSecond: number;
+  /** null when nothing was read or written (e.g. an incremental of an unchanged disk). */
+  compressionRatio: number | null;
+}
+
+/** The summary of a backup that has ended; null while it runs. */
+export function backupSummary(s: BackupStatus): BackupSummary | null {
+  if (s.endTime === null) return null;
+  const durationMs = Math.max(0, Date.parse(s.endTime) - Date.parse(s.startTime));
+  return {
+    durationMs,
+    bytesPerSecond: Math.round(s.transferred / Math.max(0.001, durationMs / 1000)),
+    compressionRatio: s.archiveBytes > 0 && s.transferred > 0 ? Math.round((s.transferred / s.archiveBytes) * 100) / 100 : null,
+  };
+}
+
+function describeSummary(m: BackupSummary, s: BackupStatus): string {
+  const ratio = m.compressionRatio === null ? '-' : `${m.compressionRatio.toFixed(2)}x`;
+  return `  summary:     ${(m.durationMs / 1000).toFixed(1)} s, ${formatRate(s.transferred, Math.max(0.001, m.durationMs / 1000))}, compression ${ratio} (${formatBytes(s.transferred)} read, ${formatBytes(s.archiveBytes)} written)`;
+}
+
 function describeStatus(s: BackupStatus): string {
   const lines = [
     `backup ${s.uuid}: ${s.status}`,
@@ -85,6 +102,8 @@ function describeStatus(s: BackupStatus): string {
     `  progress:    ${formatBytes(s.transferred)} of ${formatBytes(s.total)} (${formatBytes(s.zeroBytes)} zero), ${formatBytes(s.archiveBytes)} written`,
     `  started:     ${s.startTime}${s.endTime ? `, ended ${s.endTime}` : ''}`,
   ];
+  const summary = backupSummary(s);
+  if (summary) lines.push(describeSummary(summary, s));
   if (s.error) lines.push(`  error:       ${s.error}`);
   return lines.join('\n');
 }
@@ -97,14 +116,31 @@ function describeDisk(d: DiskStatus): string {
   return `  ${d.name}  ${size}  ${where}\n    dirty bitmap: ${bm}\n    last backup:  ${last}`;
 }
 
+/**
+ * POST /backups; when a backup is already running, the agent's answer names
+ * its HTTP route, so a CLI user is told the commands instead.
+ */
+async function startOrExplain(client: AgentClient, body: Record<string, unknown>): Promise<Awaited<ReturnType<AgentClient['startBackup']>>> {
+  try {
+    return await client.startBackup(body);
+  } catch (err) {
+    if (!(err instanceof BackupRunningError)) throw err;
+    const current = await client.status().catch(() => null);
+    const which = current?.status === 'active' ? `backup ${current.uuid} (started ${current.startTime})` : 'another backup';
+    // No cause: it is the same refusal, worded for API clients (describeError would print both).
+    throw new BackupRunningError(`${which} is still running: \`cowstream status\` shows its progress, \`cowstream cancel\` stops it`);
+  }
+}
+
 async function runAgentBackup(o: BackupCliOptions): Promise<void> {
   const body = backupBodyFromOptions(o);
   const toStdout = body.target === '-';
   if (toStdout && o.json) throw new UsageError('--to - writes the archive to stdout and cannot be combined with --json');
   // Messages never go to stdout when stdout carries the archive.
   const say = (text: string): void => void (toStdout ? process.stderr : process.stdout).write(text + '\n');
+  if (o.detach && toStdout) throw new UsageError('--detach cannot be combined with --to -: the archive streams through this command');
   const client = new AgentClient(agentSocket(o.agent));
-  const started = await client.startBackup(body);
+  const started = await startOrExplain(client, body);
   if (!o.json) say(`backup ${started.uuid} started: ${started.mode}${started.modeReason ? ` (${started.modeReason})` : ''}${started.qemuGraph ? `, ${started.qemuGraph.kind} graph` : ''} → ${started.key ? `s3://${started.bucket}/${started.key}` : started.target}`);
 
   if (toStdout) {
@@ -117,8 +153,9 @@ async function runAgentBackup(o: BackupCliOptions): Promise<void> {
     await pipeline(res, process.stdout, { end: false });
   }
 
-  if (!o.wait && !toStdout) {
+  if (o.detach) {
     if (o.json) printJson(started);
+    else say(`detached: \`cowstream status\` follows it, \`cowstream cancel\` stops it`);
     return;
   }
   const bar = makeBar(!o.json && !toStdout && (o.progress === true || process.stderr.isTTY === true));
@@ -128,8 +165,10 @@ async function runAgentBackup(o: BackupCliOptions): Promise<void> {
   } finally {
     bar.stop();
   }
-  if (o.json) printJson(final);
-  else say(describeStatus(final));
+  const summary = backupSummary(final);
+  // On failure main() prints the one JSON error document.
+  if (o.json && final.status === 'done') printJson({ ...final, ...summary });
+  else if (!o.json) say(describeStatus(final));
   if (final.status !== 'done') throw new BackupError(`backup ${final.uuid} ${final.status}${final.error ? `: ${final.error}` : ''}`);
 }
 
@@ -161,7 +200,8 @@ export function registerBackupCommands(program: Command): void {
     .addOption(new Option('--on-cbw-error <policy>', 'what a copy-before-write failure breaks').choices(['break-snapshot', 'break-guest-write']))
     .option('--key <file>', 'encrypt with this key file (path on the agent host)')
     .option('--to <target>', 's3 (the configured bucket), file:PATH or PATH (a .cwa file written by the agent), or - (stdout)', 's3')
-    .option('--wait', 'wait until the backup ends, showing progress; exit non-zero if it failed')
+    .option('--detach', 'return as soon as the backup has started (default: wait until it ends, showing progress; exit 1 if it failed)')
+    .option('--wait', 'accepted for compatibility: waiting is the default')
     .option('--progress', 'show the progress bar even when stderr is not a TTY')
     .option('--json', 'print JSON')
     .option('--agent <socket>', `agent control socket (default $COWSTREAM_AGENT_SOCKET or ${DEFAULT_AGENT_SOCKET})`)

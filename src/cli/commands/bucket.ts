@@ -26,7 +26,7 @@ interface BucketFlags extends StoreFlags {
 
 async function requireStore(o: StoreFlags & { state?: string }): Promise<StoreConfig> {
   const store = storeConfigFromFlags(await withStateCredentials(o));
-  if (!store) throw new UsageError('no bucket: give --bucket <name> or set COWSTREAM_S3_BUCKET');
+  if (!store) throw new UsageError('no bucket: give --bucket <name>, set COWSTREAM_S3_BUCKET, or --state <dir> of an agent with the embedded store');
   return store;
 }
 

@@ -10,6 +10,7 @@ import { CatalogClient } from '../../catalog/client.js';
 import { diskNameSchema, hostIdSchema, uuidSchema, type ArchiveRecord } from '../../catalog/records.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
 import { resolveCatalogToken, type EmbeddedAuthFlags } from '../embedded-auth.js';
+import { catalogUrlWithState } from '../state-defaults.js';
 import { untilInterrupted } from '../signals.js';
 
 interface CatalogFlags extends EmbeddedAuthFlags {
@@ -18,9 +19,9 @@ interface CatalogFlags extends EmbeddedAuthFlags {
 }
 
 async function catalogClient(o: CatalogFlags): Promise<CatalogClient> {
-  const url = o.catalog ?? process.env.COWSTREAM_CATALOG_URL;
-  if (!url) throw new UsageError('no catalogue: give --catalog <url> or set COWSTREAM_CATALOG_URL');
-  const token = await resolveCatalogToken(o, url);
+  const { url, state } = await catalogUrlWithState(o);
+  if (!url) throw new UsageError('no catalogue: give --catalog <url>, set COWSTREAM_CATALOG_URL, or --state <dir> of an agent with the embedded catalogue');
+  const token = await resolveCatalogToken({ ...o, ...(state !== undefined ? { state } : {}) }, url);
   return new CatalogClient({ url, ...(token !== undefined ? { token } : {}) });
 }
 
@@ -28,7 +29,7 @@ async function catalogClient(o: CatalogFlags): Promise<CatalogClient> {
 export function addCatalogAuthOptions(cmd: Command): Command {
   return cmd
     .option('--catalog-token <token>', 'bearer token of an embedded catalogue (default $COWSTREAM_CATALOG_TOKEN, else read from --state)')
-    .option('--state <dir>', "state directory whose credentials.json holds the token (default: the local agent's)");
+    .option('--state <dir>', "an agent's state directory: its endpoints.json gives the catalogue URL, its credentials.json the token (default: the local agent's)");
 }
 
 function short(uuid: string | null): string {
@@ -66,7 +67,7 @@ export function registerCatalogCommands(program: Command): void {
     .option('--cursor <c>', 'continue from a previous page')
     .option('--all', 'follow every page')
     .option('--include-deleted', 'also list DELETED archives')
-    .option('--catalog <url>', 'catalogue URL (default $COWSTREAM_CATALOG_URL)')
+    .option('--catalog <url>', 'catalogue URL (default $COWSTREAM_CATALOG_URL, else the embedded catalogue of --state)')
     .option('--json', 'print JSON'))
     .action(async (o: CatalogFlags & { host?: string; disk?: string; limit?: string; cursor?: string; all?: boolean; includeDeleted?: boolean }) => {
       if (o.host !== undefined && !hostIdSchema.safeParse(o.host).success) throw new UsageError(`--host "${o.host}" is not a valid host id`);
@@ -95,7 +96,7 @@ export function registerCatalogCommands(program: Command): void {
   addCatalogAuthOptions(program
     .command('show <id>')
     .description('show one archive of the catalogue and its incremental chain')
-    .option('--catalog <url>', 'catalogue URL (default $COWSTREAM_CATALOG_URL)')
+    .option('--catalog <url>', 'catalogue URL (default $COWSTREAM_CATALOG_URL, else the embedded catalogue of --state)')
     .option('--json', 'print JSON'))
     .action(async (id: string, o: CatalogFlags) => {
       if (!uuidSchema.safeParse(id).success) throw new UsageError(`"${id}" is not an archive UUID`);

@@ -10,6 +10,7 @@ import { CatalogClient } from '../../catalog/client.js';
 import { uuidSchema, type RestoreJob } from '../../catalog/records.js';
 import { formatBytes, printJson } from '../output.js';
 import { resolveCatalogToken } from '../embedded-auth.js';
+import { catalogUrlWithState } from '../state-defaults.js';
 
 export interface RestoreViaCatalogOptions {
   /** Archive UUID (catalogue id). */
@@ -39,13 +40,13 @@ const FINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
 
 /** Requests the restore; with `wait`, resolves with the finished job or throws RestoreError if it failed. */
 export async function runRestoreViaCatalog(opts: RestoreViaCatalogOptions): Promise<RestoreJob> {
-  const url = opts.catalog ?? process.env.COWSTREAM_CATALOG_URL;
-  if (!url) throw new UsageError('--via-catalog needs --catalog <url> (or COWSTREAM_CATALOG_URL)');
+  const { url, state } = await catalogUrlWithState(opts);
+  if (!url) throw new UsageError('--via-catalog needs --catalog <url> (or COWSTREAM_CATALOG_URL, or --state <dir> of an agent with the embedded catalogue)');
   if (!opts.host) throw new UsageError('--via-catalog needs --host <id>: the host whose agent restores');
   if (!opts.to) throw new UsageError('--via-catalog needs --to <path> on that host');
   if (!isAbsolute(opts.to)) throw new UsageError(`--to must be an absolute path on host ${opts.host}, got "${opts.to}"`);
   if (!uuidSchema.safeParse(opts.ref).success) throw new UsageError(`--via-catalog needs an archive UUID, got "${opts.ref}"`);
-  const token = await resolveCatalogToken(opts, url);
+  const token = await resolveCatalogToken({ ...opts, ...(state !== undefined ? { state } : {}) }, url);
   const client = new CatalogClient({ url, ...(token !== undefined ? { token } : {}) });
   const devices = opts.device && opts.device.length > 0 ? opts.device : undefined;
   const { restoreId } = await client.createRestore({ archiveId: opts.ref, hostId: opts.host, target: { path: opts.to }, ...(devices ? { devices } : {}) });

@@ -118,7 +118,7 @@ export function registerRestoreCommands(program: Command): void {
       .option('--host <id>', 'with --via-catalog: the host whose agent restores')
       .option('--wait', 'with --via-catalog: follow the restore until it is done')
       .option('--timeout <duration>', 'with --wait: give up waiting after this long (e.g. 90s, 30m, 2h; default: wait until the job ends)')
-      .option('--catalog <url>', 'with --via-catalog: catalogue URL')
+      .option('--catalog <url>', 'with --via-catalog: catalogue URL (default $COWSTREAM_CATALOG_URL, else the embedded catalogue of --state)')
       .option('--catalog-token <token>', 'with --via-catalog: bearer token of an embedded catalogue (default $COWSTREAM_CATALOG_TOKEN, else from --state)'),
   ).action(async (ref: string, o: RestoreFlags) => runRestore(ref, o));
 }

@@ -10,6 +10,7 @@ import { readKeyFile } from '../../codec/crypto.js';
 import type { ArchiveContext } from '../../restore/locate.js';
 import { storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { embeddedS3CredentialsFromState } from '../embedded-auth.js';
+import { storeFlagsWithState } from '../state-defaults.js';
 
 /** Adds --bucket/--prefix/--endpoint/--region (env: COWSTREAM_S3_BUCKET, COWSTREAM_S3_PREFIX, AWS_*). */
 export function addStoreOptions(cmd: Command): Command {
@@ -18,11 +19,12 @@ export function addStoreOptions(cmd: Command): Command {
     .option('--prefix <prefix>', 'key prefix inside the bucket (default: $COWSTREAM_S3_PREFIX or none)')
     .option('--endpoint <url>', 'S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS)')
     .option('--region <region>', 'AWS region (default: $AWS_REGION / profile)')
-    .option('--state <dir>', "an embedded store's state directory: sign with the keys in its credentials.json");
+    .option('--state <dir>', "an agent's state directory: its endpoints.json gives the embedded store's endpoint/bucket/prefix, its credentials.json the keys (default: the local agent's, for its loopback store)");
 }
 
-/** Store flags plus the embedded keys of --state, when given. */
-export async function withStateCredentials(flags: StoreFlags & { state?: string }): Promise<StoreFlags> {
+/** Store flags completed from the state directory (state-defaults.ts), plus its embedded keys. */
+export async function withStateCredentials(rawFlags: StoreFlags & { state?: string }): Promise<StoreFlags> {
+  const flags = await storeFlagsWithState(rawFlags);
   const credentials = await embeddedS3CredentialsFromState(flags.state);
   return credentials ? { ...flags, credentials } : flags;
 }

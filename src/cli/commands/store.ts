@@ -5,7 +5,8 @@ import { openArchive } from '../../format/reader.js';
 import { describeLocator } from '../../restore/chain.js';
 import { resolveRef, sourceOpener } from '../../restore/locate.js';
 import { DEFAULT_EMBEDDED_BUCKET, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
-import { formatBytes, parsePositiveInt, printJson } from '../output.js';
+import { parsePositiveInt, printJson } from '../output.js';
+import { describeVerifyReport, verifyReport } from '../verify-report.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile, withStateCredentials } from './store-options.js';
 
 /** The S3 client of a command that always talks to S3 (loaded on demand). */
@@ -23,38 +24,20 @@ async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
   const loc = await resolveRef(ref, ctx);
   const key = o.key ? await loadKeyFile(o.key) : undefined;
   const { ZstdPool } = await import('../../codec/zstd-pool.js');
-  const pool = key ? new ZstdPool({}) : undefined;
+  // Always a compressor: an unencrypted archive's plaintext checksums need no key (verify-report.ts).
+  const pool = new ZstdPool({});
   try {
-    const reader = await openArchive(await sourceOpener(ctx)(loc), { ...(key ? { key } : {}), ...(pool ? { compressor: pool } : {}) });
+    const reader = await openArchive(await sourceOpener(ctx)(loc), { ...(key ? { key } : {}), compressor: pool });
     try {
-      const res = await reader.verify();
-      const out = {
-        ok: res.ok,
-        archive: reader.header.uuid,
-        parent: reader.header.parentUuid,
-        source: describeLocator(loc),
-        extents: res.extentCount,
-        extentsChecked: res.extentsChecked,
-        bytesChecked: res.bytesChecked,
-        plaintextChecked: res.plaintextChecked,
-        authenticated: res.authenticated,
-        ...(res.firstBad ? { firstBad: res.firstBad } : {}),
-      };
-      if (o.json) printJson(out);
-      else {
-        process.stdout.write(
-          `${res.ok ? 'OK' : 'CORRUPT'} archive ${out.archive} (${out.source}): ${res.extentsChecked}/${res.extentCount} extents, ` +
-            `${formatBytes(res.bytesChecked)} checked, ${res.plaintextChecked ? 'stored + plaintext checksums' : 'stored checksums only (pass --key for plaintext)'}` +
-            `${res.authenticated ? ', header and index authenticated' : ''}\n`,
-        );
-        if (res.firstBad) process.stdout.write(`  first bad extent: seq ${res.firstBad.seq} at offset ${res.firstBad.offset}: ${res.firstBad.message}\n`);
-      }
-      if (!res.ok) process.exitCode = 1;
+      const report = await verifyReport(reader, describeLocator(loc));
+      if (o.json) printJson(report);
+      else process.stdout.write(describeVerifyReport(report));
+      if (!report.ok) process.exitCode = 1;
     } finally {
       await reader.close();
     }
   } finally {
-    await pool?.close();
+    await pool.close();
     ctx.close();
   }
 }

@@ -1,0 +1,73 @@
+/**
+ * Where a running agent's embedded services listen, kept in
+ * `<stateDir>/endpoints.json` (0600, replaced atomically at every start and
+ * removed at stop), so the CLI finds the catalogue and the S3 store through
+ * `--state <dir>` instead of the agent's log:
+ *
+ *   { "s3": { "endpoint": "http://127.0.0.1:P", "bucket": "cowstream", "prefix": "" } | null,
+ *     "catalog": "http://127.0.0.1:Q" | null }
+ */
+import { unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { ConfigError, describeError } from '../errors.js';
+import { writeFileAtomic } from '../device/durable.js';
+import { readPrivateFile } from './private-file.js';
+
+export const ENDPOINTS_FILE = 'endpoints.json';
+
+function isHttpUrl(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return u.protocol === 'http:' || u.protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
+const httpUrl = z.string().max(2048).refine(isHttpUrl, 'not an http(s) URL');
+
+const endpointsSchema = z.object({
+  s3: z.object({ endpoint: httpUrl, bucket: z.string().min(1).max(63), prefix: z.string().max(1024) }).nullable(),
+  catalog: httpUrl.nullable(),
+});
+
+export type AgentEndpoints = z.infer<typeof endpointsSchema>;
+
+export function endpointsPath(stateDir: string): string {
+  return join(stateDir, ENDPOINTS_FILE);
+}
+
+/** Publishes the endpoints (0600, atomic: a reader never sees half a file). */
+export async function writeEndpointsFile(stateDir: string, endpoints: AgentEndpoints): Promise<void> {
+  await writeFileAtomic(endpointsPath(stateDir), JSON.stringify(endpoints, null, 2) + '\n', 0o600);
+}
+
+/** Removes the file at stop, so no client sends credentials to a port the agent no longer holds. */
+export async function removeEndpointsFile(stateDir: string): Promise<void> {
+  await unlink(endpointsPath(stateDir)).catch(() => undefined);
+}
+
+/**
+ * Reads `<stateDir>/endpoints.json`: undefined when absent; a ConfigError when
+ * it is unreadable, not private (see private-file.ts) or malformed.
+ */
+export async function readEndpointsFile(stateDir: string): Promise<AgentEndpoints | undefined> {
+  const path = endpointsPath(stateDir);
+  let text: Buffer;
+  try {
+    text = await readPrivateFile(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError(`cannot use ${path}: ${describeError(err)}`, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text.toString('utf8'));
+  } catch (err) {
+    throw new ConfigError(`${path} is not valid JSON`, { cause: err });
+  }
+  const parsed = endpointsSchema.safeParse(json);
+  if (!parsed.success) throw new ConfigError(`${path} does not hold agent endpoints: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
+  return parsed.data;
+}
