@@ -50,7 +50,8 @@ function snapshotRow(a: ArchiveRecord): string[] {
     a.parentUuid ?? '-',
     formatBytes(a.bytesStored),
     formatBytes(logical),
-    a.bytesStored > 0 ? `${(logical / a.bytesStored).toFixed(2)}x` : '-',
+    // The catalogue's ratio (non-zero data over stored payload), so `list` and `snapshots` agree.
+    a.compressionRatio > 0 ? `${a.compressionRatio.toFixed(2)}x` : '-',
     a.status === 'INDEXED' ? 'ok' : `${a.status}: ${a.reason ?? ''}`,
   ];
 }
