@@ -9,11 +9,14 @@
  * "At once" is made observable with QEMU's monitor itself: it serves one
  * client at a time, so while the test holds it the winner cannot get past
  * its first QMP step and cannot have been answered. Every answer that
- * arrives then was decided without waiting for the winner.
+ * arrives then was decided without waiting for the winner. A QMP proxy in
+ * front of the daemon's socket puts a cancel in flight with each QMP command
+ * a start sends, one after the other.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { startAgent, type Agent } from '../../src/agent/agent.js';
 import { parseAgentConfig } from '../../src/agent/config.js';
@@ -63,9 +66,9 @@ afterAll(async () => {
   t.cleanup();
 });
 
-async function qemuAgent(name: string): Promise<{ agent: Agent; client: AgentClient }> {
+async function qemuAgent(name: string, qmpSocket = d.qmpSocket): Promise<{ agent: Agent; client: AgentClient }> {
   const config = parseAgentConfig(
-    { hostId: 'qraces', stateDir: join(t.dir, `state-${name}`), qemu: [{ qmpSocket: d.qmpSocket, nbdSocket: d.nbdSocket, fleecingDir: fleeceDir, drives: ['d0=vm0'] }] },
+    { hostId: 'qraces', stateDir: join(t.dir, `state-${name}`), qemu: [{ qmpSocket, nbdSocket: d.nbdSocket, fleecingDir: fleeceDir, drives: ['d0=vm0'] }] },
     t.dir,
   );
   agent = await startAgent(config, { log: silentLogger, wrapSink: (s) => new SlowSink(s, 1024 * 1024) });
@@ -100,6 +103,24 @@ async function currentRun(client: AgentClient): Promise<BackupStatus> {
   await until(async () => (cur = await http(client, 'GET', '/backups/current')).status === 200, 3000);
   expect(cur.status).toBe(200);
   return cur.json as BackupStatus;
+}
+
+/** A QMP socket in front of the daemon's: `onCommand` runs as each command passes, before QEMU sees it. */
+async function qmpProxy(path: string, onCommand: (name: string) => void): Promise<Server> {
+  const server = createServer((c) => {
+    const up = connect(d.qmpSocket);
+    c.on('data', (chunk: Buffer) => {
+      // QmpClient writes one JSON command per line.
+      for (const m of chunk.toString('utf8').matchAll(/"execute":"([^"]+)"/g)) onCommand(m[1]!);
+      up.write(chunk);
+    });
+    up.pipe(c);
+    c.on('error', () => up.destroy());
+    up.on('error', () => c.destroy());
+    c.on('close', () => up.end());
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return server;
 }
 
 /** Nothing of a backup left: QEMU's graph as before, no fleecing image or run record, no (partial) archive. */
@@ -183,6 +204,36 @@ describe('concurrent POST /backups for the drives of a qemu[] entry (qemu-storag
       expect({ turns, uuid: cancelled.uuid, status: cancelled.status }).toEqual({ turns, uuid: answer.uuid, status: 'cancelled' });
       expect(a.backups.current()).toMatchObject({ uuid: answer.uuid, status: 'cancelled' });
       await expectNothingLeft();
+    }
+  }, 120_000);
+
+  it('a cancel as each QMP command of the start is in flight cancels exactly that backup; the graph is as it was', async () => {
+    const step = { at: 0, seen: 0, sent: [] as string[], cancel: null as Promise<BackupStatus> | null };
+    const proxy = await qmpProxy(join(t.dir, 'qmp-proxy.sock'), (name) => {
+      step.sent.push(name);
+      if (++step.seen === step.at) step.cancel = agent!.backups.cancel();
+    });
+    try {
+      const { agent: a } = await qemuAgent('cancel-qmp', join(t.dir, 'qmp-proxy.sock'));
+      // How many commands a start sends up to its snapshot point (its answer).
+      Object.assign(step, { at: 0, seen: 0, sent: [], cancel: null });
+      await a.backups.startBackup(parseBackupRequest(body()));
+      const commands = step.sent.length;
+      await a.backups.cancel();
+      await expectNothingLeft();
+      expect(step.sent).toContain('blockdev-reopen');
+      for (let at = 1; at <= commands + 1; at++) {
+        Object.assign(step, { at, seen: 0, sent: [], cancel: null });
+        const answer = await a.backups.startBackup(parseBackupRequest(body()));
+        // Past the snapshot point the command may come late or never: then cancel now.
+        const cancelled = await (step.cancel ?? a.backups.cancel());
+        expect({ at, command: step.sent[at - 1], uuid: cancelled.uuid, status: cancelled.status }).toEqual({ at, command: step.sent[at - 1], uuid: answer.uuid, status: 'cancelled' });
+        await expectNothingLeft();
+      }
+    } finally {
+      await agent?.stop();
+      agent = null;
+      await new Promise((r) => proxy.close(r));
     }
   }, 120_000);
 
