@@ -12,6 +12,8 @@ import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { QmpClient } from '../../src/qemu/qmp.js';
+import { namedNodes } from '../../src/qemu/graph.js';
 
 export const pexecFile = promisify(execFile);
 
@@ -108,4 +110,24 @@ export async function guestWrites(uri: string, seed: number, count: number, size
 /** Copies the guest-visible content of an export to a raw file. */
 export async function copyExport(uri: string, out: string): Promise<void> {
   await pexecFile('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri, out]);
+}
+
+/** What a test compares to say a QEMU's block graph is as it was: named nodes (driver, read-only, named bitmaps), exports, jobs. */
+export interface QemuGraphState {
+  nodes: { name: string; drv: string; readOnly: boolean; bitmaps: string[] }[];
+  exports: string[];
+  jobs: string[];
+}
+
+/** Reads the graph over a QMP connection of its own (the monitor must be free: one client at a time). */
+export async function graphState(qmpSocket: string): Promise<QemuGraphState> {
+  const qmp = await QmpClient.connect(qmpSocket);
+  try {
+    const nodes = [...(await namedNodes(qmp)).values()].map((n) => ({ name: n.nodeName, drv: n.drv, readOnly: n.readOnly, bitmaps: n.bitmaps.map((b) => b.name).sort() }));
+    const exports = await qmp.execute<{ id: string }[]>('query-block-exports');
+    const jobs = await qmp.execute<{ id: string }[]>('query-jobs');
+    return { nodes: nodes.sort((a, b) => a.name.localeCompare(b.name)), exports: exports.map((e) => e.id).sort(), jobs: jobs.map((j) => j.id).sort() };
+  } finally {
+    await qmp.close();
+  }
 }
