@@ -62,3 +62,16 @@ export function parseDuration(text: string, what: string): number {
   if (!Number.isFinite(ms) || ms <= 0) throw new UsageError(`${what} must be a positive duration such as 90s, 5m or 2h, got "${text}"`);
   return Math.ceil(ms);
 }
+
+/** An age or duration in seconds as its two largest units, e.g. `3h 12m`, `2d 1h`, `45s`. */
+export function formatAge(seconds: number): string {
+  const units: Array<[string, number]> = [['d', 86_400], ['h', 3600], ['m', 60], ['s', 1]];
+  const parts: string[] = [];
+  let left = Math.max(0, Math.round(seconds));
+  for (const [u, n] of units) {
+    if (left >= n || (u === 's' && parts.length === 0)) parts.push(`${Math.floor(left / n)}${u}`);
+    left %= n;
+    if (parts.length === 2) break;
+  }
+  return parts.join(' ');
+}

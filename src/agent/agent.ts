@@ -19,6 +19,8 @@ import type { ByteSink, ClusterSink } from '../format/sink.js';
 import type { BlockDevice } from '../device/types.js';
 import { startCatalogIntegration, type CatalogIntegration } from './catalog-integration.js';
 import { QemuBackupHistory, QemuHost } from './qemu-drives.js';
+import { startScheduledBackups, type ScheduledBackups } from './scheduled-backups.js';
+import type { Clock } from './scheduler.js';
 
 export interface StartAgentOptions {
   log?: Logger;
@@ -31,6 +33,8 @@ export interface StartAgentOptions {
   wrapClusterSink?: (sink: ClusterSink) => ClusterSink;
   /** Test seam: wraps each disk's raw device, below copy-before-write (e.g. to inject read errors). */
   wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
+  /** Test seam: the clock of the backup schedules (default: the system clock). */
+  scheduleClock?: Clock;
 }
 
 export interface Agent {
@@ -46,6 +50,8 @@ export interface Agent {
   readonly catalogUrl: string | null;
   readonly backups: BackupManager;
   readonly disks: readonly AgentDisk[];
+  /** The backup schedules of the config (GET /schedules). */
+  readonly schedules: ScheduledBackups;
   /** Clean shutdown: cancel a running backup, stop NBD, close disks, persist bitmaps with the clean marker. */
   stop(): Promise<void>;
 }
@@ -197,7 +203,8 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     });
     cleanups.push(() => backups.shutdown());
 
-    const control = await ControlServer.start(config.control.socket, backups, log);
+    let schedules: ScheduledBackups | null = null;
+    const control = await ControlServer.start(config.control.socket, backups, log, { schedules: async () => schedules?.status() ?? [] });
     cleanups.push(() => control.close());
 
     // For the CLI's --state: the endpoints are otherwise only in this log.
@@ -206,6 +213,16 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       catalog: catalog?.url ?? null,
     });
     cleanups.push(() => removeEndpointsFile(config.stateDir));
+
+    // Schedules start last: a catch-up run may begin at once, with everything it needs up.
+    const sched = await startScheduledBackups({ config, backups, store, log, ...(opts.scheduleClock ? { clock: opts.scheduleClock } : {}) });
+    schedules = sched;
+    // On stop a running scheduled backup is cancelled like a manual one (its
+    // dirty bits are merged back; the next slot runs normally), and the stop
+    // waits until it has wound down and its outcome is recorded.
+    cleanups.push(async () => {
+      await Promise.all([sched.stop(), backups.shutdown()]);
+    });
 
     log.info('agent ready', {
       hostId: config.hostId,
@@ -228,8 +245,9 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       catalogUrl: catalog?.url ?? null,
       backups,
       disks,
+      schedules: sched,
       stop(): Promise<void> {
-        // Reverse order: control API, running backup (cancel → bitmaps reclaimed),
+        // Reverse order: schedules, control API, running backup (cancel → bitmaps reclaimed),
         // catalogue, NBD (in-flight requests answered), flush, S3, bitmaps
         // (clean marker + fingerprint), devices.
         stopping ??= undo();

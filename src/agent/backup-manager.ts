@@ -168,6 +168,25 @@ export class BackupManager implements ControlBackend {
     return this.run?.status.status === 'active';
   }
 
+  /**
+   * Waits until the run `uuid` is completely over (bitmaps completed, target
+   * closed) and returns its final status; null when it is not the current
+   * run (a newer one replaced it).
+   */
+  async waitFor(uuid: string): Promise<BackupStatus | null> {
+    const run = this.run;
+    if (!run || run.status.uuid !== uuid) return null;
+    await run.finished;
+    this.refresh(run);
+    return { ...run.status };
+  }
+
+  /** Settles when no backup is starting or running (it may start again at once). */
+  async idle(): Promise<void> {
+    await this.starting?.settled;
+    await this.run?.finished;
+  }
+
   async disks(): Promise<DiskStatus[]> {
     const files = this.ctx.disks.map((d): DiskStatus => {
       const s = d.dirty.status();

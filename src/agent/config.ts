@@ -6,6 +6,7 @@ import { firstIssuePath, formatZodIssues } from './zod-errors.js';
 import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
 import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-config.js';
 import type { S3Timeouts } from '../store/config.js';
+import { scheduleGroupSchema, scheduleSelectionIssue, toAgentSchedule, type AgentSchedule } from './schedule-config.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
 export class AgentConfigError extends ConfigError {
@@ -118,6 +119,8 @@ export const agentConfigSchema = z
     /** Running QEMU processes whose drives are backed up in pull mode (src/qemu/pull-backup.ts). */
     qemu: z.array(qemuEntrySchema).max(64).optional(),
     log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).optional(),
+    /** Backup schedules with retention (src/agent/schedule-config.ts, docs/agent.md "Schedules"). */
+    schedules: z.array(scheduleGroupSchema).max(64, 'at most 64 schedules').optional(),
   })
   .superRefine((cfg, ctx) => {
     // Names are unique across file disks and QEMU drives: GET /disks and POST /backups address both by name.
@@ -148,6 +151,16 @@ export const agentConfigSchema = z
       });
     });
     if (seen.size === 0) ctx.addIssue({ code: 'custom', path: ['disks'], message: 'at least one disk is required (in disks[] or qemu[].drives)' });
+    const groups = new Map<string, number>();
+    const fileNames = cfg.disks.map((d) => d.name);
+    const qemuNames = (cfg.qemu ?? []).map((q) => q.drives.map((d) => d.name ?? d.node));
+    (cfg.schedules ?? []).forEach((g, gi) => {
+      const prev = groups.get(g.name);
+      if (prev !== undefined) ctx.addIssue({ code: 'custom', path: ['schedules', gi, 'name'], message: `duplicate schedule name "${g.name}" (also schedules[${prev}])` });
+      groups.set(g.name, gi);
+      const issue = scheduleSelectionIssue(g.disks, fileNames, qemuNames);
+      if (issue) ctx.addIssue({ code: 'custom', path: ['schedules', gi, ...issue[0]], message: issue[1] });
+    });
   });
 
 type RawConfig = z.output<typeof agentConfigSchema>;
@@ -200,6 +213,8 @@ export interface AgentConfig {
   /** QEMU processes backed up in pull mode (empty when none). */
   qemu: QemuConfig[];
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Backup schedules (empty when none). */
+  schedules: AgentSchedule[];
   /** Non-fatal remarks found while validating (e.g. ignored sections). */
   warnings: string[];
 }
@@ -280,6 +295,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     requireEncryption: raw.requireEncryption ?? false,
     qemu,
     logLevel: raw.log?.level ?? 'info',
+    schedules: (raw.schedules ?? []).map(toAgentSchedule),
     warnings,
   };
 }

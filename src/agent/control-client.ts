@@ -8,6 +8,7 @@ import {
   UsageError,
 } from '../errors.js';
 import type { BackupStatus, DiskStatus } from './backup-request.js';
+import type { ScheduleReport } from './scheduled-backups.js';
 
 /** The agent could not be reached on its control socket. */
 export class AgentUnreachableError extends CowstreamError {
@@ -89,6 +90,9 @@ export class AgentClient {
   }
   async disks(): Promise<DiskStatus[]> {
     return (await this.call<{ disks: DiskStatus[] }>('GET', '/disks')).disks;
+  }
+  async schedules(): Promise<ScheduleReport[]> {
+    return (await this.call<{ schedules: ScheduleReport[] }>('GET', '/schedules')).schedules;
   }
 
   /** Polls until the current backup leaves `active`; `onProgress` sees every sample. */

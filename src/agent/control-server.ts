@@ -32,7 +32,7 @@ export class ControlServer {
     readonly socketPath: string,
   ) {}
 
-  static async start(socketPath: string, backend: ControlBackend, log: Logger): Promise<ControlServer> {
+  static async start(socketPath: string, backend: ControlBackend, log: Logger, extra: { schedules?: () => Promise<unknown[]> } = {}): Promise<ControlServer> {
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
     const routes: Record<string, Record<string, Handler>> = {
       '/': { GET: async (_q, s) => sendJson(s, 200, backend.info()) },
@@ -60,6 +60,7 @@ export class ControlServer {
         GET: async (_q, s) => backend.attachStream(s),
       },
       '/disks': { GET: async (_q, s) => sendJson(s, 200, { disks: await backend.disks() }) },
+      '/schedules': { GET: async (_q, s) => sendJson(s, 200, { schedules: (await extra.schedules?.()) ?? [] }) },
     };
 
     const server = createServer((req, res) => {

@@ -21,7 +21,8 @@ export interface ForgetOptions {
   prefix?: string;
   policy: RetentionPolicy;
   host?: string;
-  disk?: string;
+  /** One disk, or several (an agent's schedule group: each disk gets the policy). */
+  disk?: string | readonly string[];
   dryRun: boolean;
   cache?: ListingCache;
   endpoint?: string;
@@ -39,11 +40,12 @@ export interface ForgetReport {
 }
 
 /** The policy for the filtered host/disk only; everything else keeps everything. */
-export function scopedConfig(archives: readonly ArchiveRecord[], policy: RetentionPolicy, host?: string, disk?: string): RetentionConfig {
-  if (host === undefined && disk === undefined) return { ...policy };
-  if (disk === undefined) return { hosts: { [host!]: policy } };
+export function scopedConfig(archives: readonly ArchiveRecord[], policy: RetentionPolicy, host?: string, disk?: string | readonly string[]): RetentionConfig {
+  const disks = disk === undefined ? [] : typeof disk === 'string' ? [disk] : disk;
+  if (host === undefined && disks.length === 0) return { ...policy };
+  if (disks.length === 0) return { hosts: { [host!]: policy } };
   const hosts = host !== undefined ? [host] : [...new Set(archives.map((a) => a.hostId))];
-  return { disks: Object.fromEntries(hosts.map((h) => [`${h}/${disk}`, policy])) };
+  return { disks: Object.fromEntries(hosts.flatMap((h) => disks.map((d) => [`${h}/${d}`, policy]))) };
 }
 
 export async function forget(opts: ForgetOptions): Promise<ForgetReport> {

@@ -1,6 +1,6 @@
 import { UsageError } from '../errors.js';
 
-export { formatBytes, formatRate, parseDuration, parseSize } from '../units.js';
+export { formatAge, formatBytes, formatRate, parseDuration, parseSize } from '../units.js';
 
 /** Prints a value as one JSON document on stdout (for `--json`). */
 export function printJson(value: unknown): void {

@@ -3,9 +3,10 @@ import { pipeline } from 'node:stream/promises';
 import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { BackupError, BackupRunningError, UsageError } from '../../errors.js';
-import { formatBytes, formatRate, parsePositiveInt, parseSize, printJson } from '../output.js';
+import { formatAge, formatBytes, formatRate, parsePositiveInt, parseSize, printJson } from '../output.js';
 import { AgentClient } from '../../agent/control-client.js';
 import type { BackupStatus, DiskStatus } from '../../agent/backup-request.js';
+import type { ScheduleReport } from '../../agent/scheduled-backups.js';
 import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
 import { addUploadOptions, hasUploadFlags } from '../upload-flags.js';
 import { DEFAULT_AGENT_SOCKET, agentSocket } from '../agent-socket.js';
@@ -132,6 +133,25 @@ async function startOrExplain(client: AgentClient, body: Record<string, unknown>
   }
 }
 
+function describeSchedule(g: ScheduleReport): string {
+  const next = g.next ? `${g.next.mode} at ${g.next.at}` : 'none (the cron expressions have no future time)';
+  const o = g.last?.outcome;
+  const last = !g.last ? 'none yet' : `${g.last.mode} slot ${g.last.slot}: ${g.running ? 'running' : !o ? 'interrupted' : o.ok ? `ok ${o.uuid ?? ''}`.trim() : `FAILED${o.error ? ` (${o.error})` : ''}`}${g.last.finishedAt ? `, ended ${g.last.finishedAt}` : ''}`;
+  const retention = g.retention.appliedBy === 'agent' ? JSON.stringify(g.retention.policy) : g.retention.appliedBy === 'catalogue' ? 'left to the catalogue' : 'none (keeps everything)';
+  const good = g.lastGood.map((d) => (d.uuid === null ? `    ${d.disk}: no successful backup` : `    ${d.disk}: ${formatAge(d.ageSeconds)} ago (${d.mode} ${d.uuid} at ${d.time})`));
+  return [`  ${g.name}  disks ${g.disks.join(', ')}`, `    next run:     ${next}`, `    last run:     ${last}`, `    retention:    ${retention}`, '    last good backup:', ...good.map((l) => `  ${l}`)].join('\n');
+}
+
+/** GET /schedules; an agent from before schedules has no such route: no schedules. */
+async function fetchSchedules(client: AgentClient): Promise<ScheduleReport[]> {
+  try {
+    return await client.schedules();
+  } catch (err) {
+    if ((err as { code?: string }).code === 'NOT_FOUND') return [];
+    throw err;
+  }
+}
+
 async function runAgentBackup(o: BackupCliOptions): Promise<void> {
   const body = backupBodyFromOptions(o);
   const toStdout = body.target === '-';
@@ -218,7 +238,7 @@ export function registerBackupCommands(program: Command): void {
 
   program
     .command('status')
-    .description('show the agent\'s current/last backup and its disks with their dirty bitmaps')
+    .description('show the agent\'s current/last backup, its disks with their dirty bitmaps, and its schedules (next run, last result, age of the last good backup per disk)')
     .option('--json', 'print JSON')
     .option('--agent <socket>', `agent control socket (default $COWSTREAM_AGENT_SOCKET or ${DEFAULT_AGENT_SOCKET})`)
     .action(async (o: { json?: boolean; agent?: string }) => {
@@ -230,8 +250,10 @@ export function registerBackupCommands(program: Command): void {
       } catch (err) {
         if ((err as { code?: string }).code !== 'NOT_FOUND') throw err;
       }
-      if (o.json) return printJson({ backup, disks });
-      process.stdout.write((backup ? describeStatus(backup) : 'no backup since the agent started') + '\ndisks:\n' + disks.map(describeDisk).join('\n') + '\n');
+      const schedules = await fetchSchedules(client);
+      if (o.json) return printJson({ backup, disks, schedules });
+      const sched = schedules.length > 0 ? 'schedules:\n' + schedules.map(describeSchedule).join('\n') : 'schedules: none configured';
+      process.stdout.write((backup ? describeStatus(backup) : 'no backup since the agent started') + '\ndisks:\n' + disks.map(describeDisk).join('\n') + '\n' + sched + '\n');
     });
 
   program
