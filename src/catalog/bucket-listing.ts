@@ -16,7 +16,7 @@ import { CowstreamError, FormatError, describeError } from '../errors.js';
 import { readArchiveSummary } from '../format/summary.js';
 import { S3RangeSource } from '../store/s3-source.js';
 import { archivesPrefix, classifyArchiveKey } from '../store/config.js';
-import { ObjectChangedError } from '../store/errors.js';
+import { ObjectChangedError, StoreNotFoundError } from '../store/errors.js';
 import { NO_HOST, objectIdForKey } from './indexer.js';
 import type { ListingCache } from './listing-cache.js';
 import type { ArchiveRecord } from './records.js';
@@ -170,18 +170,26 @@ async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T
 export async function listBucketArchives(opts: BucketListingOptions): Promise<BucketListing> {
   const objects = await listObjects(opts);
   let cached = 0;
-  const archives = await mapLimited(objects, opts.concurrency ?? 16, async (o) => {
+  const listed = await mapLimited(objects, opts.concurrency ?? 16, async (o): Promise<ArchiveRecord | null> => {
     const hit = o.etag ? opts.cache?.get(o.key, o.etag) : undefined;
     if (hit) {
       cached++;
       return { ...hit, chainDepth: 0 };
     }
-    const record = await summarize(opts, o);
+    let record: ArchiveRecord;
+    try {
+      record = await summarize(opts, o);
+    } catch (err) {
+      // Deleted between the LIST and its reads (another agent's retention, say): not there any more.
+      if (err instanceof StoreNotFoundError) return null;
+      throw err;
+    }
     if (o.etag) opts.cache?.set(o.key, o.etag, record);
     return record;
   });
+  const archives = listed.filter((a): a is ArchiveRecord => a !== null);
   fillChainDepths(archives);
   archives.sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : a.key < b.key ? -1 : 1));
   await opts.cache?.save(new Set(objects.map((o) => o.key)));
-  return { archives, cached, read: objects.length - cached };
+  return { archives, cached, read: archives.length - cached };
 }

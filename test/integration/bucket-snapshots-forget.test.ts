@@ -123,6 +123,22 @@ function suite(name: string, start: () => Promise<TestS3Server>): void {
       }
     });
 
+    it('skips an object deleted between the LIST and its reads', async () => {
+      await makeArchive(client, server.bucket, 'gone', { host: 'h1', at: '2026-03-01T10:00:00Z' });
+      const kept = await makeArchive(client, server.bucket, 'gone', { host: 'h1', at: '2026-03-02T10:00:00Z' });
+      const proxy = await S3FaultProxy.start(server.endpoint);
+      const pc = server.client({ endpoint: proxy.endpoint, maxAttempts: 1 });
+      try {
+        // The first read of the first object answers as a deleted object would.
+        proxy.addRule({ op: 'GetObject', nth: [1], action: { status: 404, code: 'NoSuchKey' } });
+        const r = await listBucketArchives({ client: pc, bucket: server.bucket, prefix: 'gone', concurrency: 1 });
+        expect(r.archives.map((a) => a.key)).toEqual([kept.key]);
+      } finally {
+        pc.destroy();
+        await proxy.close();
+      }
+    });
+
     describe('forget', () => {
       const prefix = 'ret';
       const made: Record<string, Made> = {};
