@@ -2,7 +2,7 @@ import { isAbsolute } from 'node:path';
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
 import { parseSize } from '../units.js';
-import { firstIssuePath, formatZodIssues } from './zod-errors.js';
+import { firstIssuePath, formatZodIssues } from '../zod-issues.js';
 
 /** A bad control-API body; `field` names the offending field path. */
 export class BackupRequestError extends UsageError {

@@ -2,11 +2,12 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { firstIssuePath, formatZodIssues } from './zod-errors.js';
+import { firstIssuePath, formatZodIssues } from '../zod-issues.js';
 import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
 import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-config.js';
 import type { S3Timeouts } from '../store/config.js';
 import { scheduleGroupSchema, scheduleSelectionIssue, toAgentSchedule, type AgentSchedule } from './schedule-config.js';
+import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE, HOST_ID_PATTERN, HOST_ID_RULE, isDeviceName } from '../names.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
 export class AgentConfigError extends ConfigError {
@@ -23,11 +24,9 @@ export class AgentConfigError extends ConfigError {
  * any UTF-8 string up to 4096 bytes): ASCII letters, digits, `.`, `_`, `-`,
  * starting with a letter or digit, at most 64 characters.
  */
-export const DISK_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const HOST_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 const diskSchema = z.strictObject({
-  name: z.string().regex(DISK_NAME_RE, 'disk name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63} (it is the NBD export name)'),
+  name: z.string().regex(DEVICE_NAME_PATTERN, `disk name must be ${DEVICE_NAME_RULE} (it is the NBD export name)`),
   path: z.string().min(1, 'path must not be empty'),
   readOnly: z.boolean().optional(),
 });
@@ -59,7 +58,7 @@ const storeSchema = z.strictObject({
  */
 const QEMU_NODE_RE = /^[A-Za-z][A-Za-z0-9._-]{0,30}$/;
 const nodeMsg = 'QEMU node name must match [A-Za-z][A-Za-z0-9._-]{0,30}';
-const driveNameMsg = 'drive name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63} (it is the archive device name)';
+const driveNameMsg = `drive name must be ${DEVICE_NAME_RULE} (it is the archive device name)`;
 
 /**
  * `{ node, name? }` or the CLI's `"node[=name]"` form (turned into the object
@@ -73,7 +72,7 @@ const qemuDriveSchema = z.preprocess(
   },
   z.strictObject({
     node: z.string().regex(QEMU_NODE_RE, nodeMsg),
-    name: z.string().regex(DISK_NAME_RE, driveNameMsg).optional(),
+    name: z.string().regex(DEVICE_NAME_PATTERN, driveNameMsg).optional(),
   }),
 );
 
@@ -98,7 +97,7 @@ const catalogSchema = z.union([
 
 export const agentConfigSchema = z
   .strictObject({
-    hostId: z.string().regex(HOST_ID_RE, 'hostId must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}'),
+    hostId: z.string().regex(HOST_ID_PATTERN, `hostId must be ${HOST_ID_RULE}`),
     stateDir: z.string().min(1),
     disks: z.array(diskSchema).max(255, 'at most 255 disks (archive device table limit)').default([]),
     nbd: nbdConfigSchema,
@@ -141,7 +140,7 @@ export const agentConfigSchema = z
       q.drives.forEach((d, di) => {
         const name = d.name ?? d.node;
         const path = ['qemu', qi, 'drives', di];
-        if (!DISK_NAME_RE.test(name)) ctx.addIssue({ code: 'custom', path, message: `drive name "${name}": ${driveNameMsg}` });
+        if (!isDeviceName(name)) ctx.addIssue({ code: 'custom', path, message: `drive name "${name}": ${driveNameMsg}` });
         const prevNode = nodes.get(d.node);
         if (prevNode !== undefined) ctx.addIssue({ code: 'custom', path, message: `node "${d.node}" is listed twice (also qemu[${qi}].drives[${prevNode}])` });
         nodes.set(d.node, di);

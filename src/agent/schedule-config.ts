@@ -11,8 +11,8 @@ import { describeError } from '../errors.js';
 import { retentionPolicySchema, type RetentionPolicy } from '../catalog/retention.js';
 import { backupRequestSchema, type BackupRequest } from './backup-request.js';
 import type { ScheduleSpec } from './scheduler.js';
+import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE } from '../names.js';
 
-const GROUP_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 function validTimezone(tz: string): boolean {
   try {
@@ -35,7 +35,7 @@ const cronField = z.string().superRefine((expr, ctx) => {
 export const scheduleGroupSchema = backupRequestSchema
   .omit({ mode: true, disks: true })
   .extend({
-    name: z.string().regex(GROUP_NAME_RE, 'schedule name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}'),
+    name: z.string().regex(DEVICE_NAME_PATTERN, `schedule name must be ${DEVICE_NAME_RULE}`),
     /** File disks, or drives of one qemu entry (checked against the config below); omitted = the agent's default selection. */
     disks: backupRequestSchema.shape.disks,
     full: cronField.optional(),
