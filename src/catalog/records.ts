@@ -75,7 +75,7 @@ export const restoreTargetRequestSchema = z
   .strict();
 
 export const restoreProgressSchema = z.object({ bytesDone: nonNegInt, bytesTotal: nonNegInt });
-export type RestoreProgress = z.infer<typeof restoreProgressSchema>;
+export type JobProgress = z.infer<typeof restoreProgressSchema>;
 
 export const restoreJobSchema = z.object({
   id: uuidSchema,

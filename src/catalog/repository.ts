@@ -32,7 +32,7 @@ import {
   type ArchiveStatus,
   type HostRecord,
   type RestoreJob,
-  type RestoreProgress,
+  type JobProgress,
   type RestoreStatus,
 } from './records.js';
 import { GSI } from './table.js';
@@ -595,7 +595,7 @@ export class CatalogRepository {
   }
 
   /** Only the claiming agent may report; each report renews its lease. */
-  async reportProgress(id: string, progress: RestoreProgress, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
+  async reportProgress(id: string, progress: JobProgress, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
     return this.transition(
       id,
       ['CLAIMED', 'RUNNING'],
