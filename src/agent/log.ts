@@ -3,7 +3,9 @@
  * msg, plus fields), so both humans (`jq`) and the test helpers that wait
  * for the readiness line can read them.
  */
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+import { jsonLineEmitter, type Level } from '../log.js';
+
+export type LogLevel = Level;
 
 export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void;
@@ -12,20 +14,9 @@ export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
-const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
-
-/** A JSON-lines logger writing to `out` (default stderr). */
-export function createLogger(level: LogLevel = 'info', out: (line: string) => void = (l) => process.stderr.write(l)): Logger {
-  const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
-    if (ORDER[lvl] < ORDER[level]) return;
-    let line: string;
-    try {
-      line = JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...fields });
-    } catch {
-      line = JSON.stringify({ time: new Date().toISOString(), level: lvl, msg });
-    }
-    out(line + '\n');
-  };
+/** A JSON-lines logger writing to `out` (default stderr), in the agent's layout (src/log.ts). */
+export function createLogger(level: LogLevel = 'info', out?: (line: string) => void): Logger {
+  const emit = jsonLineEmitter({ layout: 'agent', level, ...(out ? { out } : {}) });
   return {
     debug: (m, f) => emit('debug', m, f),
     info: (m, f) => emit('info', m, f),

@@ -4,8 +4,10 @@
  * stderr, so CloudWatch Logs Insights queries work the same for Lambda and
  * the embedded catalogue.
  */
+import { jsonLineEmitter, type Level } from '../log.js';
+
 export type LogLevel = 'DEBUG' | 'INFO' | 'WARN' | 'ERROR';
-const ORDER: Record<LogLevel, number> = { DEBUG: 10, INFO: 20, WARN: 30, ERROR: 40 };
+const LEVELS: Record<LogLevel, Level> = { DEBUG: 'debug', INFO: 'info', WARN: 'warn', ERROR: 'error' };
 
 export interface Logger {
   debug(message: string, extra?: Record<string, unknown>): void;
@@ -16,17 +18,13 @@ export interface Logger {
 }
 
 export function createLogger(service: string, keys: Record<string, unknown> = {}, level?: LogLevel): Logger {
-  const min = ORDER[level ?? ((process.env.LOG_LEVEL?.toUpperCase() as LogLevel | undefined) ?? 'INFO')] ?? ORDER.INFO;
-  const emit = (lvl: LogLevel, message: string, extra?: Record<string, unknown>): void => {
-    if (ORDER[lvl] < min) return;
-    const entry = { level: lvl, message, service, timestamp: new Date().toISOString(), ...keys, ...extra };
-    process.stderr.write(JSON.stringify(entry, (_k, v) => (v instanceof Error ? { name: v.name, message: v.message } : v)) + '\n');
-  };
+  const min = level ?? ((process.env.LOG_LEVEL?.toUpperCase() as LogLevel | undefined) ?? 'INFO');
+  const emit = jsonLineEmitter({ layout: 'powertools', level: LEVELS[min] ?? 'info', keys: { service, ...keys } });
   return {
-    debug: (m, e) => emit('DEBUG', m, e),
-    info: (m, e) => emit('INFO', m, e),
-    warn: (m, e) => emit('WARN', m, e),
-    error: (m, e) => emit('ERROR', m, e),
+    debug: (m, e) => emit('debug', m, e),
+    info: (m, e) => emit('info', m, e),
+    warn: (m, e) => emit('warn', m, e),
+    error: (m, e) => emit('error', m, e),
     child: (more) => createLogger(service, { ...keys, ...more }, level),
   };
 }

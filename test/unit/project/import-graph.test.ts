@@ -17,6 +17,7 @@ const RANK: Record<string, number> = {
   'src/units.ts': 0,
   'src/names.ts': 0,
   'src/zod-issues.ts': 0,
+  'src/log.ts': 0,
   'src/device': 1,
   'src/nbd': 2,
   'src/cbw': 3,
