@@ -8,6 +8,10 @@
  *   fleecing → both archives indexed and listed by the catalogue → restores
  *   requested through the catalogue, executed by the agent → byte-identical.
  *
+ * Every step a user would type is run as the real `cowstream` command and
+ * printed (`$ cowstream …`); only the guest (an NBD client) and the agent's
+ * start are library calls.
+ *
  * Exit code 0 only when both restores equal the disk as it was at the instant
  * each backup started.
  */
@@ -17,16 +21,28 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startAgent } from '../src/agent/agent.js';
 import { parseAgentConfig } from '../src/agent/config.js';
-import { AgentClient } from '../src/agent/control-client.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { silentLogger } from '../src/agent/log.js';
-import { CatalogClient } from '../src/catalog/client.js';
-import { runRestoreViaCatalog } from '../src/cli/commands/restore-via-catalog.js';
 import { formatBytes } from '../src/cli/output.js';
 import { NbdClient } from '../src/nbd/client.js';
-import { readEmbeddedCredentials } from '../src/store/embedded-credentials.js';
 
 const DISK_SIZE = 64 * 1024 * 1024 + 12_345; // deliberately not a cluster multiple
 const HOST = 'demo-host';
+const CLI = join(import.meta.dirname, '..', 'bin', 'cowstream.js');
+
+/** Runs `cowstream ARGS` as a user would (printing the command and, unless `quiet`, its output). */
+async function cowstream(args: string[], env: NodeJS.ProcessEnv, quiet = false): Promise<string> {
+  console.log(`  $ cowstream ${args.join(' ')}`);
+  try {
+    const { stdout } = await promisify(execFile)(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, maxBuffer: 16 * 1024 * 1024 });
+    if (!quiet && stdout.trim() !== '') process.stdout.write(stdout.trimEnd().replace(/^/gm, '    ') + '\n');
+    return stdout;
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string; code?: number };
+    throw new Error(`cowstream ${args[0]} exited ${e.code}: ${e.stderr || e.stdout}`);
+  }
+}
 
 function sha(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex').slice(0, 16);
@@ -62,33 +78,55 @@ async function guestWrites(nbd: NbdClient, stop: { value: boolean }, max: number
   return n;
 }
 
-async function backup(control: AgentClient, body: Record<string, unknown>, nbd: NbdClient, diskPath: string): Promise<{ uuid: string; snapshot: Buffer; writes: number }> {
-  // The agent holds guest writes while it takes the snapshot, so the file as
-  // read just before the request is the state the archive must hold.
+interface CliStatus {
+  status: string;
+  uuid: string;
+  mode: string;
+  modeReason?: string;
+  transferred: number;
+  zeroBytes: number;
+  startTime: string;
+  endTime: string | null;
+  error: string | null;
+}
+
+/**
+ * `cowstream backup --detach` answers once the snapshot instant has passed:
+ * the guest writes start only then, so the file as read just before is the
+ * state the archive must hold. Then `cowstream status` until it is done.
+ */
+async function backup(args: string[], env: NodeJS.ProcessEnv, nbd: NbdClient, diskPath: string): Promise<{ uuid: string; snapshot: Buffer; writes: number }> {
   const snapshot = await readFile(diskPath);
-  const started = await control.startBackup(body);
+  const started = JSON.parse(await cowstream(['backup', ...args, '--detach', '--json'], env, true)) as { uuid: string; modeReason?: string };
   const stop = { value: false };
   const writer = guestWrites(nbd, stop, 2000);
-  const status = await control.waitForBackup(started.uuid);
+  let status: CliStatus;
+  for (;;) {
+    status = (JSON.parse(await promisify(execFile)(process.execPath, [CLI, 'status', '--json'], { env: { ...process.env, ...env } }).then((r) => r.stdout)) as { backup: CliStatus }).backup;
+    if (status.uuid === started.uuid && status.status !== 'active') break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
   stop.value = true;
   const writes = await writer;
+  console.log(`  $ cowstream status   (until backup ${started.uuid} is no longer active)`);
   if (status.status !== 'done') throw new Error(`backup ${started.uuid} ended ${status.status}: ${status.error}`);
   const took = (Date.parse(String(status.endTime)) - Date.parse(String(status.startTime))) / 1000;
   console.log(
-    `  ${status.mode} backup ${started.uuid}${started.modeReason ? ` (${started.modeReason})` : ''}\n` +
-      `  ${formatBytes(Number(status.transferred))} copied, ${formatBytes(Number(status.zeroBytes))} zero, ${took.toFixed(2)} s, ` +
+    `    ${status.mode} backup ${started.uuid}${started.modeReason ? ` (${started.modeReason})` : ''}\n` +
+      `    ${formatBytes(Number(status.transferred))} copied, ${formatBytes(Number(status.zeroBytes))} zero, ${took.toFixed(2)} s, ` +
       `${writes} guest writes landed during the backup (copy-before-write kept the snapshot intact)`,
   );
   return { uuid: started.uuid, snapshot, writes };
 }
 
-async function waitIndexed(catalog: CatalogClient, uuid: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
+async function waitIndexed(env: NodeJS.ProcessEnv, uuids: string[]): Promise<void> {
+  const deadline = Date.now() + 15_000;
   for (;;) {
-    const rec = await catalog.getArchive(uuid).catch(() => null);
-    if (rec) return;
-    if (Date.now() > deadline) throw new Error(`archive ${uuid} was not indexed within 10 s`);
-    await new Promise((r) => setTimeout(r, 50));
+    const out = await promisify(execFile)(process.execPath, [CLI, 'list', '--host', HOST, '--json'], { env: { ...process.env, ...env } }).then((r) => r.stdout, () => '{"items":[]}');
+    const have = new Set((JSON.parse(out) as { items: Array<{ uuid: string }> }).items.map((a) => a.uuid));
+    if (uuids.every((u) => have.has(u))) return;
+    if (Date.now() > deadline) throw new Error(`archives ${uuids.join(', ')} were not indexed within 15 s`);
+    await new Promise((r) => setTimeout(r, 200));
   }
 }
 
@@ -115,48 +153,39 @@ async function demo(): Promise<boolean> {
   );
   let nbd: NbdClient | undefined;
   try {
-    const control = new AgentClient(agent.controlSocket);
-    // The embedded services' credentials, generated at first start (0600): the CLI reads them with --state.
-    const { catalogToken } = await readEmbeddedCredentials(agent.config.stateDir);
-    const catalog = new CatalogClient({ url: agent.catalogUrl!, token: catalogToken });
+    // What a user sets once: where the agent's control socket is. Everything
+    // else (catalogue URL and token, S3 endpoint and keys) the CLI finds
+    // through the agent's state directory.
+    const env = { COWSTREAM_AGENT_SOCKET: agent.controlSocket };
     console.log(`  NBD export: nbd://${agent.nbdAddress!.host}:${agent.nbdAddress!.port}/vda   control: ${agent.controlSocket}`);
     console.log(`  S3: ${agent.s3?.endpoint} bucket ${agent.s3?.bucket}   catalogue API: ${agent.catalogUrl}`);
     nbd = await NbdClient.connect({ host: agent.nbdAddress!.host, port: agent.nbdAddress!.port }, { exportName: 'vda' });
 
     step('full backup to S3 while the guest keeps writing over NBD (rate-limited background pass, so the writes race it)');
-    const full = await backup(control, { mode: 'full', target: 's3', speed: 48 * 1024 * 1024 }, nbd, diskPath);
+    const full = await backup(['--speed', '48M'], env, nbd, diskPath);
 
     step('incremental backup with fleecing (old data goes to local scratch first), guest still writing');
-    const inc = await backup(
-      control,
-      { mode: 'incremental', target: 's3', speed: 48 * 1024 * 1024, fleecing: { dir: join(work, 'fleece'), maxBytes: 32 * 1024 * 1024 } },
-      nbd,
-      diskPath,
-    );
+    const inc = await backup(['--incremental', '--speed', '48M', '--fleecing', join(work, 'fleece'), '--fleecing-max', '32M'], env, nbd, diskPath);
 
-    step('the catalogue indexed both archives (S3 event → indexer → DynamoDB)');
-    await waitIndexed(catalog, full.uuid);
-    await waitIndexed(catalog, inc.uuid);
-    const listed = await catalog.listArchives({ host: HOST, disk: 'vda' });
-    for (const a of listed.items) {
-      console.log(
-        `  ${a.uuid}  ${a.parentUuid ? 'incremental' : 'full       '}  depth ${a.chainDepth}  stored ${formatBytes(a.bytesStored).padStart(9)}  ` +
-          `ratio ${a.compressionRatio.toFixed(2)}  ${a.status}`,
-      );
-    }
+    step('the catalogue indexed both archives (S3 event → indexer → DynamoDB); the bucket alone lists them too');
+    await waitIndexed(env, [full.uuid, inc.uuid]);
+    await cowstream(['list', '--host', HOST, '--disk', 'vda'], env);
+    await cowstream(['snapshots'], env);
+    await cowstream(['forget', '--keep-last', '1', '--dry-run'], env);
 
     step('restores requested through the catalogue; the agent claims and executes them');
     let ok = true;
     for (const [name, b] of [['full', full], ['incremental', inc]] as const) {
       const target = join(restoreDir, `${name}.raw`);
-      const job = await runRestoreViaCatalog({ ref: b.uuid, host: HOST, to: target, wait: true, catalog: agent.catalogUrl!, catalogToken, json: false, pollMs: 100, timeoutMs: 60_000 });
+      await cowstream(['restore', b.uuid, '--via-catalog', '--host', HOST, '--to', target, '--wait', '--timeout', '60s'], env);
       const restored = await readFile(target);
       const same = restored.equals(b.snapshot);
       ok &&= same;
-      console.log(
-        `  ${name.padEnd(11)} job ${job.id} ${job.status}: restored sha256 ${sha(restored)} vs disk at backup start ${sha(b.snapshot)} → ${same ? 'byte-identical ✔' : 'DIFFERENT ✘'}`,
-      );
+      console.log(`    ${name}: restored sha256 ${sha(restored)} vs disk at backup start ${sha(b.snapshot)} → ${same ? 'byte-identical ✔' : 'DIFFERENT ✘'}`);
     }
+
+    step('every checksum of the incremental, straight from the bucket');
+    await cowstream(['verify', inc.uuid], env);
     const now = await readFile(diskPath);
     console.log(`  (the live disk has moved on since: sha256 ${sha(now)})`);
     return ok;
