@@ -128,7 +128,10 @@ function classifyS3(err: unknown, op: 'list' | 'write', bucket: string, hostPref
   if (name === 'NoSuchBucket' || (op === 'list' && status === 404)) {
     return new StoreCheckError('store.bucket', `bucket "${bucket}" does not exist${at}`, 'create the bucket or correct store.bucket', { cause: err });
   }
-  if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'ExpiredToken' || name === 'InvalidToken' || /could not load credentials/i.test(describeError(err))) {
+  if (name === 'CredentialsProviderError' || /could not load credentials/i.test(describeError(err))) {
+    return new StoreCheckError('AWS credentials', 'no AWS credentials found', 'set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or an instance role) for this store', { cause: err });
+  }
+  if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'ExpiredToken' || name === 'InvalidToken') {
     return new StoreCheckError('AWS credentials', `the store${at} rejects the agent's credentials (${name})`, 'set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to a valid identity of this store', { cause: err });
   }
   if (name === 'AccessDenied' || status === 403) {
