@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeDisk, makeTempDir, runCli, spawnAgent, writeAgentConfig } from '../helpers/agent-process.js';
 import { startFauxqs, startS3rver, type TestS3Server } from '../helpers/s3-servers.js';
+import { startEmbeddedCatalog } from '../../src/catalog/embedded.js';
 
 const HOST = 'host-a';
 let tmp: { dir: string; cleanup(): Promise<void> };
@@ -133,6 +134,27 @@ describe('cowstream agent --check-config', () => {
     const down = await check(await config({ store: s3rverStore(), catalog: { url: 'http://127.0.0.1:1' } }), env(s3rverKeys()));
     expect(down.code).toBe(1);
     expect(down.out).toMatch(/^failed +catalog: catalog\.url: /m);
+  });
+
+  it('a real catalogue (catalog serve) passes with its token and names catalog.tokenFile for a wrong one', async () => {
+    const { writeFile, mkdir } = await import('node:fs/promises');
+    const stateDir = join(tmp.dir, 'catalog-state');
+    await mkdir(stateDir);
+    const catalog = await startEmbeddedCatalog({ stateDir, s3: s3rver.embedded!, logger: 'quiet', console: false });
+    try {
+      const good = join(tmp.dir, 'good.token');
+      const bad = join(tmp.dir, 'bad.token');
+      await writeFile(good, catalog.token, { mode: 0o600 });
+      await writeFile(bad, 'x'.repeat(catalog.token.length), { mode: 0o600 });
+      const ok = await check(await config({ store: s3rverStore(), catalog: { url: catalog.url, tokenFile: good } }), env(s3rverKeys()));
+      expect(ok.code, ok.out + ok.stderr).toBe(0);
+      expect(ok.out).toMatch(/^ok +catalog: GET \/hosts\/host-a\/restores at /m);
+      const refused = await check(await config({ store: s3rverStore(), catalog: { url: catalog.url, tokenFile: bad } }), env(s3rverKeys()));
+      expect(refused.code).toBe(1);
+      expect(refused.out).toMatch(/^failed +catalog: catalog\.tokenFile: .*refused the token/m);
+    } finally {
+      await catalog.close();
+    }
   });
 
   it('a bad config exits 2', async () => {
