@@ -35,6 +35,8 @@ export interface StartAgentOptions {
   wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
   /** Test seam: the clock of the backup schedules (default: the system clock). */
   scheduleClock?: Clock;
+  /** Start-up checks that failed (`startDegraded`): reported in GET / as `degraded`. */
+  degraded?: Record<string, unknown>[];
 }
 
 export interface Agent {
@@ -199,6 +201,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
         ...(qemuInfo.length > 0 ? { qemu: qemuInfo } : {}),
         s3: s3Info,
         catalog: catalog?.url ?? null,
+        ...(opts.degraded && opts.degraded.length > 0 ? { degraded: opts.degraded } : {}),
       }),
     });
     cleanups.push(() => backups.shutdown());

@@ -120,6 +120,8 @@ export const agentConfigSchema = z
     log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).optional(),
     /** Backup schedules with retention (src/agent/schedule-config.ts, docs/agent.md "Schedules"). */
     schedules: z.array(scheduleGroupSchema).max(64, 'at most 64 schedules').optional(),
+    /** Start even when a start-up check fails, reporting it in GET / and `cowstream status` (src/agent/startup-checks.ts). */
+    startDegraded: z.boolean().optional(),
   })
   .superRefine((cfg, ctx) => {
     // Names are unique across file disks and QEMU drives: GET /disks and POST /backups address both by name.
@@ -214,6 +216,8 @@ export interface AgentConfig {
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Backup schedules (empty when none). */
   schedules: AgentSchedule[];
+  /** Start even when a start-up check of the store or catalogue fails (reported as degraded). */
+  startDegraded: boolean;
   /** Non-fatal remarks found while validating (e.g. ignored sections). */
   warnings: string[];
 }
@@ -295,6 +299,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     qemu,
     logLevel: raw.log?.level ?? 'info',
     schedules: (raw.schedules ?? []).map(toAgentSchedule),
+    startDegraded: raw.startDegraded ?? false,
     warnings,
   };
 }

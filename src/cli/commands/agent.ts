@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { printJson } from '../output.js';
 
 /**
  * `cowstream agent --config FILE`: the long-running host agent. Logs JSON
@@ -10,15 +11,29 @@ export function registerAgentCommands(program: Command): void {
     .command('agent')
     .description('run the host agent: NBD exports of the disks, copy-before-write backups, control API')
     .requiredOption('--config <file>', 'agent config (JSON); see docs/agent.md')
-    .action(async (o: { config: string }) => {
+    .option('--check-config', 'validate the config, check the store and the catalogue, print one line per check and exit (0 all pass, 1 a check failed, 2 bad config)')
+    .option('--json', 'with --check-config: print JSON')
+    .action(async (o: { config: string; checkConfig?: boolean; json?: boolean }) => {
       // Loaded lazily: the agent pulls in the S3 SDK, s3rver and the NBD server,
       // which every other CLI command would otherwise pay for at startup.
       const { loadAgentConfig } = await import('../../agent/config.js');
+      const { runStartupChecks, checkResultJson } = await import('../../agent/startup-checks.js');
+      const config = loadAgentConfig(o.config);
+      const checks = await runStartupChecks(config);
+      const failed = checks.filter((c) => c.status === 'failed');
+      if (o.checkConfig) {
+        if (o.json) printJson({ ok: failed.length === 0, checks: checks.map(checkResultJson) });
+        else process.stdout.write(checks.map((c) => `${c.status.padEnd(7)} ${c.name}: ${c.detail}`).join('\n') + '\n');
+        process.exitCode = failed.length === 0 ? 0 : 1;
+        return;
+      }
       const { startAgent } = await import('../../agent/agent.js');
       const { createLogger } = await import('../../agent/log.js');
-      const config = loadAgentConfig(o.config);
       const log = createLogger(config.logLevel);
-      const agent = await startAgent(config, { log });
+      for (const c of failed) log.error('start-up check failed', { check: c.name, field: c.error?.field, error: c.detail, ...(config.startDegraded ? { degraded: true } : {}) });
+      // Without the opt-in the first failure stops the start (exit 1), naming the setting and the fix.
+      if (failed.length > 0 && !config.startDegraded) throw failed[0]!.error!;
+      const agent = await startAgent(config, { log, ...(failed.length > 0 ? { degraded: failed.map(checkResultJson) } : {}) });
       await new Promise<void>((resolve) => {
         let stopping = false;
         const onSignal = (sig: NodeJS.Signals): void => {

@@ -251,9 +251,12 @@ export function registerBackupCommands(program: Command): void {
         if ((err as { code?: string }).code !== 'NOT_FOUND') throw err;
       }
       const schedules = await fetchSchedules(client);
-      if (o.json) return printJson({ backup, disks, schedules });
+      // Start-up checks that failed under `startDegraded` (src/agent/startup-checks.ts).
+      const degraded = (await client.call<{ degraded?: Array<{ name: string; field?: string; detail: string }> }>('GET', '/')).degraded ?? [];
+      if (o.json) return printJson({ backup, disks, schedules, ...(degraded.length > 0 ? { degraded } : {}) });
       const sched = schedules.length > 0 ? 'schedules:\n' + schedules.map(describeSchedule).join('\n') : 'schedules: none configured';
-      process.stdout.write((backup ? describeStatus(backup) : 'no backup since the agent started') + '\ndisks:\n' + disks.map(describeDisk).join('\n') + '\n' + sched + '\n');
+      const warn = degraded.map((d) => `DEGRADED: start-up check ${d.name} failed: ${d.detail}\n`).join('');
+      process.stdout.write(warn + (backup ? describeStatus(backup) : 'no backup since the agent started') + '\ndisks:\n' + disks.map(describeDisk).join('\n') + '\n' + sched + '\n');
     });
 
   program
