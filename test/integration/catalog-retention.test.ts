@@ -6,7 +6,7 @@
  * hosts are untouched, and a bad policy stops start-up naming the field.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
@@ -17,6 +17,7 @@ import { startEmbeddedCatalog, type EmbeddedCatalog } from '../../src/catalog/em
 import type { Logger } from '../../src/catalog/log.js';
 import { ConfigError } from '../../src/errors.js';
 import { buildChain, type ChainStep } from '../helpers/s3-chain-fixture.js';
+import { runCli } from '../helpers/agent-process.js';
 
 let dir: string;
 let s3: EmbeddedS3;
@@ -109,5 +110,26 @@ describe('embedded catalogue retention', () => {
       expect((await catalog.repo.getArchive(a.uuid))?.status).toBe('INDEXED');
       expect(await objectExists(a.key)).toBe(true);
     }
+  });
+
+  it('catalog serve --retention / --retention-file: a bad policy exits 2 naming the field, before anything starts', async () => {
+    const state = join(dir, 'cli-state');
+    const file = join(dir, 'policy.json');
+    writeFileSync(file, JSON.stringify({ disks: { 'h1/vda': { keepWeekly: 1.5 } } }));
+    for (const [args, want] of [
+      [['--retention', '{"keepLast":-1}'], /--retention: invalid retention policy: .*keepLast/],
+      [['--retention', '{"keepLots":1}'], /keepLots/],
+      [['--retention', 'keepLast=2'], /--retention is not valid JSON/],
+      [['--retention-file', file], /--retention-file: invalid retention policy: .*keepWeekly/],
+      [['--retention-file', join(dir, 'missing.json')], /--retention-file: cannot read/],
+      [['--retention', '{}', '--retention-file', file], /not both/],
+    ] as const) {
+      const r = await runCli(['catalog', 'serve', '--state', state, '--json', ...args]);
+      expect(r.code, r.stderr).toBe(2);
+      const out = JSON.parse(r.stdout.toString()) as { error: { code: string; message: string } };
+      expect(out.error.code).toBe('USAGE');
+      expect(out.error.message).toMatch(want);
+    }
+    expect(existsSync(state)).toBe(false);
   });
 });
