@@ -192,7 +192,7 @@ export function registerCatalogCommands(program: Command): void {
       }
       // The fragment carries the token to the page without it reaching any server log.
       const consoleUrl = `${cat.url}/#token=${cat.token}`;
-      const info = { catalog: cat.url, console: consoleUrl, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state, credentials: credentialsPath(o.state) };
+      const info = { catalog: cat.url, console: consoleUrl, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state, credentials: credentialsPath(o.state), retention: retention ?? null };
       if (o.json) printJson(info);
       else
         process.stdout.write(
@@ -201,6 +201,8 @@ web console: ${consoleUrl}
 embedded S3 on ${s3.endpoint} (bucket ${s3.bucket})
 ` +
             `credentials (catalogue token, S3 keys): ${info.credentials}; clients: --state ${o.state}
+` +
+            `retention: ${retention ? JSON.stringify(retention) : 'none (archives are kept until deleted)'}
 `,
         );
       await untilInterrupted();
