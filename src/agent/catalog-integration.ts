@@ -81,6 +81,7 @@ export async function startCatalogIntegration(opts: {
         token,
         stateDir: config.stateDir,
         ...(cat.port !== undefined ? { port: cat.port } : {}),
+        ...(cat.retention !== undefined ? { retention: cat.retention } : {}),
         s3: { endpoint: s3.endpoint, bucket: s3.bucket, region: 'us-east-1', credentials: s3.credentials, onEvent: (l) => s3.onEvent(l) },
         logger: catalogLogger(log, { component: 'catalog' }),
       });

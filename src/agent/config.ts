@@ -7,6 +7,7 @@ import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type Uplo
 import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-config.js';
 import type { S3Timeouts } from '../store/config.js';
 import { scheduleGroupSchema, scheduleSelectionIssue, toAgentSchedule, type AgentSchedule } from './schedule-config.js';
+import { retentionConfigSchema, type RetentionConfig } from '../catalog/retention.js';
 import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE, HOST_ID_PATTERN, HOST_ID_RULE, isDeviceName } from '../names.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
@@ -92,7 +93,12 @@ const catalogSchema = z.union([
     /** File holding the bearer token of a `cowstream catalog serve` (its credentials.json, or the bare token); 0600. */
     tokenFile: z.string().min(1).optional(),
   }),
-  z.strictObject({ embedded: z.literal(true), port: z.number().int().min(0).max(65535).optional() }),
+  z.strictObject({
+    embedded: z.literal(true),
+    port: z.number().int().min(0).max(65535).optional(),
+    /** Applied by the embedded catalogue after each indexed archive (src/catalog/embedded-retention.ts). */
+    retention: retentionConfigSchema.optional(),
+  }),
 ]);
 
 export const agentConfigSchema = z
@@ -207,7 +213,7 @@ export interface AgentConfig {
     upload?: UploadOptions;
     timeouts?: Partial<S3Timeouts>;
   };
-  catalog?: { url: string; tokenFile?: string } | { embedded: true; port?: number };
+  catalog?: { url: string; tokenFile?: string } | { embedded: true; port?: number; retention?: RetentionConfig };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
   /** Backups without a key are refused. */
   requireEncryption: boolean;
@@ -280,7 +286,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     ...(q.nbdSocket !== undefined ? { nbdSocket: abs(q.nbdSocket) } : {}),
   }));
 
-  const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url, ...(raw.catalog.tokenFile !== undefined ? { tokenFile: abs(raw.catalog.tokenFile) } : {}) } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}) };
+  const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url, ...(raw.catalog.tokenFile !== undefined ? { tokenFile: abs(raw.catalog.tokenFile) } : {}) } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}), ...(raw.catalog.retention !== undefined ? { retention: raw.catalog.retention } : {}) };
 
   return {
     hostId: raw.hostId,

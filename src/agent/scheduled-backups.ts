@@ -120,7 +120,8 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
   const clock = opts.clock;
   const stopping = new AbortController();
   const byName = new Map(config.schedules.map((s) => [s.name, s]));
-  const catalogueOwnsRetention = config.catalog !== undefined && 'url' in config.catalog;
+  // A remote catalogue has its own policy (the prune Lambda); so has an embedded one given `retention`.
+  const catalogueOwnsRetention = config.catalog !== undefined && ('url' in config.catalog || config.catalog.retention !== undefined);
 
   /** Starts the backup as POST /backups does; waits for a running one instead of failing with 409. */
   const start = async (s: AgentSchedule, mode: ScheduledMode): Promise<string> => {

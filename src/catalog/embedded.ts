@@ -23,6 +23,8 @@ import { archivesPrefix, classifyArchiveKey, normalizePrefix } from '../store/co
 import { createLogger, nullLogger, type Logger } from './log.js';
 import { CatalogRepository } from './repository.js';
 import { createPlanBuilder } from './restore-plan.js';
+import { createRetentionRunner, type RetentionRunner } from './embedded-retention.js';
+import { parseRetentionConfig, type RetentionConfig } from './retention.js';
 import { createDocumentClient, ensureCatalogTable } from './table.js';
 import { s3RequestHandler } from '../store/config.js';
 
@@ -61,6 +63,11 @@ export interface EmbeddedCatalogOptions {
   token?: string;
   /** The web console served at `/` (default: the package's dist/web build); false = API only. */
   console?: ConsoleAssets | false;
+  /**
+   * Retention policy (the prune Lambda's RETENTION schema) applied to a host's
+   * archives after each of its archives is indexed; absent = keep everything.
+   */
+  retention?: RetentionConfig;
 }
 
 export interface EmbeddedCatalog {
@@ -83,6 +90,8 @@ export function catalogDbDir(stateDir: string): string {
 
 export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promise<EmbeddedCatalog> {
   const logger = opts.logger === 'quiet' ? nullLogger : (opts.logger ?? createLogger('cowstream-catalog'));
+  // Validated before anything starts: a bad policy must stop start-up, not fail every run later.
+  const retention = opts.retention !== undefined ? parseRetentionConfig(opts.retention) : undefined;
   const cleanups: Array<() => Promise<void> | void> = [];
   const cleanup = async (): Promise<void> => {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
@@ -102,12 +111,22 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
 
     const prefix = normalizePrefix(opts.prefix);
     const indexer = new Indexer({ repo, s3, logger: logger.child({ component: 'indexer' }), endpoint: opts.s3.endpoint, prefix });
+    const retentionRunner: RetentionRunner | null = retention
+      ? createRetentionRunner({ repo, s3, config: retention, logger: logger.child({ component: 'retention' }) })
+      : null;
     // Events are indexed one batch at a time, in arrival order, like one Lambda shard.
     let queue: Promise<void> = Promise.resolve();
     const enqueue = (event: S3NotificationEvent): void => {
       queue = queue.then(async () => {
         try {
-          for (const r of await indexer.handleEvent(event)) opts.onIndexed?.(r);
+          for (const r of await indexer.handleEvent(event)) {
+            opts.onIndexed?.(r);
+            // created/replaced = an INDEXED record (a rejected one is reported as 'rejected').
+            if (retentionRunner && (r.action === 'created' || r.action === 'replaced')) {
+              const where = classifyArchiveKey(r.key, prefix);
+              if (where.kind === 'archive') retentionRunner.request(where.hostId);
+            }
+          }
         } catch (err) {
           logger.error('embedded indexing failed', { error: describeError(err) });
         }
@@ -157,10 +176,14 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
       s3Client: s3,
       dynamoEndpoint: dyn.endpoint,
       idle: async () => {
+        // Retention deletes objects, whose notifications are indexed in turn: wait until both settle.
         let seen: Promise<void>;
         do {
-          seen = queue;
-          await seen;
+          do {
+            seen = queue;
+            await seen;
+          } while (seen !== queue);
+          await retentionRunner?.idle();
         } while (seen !== queue);
       },
       close: async () => {
@@ -169,6 +192,7 @@ export async function startEmbeddedCatalog(opts: EmbeddedCatalogOptions): Promis
         // Stop intake, let in-flight indexing finish, then tear down.
         off();
         await queue.catch(() => undefined);
+        await retentionRunner?.idle();
         await cleanup();
       },
     };

@@ -57,6 +57,13 @@ describe('agent config', () => {
     expect(parseAgentConfig({ ...base(), nbd: { listen: '127.0.0.1:0', socket: false } }, tmp.dir).nbd.socket).toBeUndefined();
   });
 
+  it('catalog.retention: the embedded catalogue\'s policy is parsed, a bad one named', () => {
+    const retention = { keepLast: 2, hosts: { h1: { keepDaily: 7 } } };
+    expect(parseAgentConfig({ ...base(), catalog: { embedded: true, retention } }, tmp.dir).catalog).toEqual({ embedded: true, retention });
+    expectField({ ...base(), catalog: { embedded: true, retention: { keepLast: -1 } } }, 'catalog.retention.keepLast');
+    expectField({ ...base(), catalog: { embedded: true, retention: { keepLots: 1 } } }, 'catalog.retention.keepLots', /unknown field/);
+  });
+
   it('names the bad field', () => {
     expectField({ ...base(), hostId: 'bad host' }, 'hostId');
     expectField({ ...base(), disks: [] }, 'disks', /at least one disk/);

@@ -184,31 +184,54 @@ describe('schedules in the agent', () => {
     agents.pop();
   }, 30_000);
 
-  it('with a catalogue URL, retention is left to the catalogue (nothing deleted, and the log says so)', async () => {
-    const dir = join(tmp.dir, 'cat');
+  /** An agent with a catalogue and one schedule taking a full backup every second. */
+  const startCatalogued = async (hostId: string, catalog: Record<string, unknown>, retention: Record<string, number>): Promise<{ agent: Agent; lines: Line[] }> => {
     const { log, lines } = capture();
     const agent = await startAgent(
       parseAgentConfig({
-        hostId: 'catalogued',
-        stateDir: dir,
+        hostId,
+        stateDir: join(tmp.dir, hostId),
         disks: [{ name: 'vda', path: diskPath }],
-        catalog: { url: 'http://127.0.0.1:9' },
+        catalog,
         restore: { pollIntervalMs: 3_600_000 },
-        schedules: [{ name: 'often', full: '* * * * * *', retention: { keepLast: 1 } }],
+        schedules: [{ name: 'often', full: '* * * * * *', retention }],
       }),
       { log },
     );
     agents.push(agent);
+    return { agent, lines };
+  };
+
+  /** The agent's scheduler deleted nothing itself, said so, and reports the catalogue as applying retention; then stops it. */
+  const expectLeftToCatalogue = async (agent: Agent, lines: Line[]): Promise<void> => {
+    expect(lines.some((l) => l.msg === 'retention skipped: the configured catalogue applies its own policy')).toBe(true);
+    const [g] = await new AgentClient(agent.controlSocket).schedules();
+    expect(g!.retention.appliedBy).toBe('catalogue');
+    await agent.stop();
+    agents.pop();
+  };
+
+  it('with a catalogue URL, retention is left to the catalogue (nothing deleted, and the log says so)', async () => {
+    const { agent, lines } = await startCatalogued('catalogued', { url: 'http://127.0.0.1:9' }, { keepLast: 1 });
     await until('two scheduled backups', () => done(lines).length >= 2);
     const s3 = await bucketClient(agent);
     const uuids = done(lines).map((l) => l.fields.uuid as string);
     const ids = new Set((await archives(agent, s3)).map((a) => a.uuid));
     for (const u of uuids) expect(ids.has(u)).toBe(true);
-    expect(lines.some((l) => l.msg === 'retention skipped: the configured catalogue applies its own policy')).toBe(true);
-    const [g] = await new AgentClient(agent.controlSocket).schedules();
-    expect(g!.retention.appliedBy).toBe('catalogue');
+    await expectLeftToCatalogue(agent, lines);
     s3.destroy();
-    await agent.stop();
-    agents.pop();
+  }, 30_000);
+
+  it('with an embedded catalogue that has a policy, the catalogue applies it after each indexed archive', async () => {
+    // The schedule's own policy would keep five: only the catalogue's (keep one) can remove the first archive below.
+    const { agent, lines } = await startCatalogued('embcat', { embedded: true, retention: { keepLast: 1 } }, { keepLast: 5 });
+    await until('the first scheduled backup', () => done(lines).length > 0);
+    const first = done(lines)[0]!.fields.uuid as string;
+    const s3 = await bucketClient(agent);
+    await until('the catalogue to remove the first archive', async () => !(await archives(agent, s3)).some((a) => a.uuid === first));
+    expect(done(lines).length).toBeLessThan(5);
+    expect(lines.some((l) => l.msg === 'deleted archive' && l.fields.uuid === first && l.fields.component === 'retention')).toBe(true);
+    await expectLeftToCatalogue(agent, lines);
+    s3.destroy();
   }, 30_000);
 });

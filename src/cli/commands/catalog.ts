@@ -3,9 +3,11 @@
  * SigV4-signed for AWS URLs) and `catalog serve` (the embedded catalogue
  * with its own embedded S3 server).
  */
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { ConfigError, UsageError, describeError } from '../../errors.js';
+import { parseRetentionConfig, type RetentionConfig } from '../../catalog/retention.js';
 import { CatalogClient } from '../../catalog/client.js';
 import { diskNameSchema, hostIdSchema, uuidSchema, type ArchiveRecord } from '../../catalog/records.js';
 import { formatBytes, parsePositiveInt, printJson } from '../output.js';
@@ -23,6 +25,32 @@ async function catalogClient(o: CatalogFlags): Promise<CatalogClient> {
   if (!url) throw new UsageError('no catalogue: give --catalog <url>, set COWSTREAM_CATALOG_URL, or --state <dir> of an agent with the embedded catalogue');
   const token = await resolveCatalogToken({ ...o, ...(state !== undefined ? { state } : {}) }, url);
   return new CatalogClient({ url, ...(token !== undefined ? { token } : {}) });
+}
+
+/** --retention JSON / --retention-file F → the validated policy (errors name the flag and the field). */
+async function retentionFlag(o: { retention?: string; retentionFile?: string }): Promise<RetentionConfig | undefined> {
+  if (o.retention !== undefined && o.retentionFile !== undefined) throw new UsageError('give --retention or --retention-file, not both');
+  const flag = o.retention !== undefined ? '--retention' : '--retention-file';
+  let text = o.retention;
+  if (o.retentionFile !== undefined) {
+    try {
+      text = await readFile(o.retentionFile, 'utf8');
+    } catch (err) {
+      throw new UsageError(`--retention-file: cannot read ${o.retentionFile}: ${describeError(err)}`, { cause: err });
+    }
+  }
+  if (text === undefined) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError(`${flag} is not valid JSON (e.g. '{"keepLast":7,"keepDaily":14}'): ${describeError(err)}`, { cause: err });
+  }
+  try {
+    return parseRetentionConfig(raw);
+  } catch (err) {
+    throw new UsageError(`${flag}: ${err instanceof ConfigError ? err.message : describeError(err)}`, { cause: err });
+  }
 }
 
 /** --catalog-token / --state: how the CLI authenticates to an embedded catalogue. */
@@ -143,8 +171,11 @@ export function registerCatalogCommands(program: Command): void {
     .option('--port <p>', 'catalogue HTTP port (default: ephemeral)')
     .option('--s3-port <p>', 'embedded S3 port (default: ephemeral)')
     .option('--bucket <name>', 'embedded S3 bucket (default cowstream)')
+    .option('--retention <json>', 'retention policy applied to a host after each of its archives is indexed, as the prune Lambda\'s RETENTION, e.g. \'{"keepLast":7,"keepDaily":14}\' (default: keep everything)')
+    .option('--retention-file <file>', 'the same policy, read from a JSON file')
     .option('--json', 'print the endpoints as JSON')
-    .action(async (o: { state: string; port?: string; s3Port?: string; bucket?: string; json?: boolean }) => {
+    .action(async (o: { state: string; port?: string; s3Port?: string; bucket?: string; retention?: string; retentionFile?: string; json?: boolean }) => {
+      const retention = await retentionFlag(o);
       const port = o.port !== undefined ? parsePositiveInt(o.port, '--port', 65535) : 0;
       const s3Port = o.s3Port !== undefined ? parsePositiveInt(o.s3Port, '--s3-port', 65535) : 0;
       const { startEmbeddedS3 } = await import('../../store/embedded-s3.js');
@@ -154,14 +185,14 @@ export function registerCatalogCommands(program: Command): void {
       const s3 = await startEmbeddedS3({ dir: join(o.state, 's3'), port: s3Port, credentials: creds.s3, ...(o.bucket ? { bucket: o.bucket } : {}) });
       let cat;
       try {
-        cat = await startEmbeddedCatalog({ stateDir: o.state, port, s3, token: creds.catalogToken, logger: o.json ? 'quiet' : undefined });
+        cat = await startEmbeddedCatalog({ stateDir: o.state, port, s3, token: creds.catalogToken, logger: o.json ? 'quiet' : undefined, ...(retention ? { retention } : {}) });
       } catch (err) {
         await s3.close();
         throw err;
       }
       // The fragment carries the token to the page without it reaching any server log.
       const consoleUrl = `${cat.url}/#token=${cat.token}`;
-      const info = { catalog: cat.url, console: consoleUrl, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state, credentials: credentialsPath(o.state) };
+      const info = { catalog: cat.url, console: consoleUrl, s3: { endpoint: s3.endpoint, bucket: s3.bucket }, state: o.state, credentials: credentialsPath(o.state), retention: retention ?? null };
       if (o.json) printJson(info);
       else
         process.stdout.write(
@@ -170,6 +201,8 @@ web console: ${consoleUrl}
 embedded S3 on ${s3.endpoint} (bucket ${s3.bucket})
 ` +
             `credentials (catalogue token, S3 keys): ${info.credentials}; clients: --state ${o.state}
+` +
+            `retention: ${retention ? JSON.stringify(retention) : 'none (archives are kept until deleted)'}
 `,
         );
       await untilInterrupted();
