@@ -15,7 +15,7 @@
  *      CBW_BENCH_IDLE_S (idle window, default 5), CBW_BENCH_DIR (temp dir parent),
  *      CBW_BENCH_BATCH (background read batch in clusters, default 16),
  *      CBW_BENCH_NBD=0 to skip the NBD variant.
- * Goal (issue 3): fleecing p99 ≤ 1.5 × idle p99.
+ * Goal: fleecing p99 ≤ 1.5 × idle p99.
  */
 import { mkdtemp, rm, open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

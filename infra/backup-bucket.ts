@@ -99,7 +99,7 @@ export class BackupBucket extends Construct {
     });
   }
 
-  /** ObjectCreated/ObjectRemoved under `archives/` → the indexer (issue 5). */
+  /** ObjectCreated/ObjectRemoved under `archives/` → the indexer. */
   notifyIndexer(indexer: lambda.IFunction): void {
     const dest = new s3n.LambdaDestination(indexer);
     const filter: s3.NotificationKeyFilter = { prefix: ARCHIVES_PREFIX };

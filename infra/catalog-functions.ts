@@ -1,5 +1,5 @@
 /**
- * The catalogue's Lambda functions (issue 5): indexer, api, verify, prune
+ * The catalogue's Lambda functions: indexer, api, verify, prune
  * and freshness, each a NodejsFunction over `lambda/<name>.ts`, bundled by
  * the locally installed esbuild (never Docker), Node 22 on arm64.
  *

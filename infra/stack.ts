@@ -1,5 +1,5 @@
 /**
- * CowstreamStack: the whole cloud side in one stack (issue 6) — archive
+ * CowstreamStack: the whole cloud side in one stack — archive
  * bucket, catalogue table, catalogue functions and API, per-host agent
  * roles, schedules and alarms.
  */

@@ -26,7 +26,7 @@ import {
 import type { CatalogRepository } from './repository.js';
 import { LOCAL_CALLER, requireHost, requireOperator, requireReader, type Caller, type CallerResolver } from './access.js';
 
-/** Builds the JSON restore plan stored at `restore-plans/<id>.json` (STORE helper's planner). */
+/** Builds the JSON restore plan stored at `restore-plans/<id>.json` (src/restore/plan.ts). */
 export type RestorePlanBuilder = (req: {
   restoreId: string;
   archive: ArchiveRecord;

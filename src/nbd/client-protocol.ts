@@ -1,6 +1,6 @@
 /**
- * Client-side additions to src/nbd/protocol.ts (owned by the NBD server
- * helper; not edited here).
+ * The client's side of the NBD protocol: what only a client encodes or
+ * decodes, next to the shared constants and codecs in src/nbd/protocol.ts.
  */
 import { NbdProtocolError } from '../errors.js';
 

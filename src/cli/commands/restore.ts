@@ -51,7 +51,7 @@ function makeBar(enabled: boolean): { update(p: RestoreProgress): void; stop(): 
 
 async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   if (o.viaCatalog) {
-    // The catalogue path (CATALOG helper): request the restore, the agent executes it.
+    // The catalogue path: request the restore, the agent executes it.
     const { timeout, ...rest } = o;
     if (timeout !== undefined && !o.wait) throw new UsageError('--timeout needs --wait');
     // Loaded here only: the catalogue client brings SigV4 signing and zod (docs/startup.md).
