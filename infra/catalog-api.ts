@@ -19,7 +19,7 @@ export interface ApiRoute {
 
 const { GET, POST, DELETE } = apigw.HttpMethod;
 
-/** The routes of issue 5 (plus `GET /hosts` from CATALOG-API.md). */
+/** The catalogue API routes (docs/catalogue.md). */
 export const CATALOG_ROUTES: readonly ApiRoute[] = [
   { method: GET, path: '/archives' },
   { method: GET, path: '/archives/{id}' },
