@@ -160,7 +160,7 @@ describe.each([
       expect(clients[0]!.size).toBe(size);
 
       const output = new MemoryByteSink();
-      // Created before the snapshot instant (CBW-API): it writes the header at once.
+      // Created before the snapshot instant: it writes the header at once.
       const writer = await ArchiveWriter.create({ hostId: 'stress', devices: [{ id: 0, name: 'vda', size }], compressor: pool, output });
       const sink = new SlowRandomSink(writer, mulberry32(seed ^ 0x51071));
       const tiny = fleecing && rng.chance(0.3);
