@@ -12,7 +12,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ConfigError, describeError } from '../errors.js';
-import { createPrivateFileExclusive, InsecureFileError, readPrivateFile } from './private-file.js';
+import { createPrivateFileExclusive, InsecureFileError, parsePrivateJson, readPrivateFile } from './private-file.js';
 
 export const CREDENTIALS_FILE = 'credentials.json';
 
@@ -65,15 +65,7 @@ export async function readEmbeddedCredentials(stateDir: string): Promise<Embedde
     if (code === 'ENOENT') throw new ConfigError(`no embedded credentials at ${path}: start the agent or \`cowstream catalog serve\` with this state directory first`, { cause: err });
     throw new ConfigError(`cannot read embedded credentials ${path}: ${describeError(err)}`, { cause: err });
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text.toString('utf8'));
-  } catch (err) {
-    throw new ConfigError(`${path} is not valid JSON`, { cause: err });
-  }
-  const parsed = credentialsSchema.safeParse(json);
-  if (!parsed.success) throw new ConfigError(`${path} does not hold embedded credentials: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
-  return parsed.data;
+  return parsePrivateJson(path, text, credentialsSchema, 'embedded credentials');
 }
 
 /**

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { ConfigError, describeError } from '../errors.js';
 import { writeFileAtomic } from '../device/durable.js';
-import { readPrivateFile } from './private-file.js';
+import { parsePrivateJson, readPrivateFile } from './private-file.js';
 
 export const ENDPOINTS_FILE = 'endpoints.json';
 
@@ -61,13 +61,5 @@ export async function readEndpointsFile(stateDir: string): Promise<AgentEndpoint
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new ConfigError(`cannot use ${path}: ${describeError(err)}`, { cause: err });
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text.toString('utf8'));
-  } catch (err) {
-    throw new ConfigError(`${path} is not valid JSON`, { cause: err });
-  }
-  const parsed = endpointsSchema.safeParse(json);
-  if (!parsed.success) throw new ConfigError(`${path} does not hold agent endpoints: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
-  return parsed.data;
+  return parsePrivateJson(path, text, endpointsSchema, 'agent endpoints');
 }

@@ -8,6 +8,7 @@ import { constants } from 'node:fs';
 import { link, open, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { writeSyncedNewFile } from '../device/durable.js';
 
@@ -65,4 +66,20 @@ export async function createPrivateFileExclusive(path: string, data: string | Bu
   } finally {
     await unlink(tmp).catch(() => undefined);
   }
+}
+
+/**
+ * Parses the text of a private file as JSON and validates it; `what` names
+ * the content in the error ("embedded credentials", "agent endpoints").
+ */
+export function parsePrivateJson<T>(path: string, text: Buffer, schema: z.ZodType<T>, what: string): T {
+  let json: unknown;
+  try {
+    json = JSON.parse(text.toString('utf8'));
+  } catch (err) {
+    throw new ConfigError(`${path} is not valid JSON`, { cause: err });
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) throw new ConfigError(`${path} does not hold ${what}: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
+  return parsed.data;
 }
