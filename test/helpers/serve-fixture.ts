@@ -4,14 +4,14 @@
  * `serve` tests; plus the extents a read of given clusters needs, computed
  * from the plan independently of the serve code.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
 import type { ArchiveContext } from '../../src/restore/locate.js';
-import type { RestorePlan } from '../../src/restore/plan.js';
+import type { PlanExtent, RestorePlan } from '../../src/restore/plan.js';
 import { buildChain, type ChainStep, type FixtureDevice } from './s3-chain-fixture.js';
 import { S3FaultProxy } from './s3-fault-proxy.js';
 import { startS3rver, type TestS3Server } from './s3-servers.js';
@@ -32,6 +32,11 @@ export interface ServeFixture {
   ctx(): ArchiveContext;
   /** Copies every archive of the chain to `<dir>/<uuid>.cwa`. */
   download(dir: string): Promise<string[]>;
+  /**
+   * The chain copied to `<work>/<name>/`, with one byte flipped at `at` of a
+   * winning extent of the full archive that supplies vda.
+   */
+  corruptCopy(plan: RestorePlan, name: string, at: (e: PlanExtent) => number): Promise<{ paths: string[]; victim: PlanExtent }>;
   close(): Promise<void>;
 }
 
@@ -43,7 +48,7 @@ export async function startServeFixture(): Promise<ServeFixture> {
   const steps = await buildChain({ client, bucket: 'backups', prefix: 'site1', hostId: 'host-a', devices: SERVE_DEVICES, incrementals: 2, compressor: pool, seed: 7 });
   const proxy = await S3FaultProxy.start(server.endpoint);
   const proxied = server.client({ endpoint: proxy.endpoint });
-  return {
+  const fixture: ServeFixture = {
     server,
     proxy,
     client,
@@ -61,6 +66,18 @@ export async function startServeFixture(): Promise<ServeFixture> {
       }
       return paths;
     },
+    async corruptCopy(plan, name, at) {
+      const dir = join(work, name);
+      mkdirSync(dir);
+      const paths = await fixture.download(dir);
+      const full = plan.chain.length - 1;
+      const range = plan.ranges.find((r) => r.archive === full && r.extents.some((e) => e.runs.some(([pi]) => pi === 0)))!;
+      const victim = range.extents.find((e) => e.runs.some(([pi]) => pi === 0))!;
+      const bytes = readFileSync(paths[0]!);
+      bytes[victim.offset + at(victim)]! ^= 0x40;
+      writeFileSync(paths[0]!, bytes);
+      return { paths, victim };
+    },
     async close() {
       await proxy.close();
       await pool.close();
@@ -68,6 +85,7 @@ export async function startServeFixture(): Promise<ServeFixture> {
       rmSync(work, { recursive: true, force: true });
     },
   };
+  return fixture;
 }
 
 /** Keys ("<chain index>@<offset>") of the extents holding clusters [c0, c1] of plan device `pi`. */

@@ -175,15 +175,8 @@ describe('archive exports (serve)', () => {
   });
 
   it('a corrupt extent fails only the clusters it supplies, and is logged once with them', async () => {
-    const dir = join(fx.work, 'corrupt');
-    mkdirSync(dir);
-    const paths = await fx.download(dir);
-    // A winning extent of the full archive (chain index 2) supplying vda.
-    const range = plan.ranges.find((r) => r.archive === 2 && r.extents.some((e) => e.runs.some(([pi]) => pi === 0)))!;
-    const victim = range.extents.find((e) => e.runs.some(([pi]) => pi === 0))!;
-    const bytes = readFileSync(paths[0]!);
-    bytes[victim.offset + victim.length - 10]! ^= 0xff;
-    writeFileSync(paths[0]!, bytes);
+    // A winning extent of the full archive supplying vda, its payload damaged near the end.
+    const { paths, victim } = await fx.corruptCopy(plan, 'corrupt', (e) => e.length - 10);
     const logs: { level: string; message: string; fields?: Record<string, unknown> }[] = [];
     const set = await openArchiveExports({ ref: paths[2]!, context: { store: null, client: null }, compressor: fx.pool, log: (level, message, fields) => logs.push({ level, message, ...(fields ? { fields } : {}) }) });
     try {
