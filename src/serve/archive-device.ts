@@ -8,12 +8,12 @@
  */
 import { checkRange } from '../device/range.js';
 import { DeviceClosedError, ReadOnlyDeviceError } from '../device/errors.js';
-import type { BlockDevice } from '../device/types.js';
+import { pushExtent } from '../device/extents.js';
+import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import type { ClusterCache } from './cluster-cache.js';
 import { clusterLength, forEachSegment, type DeviceMap, type ServedExtent } from './cluster-map.js';
 import type { ExtentClusters, ExtentFetcher } from './extent-fetcher.js';
-import type { DeviceExtent } from './types.js';
 
 export interface ArchiveDeviceCounters {
   cacheHits: number;
@@ -113,10 +113,7 @@ export class ArchiveDevice implements BlockDevice {
     forEachSegment(this.map, c0, c1, (first, n, seg) => {
       const s = Math.max(offset, first * CLUSTER_SIZE);
       const e = Math.min(end, (first + n) * CLUSTER_SIZE);
-      const hole = !seg?.extent;
-      const last = out[out.length - 1];
-      if (last && last.hole === hole) last.length += e - s;
-      else out.push({ length: e - s, hole, zero: hole });
+      pushExtent(out, e - s, !seg?.extent, !seg?.extent);
     });
     return out;
   }

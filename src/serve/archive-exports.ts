@@ -11,15 +11,15 @@ import { authenticatePlan, checkPlanKey } from '../restore/authenticate.js';
 import { resolveChain } from '../restore/chain.js';
 import { parentLocator, resolveRef, sourceOpener, type ArchiveContext } from '../restore/locate.js';
 import { planRestore, type ArchiveLocator } from '../restore/plan.js';
-import type { BlockDevice } from '../device/types.js';
+import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { ArchiveDevice } from './archive-device.js';
 import { ClusterCache } from './cluster-cache.js';
 import { buildDeviceMaps } from './cluster-map.js';
 import { DiskCache } from './disk-cache.js';
 import { ExtentFetcher, type ServeLog } from './extent-fetcher.js';
-import type { DeviceExtent, ServeStats } from './types.js';
+import type { ServeStats } from './types.js';
 
-export type { DeviceExtent, ServeStats } from './types.js';
+export type { ServeStats } from './types.js';
 export { ExtentDamagedError, ExtentFetchError } from './errors.js';
 
 export const DEFAULT_CACHE_MEMORY_BYTES = 256 * 1024 * 1024;

@@ -1,16 +1,3 @@
-/**
- * What an archive export answers about allocation, in the shape of
- * NBD base:allocation (the `DeviceExtent` of src/device/types.ts).
- */
-export interface DeviceExtent {
-  /** Bytes, > 0. */
-  length: number;
-  /** NBD_STATE_HOLE: not allocated; holes here always read as zeroes. */
-  hole: boolean;
-  /** NBD_STATE_ZERO: reads as zeroes. */
-  zero: boolean;
-}
-
 /** Counters of one export set (all devices together). */
 export interface ServeStats {
   /** Ranged reads of archive bytes (S3 GETs or file reads), index reads at open excluded. */

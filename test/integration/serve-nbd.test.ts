@@ -2,7 +2,8 @@
  * `cowstream serve` (the real CLI in a child process) with real NBD clients
  * over its private Unix socket: qemu-img compare and nbdcopy of a depth-3
  * chain against the disk at its newest backup, qemu-io random reads that
- * fetch only the extents they need (GETs counted at a proxy), a local .cwa
+ * fetch only the extents they need (GETs counted at a proxy), nbdinfo --map
+ * showing zero runs as holes, a local .cwa
  * with no S3, EIO for a corrupt extent's clusters only (logged with the
  * cluster range), the memory cache bound, and a clean stop.
  */
@@ -90,6 +91,30 @@ describe('cowstream serve with real NBD clients', () => {
     const z = await qemuIo(uri(s, 'vda'), [`read -P 0 ${zero[0] * CLUSTER_SIZE} ${CLUSTER_SIZE}`], { readOnly: true });
     expect(z.ok).toBe(true);
     expect(fx.proxy.count('GetObject') - before).toBe(want.size);
+    await s.stop();
+  });
+
+  it('nbdinfo --map shows zero runs as holes and data as allocated, with no GET', async () => {
+    const s = await serve([fx.steps[2]!.uuid, ...store]);
+    const before = fx.proxy.count('GetObject');
+    for (const [pi, d] of plan.devices.entries()) {
+      const r = await runTool('nbdinfo', ['--map', '--json', uri(s, d.name)]);
+      expect(r.code).toBe(0);
+      const map = JSON.parse(r.stdout) as { offset: number; length: number; type: number }[];
+      // The expected state of every cluster, from the plan.
+      const hole = new Array<boolean>(d.clusters).fill(false);
+      for (const [f, n] of [...d.zeroRuns, ...d.missingRuns]) for (let c = f; c < f + n; c++) hole[c] = true;
+      expect(hole.some(Boolean)).toBe(true);
+      let end = 0;
+      for (const m of map) {
+        expect(m.offset).toBe(end);
+        expect(m.type).toBe(m.type === 0 ? 0 : 3); // 0 data, 3 hole+zero
+        for (let c = Math.floor(m.offset / CLUSTER_SIZE); c * CLUSTER_SIZE < m.offset + m.length; c++) expect([pi, c, hole[c]]).toEqual([pi, c, m.type === 3]);
+        end = m.offset + m.length;
+      }
+      expect(end).toBe(d.size);
+    }
+    expect(fx.proxy.count('GetObject') - before).toBe(0);
     await s.stop();
   });
 
