@@ -24,6 +24,8 @@ export interface ServeProcess {
   /** JSON log lines seen on stderr so far. */
   logs(): Record<string, unknown>[];
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; stdout: string; stderr: string }>;
+  /** Its exit code once it ends by itself. */
+  exited(): Promise<number | null>;
 }
 
 /** Starts `cowstream serve ARGS --json`; rejects with its output if it exits before printing. */
@@ -59,6 +61,7 @@ export function startServe(args: string[], env: NodeJS.ProcessEnv = {}, timeoutM
         pid: child.pid!,
         stderr: () => stderr,
         logs,
+        exited: () => exited,
         stop: async (signal = 'SIGTERM') => {
           child.kill(signal);
           const code = await exited;

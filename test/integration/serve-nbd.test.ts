@@ -3,11 +3,12 @@
  * over its private Unix socket: qemu-img compare and nbdcopy of a depth-3
  * chain against the disk at its newest backup, qemu-io random reads that
  * fetch only the extents they need (GETs counted at a proxy), nbdinfo --map
- * showing zero runs as holes, a local .cwa
+ * showing zero runs as holes, writable overlays that survive a restart
+ * and never write to the bucket, a local .cwa
  * with no S3, EIO for a corrupt extent's clusters only (logged with the
  * cluster range), the memory cache bound, and a clean stop.
  */
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
@@ -116,6 +117,54 @@ describe('cowstream serve with real NBD clients', () => {
     }
     expect(fx.proxy.count('GetObject') - before).toBe(0);
     await s.stop();
+  });
+
+  it('--overlay: writes survive a restart of serve with the same overlay and never reach the bucket', async () => {
+    const writesToBucket = (): number => ['PutObject', 'UploadPart', 'CreateMultipartUpload', 'CompleteMultipartUpload', 'DeleteObject'].reduce((n, op) => n + fx.proxy.count(op as never), 0);
+    const before = writesToBucket();
+    const overlay = join(fx.work, 'vda.overlay');
+    const expected = Buffer.from(fx.steps[2]!.disks.get('vda')!);
+    const data = dataClusters(plan, 0)[4]!;
+    const zero = plan.devices[0]!.zeroRuns[0]![0];
+    const s = await serve([fx.steps[2]!.uuid, '--disk', 'vda', '--overlay', overlay, ...store]);
+    expect(s.out.readOnly).toBe(false);
+    // A partial write into a data cluster, a whole zero-run cluster, one straddling two clusters.
+    const writes: [number, number, number][] = [[data * CLUSTER_SIZE + 1000, 3000, 0xab], [zero * CLUSTER_SIZE, CLUSTER_SIZE, 0xcd], [(data + 1) * CLUSTER_SIZE - 512, 1024, 0xef]];
+    const w = await qemuIo(uri(s, 'vda'), writes.map(([off, len, p]) => `write -P ${p} ${off} ${len}`).concat(['flush']));
+    expect(w.ok).toBe(true);
+    for (const [off, len, p] of writes) expected.fill(p, off, off + len);
+    const copy = join(fx.work, 'overlay1.copy');
+    expect((await runTool('nbdcopy', [uri(s, 'vda'), copy])).code).toBe(0);
+    expect(readFileSync(copy).equals(expected)).toBe(true);
+    expect((await s.stop()).code).toBe(0);
+    expect(statSync(overlay).mode & 0o777).toBe(0o600);
+    const again = await serve([fx.steps[2]!.uuid, '--disk', 'vda', '--overlay', overlay, ...store]);
+    const copy2 = join(fx.work, 'overlay2.copy');
+    expect((await runTool('nbdcopy', [uri(again, 'vda'), copy2])).code).toBe(0);
+    expect(readFileSync(copy2).equals(expected)).toBe(true);
+    await again.stop();
+    expect(writesToBucket()).toBe(before);
+    // The archive itself still serves the original disk.
+    const ro = await serve([fx.steps[2]!.uuid, '--disk', 'vda', ...store]);
+    const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(fx.work, 'vda.raw'), uri(ro, 'vda')]);
+    expect(cmp.code).toBe(0);
+    await ro.stop();
+  });
+
+  it('--overlay DIR gives each disk its own overlay; a file is refused for several disks', async () => {
+    const dir = join(fx.work, 'overlays');
+    mkdirSync(dir, { mode: 0o700 });
+    const s = await serve([fx.steps[2]!.uuid, '--overlay', dir, ...store]);
+    const w = await qemuIo(uri(s, 'vdb'), ['write -P 7 0 4096']);
+    expect(w.ok).toBe(true);
+    const r = await qemuIo(uri(s, 'vda'), ['read -P 7 0 4096'], { readOnly: true });
+    expect(r.ok).toBe(false); // vda is untouched
+    await s.stop();
+    expect(readdirSync(dir).sort()).toEqual(['vda.overlay', 'vdb.overlay']);
+    const bad = await startServe([fx.steps[2]!.uuid, '--overlay', join(fx.work, 'one.overlay'), ...store], env);
+    expect(bad.out).toMatchObject({ ok: false, error: { code: 'USAGE', message: expect.stringMatching(/2 disks \(vda, vdb\)/) } });
+    expect(await bad.exited()).toBe(2);
+    expect(existsSync(join(fx.work, 'one.overlay'))).toBe(false);
   });
 
   it('serves a local .cwa chain with no S3 configured', async () => {

@@ -1,14 +1,16 @@
 /**
  * `cowstream serve REF`: the disks of an archive (chain resolved) over NBD,
- * read-only, fetched lazily from the bucket or a local .cwa (docs/serve.md).
+ * fetched lazily from the bucket or a local .cwa (docs/serve.md); read-only,
+ * or writable through local overlays (--overlay, docs/overlay.md).
  * Runs in the foreground until SIGINT/SIGTERM, then closes cleanly.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { jsonLineEmitter } from '../../log.js';
+import type { BlockDevice } from '../../device/types.js';
 import type { NbdExport } from '../../nbd/types.js';
 import type { ArchiveExportSet } from '../../serve/archive-exports.js';
 import type { StoreFlags } from '../../store/config.js';
@@ -26,6 +28,7 @@ interface ServeFlags extends StoreFlags {
   cacheDir?: string;
   cacheDisk?: string;
   readAhead?: string;
+  overlay?: string;
   json?: boolean;
 }
 
@@ -49,20 +52,63 @@ async function defaultSocketDir(): Promise<string> {
   return mkdtemp(join(base, 'cowstream-serve-'));
 }
 
+/** What is put on the wire for one disk of the archive. */
+interface ServedDisk {
+  name: string;
+  size: number;
+  device: BlockDevice;
+  readOnly: boolean;
+}
+
+/**
+ * `--overlay PATH`: one disk → PATH is its overlay file; several → PATH is
+ * an existing directory holding `<NAME>.overlay` per disk.
+ */
+async function overlayPaths(set: ArchiveExportSet, path: string): Promise<Map<string, string>> {
+  const isDir = await stat(path).then((st) => st.isDirectory(), () => false);
+  if (set.exports.length === 1 && !isDir) return new Map([[set.exports[0]!.name, path]]);
+  if (!isDir) throw new UsageError(`--overlay ${path}: the archive has ${set.exports.length} disks (${set.exports.map((e) => e.name).join(', ')}); give an existing directory (one <NAME>.overlay per disk) or pick one disk with --disk`);
+  return new Map(set.exports.map((e) => [e.name, join(path, `${e.name}.overlay`)]));
+}
+
+/** The devices to serve: the archive's, read-only, or writable overlays over them. */
+async function servedDisks(set: ArchiveExportSet, o: ServeFlags): Promise<{ disks: ServedDisk[]; close(): Promise<void> }> {
+  const opened: BlockDevice[] = [];
+  const close = async (): Promise<void> => {
+    // Overlays flush on close: their writes are durable when serve exits.
+    for (const d of opened) await d.close();
+  };
+  if (o.overlay === undefined) return { disks: set.exports.map((e) => ({ ...e, readOnly: true })), close };
+  const { openOverlay } = await import('../../device/overlay-device.js');
+  const paths = await overlayPaths(set, o.overlay);
+  const disks: ServedDisk[] = [];
+  try {
+    for (const e of set.exports) {
+      const device = await openOverlay(e.device, paths.get(e.name)!);
+      opened.push(device);
+      disks.push({ name: e.name, size: e.size, device, readOnly: false });
+    }
+  } catch (err) {
+    await close().catch(() => undefined);
+    throw err;
+  }
+  return { disks, close };
+}
+
 interface Listening {
   socket: string;
   tcp?: { host: string; port: number };
   close(): Promise<void>;
 }
 
-async function listen(set: ArchiveExportSet, o: ServeFlags, log: ReturnType<typeof jsonLineEmitter>): Promise<Listening> {
+async function listen(set: ArchiveExportSet, disks: ServedDisk[], o: ServeFlags, log: ReturnType<typeof jsonLineEmitter>): Promise<Listening> {
   const { NbdServer } = await import('../../nbd/server.js');
   const ownDir = o.socket === undefined ? await defaultSocketDir() : undefined;
   const socket = o.socket ?? join(ownDir!, 'nbd.sock');
-  const exports = new Map<string, NbdExport>(set.exports.map((e) => [e.name, { device: e.device, readOnly: true, description: `${e.name} of archive ${set.archive.uuid}` }]));
+  const exports = new Map<string, NbdExport>(disks.map((d) => [d.name, { device: d.device, readOnly: d.readOnly, description: `${d.name} of archive ${set.archive.uuid}${d.readOnly ? '' : ' (overlay)'}` }]));
   const server = new NbdServer({
     exports,
-    ...(set.exports.length === 1 ? { defaultExport: set.exports[0]!.name } : {}),
+    ...(disks.length === 1 ? { defaultExport: disks[0]!.name } : {}),
     unixSocket: socket,
     ...(o.tcp !== undefined ? { tcp: parseHostPort(o.tcp) } : {}),
     logger: { warn: (msg, fields) => log('warn', msg, fields), info: (msg, fields) => log('info', msg, fields) },
@@ -92,14 +138,16 @@ function tcpUri(name: string, tcp: { host: string; port: number }): string {
   return `nbd://${host}:${tcp.port}/${encodeURIComponent(name)}`;
 }
 
-function printExports(set: ArchiveExportSet, l: Listening, json: boolean): void {
-  const exports = set.exports.map((e) => ({ name: e.name, size: e.size, uri: unixUri(e.name, l.socket), ...(l.tcp ? { tcpUri: tcpUri(e.name, l.tcp) } : {}) }));
-  if (json) {
-    printJson({ ok: true, archive: set.archive, readOnly: true, socket: l.socket, ...(l.tcp ? { tcp: l.tcp } : {}), exports });
+function printExports(set: ArchiveExportSet, disks: ServedDisk[], l: Listening, o: ServeFlags): void {
+  const readOnly = disks.every((d) => d.readOnly);
+  const exports = disks.map((e) => ({ name: e.name, size: e.size, uri: unixUri(e.name, l.socket), ...(l.tcp ? { tcpUri: tcpUri(e.name, l.tcp) } : {}) }));
+  if (o.json) {
+    printJson({ ok: true, archive: set.archive, readOnly, socket: l.socket, ...(l.tcp ? { tcp: l.tcp } : {}), ...(o.overlay !== undefined ? { overlay: o.overlay } : {}), exports });
     return;
   }
   const a = set.archive;
-  const lines = [`serving archive ${a.uuid} (host ${a.host}, created ${a.created}, chain of ${a.chainDepth}) read-only on ${l.socket}`];
+  const mode = readOnly ? 'read-only' : `writable (writes go to overlay ${o.overlay})`;
+  const lines = [`serving archive ${a.uuid} (host ${a.host}, created ${a.created}, chain of ${a.chainDepth}) ${mode} on ${l.socket}`];
   for (const e of exports) lines.push(`  ${e.name}  ${formatBytes(e.size)}  ${e.uri}${e.tcpUri ? `  ${e.tcpUri}` : ''}`);
   lines.push('press Ctrl-C to stop');
   process.stdout.write(lines.join('\n') + '\n');
@@ -128,12 +176,17 @@ async function runServe(ref: string, o: ServeFlags): Promise<void> {
       log,
     });
     try {
-      const listening = await listen(set, o, log);
+      const served = await servedDisks(set, o);
       try {
-        printExports(set, listening, o.json === true);
-        await untilInterrupted();
+        const listening = await listen(set, served.disks, o, log);
+        try {
+          printExports(set, served.disks, listening, o);
+          await untilInterrupted();
+        } finally {
+          await listening.close();
+        }
       } finally {
-        await listening.close();
+        await served.close();
       }
       log('info', 'serve stopped', { archive: set.archive.uuid, stats: set.stats() });
     } finally {
@@ -149,7 +202,7 @@ export function registerServeCommands(program: Command): void {
     program
       .command('serve <ref>')
       .description(
-        'serve the disks of an archive (its incremental chain resolved) over NBD, read-only, fetching extents as clients read them; ref = archive UUID, s3://bucket/key, a key, or a local .cwa file. Runs until SIGINT/SIGTERM',
+        'serve the disks of an archive (its incremental chain resolved) over NBD, read-only unless --overlay, fetching extents as clients read them; ref = archive UUID, s3://bucket/key, a key, or a local .cwa file. Runs until SIGINT/SIGTERM',
       )
       .option('--disk <name>', 'serve only this disk (repeatable; default: every disk of the archive)', collect, [] as string[])
       .option('--key <file>', 'key file for encrypted archives')
@@ -158,6 +211,7 @@ export function registerServeCommands(program: Command): void {
       .option('--cache-memory <size>', 'decoded clusters kept in memory, e.g. 512M (default 256M; 0 disables)')
       .option('--cache-dir <dir>', 'also keep fetched extents (as stored, re-checked on use) in a private directory created inside <dir>, removed at exit')
       .option('--cache-disk <size>', 'with --cache-dir: its bound (default 4G)')
+      .option('--overlay <path>', 'writable export: writes go to this local overlay file (created 0600 when absent, reused by a later serve of the same archive), never to the bucket; with several disks, an existing directory holding <NAME>.overlay per disk')
       .option('--read-ahead <size>', 'fetched ahead of a sequential reader (default 8M, at most half of --cache-memory; 0 disables)')
       .option('--json', 'print the exports (names, sizes, nbd URIs) as JSON; logs stay JSON lines on stderr'),
   ).action(async (ref: string, o: ServeFlags) => runServe(ref, o));
