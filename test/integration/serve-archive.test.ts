@@ -7,16 +7,19 @@
  * re-checked, and a 1 TiB sparse disk opens at once.
  */
 import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EncryptionKeyError } from '../../src/errors.js';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
 import { ArchiveWriter } from '../../src/format/writer.js';
 import { buildRestorePlan, type ArchiveContext } from '../../src/restore/locate.js';
 import type { RestorePlan } from '../../src/restore/plan.js';
-import { ExtentDamagedError, openArchiveExports, type ArchiveExportSet } from '../../src/serve/archive-exports.js';
+import { ExtentDamagedError, ExtentFetchError, openArchiveExports, type ArchiveExportSet } from '../../src/serve/archive-exports.js';
 import { FileByteSink } from '../../src/store/file.js';
+import { buildChain } from '../helpers/s3-chain-fixture.js';
 import { SERVE_DEVICES, dataClusters, extentsFor, startServeFixture, type ServeFixture } from '../helpers/serve-fixture.js';
 
 setFlagsFromString('--expose-gc');
@@ -200,6 +203,22 @@ describe('archive exports (serve)', () => {
     }
   });
 
+  it('a store failure fails the read with EIO-class ExtentFetchError, and a later read retries', async () => {
+    const set = await open({ readAheadBytes: 0 });
+    try {
+      const c = dataClusters(plan, 1)[2]!;
+      fx.proxy.addRule({ op: 'GetObject', action: { status: 403, code: 'AccessDenied' } });
+      await expect(set.exports[1]!.device.read(c * CLUSTER_SIZE, 4096)).rejects.toBeInstanceOf(ExtentFetchError);
+      fx.proxy.clearRules();
+      const disk = fx.steps[2]!.disks.get('vdb')!;
+      expect((await set.exports[1]!.device.read(c * CLUSTER_SIZE, 4096)).equals(disk.subarray(c * CLUSTER_SIZE, c * CLUSTER_SIZE + 4096))).toBe(true);
+      expect(set.stats()).toMatchObject({ extentErrors: 0, fetchErrors: 1 });
+    } finally {
+      fx.proxy.clearRules();
+      await set.close();
+    }
+  });
+
   it('keeps a private disk cache (0700 dir, 0600 files), re-checked on every hit', async () => {
     const parent = join(fx.work, 'dcache');
     mkdirSync(parent);
@@ -234,6 +253,22 @@ describe('archive exports (serve)', () => {
       await set.close();
     }
     expect(readdirSync(parent)).toEqual([]);
+  });
+
+  it('serves an encrypted chain only with its key, authenticated before any read', async () => {
+    const key = randomBytes(32);
+    const steps = await buildChain({ client: fx.client, bucket: 'backups', prefix: 'enc', hostId: 'host-e', devices: SERVE_DEVICES, incrementals: 2, compressor: fx.pool, seed: 9, encryptionKey: key });
+    const ctx = fx.ctx();
+    const top = steps[2]!.uuid;
+    await expect(openArchiveExports({ ref: `s3://backups/${steps[2]!.key}`, context: ctx, compressor: fx.pool })).rejects.toBeInstanceOf(EncryptionKeyError);
+    await expect(openArchiveExports({ ref: `s3://backups/${steps[2]!.key}`, context: ctx, compressor: fx.pool, key: randomBytes(32) })).rejects.toThrow(/wrong key/);
+    const set = await openArchiveExports({ ref: `s3://backups/${steps[2]!.key}`, context: ctx, compressor: fx.pool, key });
+    try {
+      expect(set.archive.uuid).toBe(top);
+      for (const d of SERVE_DEVICES) expect((await readAll(set, d.name)).equals(steps[2]!.disks.get(d.name)!)).toBe(true);
+    } finally {
+      await set.close();
+    }
   });
 
   it('opens a 1 TiB sparse disk at once, without memory sized by the disk', async () => {

@@ -70,6 +70,16 @@ describe('cowstream serve with real NBD clients', () => {
     expect(existsSync(dirname(s.out.socket))).toBe(false);
   });
 
+  it('--tcp serves the same exports on TCP as well', async () => {
+    const s = await serve([fx.steps[2]!.uuid, '--tcp', '127.0.0.1:0', ...store]);
+    expect(s.out.tcp?.host).toBe('127.0.0.1');
+    const e = s.out.exports.find((x) => x.name === 'vdb')!;
+    expect(e.tcpUri).toBe(`nbd://127.0.0.1:${s.out.tcp!.port}/vdb`);
+    const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(fx.work, 'vdb.raw'), e.tcpUri!]);
+    expect(cmp.code).toBe(0);
+    await s.stop();
+  });
+
   it('random qemu-io reads fetch only the extents they touch', async () => {
     const s = await serve([fx.steps[2]!.uuid, '--read-ahead', '0', ...store]);
     const clusters = dataClusters(plan, 0);
