@@ -334,7 +334,12 @@ class HydrationRun {
       const s = pos;
       const n = next - pos;
       if (copied) jobs.push(this.targetIo('read', s, (fh) => readAll(fh, out.subarray(at, at + n), s)));
-      else jobs.push(this.source.read(s, n).then((b) => void b.copy(out, at)));
+      else {
+        jobs.push(this.source.read(s, n).then((b) => {
+          if (b.length !== n) throw new DeviceError(`source returned ${b.length} of ${n} bytes at ${s}`);
+          b.copy(out, at);
+        }));
+      }
       pos = next;
     }
     await Promise.all(jobs);

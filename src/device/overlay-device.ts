@@ -226,7 +226,7 @@ export class OverlayDevice implements BlockDevice {
     const bytes = Buffer.alloc(l.stateBytes);
     await readAll(fh, bytes, HEADER_BYTES);
     const states = new ClusterStates(l.clusters, bytes);
-    if (states.maxState() > ZERO || !states.paddingClear()) throw new OverlayError(`${path}: cluster states are damaged`);
+    if (states.hasState3() || !states.paddingClear()) throw new OverlayError(`${path}: cluster states are damaged`);
     return new OverlayDevice(base, path, fh, l, states);
   }
 
@@ -251,7 +251,10 @@ export class OverlayDevice implements BlockDevice {
       if (state === DATA) {
         jobs.push(this.io('read', start, () => readAll(fh, out.subarray(at, at + end - start), this.dataOffset + start)));
       } else {
-        jobs.push(this.base.read(start, end - start).then((b) => void b.copy(out, at)));
+        jobs.push(this.base.read(start, end - start).then((b) => {
+          if (b.length !== end - start) throw new DeviceError(`base returned ${b.length} of ${end - start} bytes at ${start}`);
+          b.copy(out, at);
+        }));
       }
     });
     await Promise.all(jobs);
