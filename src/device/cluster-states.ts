@@ -47,11 +47,11 @@ export class ClusterStates {
     return n;
   }
 
-  /** Largest state present; a damaged array shows values a writer never sets. */
-  maxState(): number {
-    let m = 0;
-    for (let c = 0; c < this.count; c++) m = Math.max(m, this.get(c));
-    return m;
+  /** True if some cluster has state 3 (both bits set), which no writer of 0..2 states sets. */
+  hasState3(): boolean {
+    // Per byte: a 2-bit pair is 3 exactly when its low bit and its high bit are both set.
+    for (const b of this.bytes) if ((b & (b >>> 1) & 0x55) !== 0) return true;
+    return false;
   }
 
   /** True when the padding bits after the last cluster are zero. */

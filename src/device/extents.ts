@@ -4,7 +4,7 @@
  * trusts it. One place for the rules of BlockDevice.mapExtents.
  */
 import { DeviceError } from '../errors.js';
-import type { DeviceExtent } from './types.js';
+import type { BlockDevice, DeviceExtent } from './types.js';
 
 /** Appends a run, merging it into the last one when both have the same state. */
 export function pushExtent(out: DeviceExtent[], length: number, hole: boolean, zero: boolean): void {
@@ -45,4 +45,24 @@ export function checkedExtents(extents: unknown, length: number, what: string): 
 /** Total bytes covered by a list of extents. */
 export function extentsLength(extents: readonly DeviceExtent[]): number {
   return extents.reduce((n, e) => n + e.length, 0);
+}
+
+/**
+ * The allocation map of [start, end) of `dev`, asking again where an answer
+ * stops short, checked per `checkedExtents`. A device without a map is all
+ * data. Stops early (returning less) once `maxExtents` runs are collected.
+ */
+export async function mapRange(dev: BlockDevice, start: number, end: number, maxExtents = Infinity): Promise<DeviceExtent[]> {
+  const out: DeviceExtent[] = [];
+  if (!dev.mapExtents) {
+    pushExtent(out, end - start, false, false);
+    return out;
+  }
+  let pos = start;
+  while (pos < end && out.length < maxExtents) {
+    const got = checkedExtents(await dev.mapExtents(pos, end - pos), end - pos, `allocation map at ${pos}+${end - pos}`);
+    for (const e of got) pushExtent(out, e.length, e.hole, e.zero);
+    pos += extentsLength(got);
+  }
+  return out;
 }

@@ -40,7 +40,8 @@ import { ClusterLocks } from './cluster-locks.js';
 import { ClusterStates } from './cluster-states.js';
 import { fsyncDir } from './durable.js';
 import { DeviceClosedError, OverlayError } from './errors.js';
-import { pushExtent } from './extents.js';
+import { extentsLength, mapRange, pushExtent } from './extents.js';
+import { readAll, writeAll } from './file-io.js';
 import { createPrivateFile, openOwnPrivateFile } from './private-open.js';
 import { checkRange } from './range.js';
 import type { BlockDevice, DeviceExtent } from './types.js';
@@ -184,24 +185,6 @@ async function createOverlayFile(path: string, l: Layout): Promise<boolean> {
   }
 }
 
-async function writeAll(fh: FileHandle, data: Uint8Array, pos: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
-    if (bytesWritten === 0) throw new DeviceError(`write at ${pos + done} made no progress`);
-    done += bytesWritten;
-  }
-}
-
-async function readAll(fh: FileHandle, buf: Buffer, pos: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesRead } = await fh.read(buf, done, buf.length - done, pos + done);
-    if (bytesRead === 0) throw new DeviceError(`short read at ${pos + done}: file shrank?`);
-    done += bytesRead;
-  }
-}
-
 /** One cluster-aligned piece of a request: [start, end) inside cluster c. */
 interface Piece {
   c: number;
@@ -243,7 +226,7 @@ export class OverlayDevice implements BlockDevice {
     const bytes = Buffer.alloc(l.stateBytes);
     await readAll(fh, bytes, HEADER_BYTES);
     const states = new ClusterStates(l.clusters, bytes);
-    if (states.maxState() > ZERO || !states.paddingClear()) throw new OverlayError(`${path}: cluster states are damaged`);
+    if (states.hasState3() || !states.paddingClear()) throw new OverlayError(`${path}: cluster states are damaged`);
     return new OverlayDevice(base, path, fh, l, states);
   }
 
@@ -268,7 +251,10 @@ export class OverlayDevice implements BlockDevice {
       if (state === DATA) {
         jobs.push(this.io('read', start, () => readAll(fh, out.subarray(at, at + end - start), this.dataOffset + start)));
       } else {
-        jobs.push(this.base.read(start, end - start).then((b) => void b.copy(out, at)));
+        jobs.push(this.base.read(start, end - start).then((b) => {
+          if (b.length !== end - start) throw new DeviceError(`base returned ${b.length} of ${end - start} bytes at ${start}`);
+          b.copy(out, at);
+        }));
       }
     });
     await Promise.all(jobs);
@@ -323,35 +309,16 @@ export class OverlayDevice implements BlockDevice {
       if (out.length >= MAX_MAP_EXTENTS) break;
       if (state === DATA) pushExtent(out, end - start, false, false);
       else if (state === ZERO) pushExtent(out, end - start, true, true);
-      else if (!(await this.baseMap(out, start, end))) break;
+      else {
+        const got = await mapRange(this.base, start, end, MAX_MAP_EXTENTS);
+        for (const e of got) pushExtent(out, e.length, e.hole, e.zero);
+        if (extentsLength(got) < end - start) break; // stopped early: the map must stay contiguous
+      }
     }
     return out;
   }
 
   // ------------------------------------------------------------------ internals
-
-  /** Appends the base's map of [start, end); false if the base answered short (the caller stops there). */
-  private async baseMap(out: DeviceExtent[], start: number, end: number): Promise<boolean> {
-    if (!this.base.mapExtents) {
-      pushExtent(out, end - start, false, false);
-      return true;
-    }
-    let pos = start;
-    while (pos < end && out.length < MAX_MAP_EXTENTS) {
-      const got = await this.base.mapExtents(pos, end - pos);
-      let covered = 0;
-      for (const e of got) {
-        if (!Number.isSafeInteger(e.length) || e.length <= 0) throw new DeviceError(`base map at ${pos}: bad extent length ${e.length}`);
-        const n = Math.min(e.length, end - pos - covered);
-        if (n <= 0) break;
-        pushExtent(out, n, e.hole, e.zero);
-        covered += n;
-      }
-      if (covered === 0) throw new DeviceError(`base map at ${pos} is empty`);
-      pos += covered;
-    }
-    return pos >= end;
-  }
 
   /** Calls fn for each maximal run of clusters with one state, clipped to [offset, offset+length). */
   private forRuns(offset: number, length: number, fn: (state: number, start: number, end: number) => void): void {

@@ -12,32 +12,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OverlayError } from '../../../src/device/errors.js';
 import { MemoryDevice } from '../../../src/device/memory-device.js';
 import { BASE, DATA, ZERO, openOverlay, type OverlayDevice } from '../../../src/device/overlay-device.js';
-import type { DeviceExtent } from '../../../src/device/types.js';
 import { OutOfRangeError } from '../../../src/errors.js';
-import { jitter } from '../../helpers/cbw-memdev.js';
-import { mulberry32, type Rng } from '../../helpers/prng.js';
+import { mulberry32 } from '../../helpers/prng.js';
+import { SlowMemoryDevice } from '../../helpers/slow-device.js';
 
 const CS = 4096;
 const SIZE = 64 * CS + 123; // the last cluster is partial
-
-/** A read-only base with seeded latency on every read, so RMW copies interleave. */
-class SlowBase extends MemoryDevice {
-  reads = 0;
-  constructor(init: Buffer, private readonly rng: Rng | null) {
-    super(init, { readOnly: true });
-  }
-  override async read(offset: number, length: number): Promise<Buffer> {
-    await jitter(this.rng, 0.2);
-    this.reads++;
-    const b = await super.read(offset, length);
-    await jitter(this.rng, 0.2);
-    return b;
-  }
-  override async mapExtents(offset: number, length: number): Promise<DeviceExtent[]> {
-    await jitter(this.rng);
-    return super.mapExtents(offset, length);
-  }
-}
 
 let dir: string;
 let n = 0;
@@ -259,7 +239,7 @@ describe('OverlayDevice under concurrency', () => {
     it(`seeded stress against a model: concurrent writes, zeroes, trims, reads, flushes, reopens (seed ${seed})`, async () => {
       const rng = mulberry32(seed);
       const init = rng.bytes(SIZE);
-      const base = new SlowBase(init, rng);
+      const base = new SlowMemoryDevice(init, rng);
       const path = fresh();
       let ov: OverlayDevice = await openOverlay(base, path, { clusterSize: CS });
       const model = Buffer.from(init);
