@@ -4,7 +4,8 @@
  * chain against the disk at its newest backup, qemu-io random reads that
  * fetch only the extents they need (GETs counted at a proxy), nbdinfo --map
  * showing zero runs as holes, writable overlays that survive a restart
- * and never write to the bucket, a local .cwa
+ * and never write to the bucket, hydration to a local file (alone and
+ * under an overlay), a local .cwa
  * with no S3, EIO for a corrupt extent's clusters only (logged with the
  * cluster range), the memory cache bound, and a clean stop.
  */
@@ -14,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
 import { buildRestorePlan } from '../../src/restore/locate.js';
 import type { RestorePlan } from '../../src/restore/plan.js';
-import { qemuIo, runTool } from '../helpers/nbd-tools.js';
+import { qemuIo, runTool, waitFor } from '../helpers/nbd-tools.js';
 import { SERVE_DEVICES, dataClusters, extentsFor, startServeFixture, type ServeFixture } from '../helpers/serve-fixture.js';
 import { startServe, type ServeProcess } from '../helpers/serve-process.js';
 
@@ -175,6 +176,45 @@ describe('cowstream serve with real NBD clients', () => {
     expect(bad.out).toMatchObject({ ok: false, error: { code: 'USAGE', message: expect.stringMatching(/2 disks \(vda, vdb\)/) } });
     expect(await bad.exited()).toBe(2);
     expect(existsSync(join(fx.work, 'one.overlay'))).toBe(false);
+  });
+
+  const hydrated = (s: ServeProcess, disk: string): boolean => s.logs().some((l) => l.msg === 'hydration complete: reads are served from the target' && l.disk === disk);
+
+  it('--hydrate copies the disk to a private local file while it is served', async () => {
+    const target = join(fx.work, 'hydrated-vda.raw');
+    const s = await serve([fx.steps[2]!.uuid, '--disk', 'vda', '--hydrate', target, ...store]);
+    expect(await waitFor(() => hydrated(s, 'vda'), 30_000)).toBe(true);
+    expect(s.logs().some((l) => l.msg === 'hydration started' && l.bytesTotal === SERVE_DEVICES[0]!.size)).toBe(true);
+    expect(readFileSync(target).equals(fx.steps[2]!.disks.get('vda')!)).toBe(true);
+    expect(statSync(target).mode & 0o777).toBe(0o600);
+    // Still served, now from the target.
+    const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', target, uri(s, 'vda')]);
+    expect(cmp.code).toBe(0);
+    expect((await s.stop()).code).toBe(0);
+    // An existing non-empty target is refused without --force.
+    const again = await startServe([fx.steps[2]!.uuid, '--disk', 'vda', '--hydrate', target, ...store], env);
+    expect(again.out).toMatchObject({ ok: false, error: { message: expect.stringMatching(/not empty/) } });
+    expect(await again.exited()).toBe(1);
+  });
+
+  it('--overlay with --hydrate: each target ends as the archive plus the overlay writes', async () => {
+    const dir = join(fx.work, 'ovh');
+    mkdirSync(dir, { mode: 0o700 });
+    const s = await serve([fx.steps[2]!.uuid, '--overlay', dir, '--hydrate', dir, ...store]);
+    const expected = new Map(SERVE_DEVICES.map((d) => [d.name, Buffer.from(fx.steps[2]!.disks.get(d.name)!)]));
+    const writes: [string, number, number, number][] = [['vda', 5 * CLUSTER_SIZE + 100, 70_000, 0x11], ['vdb', 0, 4096, 0x22], ['vdb', SERVE_DEVICES[1]!.size - 8192, 8192, 0x33]];
+    for (const [disk, off, len, p] of writes) {
+      const w = await qemuIo(uri(s, disk), [`write -P ${p} ${off} ${len}`, 'flush']);
+      expect(w.ok).toBe(true);
+      expected.get(disk)!.fill(p, off, off + len);
+    }
+    expect(await waitFor(() => hydrated(s, 'vda') && hydrated(s, 'vdb'), 30_000)).toBe(true);
+    // A write after completion reaches the target too.
+    const late = await qemuIo(uri(s, 'vda'), [`write -P 68 ${CLUSTER_SIZE} 4096`, 'flush']);
+    expect(late.ok).toBe(true);
+    expected.get('vda')!.fill(68, CLUSTER_SIZE, CLUSTER_SIZE + 4096);
+    expect((await s.stop()).code).toBe(0);
+    for (const d of SERVE_DEVICES) expect([d.name, readFileSync(join(dir, `${d.name}.raw`)).equals(expected.get(d.name)!)]).toEqual([d.name, true]);
   });
 
   it('serves a local .cwa chain with no S3 configured', async () => {
