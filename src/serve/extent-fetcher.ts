@@ -82,7 +82,10 @@ export class ExtentFetcher {
     });
     if (started.size > 0) {
       const fresh = extents.filter((e, i, all) => started.has(e.key) && all.findIndex((x) => x.key === e.key) === i);
-      void this.run(fresh, started);
+      // run() settles every waiter itself; this only guards against a bug leaving one pending forever.
+      this.run(fresh, started).catch((err: unknown) => {
+        for (const w of started.values()) w.reject(new ExtentFetchError(`extent fetch failed: ${describeError(err)}`, { cause: err }));
+      });
     }
     return result;
   }
