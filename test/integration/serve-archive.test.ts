@@ -19,6 +19,7 @@ import { buildRestorePlan, type ArchiveContext } from '../../src/restore/locate.
 import type { RestorePlan } from '../../src/restore/plan.js';
 import { ExtentDamagedError, ExtentFetchError, openArchiveExports, type ArchiveExportSet } from '../../src/serve/archive-exports.js';
 import { FileByteSink } from '../../src/store/file.js';
+import { mulberry32 } from '../helpers/prng.js';
 import { buildChain } from '../helpers/s3-chain-fixture.js';
 import { SERVE_DEVICES, dataClusters, extentsFor, startServeFixture, type ServeFixture } from '../helpers/serve-fixture.js';
 
@@ -119,6 +120,41 @@ describe('archive exports (serve)', () => {
       expect(none.stats().gets).toBe(extents);
     } finally {
       await none.close();
+    }
+  });
+
+  it('seeded stress: concurrent random and sequential reads under eviction match the disk', async () => {
+    const seed = Number(process.env.SERVE_STRESS_SEED ?? 20261201);
+    const rng = mulberry32(seed);
+    const dir = join(fx.work, 'stress');
+    mkdirSync(dir);
+    const paths = await fx.download(dir);
+    const limit = 4 * 1024 * 1024;
+    const set = await openArchiveExports({ ref: paths[2]!, context: { store: null, client: null }, compressor: fx.pool, cache: { memoryBytes: limit }, readAheadBytes: 512 * 1024 });
+    try {
+      for (let batch = 0; batch < 12; batch++) {
+        await Promise.all(
+          Array.from({ length: 16 }, async () => {
+            const pi = rng.int(0, 1);
+            const disk = fx.steps[2]!.disks.get(SERVE_DEVICES[pi]!.name)!;
+            const dev = set.exports[pi]!.device;
+            // A run of sequential reads from a random place (read-ahead), or one random read.
+            let off = rng.int(0, disk.length - 1);
+            for (let k = rng.chance(0.3) ? 4 : 1; k > 0 && off < disk.length; k--) {
+              const len = Math.min(disk.length - off, rng.int(1, 300 * 1024));
+              const got = await dev.read(off, len);
+              if (!got.equals(disk.subarray(off, off + len))) throw new Error(`seed ${seed}: ${SERVE_DEVICES[pi]!.name} differs at ${off}+${len}`);
+              off += len;
+            }
+          }),
+        );
+      }
+      const st = set.stats();
+      expect(st.cacheBytesPeak).toBeLessThanOrEqual(limit);
+      expect(st.cacheHits).toBeGreaterThan(0);
+      expect(st.extentErrors + st.fetchErrors).toBe(0);
+    } finally {
+      await set.close();
     }
   });
 
