@@ -158,7 +158,7 @@ interface Listening {
   close(): Promise<void>;
 }
 
-async function listen(set: ArchiveExportSet, disks: ServedDisk[], o: ServeFlags, log: ReturnType<typeof jsonLineEmitter>): Promise<Listening> {
+async function listen(set: ArchiveExportSet, disks: ServedDisk[], o: ServeFlags, log: Log): Promise<Listening> {
   const { NbdServer } = await import('../../nbd/server.js');
   const ownDir = o.socket === undefined ? await defaultSocketDir() : undefined;
   const socket = o.socket ?? join(ownDir!, 'nbd.sock');
