@@ -21,6 +21,8 @@ import { startCatalogIntegration, type CatalogIntegration } from './catalog-inte
 import { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { startScheduledBackups, type ScheduledBackups } from './scheduled-backups.js';
 import type { Clock } from './scheduler.js';
+import { AgentMetrics } from './metrics.js';
+import { startMetricsListener } from './metrics-server.js';
 
 export interface StartAgentOptions {
   log?: Logger;
@@ -46,6 +48,10 @@ export interface Agent {
   /** The NBD Unix socket (default `<stateDir>/nbd.sock`); undefined with `nbd.socket: false`. */
   readonly nbdSocket: string | undefined;
   readonly controlSocket: string;
+  /** The TCP address of GET /metrics (`metrics.listen`, port 0 → ephemeral); null without it. */
+  readonly metricsAddress: { host: string; port: number } | null;
+  /** The agent's metrics (its own registry). */
+  readonly metrics: AgentMetrics;
   /** The S3 store for the `s3` target (the configured bucket or the embedded s3rver). */
   readonly s3: { endpoint?: string; bucket: string; prefix: string; embedded: boolean } | null;
   /** The catalogue URL when `catalog` is configured. */
@@ -177,9 +183,9 @@ async function startNbd(config: AgentConfig, disks: AgentDisk[], log: Logger, cl
 }
 
 /** Step 5: the catalogue (embedded or remote) + restore poller, when `catalog` is configured. */
-async function startCatalogue(config: AgentConfig, store: AgentStore, embedded: EmbeddedS3 | null, disks: AgentDisk[], log: Logger, cleanups: Cleanups): Promise<CatalogIntegration | null> {
+async function startCatalogue(config: AgentConfig, store: AgentStore, embedded: EmbeddedS3 | null, disks: AgentDisk[], metrics: AgentMetrics, log: Logger, cleanups: Cleanups): Promise<CatalogIntegration | null> {
   if (!config.catalog) return null;
-  const catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path) });
+  const catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path), onRestoreDone: (o) => metrics.restoreDone(o) });
   cleanups.push(() => catalog.stop());
   return catalog;
 }
@@ -200,6 +206,8 @@ interface AgentEndpoints {
   s3Info: Agent['s3'];
   catalogUrl: string | null;
   qemuInfo: { qmpSocket: string; drives: string[] }[];
+  /** GET /metrics over TCP (`metrics.listen`); set once it listens. */
+  metricsAddress: { host: string; port: number } | null;
 }
 
 function describeEndpoints(config: AgentConfig, addrs: Awaited<ReturnType<NbdServer['listen']>>, store: AgentStore, catalog: CatalogIntegration | null): AgentEndpoints {
@@ -209,6 +217,7 @@ function describeEndpoints(config: AgentConfig, addrs: Awaited<ReturnType<NbdSer
     s3Info: { ...(store.endpoint ? { endpoint: store.endpoint } : {}), bucket: store.bucket, prefix: store.prefix, embedded: store.embedded },
     catalogUrl: catalog?.url ?? null,
     qemuInfo: config.qemu.map((q) => ({ qmpSocket: q.qmpSocket, drives: q.drives.map((d) => `${d.node}=${d.name}`) })),
+    metricsAddress: null,
   };
 }
 
@@ -216,10 +225,10 @@ function describeEndpoints(config: AgentConfig, addrs: Awaited<ReturnType<NbdSer
 function createBackupManager(
   config: AgentConfig,
   opts: StartAgentOptions,
-  parts: { disks: AgentDisk[]; store: AgentStore; qemu: { hosts: QemuHost[]; history: QemuBackupHistory }; endpoints: AgentEndpoints; log: Logger },
+  parts: { disks: AgentDisk[]; store: AgentStore; qemu: { hosts: QemuHost[]; history: QemuBackupHistory }; endpoints: AgentEndpoints; metrics: AgentMetrics; log: Logger },
   cleanups: Cleanups,
 ): BackupManager {
-  const { disks, store, qemu, endpoints: e, log } = parts;
+  const { disks, store, qemu, endpoints: e, metrics, log } = parts;
   const backups = new BackupManager({
     hostId: config.hostId,
     requireEncryption: config.requireEncryption,
@@ -232,6 +241,7 @@ function createBackupManager(
     qemuHistory: qemu.history,
     // A cancelled upload's cleanup is bounded by store.timeouts.cleanupMs; the answer waits for it.
     cancelWaitMs: resolveS3Timeouts(config.store?.timeouts).cleanupMs + 5_000,
+    observer: metrics,
     info: () => ({
       hostId: config.hostId,
       pid: process.pid,
@@ -245,7 +255,39 @@ function createBackupManager(
     }),
   });
   cleanups.push(() => backups.shutdown());
+  metrics.sources.backupRunning = () => backups.active;
   return backups;
+}
+
+/**
+ * The agent's metrics, before anything they describe starts: each later step
+ * plugs in what is read at scrape time. Disk labels: configured names only.
+ */
+function createMetrics(config: AgentConfig, opts: StartAgentOptions): AgentMetrics {
+  const checks = (opts.degraded ?? []).map((d) => (typeof d.name === 'string' ? d.name : 'unknown'));
+  const disks = [...config.disks.map((d) => d.name), ...config.qemu.flatMap((q) => q.drives.map((d) => d.name))];
+  return new AgentMetrics({ hostId: config.hostId, disks, degradedChecks: checks });
+}
+
+/** The last good backup of each disk and drive, as persisted (dirty bitmaps, QEMU history): true after a restart. */
+function lastGoodBackups(disks: AgentDisk[], config: AgentConfig, history: QemuBackupHistory): () => Array<{ disk: string; time: string | null }> {
+  return () => [
+    ...disks.map((d) => {
+      const last = d.dirty.status().lastBackup;
+      return { disk: d.name, time: last?.uuid ? last.time : null };
+    }),
+    ...config.qemu.flatMap((q) => q.drives.map((d) => ({ disk: d.name, time: history.get(d.name)?.time ?? null }))),
+  ];
+}
+
+/** The optional TCP listener of GET /metrics (`metrics.listen`); the control socket serves it regardless. */
+async function startMetricsTcp(config: AgentConfig, metrics: AgentMetrics, log: Logger, cleanups: Cleanups): Promise<{ host: string; port: number } | null> {
+  const listen = config.metrics.listen;
+  if (!listen) return null;
+  const listener = await startMetricsListener(listen, () => metrics.render(), log);
+  cleanups.push(() => listener.close());
+  log.info('metrics listener started', { metrics: listener.address, note: 'GET /metrics without authentication: whoever can reach this address can read it' });
+  return listener.address;
 }
 
 /**
@@ -258,10 +300,11 @@ async function startControlApi(
   schedules: () => ScheduledBackups | null,
   endpoints: AgentEndpoints,
   store: AgentStore,
+  metrics: AgentMetrics,
   log: Logger,
   cleanups: Cleanups,
 ): Promise<ControlServer> {
-  const control = await ControlServer.start(config.control.socket, backups, log, { schedules: async () => schedules()?.status() ?? [] });
+  const control = await ControlServer.start(config.control.socket, backups, log, { schedules: async () => schedules()?.status() ?? [], metrics: () => metrics.render() });
   cleanups.push(() => control.close());
   await writeEndpointsFile(config.stateDir, {
     s3: store.endpoint ? { endpoint: store.endpoint, bucket: store.bucket, prefix: store.prefix } : null,
@@ -299,18 +342,24 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
   const cleanups = new Cleanups(log);
   try {
     await prepareStateDir(config, log, cleanups);
+    const metrics = createMetrics(config, opts);
     const disks = await openDisks(config, opts, log, cleanups);
     const { store, embedded } = await openStore(config, log, cleanups);
-    const { addrs } = await startNbd(config, disks, log, cleanups);
-    const catalog = await startCatalogue(config, store, embedded, disks, log, cleanups);
+    const { nbd, addrs } = await startNbd(config, disks, log, cleanups);
+    metrics.sources.nbd = () => nbd.stats();
+    const catalog = await startCatalogue(config, store, embedded, disks, metrics, log, cleanups);
     const qemu = await openQemu(config, log, cleanups);
+    metrics.sources.lastGood = lastGoodBackups(disks, config, qemu.history);
     const endpoints = describeEndpoints(config, addrs, store, catalog);
-    const backups = createBackupManager(config, opts, { disks, store, qemu, endpoints, log }, cleanups);
+    const backups = createBackupManager(config, opts, { disks, store, qemu, endpoints, metrics, log }, cleanups);
     let schedules: ScheduledBackups | null = null;
-    const control = await startControlApi(config, backups, () => schedules, endpoints, store, log, cleanups);
-    schedules = await startSchedules(config, opts, backups, store, log, cleanups);
+    const control = await startControlApi(config, backups, () => schedules, endpoints, store, metrics, log, cleanups);
+    endpoints.metricsAddress = await startMetricsTcp(config, metrics, log, cleanups);
+    const sched = await startSchedules(config, opts, backups, store, log, cleanups);
+    schedules = sched;
+    metrics.sources.schedules = () => sched.status();
     logReady(config, endpoints, control, disks, log);
-    return agentHandle(config, endpoints, control, backups, disks, schedules, cleanups);
+    return agentHandle(config, endpoints, control, backups, disks, sched, metrics, cleanups);
   } catch (err) {
     await cleanups.undo();
     throw err;
@@ -323,6 +372,7 @@ function logReady(config: AgentConfig, e: AgentEndpoints, control: ControlServer
     nbd: e.nbdAddress,
     ...(e.nbdSocket ? { nbdSocket: e.nbdSocket } : {}),
     control: control.socketPath,
+    ...(e.metricsAddress ? { metrics: e.metricsAddress } : {}),
     disks: disks.map((d) => d.name),
     ...(e.qemuInfo.length > 0 ? { qemu: e.qemuInfo } : {}),
     ...(e.s3Info ? { s3: e.s3Info } : {}),
@@ -331,13 +381,15 @@ function logReady(config: AgentConfig, e: AgentEndpoints, control: ControlServer
 }
 
 /** Step 10: the running agent; stop() is the shutdown, undoing every step once. */
-function agentHandle(config: AgentConfig, e: AgentEndpoints, control: ControlServer, backups: BackupManager, disks: AgentDisk[], schedules: ScheduledBackups, cleanups: Cleanups): Agent {
+function agentHandle(config: AgentConfig, e: AgentEndpoints, control: ControlServer, backups: BackupManager, disks: AgentDisk[], schedules: ScheduledBackups, metrics: AgentMetrics, cleanups: Cleanups): Agent {
   let stopping: Promise<void> | null = null;
   return {
     config,
     nbdAddress: e.nbdAddress,
     nbdSocket: e.nbdSocket,
     controlSocket: control.socketPath,
+    metricsAddress: e.metricsAddress,
+    metrics,
     s3: e.s3Info,
     catalogUrl: e.catalogUrl,
     backups,
