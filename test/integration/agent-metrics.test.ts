@@ -16,6 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent, type Agent } from '../../src/agent/agent.js';
 import { parseAgentConfig } from '../../src/agent/config.js';
 import { AgentClient } from '../../src/agent/control-client.js';
+import { CatalogClient } from '../../src/catalog/client.js';
+import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 import { silentLogger } from '../../src/agent/log.js';
 import { makeDisk, makeTempDir, spawnAgent, writeAgentConfig, type AgentProcess } from '../helpers/agent-process.js';
 import { SlowClusterSink } from '../helpers/agent-sinks.js';
@@ -172,7 +174,7 @@ req.end();`,
   });
 });
 
-describe('agent process: metrics.listen on loopback', () => {
+describe('agent process: metrics.listen on loopback, degraded, with a schedule', () => {
   let tmp: { dir: string; cleanup(): Promise<void> };
   let agent: AgentProcess;
   let port: number;
@@ -185,6 +187,10 @@ describe('agent process: metrics.listen on loopback', () => {
       stateDir: join(tmp.dir, 'state'),
       disks: [{ name: 'vda', path: join(tmp.dir, 'vda.raw') }],
       metrics: { listen: '127.0.0.1:0' },
+      // Nothing listens on port 9: the store check fails and the agent starts degraded.
+      store: { bucket: 'unreachable', endpoint: 'http://127.0.0.1:9', region: 'us-east-1', forcePathStyle: true, timeouts: { connectMs: 200, requestMs: 500 } },
+      startDegraded: true,
+      schedules: [{ name: 'weekly', disks: ['vda'], full: '0 3 * * 0' }],
     });
     agent = await spawnAgent(cfg);
     const ready = agent.logs.find((l) => l.msg === 'agent ready')!;
@@ -208,6 +214,17 @@ describe('agent process: metrics.listen on loopback', () => {
     expect((await get({ port }, '/disks')).status).toBe(404);
     expect((await get({ port }, '/backups', 'POST')).status).toBe(404);
     expect((await get({ port }, '/metrics', 'POST')).status).toBe(405);
+  });
+
+  it('reports the degraded start and the next scheduled run', async () => {
+    const m = await scrape({ port });
+    expect(m.get('cowstream_agent_degraded')).toBe(1);
+    expect(m.get('cowstream_agent_startup_check_failed', { check: 'store.read' })).toBe(1);
+    const next = m.get('cowstream_schedule_next_run_timestamp_seconds', { schedule: 'weekly', mode: 'full' })!;
+    const schedules = await new AgentClient(agent.controlSocket).schedules();
+    expect(next).toBe(Date.parse(schedules[0]!.next!.at) / 1000);
+    expect(next).toBeGreaterThan(Date.now() / 1000);
+    expect(new Date(next * 1000).getUTCHours()).toBe(3);
   });
 });
 
@@ -286,4 +303,53 @@ describe('agents in this process', () => {
       sock.destroy();
     }
   });
+
+  it('counts catalogue restore jobs by result', async () => {
+    await makeDisk(join(tmp.dir, 'rho.raw'), SIZE, 7);
+    const allowed = join(tmp.dir, 'restores');
+    await mkdir(allowed);
+    const a = await startAgent(
+      parseAgentConfig({
+        hostId: 'rho',
+        stateDir: join(tmp.dir, 'rho-state'),
+        disks: [{ name: 'vda', path: join(tmp.dir, 'rho.raw') }],
+        catalog: { embedded: true },
+        restore: { allowedDirs: [allowed], pollIntervalMs: 100 },
+      }),
+      { log: silentLogger },
+    );
+    agents.push(a);
+    const started = await new AgentClient(a.controlSocket).startBackup({ mode: 'full', target: 's3' });
+    expect((await new AgentClient(a.controlSocket).waitForBackup(started.uuid, undefined, 50)).status).toBe('done');
+    const catalog = new CatalogClient({ url: a.catalogUrl!, token: (await readEmbeddedCredentials(a.config.stateDir)).catalogToken });
+    const restoreWhenIndexed = async (path: string): Promise<string> => {
+      for (let i = 0; ; i++) {
+        try {
+          return (await catalog.createRestore({ archiveId: started.uuid, hostId: 'rho', target: { path } })).restoreId;
+        } catch (err) {
+          if (i > 100) throw err; // the S3 event indexes the archive shortly after the upload
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    };
+    const ended = async (id: string): Promise<string> => {
+      for (let i = 0; i < 300; i++) {
+        const job = await catalog.getRestore(id);
+        if (job.status === 'SUCCEEDED' || job.status === 'FAILED') return job.status;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`restore ${id} did not end`);
+    };
+    expect(await ended(await restoreWhenIndexed(join(allowed, 'ok')))).toBe('SUCCEEDED');
+    // Outside restore.allowedDirs: the agent refuses the job.
+    expect(await ended(await restoreWhenIndexed(join(tmp.dir, 'elsewhere')))).toBe('FAILED');
+    // The poller counts a job once the catalogue acknowledged its completion, which a reader may see first.
+    let m = parsePromText((await a.metrics.render()).body);
+    for (let i = 0; i < 50 && m.get('cowstream_restore_jobs_total', { result: 'failure' }) === 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      m = parsePromText((await a.metrics.render()).body);
+    }
+    expect(m.get('cowstream_restore_jobs_total', { result: 'success' })).toBe(1);
+    expect(m.get('cowstream_restore_jobs_total', { result: 'failure' })).toBe(1);
+  }, 60_000);
 });
