@@ -357,7 +357,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     endpoints.metricsAddress = await startMetricsTcp(config, metrics, log, cleanups);
     const sched = await startSchedules(config, opts, backups, store, log, cleanups);
     schedules = sched;
-    metrics.sources.schedules = () => sched.status();
+    metrics.sources.schedules = () => sched.runs();
     logReady(config, endpoints, control, disks, log);
     return agentHandle(config, endpoints, control, backups, disks, sched, metrics, cleanups);
   } catch (err) {

@@ -35,7 +35,7 @@ const CBW_WAIT_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 export interface MetricsSources {
   nbd?: () => NbdServerStats;
   /** Next run of each schedule (GET /schedules). */
-  schedules?: () => Promise<Array<{ name: string; next: { at: string; mode: string } | null }>>;
+  schedules?: () => Array<{ name: string; next: { at: string; mode: string } | null }>;
   /** The last successful backup of each disk, from the persisted bitmaps and QEMU history (survives restarts). */
   lastGood?: () => Array<{ disk: string; time: string | null }>;
   backupRunning?: () => boolean;
@@ -153,9 +153,9 @@ export class AgentMetrics implements BackupObserver {
       help: 'When the schedule runs next (Unix time), with the mode of that run.',
       labelNames: ['schedule', 'mode'],
       registers,
-      async collect() {
+      collect() {
         this.reset();
-        for (const s of (await src.schedules?.()) ?? []) {
+        for (const s of src.schedules?.() ?? []) {
           const at = seconds(s.next?.at);
           if (s.next && at !== null) this.set({ schedule: s.name, mode: s.next.mode }, at);
         }
