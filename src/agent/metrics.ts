@@ -67,6 +67,73 @@ function seconds(iso: string | null | undefined): number | null {
   return Number.isFinite(ms) ? ms / 1000 : null;
 }
 
+type Registers = Registry[];
+
+/** What the agent is: its host id, start time and whether it started degraded (fixed for its lifetime). */
+function registerAgentState(registers: Registers, opts: AgentMetricsOptions): void {
+  new Gauge({ name: `${METRIC_PREFIX}agent_info`, help: 'Always 1; the label names the agent host.', labelNames: ['host_id'], registers }).set({ host_id: opts.hostId }, 1);
+  new Gauge({ name: `${METRIC_PREFIX}agent_start_time_seconds`, help: 'When the agent started (Unix time).', registers }).set(Date.now() / 1000);
+  new Gauge({ name: `${METRIC_PREFIX}agent_degraded`, help: '1 when the agent started although a start-up check failed (startDegraded), else 0.', registers }).set(opts.degradedChecks.length > 0 ? 1 : 0);
+  const failedCheck = new Gauge({ name: `${METRIC_PREFIX}agent_startup_check_failed`, help: '1 for each start-up check that failed at start (startDegraded).', labelNames: ['check'], registers });
+  for (const c of opts.degradedChecks) failedCheck.set({ check: c }, 1);
+}
+
+/** Metrics read from their source at each scrape (persisted state, the NBD server, the scheduler). */
+function registerScrapedMetrics(registers: Registers, src: MetricsSources, disks: readonly string[]): void {
+  new Gauge({
+    name: `${METRIC_PREFIX}backup_last_success_timestamp_seconds`,
+    help: 'When the last successful backup of the disk ended (Unix time; 0: none recorded). Persisted: survives restarts.',
+    labelNames: ['disk'],
+    registers,
+    collect() {
+      for (const g of src.lastGood?.() ?? []) if (disks.includes(g.disk)) this.set({ disk: g.disk }, seconds(g.time) ?? 0);
+    },
+  });
+  new Gauge({
+    name: `${METRIC_PREFIX}backup_running`,
+    help: '1 while a backup runs, else 0.',
+    registers,
+    collect() {
+      this.set(src.backupRunning?.() ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: `${METRIC_PREFIX}nbd_connections`,
+    help: 'Open NBD connections (handshake or transmission).',
+    registers,
+    collect() {
+      this.set(src.nbd?.().connections ?? 0);
+    },
+  });
+  // The NBD server keeps its own totals (NbdServer.stats()); a scrape copies them.
+  const nbdTotal = (name: string, help: string, pick: (s: NbdServerStats) => number): Counter =>
+    new Counter({
+      name: `${METRIC_PREFIX}${name}`,
+      help,
+      registers,
+      collect() {
+        const stats = src.nbd?.();
+        this.reset();
+        this.inc(stats ? pick(stats) : 0);
+      },
+    });
+  nbdTotal('nbd_requests_total', 'NBD requests received.', (s) => s.requests);
+  nbdTotal('nbd_requests_failed_total', 'NBD requests answered with an error.', (s) => s.requestsFailed);
+  new Gauge({
+    name: `${METRIC_PREFIX}schedule_next_run_timestamp_seconds`,
+    help: 'When the schedule runs next (Unix time), with the mode of that run.',
+    labelNames: ['schedule', 'mode'],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of src.schedules?.() ?? []) {
+        const at = seconds(s.next?.at);
+        if (s.next && at !== null) this.set({ schedule: s.name, mode: s.next.mode }, at);
+      }
+    },
+  });
+}
+
 export class AgentMetrics implements BackupObserver {
   readonly registry = new Registry();
   readonly sources: MetricsSources = {};
@@ -88,25 +155,9 @@ export class AgentMetrics implements BackupObserver {
   constructor(opts: AgentMetricsOptions) {
     this.disks = new Set(opts.disks);
     const registers = [this.registry];
-    const src = this.sources;
-    const disks = opts.disks;
+    registerAgentState(registers, opts);
+    registerScrapedMetrics(registers, this.sources, opts.disks);
 
-    new Gauge({ name: `${METRIC_PREFIX}agent_info`, help: 'Always 1; the label names the agent host.', labelNames: ['host_id'], registers }).set({ host_id: opts.hostId }, 1);
-    new Gauge({ name: `${METRIC_PREFIX}agent_start_time_seconds`, help: 'When the agent started (Unix time).', registers }).set(Date.now() / 1000);
-    const degraded = new Gauge({ name: `${METRIC_PREFIX}agent_degraded`, help: '1 when the agent started although a start-up check failed (startDegraded), else 0.', registers });
-    degraded.set(opts.degradedChecks.length > 0 ? 1 : 0);
-    const failedCheck = new Gauge({ name: `${METRIC_PREFIX}agent_startup_check_failed`, help: '1 for each start-up check that failed at start (startDegraded).', labelNames: ['check'], registers });
-    for (const c of opts.degradedChecks) failedCheck.set({ check: c }, 1);
-
-    new Gauge({
-      name: `${METRIC_PREFIX}backup_last_success_timestamp_seconds`,
-      help: 'When the last successful backup of the disk ended (Unix time; 0: none recorded). Persisted: survives restarts.',
-      labelNames: ['disk'],
-      registers,
-      collect() {
-        for (const g of src.lastGood?.() ?? []) if (disks.includes(g.disk)) this.set({ disk: g.disk }, seconds(g.time) ?? 0);
-      },
-    });
     this.lastResult = new Gauge({ name: `${METRIC_PREFIX}backup_last_result`, help: 'Result of the last backup of the disk since the agent started: 1 for its result, 0 for the others (all 0: none yet).', labelNames: ['disk', 'result'], registers });
     this.lastRunEnd = new Gauge({ name: `${METRIC_PREFIX}backup_last_end_timestamp_seconds`, help: 'When the last backup of the disk ended, whatever its result (Unix time; absent: none since the agent started).', labelNames: ['disk'], registers });
     this.backups = new Counter({ name: `${METRIC_PREFIX}backups_total`, help: 'Backups that ended, by mode and result.', labelNames: ['mode', 'result'], registers });
@@ -118,52 +169,8 @@ export class AgentMetrics implements BackupObserver {
     this.fleecingPeak = new Gauge({ name: `${METRIC_PREFIX}fleecing_scratch_peak_bytes`, help: 'Peak bytes held in the fleecing scratch store by the last backup that used fleecing.', registers });
     this.restores = new Counter({ name: `${METRIC_PREFIX}restore_jobs_total`, help: 'Catalogue restore jobs this agent ran, by result.', labelNames: ['result'], registers });
 
-    new Gauge({
-      name: `${METRIC_PREFIX}backup_running`,
-      help: '1 while a backup runs, else 0.',
-      registers,
-      collect() {
-        this.set(src.backupRunning?.() ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: `${METRIC_PREFIX}nbd_connections`,
-      help: 'Open NBD connections (handshake or transmission).',
-      registers,
-      collect() {
-        this.set(src.nbd?.().connections ?? 0);
-      },
-    });
-    // The NBD server keeps its own totals (NbdServer.stats()); a scrape copies them.
-    const nbdTotal = (name: string, help: string, pick: (s: NbdServerStats) => number): Counter =>
-      new Counter({
-        name: `${METRIC_PREFIX}${name}`,
-        help,
-        registers,
-        collect() {
-          const stats = src.nbd?.();
-          this.reset();
-          this.inc(stats ? pick(stats) : 0);
-        },
-      });
-    nbdTotal('nbd_requests_total', 'NBD requests received.', (s) => s.requests);
-    nbdTotal('nbd_requests_failed_total', 'NBD requests answered with an error.', (s) => s.requestsFailed);
-    new Gauge({
-      name: `${METRIC_PREFIX}schedule_next_run_timestamp_seconds`,
-      help: 'When the schedule runs next (Unix time), with the mode of that run.',
-      labelNames: ['schedule', 'mode'],
-      registers,
-      collect() {
-        this.reset();
-        for (const s of src.schedules?.() ?? []) {
-          const at = seconds(s.next?.at);
-          if (s.next && at !== null) this.set({ schedule: s.name, mode: s.next.mode }, at);
-        }
-      },
-    });
-
     // Series that exist from the start, so a query sees 0 rather than nothing.
-    for (const disk of disks) {
+    for (const disk of opts.disks) {
       this.readBytes.inc({ disk }, 0);
       for (const result of RESULTS) this.lastResult.set({ disk, result }, 0);
     }
