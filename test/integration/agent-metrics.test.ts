@@ -7,7 +7,7 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { request } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { chmod, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -352,4 +352,27 @@ describe('agents in this process', () => {
     expect(m.get('cowstream_restore_jobs_total', { result: 'success' })).toBe(1);
     expect(m.get('cowstream_restore_jobs_total', { result: 'failure' })).toBe(1);
   }, 60_000);
+
+  it('a metrics port in use stops the start with an error naming metrics.listen, and undoes the start', async () => {
+    const busy = createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+    const port = (busy.address() as AddressInfo).port;
+    await makeDisk(join(tmp.dir, 'sigma.raw'), SIZE, 9);
+    const config = parseAgentConfig({
+      hostId: 'sigma',
+      stateDir: join(tmp.dir, 'sigma-state'),
+      disks: [{ name: 'vda', path: join(tmp.dir, 'sigma.raw') }],
+      store: { bucket: 'unused-bucket', endpoint: 'http://127.0.0.1:9', region: 'us-east-1' },
+      metrics: { listen: `127.0.0.1:${port}` },
+    });
+    try {
+      await expect(startAgent(config, { log: silentLogger })).rejects.toThrow(new RegExp(`metrics\\.listen: cannot listen on 127\\.0\\.0\\.1:${port}`));
+    } finally {
+      busy.close();
+    }
+    // Everything the failed start opened is closed again (state lock, sockets): the same config now starts.
+    const a = await startAgent(config, { log: silentLogger });
+    agents.push(a);
+    expect(a.metricsAddress).toEqual({ host: '127.0.0.1', port });
+  });
 });
