@@ -60,6 +60,8 @@ export interface RestorePollerOptions {
   pollIntervalMs?: number;
   progressIntervalMs?: number;
   log?: PollerLogger;
+  /** Called with the outcome of every job this poller ran (the agent's metrics); must not throw. */
+  onJobDone?: (outcome: RestoreRunOutcome) => void;
 }
 
 export interface RestoreRunOutcome {
@@ -313,6 +315,7 @@ export class RestorePoller {
     }
     if (outcome.ok) log.info('restore job succeeded', { jobId: job.id, bytes: outcome.bytesTotal });
     else log.warn('restore job failed', { jobId: job.id, error: outcome.error });
+    this.opts.onJobDone?.(outcome);
     return outcome;
   }
 }
