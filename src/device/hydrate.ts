@@ -70,6 +70,8 @@ export interface HydrationProgress {
   bytesCopied: number;
   /** Bytes left sparse because they read as zeroes. */
   bytesSkipped: number;
+  /** Why the hydration failed (state 'failed'), also when the target failed after completion. */
+  error?: string;
 }
 
 export interface HydrationResult {
@@ -185,7 +187,10 @@ class HydrationRun {
       if (this.state === 'opening') this.state = 'running';
     });
     this.done = this.ready.then(() => this.run(started)).catch((err: unknown) => {
-      if (this.state !== 'cancelled') this.state = 'failed';
+      if (this.state !== 'cancelled') {
+        this.state = 'failed';
+        this.failure ??= err;
+      }
       throw err;
     });
     // Nobody may be waiting on `done` (serving goes on regardless); a failure
@@ -194,7 +199,9 @@ class HydrationRun {
   }
 
   progress(): HydrationProgress {
-    return { state: this.state, bytesDone: this.bytesDone, bytesTotal: this.size, bytesCopied: this.bytesCopied, bytesSkipped: this.bytesSkipped };
+    const p: HydrationProgress = { state: this.state, bytesDone: this.bytesDone, bytesTotal: this.size, bytesCopied: this.bytesCopied, bytesSkipped: this.bytesSkipped };
+    if (this.state === 'failed' && this.failure !== null) p.error = (this.failure as Error).message ?? String(this.failure);
+    return p;
   }
 
   cancel(): void {
