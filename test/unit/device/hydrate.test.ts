@@ -130,6 +130,28 @@ describe('startHydration', () => {
     await h.device.close();
   });
 
+  it('a cluster a client reads before it is copied is copied next, ahead of the scan', async () => {
+    const img = randomBytes(256 * CS);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const copies: number[] = [];
+    class Logged extends MemoryDevice {
+      override async read(offset: number, length: number): Promise<Buffer> {
+        if (length === CS) copies.push(offset / CS);
+        if (length === CS && offset === 0) await gate;
+        return super.read(offset, length);
+      }
+    }
+    const h = startHydration(new Logged(img, { readOnly: true }), fresh(), { clusterSize: CS, concurrency: 1 });
+    while (copies.length === 0) await new Promise((r) => setTimeout(r, 2));
+    expect((await h.device.read(200 * CS + 5, 10)).equals(img.subarray(200 * CS + 5, 200 * CS + 15))).toBe(true);
+    release();
+    await h.done;
+    expect(copies.slice(0, 3)).toEqual([0, 200, 1]);
+    expect(copies.filter((c) => c === 200)).toHaveLength(1); // the scan skips it later
+    await h.device.close();
+  });
+
   for (const seed of [11, 12, 13, 14, 15, 16]) {
     it(`seeded stress: hydrating an overlay while writes, zeroes, trims and reads go on (seed ${seed})`, async () => {
       const rng = mulberry32(seed);
