@@ -282,7 +282,7 @@ export class OverlayDevice implements BlockDevice {
 
   /** Makes every write completed before the call durable (module comment: the order). */
   flush(): Promise<void> {
-    this.handle();
+    if (!this.fh) return Promise.reject(new DeviceClosedError(`overlay ${this.path} is closed`));
     const run = this.flushTail.then(() => this.flushOnce());
     this.flushTail = run.catch(() => undefined);
     return run;

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OverlayError } from '../../../src/device/errors.js';
+import { DeviceClosedError, OverlayError } from '../../../src/device/errors.js';
 import { MemoryDevice } from '../../../src/device/memory-device.js';
 import { BASE, DATA, ZERO, openOverlay, type OverlayDevice } from '../../../src/device/overlay-device.js';
 import { OutOfRangeError } from '../../../src/errors.js';
@@ -71,6 +71,11 @@ describe('OverlayDevice', () => {
     await expect(ov.write(SIZE - 1, Buffer.alloc(2))).rejects.toThrow(OutOfRangeError);
     await expect(ov.read(-1, 1)).rejects.toThrow(OutOfRangeError);
     await ov.close();
+    await ov.close(); // idempotent
+    await expect(ov.read(0, 1)).rejects.toThrow(DeviceClosedError);
+    await expect(ov.write(0, Buffer.alloc(1))).rejects.toThrow(DeviceClosedError);
+    await expect(ov.flush()).rejects.toThrow(DeviceClosedError);
+    await expect(ov.mapExtents(0, 1)).rejects.toThrow(DeviceClosedError);
   });
 
   it('flushed writes survive a reopen; unflushed states are not persisted; the file is 0600', async () => {
