@@ -21,6 +21,7 @@ import { startCatalogIntegration, type CatalogIntegration } from './catalog-inte
 import { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { startScheduledBackups, type ScheduledBackups } from './scheduled-backups.js';
 import type { Clock } from './scheduler.js';
+import { startNotifier, type Notifier } from './notify.js';
 
 export interface StartAgentOptions {
   log?: Logger;
@@ -35,6 +36,8 @@ export interface StartAgentOptions {
   wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
   /** Test seam: the clock of the backup schedules (default: the system clock). */
   scheduleClock?: Clock;
+  /** Test seam: clock and backoff of the notifications (default: the system clock, src/agent/notify-queue.ts DEFAULT_BACKOFF). */
+  notify?: Pick<Parameters<typeof startNotifier>[0], 'clock' | 'random' | 'backoff'>;
   /** Start-up checks that failed (`startDegraded`): reported in GET / as `degraded`. */
   degraded?: Record<string, unknown>[];
 }
@@ -94,6 +97,10 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const unlock = await lockStateDir(config.stateDir);
     cleanups.push(unlock);
+
+    // Notifications first: every later stage reports to it; it stops last, after the backup it reports on.
+    const notifier: Notifier = await startNotifier({ config, log, ...opts.notify });
+    cleanups.push(() => notifier.stop());
 
     // Disks + dirty bitmaps (validity decided here: unclean stop / changed disk → invalid, next backup full).
     const bitmaps = new DirtyBitmapStore(config.stateDir);
@@ -165,7 +172,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     // Catalogue (embedded or remote) + restore poller.
     let catalog: CatalogIntegration | null = null;
     if (config.catalog) {
-      catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path) });
+      catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path), onRestoreEnd: (job, outcome, start) => notifier.restoreEnded(job, outcome, start) });
       const c = catalog;
       cleanups.push(() => c.stop());
     }
@@ -192,6 +199,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       qemuHistory,
       // A cancelled upload's cleanup is bounded by store.timeouts.cleanupMs; the answer waits for it.
       cancelWaitMs: resolveS3Timeouts(config.store?.timeouts).cleanupMs + 5_000,
+      onRunEnd: (status) => notifier.backupEnded(status),
       info: () => ({
         hostId: config.hostId,
         pid: process.pid,
@@ -218,7 +226,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     cleanups.push(() => removeEndpointsFile(config.stateDir));
 
     // Schedules start last: a catch-up run may begin at once, with everything it needs up.
-    const sched = await startScheduledBackups({ config, backups, store, log, ...(opts.scheduleClock ? { clock: opts.scheduleClock } : {}) });
+    const sched = await startScheduledBackups({ config, backups, store, log, notifier, ...(opts.scheduleClock ? { clock: opts.scheduleClock } : {}) });
     schedules = sched;
     // On stop a running scheduled backup is cancelled like a manual one (its
     // dirty bits are merged back; the next slot runs normally), and the stop
@@ -226,6 +234,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     cleanups.push(async () => {
       await Promise.all([sched.stop(), backups.shutdown()]);
     });
+    cleanups.push(await notifier.watchStaleness(() => backups.disks()));
 
     log.info('agent ready', {
       hostId: config.hostId,

@@ -151,6 +151,8 @@ export class BackupManager implements ControlBackend {
       qemuHistory?: QemuBackupHistory;
       /** How long POST /backups/current/cancel waits for the backup to wind down (default 10 s). */
       cancelWaitMs?: number;
+      /** Called with the final status once a run is completely over (notifications, src/agent/notify.ts). */
+      onRunEnd?: (status: BackupStatus) => void;
     },
   ) {}
 
@@ -291,6 +293,7 @@ export class BackupManager implements ControlBackend {
   /** Makes `run` the current one; a cancel that reached the start slot first applies to it. */
   private adopt(run: Run, slot: { cancelRequested: boolean }): void {
     this.run = run; // from here on a second request gets 409
+    void run.finished.then(() => this.ctx.onRunEnd?.({ ...run.status }));
     if (slot.cancelRequested) this.requestCancel(run, 'backup cancelled before it started');
   }
 

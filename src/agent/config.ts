@@ -8,6 +8,7 @@ import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-co
 import type { S3Timeouts } from '../store/config.js';
 import { scheduleGroupSchema, scheduleSelectionIssue, toAgentSchedule, type AgentSchedule } from './schedule-config.js';
 import { retentionConfigSchema, type RetentionConfig } from '../catalog/retention.js';
+import { NotifyConfigIssue, notificationsSchema, resolveNotifications, type NotificationsConfig } from './notify-config.js';
 import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE, HOST_ID_PATTERN, HOST_ID_RULE, isDeviceName } from '../names.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
@@ -128,6 +129,8 @@ export const agentConfigSchema = z
     schedules: z.array(scheduleGroupSchema).max(64, 'at most 64 schedules').optional(),
     /** Start even when a start-up check fails, reporting it in GET / and `cowstream status` (src/agent/startup-checks.ts). */
     startDegraded: z.boolean().optional(),
+    /** Webhooks and command hooks for failures, successes and stale disks (src/agent/notify-config.ts, docs/notifications.md). */
+    notifications: notificationsSchema.optional(),
   })
   .superRefine((cfg, ctx) => {
     // Names are unique across file disks and QEMU drives: GET /disks and POST /backups address both by name.
@@ -224,6 +227,8 @@ export interface AgentConfig {
   schedules: AgentSchedule[];
   /** Start even when a start-up check of the store or catalogue fails (reported as degraded). */
   startDegraded: boolean;
+  /** Webhooks and command hooks (absent: nothing is sent). */
+  notifications?: NotificationsConfig;
   /** Non-fatal remarks found while validating (e.g. ignored sections). */
   warnings: string[];
 }
@@ -286,6 +291,14 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     ...(q.nbdSocket !== undefined ? { nbdSocket: abs(q.nbdSocket) } : {}),
   }));
 
+  let notifications: NotificationsConfig | undefined;
+  try {
+    notifications = raw.notifications === undefined ? undefined : resolveNotifications(raw.notifications, abs, warnings);
+  } catch (err) {
+    if (!(err instanceof NotifyConfigIssue)) throw err;
+    throw new AgentConfigError(err.field, `invalid agent config: ${err.message}`, { cause: err });
+  }
+
   const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url, ...(raw.catalog.tokenFile !== undefined ? { tokenFile: abs(raw.catalog.tokenFile) } : {}) } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}), ...(raw.catalog.retention !== undefined ? { retention: raw.catalog.retention } : {}) };
 
   return {
@@ -306,6 +319,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     logLevel: raw.log?.level ?? 'info',
     schedules: (raw.schedules ?? []).map(toAgentSchedule),
     startDegraded: raw.startDegraded ?? false,
+    ...(notifications !== undefined ? { notifications } : {}),
     warnings,
   };
 }

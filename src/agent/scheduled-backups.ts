@@ -23,6 +23,7 @@ import type { BackupRequest, DiskStatus } from './backup-request.js';
 import type { BackupManager } from './backup-manager.js';
 import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
+import type { Notifier } from './notify.js';
 import type { AgentSchedule } from './schedule-config.js';
 import { Scheduler, type Clock, type RunOutcome, type ScheduleState, type ScheduleStatus, type ScheduledMode } from './scheduler.js';
 import type { AgentStore } from './targets.js';
@@ -106,6 +107,8 @@ export interface ScheduledBackupsOptions {
   store: AgentStore | null;
   log: Logger;
   clock?: Clock;
+  /** Told the end of each retention run (src/agent/notify.ts). */
+  notifier?: Pick<Notifier, 'retentionEnded'>;
 }
 
 /** The disks a group backs up: its list, else the default selection of POST /backups. */
@@ -157,6 +160,7 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
     }
     if (!store) return;
     const disks = groupDisks(s, config);
+    const startTime = new Date().toISOString();
     // Scoped to this host and the group's disks: other hosts' and other groups' archives get an empty policy (kept).
     const report = await forget({
       client: store.client,
@@ -167,7 +171,11 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
       host: config.hostId,
       disk: disks,
       dryRun: false,
+    }).catch((err: unknown) => {
+      opts.notifier?.retentionEnded({ schedule: s.name, disks, startTime, error: err });
+      throw err;
     });
+    opts.notifier?.retentionEnded({ schedule: s.name, disks, startTime, report: { removed: report.removed.map((r) => r.uuid), kept: report.kept.length } });
     log.info('retention applied', { schedule: s.name, removed: report.removed.map((r) => r.uuid), kept: report.kept.length, skipped: report.skipped.map((k) => ({ uuid: k.uuid, reason: k.reason })) });
   };
 
