@@ -55,7 +55,7 @@ const webhookSchema = z
     events: eventsField,
     headers: z
       .record(
-        z.string().regex(HEADER_NAME, 'header name must be an HTTP token').refine((h) => !RESERVED_HEADERS.has(h.toLowerCase()), 'this header is set by the agent'),
+        z.string(),
         // CR or LF would let a value inject headers; NUL and other controls are refused by HTTP.
         z.string().max(8192).regex(/^[\t\x20-\x7e\x80-\uffff]*$/, 'header value must not contain control characters (CR, LF, NUL)'),
       )
@@ -66,6 +66,11 @@ const webhookSchema = z
     retries: z.number().int().min(0).max(20).optional(),
   })
   .superRefine((w, ctx) => {
+    // Names are checked here, not in the record's key schema, so the message says what is wrong with the name.
+    for (const h of Object.keys(w.headers ?? {})) {
+      if (!HEADER_NAME.test(h)) ctx.addIssue({ code: 'custom', path: ['headers', h], message: 'header name must be an HTTP token' });
+      else if (RESERVED_HEADERS.has(h.toLowerCase())) ctx.addIssue({ code: 'custom', path: ['headers', h], message: 'this header is set by the agent' });
+    }
     const auth = Object.keys(w.headers ?? {}).find((h) => h.toLowerCase() === 'authorization');
     if (auth !== undefined && w.bearerTokenFile !== undefined) ctx.addIssue({ code: 'custom', path: ['headers', auth], message: 'Authorization is set from bearerTokenFile; give one or the other' });
   });

@@ -8,7 +8,7 @@
  * shell metacharacters passed through as plain bytes.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startAgent } from '../../src/agent/agent.js';
@@ -16,6 +16,8 @@ import { AgentConfigError, parseAgentConfig } from '../../src/agent/config.js';
 import { AgentClient } from '../../src/agent/control-client.js';
 import type { BackupStatus } from '../../src/agent/backup-request.js';
 import { startNotifier, type Notifier, type NotifyPayload } from '../../src/agent/notify.js';
+import { CatalogClient } from '../../src/catalog/client.js';
+import { loadOrCreateEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 import { makeDisk, makeTempDir } from '../helpers/agent-process.js';
 import { noFaults, PlannedSink } from '../helpers/agent-faults.js';
 import { startHookServer, until, type HookServer } from '../helpers/hook-server.js';
@@ -272,5 +274,89 @@ describe('command hooks', () => {
     }
     expect(err).toBeInstanceOf(AgentConfigError);
     expect((err as AgentConfigError).field).toBe('notifications.commands[0].argv[0]');
+  });
+});
+
+describe('events of a running agent', () => {
+  const payloads = (hook: HookServer): NotifyPayload[] => hook.requests.map((r) => JSON.parse(r.body) as NotifyPayload);
+
+  it('restore jobs from the catalogue: restore.succeeded, and restore.failed for a refused target', async () => {
+    const hook = await server();
+    const allowed = join(tmp.dir, 'restores');
+    await mkdir(allowed);
+    const agent = await startAgent(
+      parseAgentConfig({
+        hostId: 'notify-host',
+        stateDir: join(tmp.dir, `state-${seq++}`),
+        disks: [{ name: 'vda', path: diskPath }],
+        catalog: { embedded: true },
+        restore: { allowedDirs: [allowed], pollIntervalMs: 100 },
+        notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['restore.succeeded', 'restore.failed'] }] },
+      }),
+      { log: captureLog().log },
+    );
+    try {
+      const client = new AgentClient(agent.controlSocket);
+      const b = await client.startBackup({ mode: 'full', compressionLevel: 1 });
+      expect((await client.waitForBackup(b.uuid, undefined, 20)).status).toBe('done');
+      const catalog = new CatalogClient({ url: agent.catalogUrl!, token: (await loadOrCreateEmbeddedCredentials(agent.config.stateDir)).catalogToken });
+      await until('the archive to be indexed', async () => (await catalog.listArchives({ host: 'notify-host' })).items.some((a) => a.uuid === b.uuid));
+      const ok = await catalog.createRestore({ archiveId: b.uuid, hostId: 'notify-host', target: { path: join(allowed, 'out') } });
+      await until('restore.succeeded', () => payloads(hook).some((p) => p.event === 'restore.succeeded'));
+      const bad = await catalog.createRestore({ archiveId: b.uuid, hostId: 'notify-host', target: { path: join(tmp.dir, 'outside') } });
+      await until('restore.failed', () => payloads(hook).some((p) => p.event === 'restore.failed'));
+      const [s, f] = [payloads(hook).find((p) => p.event === 'restore.succeeded')!, payloads(hook).find((p) => p.event === 'restore.failed')!];
+      expect(s).toMatchObject({ host: 'notify-host', archive: { uuid: b.uuid }, error: null, restore: { jobId: ok.restoreId, target: join(allowed, 'out'), bytes: 1024 * 1024 } });
+      expect(f).toMatchObject({ archive: { uuid: b.uuid }, restore: { jobId: bad.restoreId } });
+      expect(f.error).toMatch(/outside the allowed directories/);
+      // The hook asked for restore events only.
+      expect(payloads(hook).every((p) => p.event.startsWith('restore.'))).toBe(true);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('retention after a scheduled backup: retention.succeeded lists what it removed', async () => {
+    const hook = await server();
+    const agent = await startAgent(
+      parseAgentConfig({
+        hostId: 'notify-host',
+        stateDir: join(tmp.dir, `state-${seq++}`),
+        disks: [{ name: 'vda', path: diskPath }],
+        schedules: [{ name: 'fast', disks: ['vda'], full: '* * * * * *', compressionLevel: 1, retention: { keepLast: 1 } }],
+        notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['retention.succeeded', 'retention.failed'] }] },
+      }),
+      { log: captureLog().log },
+    );
+    try {
+      await until('a retention run that removed an archive', () => payloads(hook).some((p) => p.event === 'retention.succeeded' && p.retention!.removedCount > 0), 30_000);
+      const p = payloads(hook).find((x) => x.event === 'retention.succeeded' && x.retention!.removedCount > 0)!;
+      expect(p).toMatchObject({ disks: ['vda'], archive: null, error: null, retention: { schedule: 'fast', kept: 1 } });
+      expect(p.retention!.removed).toHaveLength(p.retention!.removedCount);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('disk.stale: once for a disk never backed up, cleared by a backup, again when that one gets old', async () => {
+    const hook = await server();
+    const { log, lines } = captureLog();
+    const agent = await startAgent(config({ staleAfter: '2s', webhooks: [{ url: hook.url }] }), { log });
+    try {
+      await until('the first disk.stale', () => payloads(hook).some((p) => p.event === 'disk.stale'));
+      expect(payloads(hook)[0]).toMatchObject({ event: 'disk.stale', disks: ['vda'], archive: null, stale: { disk: 'vda', lastGood: null, ageSeconds: null, staleAfterSeconds: 2 } });
+      const client = new AgentClient(agent.controlSocket);
+      const b = await client.startBackup({ mode: 'full', target: `file:${join(tmp.dir, 'stale.cwa')}` });
+      expect((await client.waitForBackup(b.uuid, undefined, 20)).status).toBe('done');
+      await until('the episode to end', () => lines.some((l) => l.msg === 'disk no longer stale'));
+      // Checked every second: a second event only when the new backup is older than 2 s.
+      await until('the second disk.stale', () => payloads(hook).filter((p) => p.event === 'disk.stale').length >= 2);
+      const second = payloads(hook).filter((p) => p.event === 'disk.stale')[1]!;
+      expect(second).toMatchObject({ archive: { uuid: b.uuid }, stale: { lastGood: { uuid: b.uuid } } });
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect(payloads(hook).filter((p) => p.event === 'disk.stale')).toHaveLength(2);
+    } finally {
+      await agent.stop();
+    }
   });
 });
