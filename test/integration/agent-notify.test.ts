@@ -22,6 +22,8 @@ import { makeDisk, makeTempDir } from '../helpers/agent-process.js';
 import { noFaults, PlannedSink } from '../helpers/agent-faults.js';
 import { startHookServer, until, type HookServer } from '../helpers/hook-server.js';
 import { captureLog } from '../helpers/capture-log.js';
+import { S3FaultProxy } from '../helpers/s3-fault-proxy.js';
+import { startFauxqs } from '../helpers/s3-servers.js';
 
 let tmp: { dir: string; cleanup(): Promise<void> };
 let diskPath: string;
@@ -335,6 +337,43 @@ describe('events of a running agent', () => {
       expect(p.retention!.removed).toHaveLength(p.retention!.removedCount);
     } finally {
       await agent.stop();
+    }
+  });
+
+  it('retention that cannot list the bucket: retention.failed with the store error (the backup itself succeeded)', async () => {
+    const hook = await server();
+    const s3 = await startFauxqs('notify-retention');
+    const proxy = await S3FaultProxy.start(s3.endpoint);
+    // Listing the bucket fails for good; uploads go through.
+    proxy.addRule({ op: 'ListObjects', action: { status: 500, code: 'InternalError' } });
+    const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
+    Object.assign(process.env, { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' });
+    const agent = await startAgent(
+      parseAgentConfig({
+        hostId: 'notify-host',
+        stateDir: join(tmp.dir, `state-${seq++}`),
+        disks: [{ name: 'vda', path: diskPath }],
+        store: { bucket: 'notify-retention', prefix: '', region: 'us-east-1', endpoint: proxy.endpoint, forcePathStyle: true },
+        schedules: [{ name: 'fast', disks: ['vda'], full: '* * * * * *', compressionLevel: 1, retention: { keepLast: 1 } }],
+        notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['backup.succeeded', 'retention.failed', 'retention.succeeded'] }] },
+      }),
+      { log: captureLog().log },
+    );
+    try {
+      await until('retention.failed', () => payloads(hook).some((p) => p.event === 'retention.failed'), 30_000);
+      const f = payloads(hook).find((p) => p.event === 'retention.failed')!;
+      expect(f).toMatchObject({ disks: ['vda'], archive: null, retention: { schedule: 'fast', removedCount: 0 } });
+      expect(f.error).toMatch(/injected fault/); // the proxy's S3 error message
+      expect(payloads(hook).some((p) => p.event === 'backup.succeeded')).toBe(true);
+      expect(payloads(hook).some((p) => p.event === 'retention.succeeded')).toBe(false);
+    } finally {
+      await agent.stop();
+      await proxy.close();
+      await s3.close();
+      for (const [k, v] of [['AWS_ACCESS_KEY_ID', saved.id], ['AWS_SECRET_ACCESS_KEY', saved.secret]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
     }
   });
 
