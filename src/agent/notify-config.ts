@@ -56,8 +56,9 @@ const webhookSchema = z
     headers: z
       .record(
         z.string(),
-        // CR or LF would let a value inject headers; NUL and other controls are refused by HTTP.
-        z.string().max(8192).regex(/^[\t\x20-\x7e\x80-\uffff]*$/, 'header value must not contain control characters (CR, LF, NUL)'),
+        // CR or LF would let a value inject headers; NUL and other controls are refused by HTTP, and so
+        // is anything beyond Latin-1 (node:http throws ERR_INVALID_CHAR at send time).
+        z.string().max(8192).regex(/^[\t\x20-\x7e\x80-\xff]*$/, 'header value must not contain control characters (CR, LF, NUL) or characters beyond Latin-1'),
       )
       .optional(),
     /** File holding a bearer token (0600, owned by the agent's user); sent as `Authorization: Bearer …`. */

@@ -77,9 +77,13 @@ export class DeliveryQueue<T extends QueueItem> {
     this.worker ??= this.drain().finally(() => (this.worker = null));
   }
 
-  /** Waits up to `graceMs` for the queue to empty, then aborts what is in flight and drops the rest. */
+  /**
+   * Waits up to `graceMs` for the queue to empty (each notification gets its
+   * current attempt, no more retries), then aborts what is in flight and drops the rest.
+   */
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
+    this.wake?.(); // a backoff wait ends now: no retry is due before the agent is gone
     const worker = this.worker;
     if (worker) {
       let timer: NodeJS.Timeout | undefined;
@@ -110,12 +114,14 @@ export class DeliveryQueue<T extends QueueItem> {
       }
       const base = { hook, event: item.event, id: item.id, attempt: n + 1, ...r.fields };
       if (r.ok) return log.info('notification sent', base);
-      if (!r.retry || n >= this.o.retries || this.abort.signal.aborted) {
-        return log.error('notification not delivered', { ...base, error: r.error, ...(r.retry && n >= this.o.retries ? { reason: 'retries exhausted' } : {}) });
+      if (!r.retry || n >= this.o.retries || this.stopping) {
+        const reason = !r.retry ? undefined : this.stopping ? 'the agent is stopping' : 'retries exhausted';
+        return log.error('notification not delivered', { ...base, error: r.error, ...(reason ? { reason } : {}) });
       }
       const delayMs = backoffDelay(n + 1, this.o.backoff, this.o.random);
       log.warn('notification attempt failed; retrying', { ...base, error: r.error, retryInMs: delayMs });
       await this.sleep(delayMs);
+      if (this.stopping) return log.error('notification not delivered', { ...base, error: r.error, reason: 'the agent is stopping' });
     }
   }
 

@@ -63,6 +63,8 @@ export interface RetentionResult {
 
 export interface Notifier {
   backupEnded(status: BackupStatus): void;
+  /** A scheduled backup refused before it began (no run, so no backupEnded). */
+  backupNotStarted(r: { schedule: string; disks: string[]; error: unknown }): void;
   restoreEnded(job: RestoreJob, outcome: RestoreRunOutcome, startTime: string): void;
   retentionEnded(r: RetentionResult): void;
   /** Starts the staleness check (with `staleAfter`) over the agent's disks; resolves to its stop function. */
@@ -155,6 +157,10 @@ export async function startNotifier(o: NotifierOptions): Promise<Notifier> {
         backup: { mode: s.mode, requestedMode: s.requestedMode, parentUuid: s.parentUuid, totalBytes: s.total, archiveBytes: s.archiveBytes },
       });
       if (s.status === 'done') void stale?.check();
+    },
+    backupNotStarted(r: { schedule: string; disks: string[]; error: unknown }): void {
+      const now = new Date(clock.now()).toISOString();
+      emit('backup.failed', { disks: r.disks, archive: null, error: `scheduled backup "${r.schedule}" could not start: ${describeError(r.error)}`, startTime: now, endTime: now });
     },
     restoreEnded(job: RestoreJob, outcome: RestoreRunOutcome, startTime: string): void {
       emit(outcome.ok ? 'restore.succeeded' : 'restore.failed', {

@@ -107,8 +107,8 @@ export interface ScheduledBackupsOptions {
   store: AgentStore | null;
   log: Logger;
   clock?: Clock;
-  /** Told the end of each retention run (src/agent/notify.ts). */
-  notifier?: Pick<Notifier, 'retentionEnded'>;
+  /** Told the end of each retention run, and of scheduled backups that could not start (src/agent/notify.ts). */
+  notifier?: Pick<Notifier, 'retentionEnded' | 'backupNotStarted'>;
 }
 
 /** The disks a group backs up: its list, else the default selection of POST /backups. */
@@ -145,7 +145,12 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
 
   const runBackup = async (spec: { name: string }, mode: ScheduledMode): Promise<RunOutcome> => {
     const s = byName.get(spec.name)!;
-    const uuid = await start(s, mode);
+    const before = backups.current()?.uuid;
+    const uuid = await start(s, mode).catch((err: unknown) => {
+      // Refused before a run existed (a missing key file…): no run end will report it. Stopping is not a failure.
+      if (!(err instanceof ConflictError) && backups.current()?.uuid === before) opts.notifier?.backupNotStarted({ schedule: s.name, disks: groupDisks(s, config), error: err });
+      throw err;
+    });
     const final = await backups.waitFor(uuid);
     if (final?.status === 'done') return { ok: true, uuid };
     return { ok: false, uuid, error: final ? `backup ${final.status}${final.error ? `: ${final.error}` : ''}` : 'backup replaced before its end could be seen' };

@@ -54,6 +54,11 @@ function config(notifications: Record<string, unknown>): ReturnType<typeof parse
   return parseAgentConfig({ hostId: 'notify-host', stateDir: join(tmp.dir, `state-${seq++}`), disks: [{ name: 'vda', path: diskPath }], notifications }, tmp.dir);
 }
 
+/** A real agent on the test disk with `extra` config (schedules, catalogue, notifications…). */
+function agentWith(extra: Record<string, unknown>): ReturnType<typeof startAgent> {
+  return startAgent(parseAgentConfig({ hostId: 'notify-host', stateDir: join(tmp.dir, `state-${seq++}`), disks: [{ name: 'vda', path: diskPath }], ...extra }), { log: captureLog().log });
+}
+
 function failedStatus(error: string, uuid = '0190a000-0000-7000-8000-000000000001'): BackupStatus {
   const t = new Date().toISOString();
   return {
@@ -142,6 +147,20 @@ describe('webhooks', () => {
     }
     await until('three deliveries', () => lines.filter((l) => l.msg === 'notification sent').length === 3);
     expect(hook.requests.map((r) => (JSON.parse(r.body) as NotifyPayload).error)).toEqual(['failure 1', 'failure 5', 'failure 6']);
+  });
+
+  it('stopping ends a backoff wait at once: the agent does not hang on a dead endpoint', async () => {
+    const hook = await server();
+    hook.handler = (_r, res) => void res.writeHead(503).end();
+    const { log, lines } = captureLog();
+    const n = await startNotifier({ config: config({ webhooks: [{ url: hook.url, retries: 5 }] }), log, backoff: { baseMs: 60_000, maxMs: 60_000 } });
+    n.backupEnded(failedStatus('x'));
+    await until('a retry to be scheduled', () => lines.some((l) => l.msg === 'notification attempt failed; retrying'));
+    const t0 = Date.now();
+    await n.stop();
+    expect(Date.now() - t0).toBeLessThan(1_000);
+    expect(hook.requests).toHaveLength(1);
+    expect(lines.find((l) => l.msg === 'notification not delivered')?.fields).toMatchObject({ reason: 'the agent is stopping', attempt: 1 });
   });
 
   it('does not follow a redirect (nor retry it): the Location target gets nothing', async () => {
@@ -286,17 +305,11 @@ describe('events of a running agent', () => {
     const hook = await server();
     const allowed = join(tmp.dir, 'restores');
     await mkdir(allowed);
-    const agent = await startAgent(
-      parseAgentConfig({
-        hostId: 'notify-host',
-        stateDir: join(tmp.dir, `state-${seq++}`),
-        disks: [{ name: 'vda', path: diskPath }],
-        catalog: { embedded: true },
-        restore: { allowedDirs: [allowed], pollIntervalMs: 100 },
-        notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['restore.succeeded', 'restore.failed'] }] },
-      }),
-      { log: captureLog().log },
-    );
+    const agent = await agentWith({
+      catalog: { embedded: true },
+      restore: { allowedDirs: [allowed], pollIntervalMs: 100 },
+      notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['restore.succeeded', 'restore.failed'] }] },
+    });
     try {
       const client = new AgentClient(agent.controlSocket);
       const b = await client.startBackup({ mode: 'full', compressionLevel: 1 });
@@ -320,16 +333,10 @@ describe('events of a running agent', () => {
 
   it('retention after a scheduled backup: retention.succeeded lists what it removed', async () => {
     const hook = await server();
-    const agent = await startAgent(
-      parseAgentConfig({
-        hostId: 'notify-host',
-        stateDir: join(tmp.dir, `state-${seq++}`),
-        disks: [{ name: 'vda', path: diskPath }],
-        schedules: [{ name: 'fast', disks: ['vda'], full: '* * * * * *', compressionLevel: 1, retention: { keepLast: 1 } }],
-        notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['retention.succeeded', 'retention.failed'] }] },
-      }),
-      { log: captureLog().log },
-    );
+    const agent = await agentWith({
+      schedules: [{ name: 'fast', disks: ['vda'], full: '* * * * * *', compressionLevel: 1, retention: { keepLast: 1 } }],
+      notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['retention.succeeded', 'retention.failed'] }] },
+    });
     try {
       await until('a retention run that removed an archive', () => payloads(hook).some((p) => p.event === 'retention.succeeded' && p.retention!.removedCount > 0), 30_000);
       const p = payloads(hook).find((x) => x.event === 'retention.succeeded' && x.retention!.removedCount > 0)!;
@@ -348,17 +355,11 @@ describe('events of a running agent', () => {
     proxy.addRule({ op: 'ListObjects', action: { status: 500, code: 'InternalError' } });
     const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' });
-    const agent = await startAgent(
-      parseAgentConfig({
-        hostId: 'notify-host',
-        stateDir: join(tmp.dir, `state-${seq++}`),
-        disks: [{ name: 'vda', path: diskPath }],
-        store: { bucket: 'notify-retention', prefix: '', region: 'us-east-1', endpoint: proxy.endpoint, forcePathStyle: true },
-        schedules: [{ name: 'fast', disks: ['vda'], full: '* * * * * *', compressionLevel: 1, retention: { keepLast: 1 } }],
-        notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['backup.succeeded', 'retention.failed', 'retention.succeeded'] }] },
-      }),
-      { log: captureLog().log },
-    );
+    const agent = await agentWith({
+      store: { bucket: 'notify-retention', prefix: '', region: 'us-east-1', endpoint: proxy.endpoint, forcePathStyle: true },
+      schedules: [{ name: 'fast', disks: ['vda'], full: '* * * * * *', compressionLevel: 1, retention: { keepLast: 1 } }],
+      notifications: { onSuccess: true, webhooks: [{ url: hook.url, events: ['backup.succeeded', 'retention.failed', 'retention.succeeded'] }] },
+    });
     try {
       await until('retention.failed', () => payloads(hook).some((p) => p.event === 'retention.failed'), 30_000);
       const f = payloads(hook).find((p) => p.event === 'retention.failed')!;
@@ -374,6 +375,22 @@ describe('events of a running agent', () => {
         if (v === undefined) delete process.env[k];
         else process.env[k] = v;
       }
+    }
+  });
+
+  it('a scheduled backup that cannot start (its key file is gone) sends backup.failed', async () => {
+    const hook = await server();
+    const agent = await agentWith({
+      schedules: [{ name: 'nightly', disks: ['vda'], full: '* * * * * *', key: join(tmp.dir, 'no-such.key') }],
+      notifications: { webhooks: [{ url: hook.url }] },
+    });
+    try {
+      await until('backup.failed', () => payloads(hook).some((p) => p.event === 'backup.failed'), 15_000);
+      const f = payloads(hook).find((p) => p.event === 'backup.failed')!;
+      expect(f).toMatchObject({ disks: ['vda'], archive: null });
+      expect(f.error).toMatch(/^scheduled backup "nightly" could not start: key: .*no-such\.key/);
+    } finally {
+      await agent.stop();
     }
   });
 
