@@ -8,6 +8,7 @@
 import { hostname } from 'node:os';
 import { v7 as uuidv7 } from 'uuid';
 import { describeError } from '../errors.js';
+import { formatAge } from '../units.js';
 import { readPrivateFile } from '../store/private-file.js';
 import type { RestoreJob } from '../catalog/records.js';
 import type { BackupStatus, DiskStatus } from './backup-request.js';
@@ -24,8 +25,8 @@ import { systemClock, type Clock } from './scheduler.js';
 export const PAYLOAD_VERSION = 1;
 /** Error messages are cut here: a payload stays small whatever failed. */
 const MAX_ERROR_CHARS = 4096;
-/** Archive uuids listed in a retention payload (the count is always exact). */
-const MAX_LISTED_REMOVALS = 1000;
+/** Archive uuids listed in a retention payload (the count is always exact): keeps a payload a few KiB. */
+const MAX_LISTED_REMOVALS = 100;
 /** How long stop() lets queued notifications go out before dropping them. */
 const STOP_GRACE_MS = 5_000;
 const USER_AGENT = 'cowstream-agent/1';
@@ -193,7 +194,9 @@ export async function startNotifier(o: NotifierOptions): Promise<Notifier> {
           emit('disk.stale', {
             disks: [info.disk],
             archive: info.lastGood ? { uuid: info.lastGood.uuid } : null,
-            error: info.lastGood ? `no good backup of ${info.disk} for ${info.ageSeconds} s (limit ${info.staleAfterSeconds} s)` : `${info.disk} has no good backup (limit ${info.staleAfterSeconds} s)`,
+            error: info.lastGood
+              ? `no good backup of ${info.disk} for ${formatAge(info.ageSeconds ?? 0)} (staleAfter ${formatAge(info.staleAfterSeconds)})`
+              : `${info.disk} has no good backup (staleAfter ${formatAge(info.staleAfterSeconds)})`,
             startTime: null,
             endTime: null,
             stale: { disk: info.disk, lastGood: info.lastGood, ageSeconds: info.ageSeconds, staleAfterSeconds: info.staleAfterSeconds },
