@@ -36,8 +36,6 @@ export interface StartAgentOptions {
   wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
   /** Test seam: the clock of the backup schedules (default: the system clock). */
   scheduleClock?: Clock;
-  /** Test seam: clock and backoff of the notifications (default: the system clock, src/agent/notify-queue.ts DEFAULT_BACKOFF). */
-  notify?: Pick<Parameters<typeof startNotifier>[0], 'clock' | 'random' | 'backoff'>;
   /** Start-up checks that failed (`startDegraded`): reported in GET / as `degraded`. */
   degraded?: Record<string, unknown>[];
 }
@@ -99,7 +97,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     cleanups.push(unlock);
 
     // Notifications first: every later stage reports to it; it stops last, after the backup it reports on.
-    const notifier: Notifier = await startNotifier({ config, log, ...opts.notify });
+    const notifier: Notifier = await startNotifier({ config, log });
     cleanups.push(() => notifier.stop());
 
     // Disks + dirty bitmaps (validity decided here: unclean stop / changed disk → invalid, next backup full).
