@@ -118,9 +118,9 @@ export async function startNotifier(o: NotifierOptions): Promise<Notifier> {
   const random = o.random ?? Math.random;
   const common = { capacity: n?.queueSize ?? 1, backoff: o.backoff ?? DEFAULT_BACKOFF, clock, random, log };
   const routes: Routed[] = [];
+  const tokens = await readWebhookTokens(o.config);
   for (const [i, w] of (n?.webhooks ?? []).entries()) {
-    let token: string | undefined;
-    if (w.bearerTokenFile !== undefined) token = await readToken(w.bearerTokenFile, `notifications.webhooks[${i}].bearerTokenFile`);
+    const token = tokens[i];
     const target = { url: new URL(w.url), headers: w.headers, ...(token !== undefined ? { token } : {}), timeoutMs: w.timeoutMs };
     routes.push({
       wants: new Set(w.events),
@@ -213,6 +213,16 @@ export async function startNotifier(o: NotifierOptions): Promise<Notifier> {
       await Promise.all(routes.map((r) => r.queue.stop(STOP_GRACE_MS)));
     },
   };
+}
+
+/**
+ * The bearer token of each webhook (undefined without `bearerTokenFile`), read
+ * now so a missing or loose file is a config error naming the field — at
+ * start and in `cowstream agent --check-config`.
+ */
+export async function readWebhookTokens(config: Pick<AgentConfig, 'notifications'>): Promise<Array<string | undefined>> {
+  const hooks = config.notifications?.webhooks ?? [];
+  return Promise.all(hooks.map((w, i) => (w.bearerTokenFile === undefined ? undefined : readToken(w.bearerTokenFile, `notifications.webhooks[${i}].bearerTokenFile`))));
 }
 
 /** A bearer token from a 0600 file owned by the agent's user; one line, no control characters. */

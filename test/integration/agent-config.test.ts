@@ -154,6 +154,19 @@ describe('agent config', () => {
     expect(r.stderr).toMatch(/disks\[1\] "b" .* and disks\[0\] "a" .* are the same file/);
   });
 
+  it('the CLI exits 2 naming the field for a webhook token file others can read, with --check-config too', async () => {
+    const dir = join(tmp.dir, 'cli-token');
+    await mkdir(dir);
+    await writeFile(join(dir, 'token'), 'secret\n', { mode: 0o644 });
+    const p = join(dir, 'agent.json');
+    await writeFile(p, JSON.stringify({ ...base(), stateDir: join(dir, 'state'), disks: [{ name: 'vda', path: img }], notifications: { webhooks: [{ url: 'https://x.example/h', bearerTokenFile: 'token' }] } }));
+    for (const extra of [[], ['--check-config']]) {
+      const r = await runCli(['agent', '--config', p, ...extra]);
+      expect(r.code, extra.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/notifications\.webhooks\[0\]\.bearerTokenFile: .*chmod 600/);
+    }
+  });
+
   it('the CLI exits 2 with the field named for a malformed config', async () => {
     const dir = join(tmp.dir, 'cli');
     await mkdir(dir);
