@@ -163,6 +163,23 @@ describe('webhooks', () => {
     expect(lines.find((l) => l.msg === 'notification not delivered')?.fields).toMatchObject({ reason: 'the agent is stopping', attempt: 1 });
   });
 
+  it('gives each attempt timeoutMs: an endpoint that never answers is retried, then given up', async () => {
+    const hook = await server();
+    hook.handler = () => undefined; // never answers
+    const { log, lines } = captureLog();
+    const n = await startNotifier({ config: config({ webhooks: [{ url: hook.url, timeoutMs: 300, retries: 1 }] }), log, backoff: { baseMs: 10, maxMs: 10 } });
+    notifiers.push(n);
+    const t0 = performance.now();
+    n.backupEnded(failedStatus('x'));
+    await until('the delivery to give up', () => lines.some((l) => l.msg === 'notification not delivered'), 10_000);
+    const elapsed = performance.now() - t0;
+    expect(hook.requests).toHaveLength(2);
+    // The timer starts before the connection: the server sees the second request a little under 300 ms + backoff later at worst.
+    expect(hook.requests[1]!.at - hook.requests[0]!.at).toBeGreaterThanOrEqual(250);
+    expect(elapsed).toBeLessThan(5_000);
+    expect(lines.find((l) => l.msg === 'notification not delivered')?.fields).toMatchObject({ error: 'no answer within 300 ms', reason: 'retries exhausted', attempt: 2 });
+  });
+
   it('does not follow a redirect (nor retry it): the Location target gets nothing', async () => {
     const elsewhere = await server();
     const hook = await server();
@@ -257,6 +274,19 @@ describe('command hooks', () => {
     expect(existsSync(marker)).toBe(false);
     const sent = lines.find((l) => l.msg === 'notification sent')!;
     expect(sent.fields).toMatchObject({ exitCode: 0, stdout: 'recorded 4', stderr: 'a warning on stderr' });
+  });
+
+  it('keeps at most 4 KiB of a chatty hook\'s output in the log', async () => {
+    const script = join(tmp.dir, `chatty-${seq++}.sh`);
+    await writeFile(script, `#!/bin/sh\nhead -c 1000000 /dev/zero | tr '\\0' x\nexit 3\n`, { mode: 0o700 });
+    const { log, lines } = captureLog();
+    const n = await startNotifier({ config: config({ commands: [{ argv: [script] }] }), log });
+    notifiers.push(n);
+    n.backupEnded(failedStatus('x'));
+    await until('the hook to end', () => lines.some((l) => l.msg === 'notification not delivered'));
+    const f = lines.find((l) => l.msg === 'notification not delivered')!.fields;
+    expect(f).toMatchObject({ error: 'command exited with 3', exitCode: 3 });
+    expect(f.stdout).toBe(`${'x'.repeat(4096)}… (${1_000_000 - 4096} more bytes dropped)`);
   });
 
   it('kills a hook that outlives its timeout, with the processes it started; output so far is logged', async () => {
