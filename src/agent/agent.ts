@@ -23,6 +23,7 @@ import { startScheduledBackups, type ScheduledBackups } from './scheduled-backup
 import type { Clock } from './scheduler.js';
 import { AgentMetrics } from './metrics.js';
 import { startMetricsListener } from './metrics-server.js';
+import { startNotifier, type Notifier } from './notify.js';
 
 export interface StartAgentOptions {
   log?: Logger;
@@ -183,9 +184,20 @@ async function startNbd(config: AgentConfig, disks: AgentDisk[], log: Logger, cl
 }
 
 /** Step 5: the catalogue (embedded or remote) + restore poller, when `catalog` is configured. */
-async function startCatalogue(config: AgentConfig, store: AgentStore, embedded: EmbeddedS3 | null, disks: AgentDisk[], metrics: AgentMetrics, log: Logger, cleanups: Cleanups): Promise<CatalogIntegration | null> {
+async function startCatalogue(config: AgentConfig, store: AgentStore, embedded: EmbeddedS3 | null, disks: AgentDisk[], observers: { metrics: AgentMetrics; notifier: Notifier }, log: Logger, cleanups: Cleanups): Promise<CatalogIntegration | null> {
   if (!config.catalog) return null;
-  const catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path), onRestoreDone: (o) => metrics.restoreDone(o) });
+  const { metrics, notifier } = observers;
+  const catalog = await startCatalogIntegration({
+    config,
+    store,
+    embeddedS3: embedded,
+    log,
+    exportedPaths: disks.map((d) => d.path),
+    onRestoreEnd: (job, outcome, start) => {
+      metrics.restoreDone(outcome);
+      notifier.restoreEnded(job, outcome, start);
+    },
+  });
   cleanups.push(() => catalog.stop());
   return catalog;
 }
@@ -225,10 +237,10 @@ function describeEndpoints(config: AgentConfig, addrs: Awaited<ReturnType<NbdSer
 function createBackupManager(
   config: AgentConfig,
   opts: StartAgentOptions,
-  parts: { disks: AgentDisk[]; store: AgentStore; qemu: { hosts: QemuHost[]; history: QemuBackupHistory }; endpoints: AgentEndpoints; metrics: AgentMetrics; log: Logger },
+  parts: { disks: AgentDisk[]; store: AgentStore; qemu: { hosts: QemuHost[]; history: QemuBackupHistory }; endpoints: AgentEndpoints; metrics: AgentMetrics; notifier: Notifier; log: Logger },
   cleanups: Cleanups,
 ): BackupManager {
-  const { disks, store, qemu, endpoints: e, metrics, log } = parts;
+  const { disks, store, qemu, endpoints: e, metrics, notifier, log } = parts;
   const backups = new BackupManager({
     hostId: config.hostId,
     requireEncryption: config.requireEncryption,
@@ -241,7 +253,13 @@ function createBackupManager(
     qemuHistory: qemu.history,
     // A cancelled upload's cleanup is bounded by store.timeouts.cleanupMs; the answer waits for it.
     cancelWaitMs: resolveS3Timeouts(config.store?.timeouts).cleanupMs + 5_000,
-    observer: metrics,
+    observer: {
+      runEnded: (run) => {
+        notifier.backupEnded(run.status);
+        metrics.runEnded(run);
+      },
+      cbwWait: (disk, ms) => metrics.cbwWait(disk, ms),
+    },
     info: () => ({
       hostId: config.hostId,
       pid: process.pid,
@@ -315,8 +333,8 @@ async function startControlApi(
 }
 
 /** Step 9: the schedules start last: a catch-up run may begin at once, with everything it needs up. */
-async function startSchedules(config: AgentConfig, opts: StartAgentOptions, backups: BackupManager, store: AgentStore, log: Logger, cleanups: Cleanups): Promise<ScheduledBackups> {
-  const sched = await startScheduledBackups({ config, backups, store, log, ...(opts.scheduleClock ? { clock: opts.scheduleClock } : {}) });
+async function startSchedules(config: AgentConfig, opts: StartAgentOptions, backups: BackupManager, store: AgentStore, notifier: Notifier, log: Logger, cleanups: Cleanups): Promise<ScheduledBackups> {
+  const sched = await startScheduledBackups({ config, backups, store, log, notifier, ...(opts.scheduleClock ? { clock: opts.scheduleClock } : {}) });
   // On stop a running scheduled backup is cancelled like a manual one (its
   // dirty bits are merged back; the next slot runs normally), and the stop
   // waits until it has wound down and its outcome is recorded.
@@ -342,21 +360,25 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
   const cleanups = new Cleanups(log);
   try {
     await prepareStateDir(config, log, cleanups);
+    // Notifications first: every later step reports to it; it stops last, after the backup it reports on.
+    const notifier = await startNotifier({ config, log });
+    cleanups.push(() => notifier.stop());
     const metrics = createMetrics(config, opts);
     const disks = await openDisks(config, opts, log, cleanups);
     const { store, embedded } = await openStore(config, log, cleanups);
     const { nbd, addrs } = await startNbd(config, disks, log, cleanups);
     metrics.sources.nbd = () => nbd.stats();
-    const catalog = await startCatalogue(config, store, embedded, disks, metrics, log, cleanups);
+    const catalog = await startCatalogue(config, store, embedded, disks, { metrics, notifier }, log, cleanups);
     const qemu = await openQemu(config, log, cleanups);
     metrics.sources.lastGood = lastGoodBackups(disks, config, qemu.history);
     const endpoints = describeEndpoints(config, addrs, store, catalog);
-    const backups = createBackupManager(config, opts, { disks, store, qemu, endpoints, metrics, log }, cleanups);
+    const backups = createBackupManager(config, opts, { disks, store, qemu, endpoints, metrics, notifier, log }, cleanups);
     let schedules: ScheduledBackups | null = null;
     const control = await startControlApi(config, backups, () => schedules, endpoints, store, metrics, log, cleanups);
     endpoints.metricsAddress = await startMetricsTcp(config, metrics, log, cleanups);
-    const sched = await startSchedules(config, opts, backups, store, log, cleanups);
+    const sched = await startSchedules(config, opts, backups, store, notifier, log, cleanups);
     schedules = sched;
+    cleanups.push(await notifier.watchStaleness(() => backups.disks()));
     metrics.sources.schedules = () => sched.runs();
     logReady(config, endpoints, control, disks, log);
     return agentHandle(config, endpoints, control, backups, disks, sched, metrics, cleanups);

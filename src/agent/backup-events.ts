@@ -1,5 +1,5 @@
 /**
- * What the backup manager tells an observer (the agent's metrics) about
+ * What the backup manager tells an observer (the agent's metrics and notifications) about
  * runs: a narrow interface so the manager knows nothing of Prometheus, and
  * an observer that throws cannot fail a backup (the manager logs and goes on).
  */

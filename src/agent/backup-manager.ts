@@ -152,7 +152,7 @@ export class BackupManager implements ControlBackend {
       qemuHistory?: QemuBackupHistory;
       /** How long POST /backups/current/cancel waits for the backup to wind down (default 10 s). */
       cancelWaitMs?: number;
-      /** Told when a run ends and when a guest write waits (the agent's metrics). */
+      /** Told when a run ends and when a guest write waits (the agent's metrics and notifications). */
       observer?: BackupObserver;
     },
   ) {}
