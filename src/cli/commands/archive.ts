@@ -10,7 +10,6 @@ import type { Command } from 'commander';
 import { type FileHandle, mkdir, open, readFile, readdir, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { hostname } from 'node:os';
-import cliProgress from 'cli-progress';
 import { CowstreamError, EncryptionKeyError, UsageError } from '../../errors.js';
 import { ZstdPool, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../../codec/zstd-pool.js';
 import { readKeyFile } from '../../codec/crypto.js';
@@ -22,6 +21,7 @@ import { FileByteSink, FileRangeSource } from '../../store/file.js';
 import { constants as fsc } from 'node:fs';
 import { formatBytes, formatRate, parsePositiveInt, printJson } from '../output.js';
 import { describeVerifyReport, verifyReport } from '../verify-report.js';
+import { progressWanted, startProgress } from '../progress.js';
 
 /** Image bytes per read: 16 clusters, large enough to amortise syscalls, small enough to stay cache-friendly. */
 const READ_BATCH = 16 * CLUSTER_SIZE;
@@ -131,50 +131,6 @@ export function parseLevel(text: string): number {
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
-}
-
-// ------------------------------------------------------------------ progress
-
-interface Progress {
-  update(done: number): void;
-  stop(): void;
-}
-
-function makeProgress(total: number, enabled: boolean, label: string, unit: 'bytes' | 'extents'): Progress {
-  if (!enabled || total <= 0) return { update: () => undefined, stop: () => undefined };
-  const bar = new cliProgress.SingleBar(
-    {
-      format: `${label} [{bar}] {percentage}% | {value_h}/{total_h} | {speed}`,
-      stream: process.stderr,
-      hideCursor: true,
-      // --progress on a pipe: cli-progress prints nothing to a non-TTY unless told to.
-      noTTYOutput: process.stderr.isTTY !== true,
-      notTTYSchedule: 1000,
-      etaBuffer: 20,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  const start = Date.now();
-  const fmt = (n: number): string => (unit === 'bytes' ? formatBytes(n) : String(n));
-  bar.start(total, 0, { value_h: fmt(0), total_h: fmt(total), speed: '' });
-  let last = 0;
-  return {
-    update(done) {
-      const now = Date.now();
-      if (now - last < 100 && done < total) return;
-      last = now;
-      const secs = (now - start) / 1000;
-      const speed = unit === 'bytes' && secs > 0 ? `${formatBytes(done / secs)}/s` : '';
-      bar.update(done, { value_h: fmt(done), total_h: fmt(total), speed });
-    },
-    stop() {
-      bar.stop();
-    },
-  };
-}
-
-function progressWanted(opts: { json?: boolean; progress?: boolean }): boolean {
-  return !opts.json && (opts.progress === true || process.stderr.isTTY === true);
 }
 
 // -------------------------------------------------------------------- create
@@ -293,11 +249,11 @@ async function createArchive(out: string, specs: string[], opts: CreateOptions):
       throw err;
     }
     const total = devices.reduce((a, d) => a + d.size, 0);
-    const progress = makeProgress(total, progressWanted(opts), 'archive', 'bytes');
+    const progress = startProgress({ label: 'archive', enabled: progressWanted(opts) });
     try {
       let base = 0;
       for (const dev of devices) {
-        await archiveImage(writer, dev, (n) => progress.update(base + n));
+        await archiveImage(writer, dev, (n) => progress.update(base + n, total));
         base += dev.size;
       }
       const summary = await writer.finish();
@@ -475,7 +431,8 @@ export interface ExtractResult {
   configs: Array<{ name: string; path: string; size: number }>;
 }
 
-async function extractArchive(reader: ArchiveReader, dir: string, pool: ZstdPool, showProgress: boolean): Promise<ExtractResult> {
+/** Extracts every device and config into `dir`; `onProgress` sees archive bytes decoded of the extents' total. */
+async function extractArchive(reader: ArchiveReader, dir: string, pool: ZstdPool, onProgress?: (done: number, total: number) => void): Promise<ExtractResult> {
   const h = reader.header;
   const fileNames = new Set(h.devices.map((d) => `${d.name}.raw`));
   for (const c of h.configs) {
@@ -498,7 +455,7 @@ async function extractArchive(reader: ArchiveReader, dir: string, pool: ZstdPool
     }
     const byId = new Map(result.devices.map((d, i) => [h.devices[i].id, d]));
     const extents = reader.index.extents;
-    const progress = makeProgress(extents.length, showProgress, 'extract', 'extents');
+    const total = extents.reduce((a, x) => a + x.length, 0);
     // Decode up to workers+1 extents concurrently (bounded), write them in any order.
     const limit = pool.workerCount + 1;
     let next = 0;
@@ -516,14 +473,11 @@ async function extractArchive(reader: ArchiveReader, dir: string, pool: ZstdPool
           const n = await writeSparse(fh, c.data, c.cluster * CLUSTER_SIZE);
           dev.bytesWritten += n;
         }
-        progress.update(++done);
+        done += x.length;
+        onProgress?.(done, total);
       }
     };
-    try {
-      await Promise.all(Array.from({ length: Math.min(limit, extents.length) }, worker));
-    } finally {
-      progress.stop();
-    }
+    await Promise.all(Array.from({ length: Math.min(limit, extents.length) }, worker));
     for (const fh of handles.values()) await fh.sync();
     for (const c of h.configs) {
       const path = join(dir, c.name);
@@ -614,7 +568,12 @@ export function registerArchiveCommands(program: Command): void {
             throw new EncryptionKeyError(`${path} is encrypted: pass --key (key fingerprint ${reader.header.keyFingerprint})`);
           }
           await ensureEmptyDir(dir);
-          return extractArchive(reader, dir, pool, progressWanted(opts));
+          const progress = startProgress({ label: 'extract', enabled: progressWanted(opts) });
+          try {
+            return await extractArchive(reader, dir, pool, (done, total) => progress.update(done, total));
+          } finally {
+            progress.stop();
+          }
         });
         if (opts.json) {
           printJson({ ok: true, ...r });
@@ -642,9 +601,9 @@ export function registerArchiveCommands(program: Command): void {
       const pool = new ZstdPool();
       try {
         const r = await withReader(path, { key, pool }, async (reader) => {
-          const progress = makeProgress(reader.index.extents.length, progressWanted(opts), 'verify', 'extents');
+          const progress = startProgress({ label: 'verify', enabled: progressWanted(opts) });
           try {
-            return await verifyReport(reader, path, (d) => progress.update(d));
+            return await verifyReport(reader, path, (done, total) => progress.update(done, total));
           } finally {
             progress.stop();
           }

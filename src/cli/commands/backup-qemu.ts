@@ -7,7 +7,6 @@
 import { stat } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import cliProgress from 'cli-progress';
 import { UsageError } from '../../errors.js';
 import { formatBytes, printJson } from '../output.js';
 import { ZstdPool } from '../../codec/zstd-pool.js';
@@ -19,6 +18,7 @@ import { createS3Client } from '../../store/s3-client.js';
 import { S3ArchiveSink } from '../../store/s3-sink.js';
 import { resolveChecksumPolicy, sinkUploadOptions } from '../../store/upload-options.js';
 import { hasUploadFlags, uploadOptionsFromFlags } from '../upload-flags.js';
+import { progressWanted, startProgress } from '../progress.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { runPullBackup, type OutputContext, type PullDrive } from '../../qemu/pull-backup.js';
 import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
@@ -92,9 +92,7 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
 
   const toStdout = target === '-';
   const say = (text: string): void => void (toStdout ? process.stderr : process.stdout).write(text + '\n');
-  const showBar = !o.json && (o.progress === true || process.stderr.isTTY === true);
-  const bar = showBar ? new cliProgress.SingleBar({ format: 'backup {bar} {percentage}% | {value_h}/{total_h}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
-  let barStarted = false;
+  const bar = startProgress({ label: 'backup', enabled: progressWanted(o) });
 
   const ac = new AbortController();
   const onSignal = (): void => ac.abort(new UsageError('interrupted'));
@@ -117,17 +115,9 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
       cbwTimeoutSec,
       signal: ac.signal,
       onWarning: (m) => process.stderr.write(`warning: ${m}\n`),
-      onProgress: bar
-        ? (p) => {
-            const payload = { value_h: formatBytes(p.done), total_h: formatBytes(p.total) };
-            if (!barStarted) {
-              bar.start(p.total, p.done, payload);
-              barStarted = true;
-            } else bar.update(p.done, payload);
-          }
-        : undefined,
+      onProgress: (p) => bar.update(p.done, p.total),
     });
-    if (barStarted) bar?.stop();
+    bar.stop();
     const out = { ...r, target: where };
     if (o.json) printJson(out);
     else {
@@ -139,7 +129,7 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
       say(`  archive: ${formatBytes(r.summary.bytesWritten)} in ${(r.durationMs / 1000).toFixed(1)} s (QEMU ${r.qemuVersion})`);
     }
   } finally {
-    if (barStarted) bar?.stop();
+    bar.stop();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await qmp.close();
