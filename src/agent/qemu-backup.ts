@@ -13,10 +13,10 @@ import type { ByteSink } from '../format/sink.js';
 import { runPullBackup } from '../qemu/pull-backup.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { BackupRequest } from './backup-request.js';
-import type { Run as RunState } from './run-state.js';
+import { endFailedRun, openRunTarget, type Run as RunState } from './run-state.js';
 import type { Logger } from './log.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
-import { openTarget, type AgentStore } from './targets.js';
+import type { AgentStore } from './targets.js';
 
 export interface QemuDriveBackupOptions {
   run: RunState;
@@ -64,22 +64,14 @@ export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<voi
         outputHanded = true;
         // The `-` target was opened before POST /backups answered (the reader attaches to it).
         if (run.target) return run.target.sink;
-        run.target = await openTarget(req.target, {
-          hostId: ctx.hostId,
-          uuid: ctx.uuid,
-          parentUuid: ctx.parentUuid,
-          deviceNames: ctx.deviceNames,
-          expectedBytes: ctx.expectedBytes,
+        const target = await openRunTarget(run, req.target, {
+          ...ctx,
           store: o.store,
           onWarning: (w) => log.warn('store warning', { uuid, warning: w.message }),
           ...(o.wrapSink ? { wrapSink: o.wrapSink } : {}),
         });
-        if (run.target.key) {
-          run.status.key = run.target.key;
-          run.status.bucket = run.target.bucket!;
-        }
         run.status.parentUuid = ctx.parentUuid;
-        return run.target.sink;
+        return target.sink;
       },
       onSnapshot: (info) => {
         snapshot = true;
@@ -122,10 +114,6 @@ export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<voi
     // runPullBackup aborts the output it was given; a pre-opened stream it never took is ours to abort.
     if (!outputHanded && run.target) await run.target.sink.abort(failure).catch(() => undefined);
     if (run.target) run.status.archiveBytes = run.target.sink.bytes;
-    run.status.endTime = new Date().toISOString();
-    const cancelled = run.cancelRequested;
-    run.status.status = cancelled ? 'cancelled' : 'error';
-    run.status.error = cancelled ? 'backup cancelled' : describeError(failure);
-    log.warn(cancelled ? 'backup cancelled' : 'backup failed', { uuid, error: run.status.error });
+    endFailedRun(run, failure, run.cancelRequested, log);
   }
 }

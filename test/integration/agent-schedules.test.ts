@@ -230,7 +230,10 @@ describe('schedules in the agent', () => {
     const s3 = await bucketClient(agent);
     await until('the catalogue to remove the first archive', async () => !(await archives(agent, s3)).some((a) => a.uuid === first));
     expect(done(lines).length).toBeLessThan(5);
-    expect(lines.some((l) => l.msg === 'deleted archive' && l.fields.uuid === first && l.fields.component === 'retention')).toBe(true);
+    // The catalogue logs the deletion after it also marked the record deleted: the object goes first.
+    const deletedLine = (): boolean => lines.some((l) => l.msg === 'deleted archive' && l.fields.uuid === first && l.fields.component === 'retention');
+    await until('the catalogue to log the deletion', deletedLine, 5000).catch(() => undefined);
+    expect(deletedLine()).toBe(true);
     await expectLeftToCatalogue(agent, lines);
     s3.destroy();
   }, 30_000);

@@ -12,11 +12,10 @@ import { formatBytes, printJson } from '../output.js';
 import { ZstdPool } from '../../codec/zstd-pool.js';
 import { readKeyFile } from '../../codec/crypto.js';
 import type { ByteSink } from '../../format/sink.js';
-import { FileByteSink } from '../../store/file.js';
-import { archiveKey, storeConfigFromFlags } from '../../store/config.js';
+import { storeConfigFromFlags } from '../../store/config.js';
 import { createS3Client } from '../../store/s3-client.js';
-import { S3ArchiveSink } from '../../store/s3-sink.js';
-import { resolveChecksumPolicy, sinkUploadOptions } from '../../store/upload-options.js';
+import { openArchiveTarget, type ArchiveTargetSpec } from '../../backup/target.js';
+import { resolveChecksumPolicy } from '../../store/upload-options.js';
 import { hasUploadFlags, uploadOptionsFromFlags } from '../upload-flags.js';
 import { progressWanted, startProgress } from '../progress.js';
 import { QmpClient } from '../../qemu/qmp.js';
@@ -59,35 +58,22 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
 
   const store = target === 's3' ? storeConfigFromFlags({}) : null;
   if (target === 's3' && !store) throw new UsageError('--to s3 with --qemu needs a bucket: set COWSTREAM_S3_BUCKET (and AWS_ENDPOINT_URL_S3 / credentials as usual), or use --to file:PATH');
-  let fileTarget: string | null = null;
+  let fileTarget: string | ((uuid: string) => string) = '-';
   if (target.startsWith('file:')) {
-    fileTarget = target.slice(5);
+    const path = target.slice(5);
     // A directory gets <uuid>.cwa, which is where restore looks for a parent.
-    if (await stat(fileTarget).then((s) => s.isDirectory()).catch(() => false)) fileTarget = join(fileTarget, '{uuid}.cwa');
+    fileTarget = (await stat(path).then((s) => s.isDirectory()).catch(() => false)) ? (uuid) => join(path, `${uuid}.cwa`) : path;
   }
   let where = '';
   const client = store ? createS3Client(store) : null;
   const upload = uploadOptionsFromFlags(o);
   if (!store && hasUploadFlags(o)) throw new UsageError('upload options (--storage-class, --sse, --object-lock-*, --checksum-algorithm) need --to s3');
+  const spec: ArchiveTargetSpec =
+    store && client ? { kind: 's3', store: { client, bucket: store.bucket, prefix: store.prefix, upload, checksums: resolveChecksumPolicy(store) } } : { kind: 'file', path: fileTarget };
   const openOutput = async (ctx: OutputContext): Promise<ByteSink> => {
-    if (store && client) {
-      const k = archiveKey(store.prefix, ctx.hostId, ctx.uuid);
-      where = `s3://${store.bucket}/${k}`;
-      return new S3ArchiveSink({
-        client,
-        bucket: store.bucket,
-        key: k,
-        expectedBytes: ctx.expectedBytes,
-        metadata: { uuid: ctx.uuid, parentUuid: ctx.parentUuid, hostId: ctx.hostId, deviceNames: ctx.deviceNames },
-        ...sinkUploadOptions(upload, resolveChecksumPolicy(store)),
-      });
-    }
-    if (fileTarget) {
-      where = fileTarget.replace('{uuid}', ctx.uuid);
-      return FileByteSink.create(where);
-    }
-    where = '-';
-    return FileByteSink.create('-');
+    const t = await openArchiveTarget(spec, ctx);
+    where = t.location;
+    return t.sink;
   };
 
   const toStdout = target === '-';
