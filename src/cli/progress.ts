@@ -98,3 +98,13 @@ export function startProgress(o: ProgressOptions): Progress {
     },
   };
 }
+
+/** Runs `fn` with a progress line (when the flags want one) that is stopped however `fn` ends. */
+export async function withProgress<T>(label: string, flags: ProgressFlags, fn: (update: (done: number, total: number) => void) => Promise<T>): Promise<T> {
+  const progress = startProgress({ label, enabled: progressWanted(flags) });
+  try {
+    return await fn((done, total) => progress.update(done, total));
+  } finally {
+    progress.stop();
+  }
+}

@@ -7,7 +7,7 @@ import { resolveRef, sourceOpener } from '../../restore/locate.js';
 import { DEFAULT_EMBEDDED_BUCKET, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { parsePositiveInt, printJson } from '../output.js';
 import { describeVerifyReport, verifyReport } from '../verify-report.js';
-import { progressWanted, startProgress } from '../progress.js';
+import { withProgress } from '../progress.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile, withStateCredentials } from './store-options.js';
 
 /** The S3 client of a command that always talks to S3 (loaded on demand). */
@@ -31,13 +31,7 @@ async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
   try {
     const reader = await openArchive(await sourceOpener(ctx)(loc), { ...(key ? { key } : {}), compressor: pool });
     try {
-      const progress = startProgress({ label: 'verify', enabled: progressWanted(o) });
-      let report;
-      try {
-        report = await verifyReport(reader, describeLocator(loc), (done, total) => progress.update(done, total));
-      } finally {
-        progress.stop();
-      }
+      const report = await withProgress('verify', o, (onProgress) => verifyReport(reader, describeLocator(loc), onProgress));
       if (o.json) printJson(report);
       else process.stdout.write(describeVerifyReport(report));
       if (!report.ok) process.exitCode = 1;
