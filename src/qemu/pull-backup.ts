@@ -125,19 +125,22 @@ export interface PullBackupOptions {
   signal?: AbortSignal;
   onProgress?: (p: { done: number; total: number }) => void;
   /** Called once the snapshot point is set (tests resume writers here). */
-  onSnapshot?: (info: { uuid: string; parentUuid: string | null; mode: 'full' | 'incremental'; modeReason: string | null; graph: GraphKind; graphReason: string }) => void | Promise<void>;
+  onSnapshot?: (info: SnapshotInfo) => void | Promise<void>;
   /** Warnings (teardown steps that failed, fallbacks). */
   onWarning?: (message: string) => void;
 }
 
-export interface PullBackupResult {
+/** What the snapshot point fixed: the archive, its mode (and why not incremental), and which graph fleeced the drives and why. */
+export interface SnapshotInfo {
   uuid: string;
   parentUuid: string | null;
   mode: 'full' | 'incremental';
   modeReason: string | null;
-  /** Which graph fleeced the drives, and why. */
   graph: GraphKind;
   graphReason: string;
+}
+
+export interface PullBackupResult extends SnapshotInfo {
   /** Leftovers of killed runs removed before this one started. */
   recovered: string[];
   summary: ArchiveSummary;
@@ -592,13 +595,17 @@ async function connectAll(socket: string, exportName: string, dirtyContext: stri
   return out;
 }
 
+/** Runs one teardown step; a failure is recorded (and returned false) instead of stopping the rest. */
+type TeardownStep = (what: string, fn: () => Promise<unknown>) => Promise<boolean>;
+
 /**
  * Removes everything we added, in reverse order, each step on its own so one
- * failure does not leave the rest behind. Returns messages of failed steps.
+ * failure does not leave the rest behind, then completes the bitmaps.
+ * Returns messages of failed steps.
  */
 async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; nbdStarted: boolean }): Promise<string[]> {
   const problems: string[] = [];
-  const step = async (what: string, fn: () => Promise<unknown>): Promise<boolean> => {
+  const step: TeardownStep = async (what, fn) => {
     try {
       await fn();
       return true;
@@ -607,6 +614,14 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
       return false;
     }
   };
+  await removeExports(qmp, drives, s.nbdStarted, step);
+  await removeFleecingGraph(qmp, drives, step);
+  await completeQemuBitmaps(qmp, drives, s.ok, step);
+  return problems;
+}
+
+/** NBD exports (waiting until QEMU dropped each), then our NBD server. */
+async function removeExports(qmp: QmpClient, drives: DriveState[], nbdStarted: boolean, step: TeardownStep): Promise<void> {
   for (const d of drives) {
     if (d.created.export) {
       const gone = qmp.waitForEvent((e) => e.event === 'BLOCK_EXPORT_DELETED' && e.data.id === d.exportId, 10_000, { includeBacklog: false });
@@ -617,7 +632,11 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
       }
     }
   }
-  if (s.nbdStarted) await step('nbd-server-stop', () => qmp.execute('nbd-server-stop'));
+  if (nbdStarted) await step('nbd-server-stop', () => qmp.execute('nbd-server-stop'));
+}
+
+/** snapshot-access nodes, the guest's path back onto the drives, the jobs, then filter and fleecing nodes and files. */
+async function removeFleecingGraph(qmp: QmpClient, drives: DriveState[], step: TeardownStep): Promise<void> {
   for (const d of drives) {
     if (d.created.sa && (await step(`blockdev-del ${d.saNode}`, () => qmp.execute('blockdev-del', { 'node-name': d.saNode })))) d.created.sa = false;
   }
@@ -645,11 +664,13 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
     if (!d.created.fl && d.created.flFile && (await step(`blockdev-del ${d.flFileNode}`, () => qmp.execute('blockdev-del', { 'node-name': d.flFileNode })))) d.created.flFile = false;
   }
   for (const d of drives) if (!d.created.fl && !d.created.flFile) await unlink(d.fleecePath).catch(() => undefined);
+}
 
-  // Bitmaps: success → drop the old generation; failure → fold the new one back into the old.
+/** Bitmaps: success → drop the old generation; failure → fold the new one back into the old (no dirty bit lost). */
+async function completeQemuBitmaps(qmp: QmpClient, drives: DriveState[], ok: boolean, step: TeardownStep): Promise<void> {
   for (const d of drives) {
     const node = d.plan.node.nodeName;
-    if (s.ok) {
+    if (ok) {
       const stale = d.plan.node.bitmaps.filter((b) => b.name.startsWith(BITMAP_PREFIX) && b.name !== d.newBitmap);
       for (const b of stale) await step(`block-dirty-bitmap-remove ${node}/${b.name}`, () => qmp.execute('block-dirty-bitmap-remove', { node, name: b.name }));
     } else if (d.oldBitmap && d.created.newBitmap) {
@@ -663,5 +684,4 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
       await step(`block-dirty-bitmap-remove ${node}/${d.newBitmap}`, () => qmp.execute('block-dirty-bitmap-remove', { node, name: d.newBitmap }));
     }
   }
-  return problems;
 }
