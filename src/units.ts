@@ -53,13 +53,13 @@ export function formatRate(bytes: number, seconds: number): string {
   return `${formatBytes(bytes / seconds)}/s`;
 }
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, '': 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, '': 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Parses durations like `90` (seconds), `90s`, `5m`, `2h`, `500ms` into milliseconds; UsageError naming the setting otherwise. */
+/** Parses durations like `90` (seconds), `90s`, `5m`, `2h`, `1d`, `500ms` into milliseconds; UsageError naming the setting otherwise. */
 export function parseDuration(text: string, what: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/i.exec(text.trim());
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$/i.exec(text.trim());
   const ms = m ? Number(m[1]) * DURATION_UNITS[(m[2] ?? '').toLowerCase()]! : NaN;
-  if (!Number.isFinite(ms) || ms <= 0) throw new UsageError(`${what} must be a positive duration such as 90s, 5m or 2h, got "${text}"`);
+  if (!Number.isFinite(ms) || ms <= 0) throw new UsageError(`${what} must be a positive duration such as 90s, 5m, 2h or 1d, got "${text}"`);
   return Math.ceil(ms);
 }
 

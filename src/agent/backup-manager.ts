@@ -4,13 +4,14 @@ import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { v7 as uuidv7 } from 'uuid';
 import { BackupCancelledError, BackupError, BackupRunningError, ConflictError, CowstreamError, describeError } from '../errors.js';
-import { ArchiveWriter } from '../format/writer.js';
+import { runArchivePipeline } from '../backup/pipeline.js';
 import { ZstdPool } from '../codec/zstd-pool.js';
 import { readKeyFile } from '../codec/crypto.js';
 import {
   incrementalBlocker,
   startBackup,
   type BackupDisk,
+  type BackupResult,
   type CbwDevice,
   type PersistentDirtyBitmap,
 } from '../cbw/index.js';
@@ -21,7 +22,8 @@ import type { Logger } from './log.js';
 import { openTarget, type AgentStore } from './targets.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { runQemuDriveBackup } from './qemu-backup.js';
-import type { Run } from './run-state.js';
+import { endFailedRun, openRunTarget, type Run } from './run-state.js';
+import type { BackupObserver } from './backup-events.js';
 
 /** One exported disk of the agent. */
 export interface AgentDisk {
@@ -151,6 +153,8 @@ export class BackupManager implements ControlBackend {
       qemuHistory?: QemuBackupHistory;
       /** How long POST /backups/current/cancel waits for the backup to wind down (default 10 s). */
       cancelWaitMs?: number;
+      /** Told when a run ends and when a guest write waits (the agent's metrics and notifications). */
+      observer?: BackupObserver;
     },
   ) {}
 
@@ -292,6 +296,20 @@ export class BackupManager implements ControlBackend {
   private adopt(run: Run, slot: { cancelRequested: boolean }): void {
     this.run = run; // from here on a second request gets 409
     if (slot.cancelRequested) this.requestCancel(run, 'backup cancelled before it started');
+    void run.finished.then(() => this.notifyEnded(run));
+  }
+
+  /** Hands the final status of a run to the observer; an observer failure is logged, never the backup's. */
+  private notifyEnded(run: Run): void {
+    const observer = this.ctx.observer;
+    if (!observer?.runEnded) return;
+    this.refresh(run);
+    const devices = run.session?.job.progress().devices.map((d) => ({ name: d.name, transferred: d.transferred })) ?? [];
+    try {
+      observer.runEnded({ status: { ...run.status }, devices });
+    } catch (err) {
+      this.ctx.log.warn('backup observer failed', { uuid: run.status.uuid, error: describeError(err) });
+    }
   }
 
   private async startFileBackup(req: BackupRequest, disks: AgentDisk[], slot: { cancelRequested: boolean }): Promise<BackupStatus> {
@@ -484,6 +502,17 @@ export class BackupManager implements ControlBackend {
     return out;
   }
 
+  /** The job's wait callback, shielded: it runs on a guest write's path, which an observer must not fail. */
+  private cbwWaitHook(observer: BackupObserver): (ms: number, disk: string) => void {
+    return (ms, disk) => {
+      try {
+        observer.cbwWait?.(disk, ms);
+      } catch (err) {
+        this.ctx.log.warn('backup observer failed', { disk, error: describeError(err) });
+      }
+    };
+  }
+
   private refresh(run: Run): void {
     const s = run.session;
     if (s) {
@@ -498,6 +527,11 @@ export class BackupManager implements ControlBackend {
     if (run.target) run.status.archiveBytes = run.target.sink.bytes;
   }
 
+  /**
+   * One file-disk backup through the backup pipeline (src/backup/pipeline.ts):
+   * the job is the CBW session; completing the bitmaps abdicates or reclaims
+   * them after the archive's fate is known.
+   */
   private async execute(
     run: Run,
     req: BackupRequest,
@@ -506,90 +540,81 @@ export class BackupManager implements ControlBackend {
     onStarted: () => void,
   ): Promise<void> {
     const log = this.ctx.log;
-    let writer: ArchiveWriter | null = null;
     const compressor = new ZstdPool(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {});
-    let archiveOk = false;
     let failure: unknown = null;
     try {
-      run.target = await openTarget(req.target, {
-        hostId: this.ctx.hostId,
-        uuid: meta.uuid,
-        parentUuid: meta.parentUuid,
-        deviceNames: disks.map((d) => d.name),
-        expectedBytes: disks.reduce((a, d) => a + d.device.size, 0),
-        store: this.ctx.store,
-        onWarning: (w) => log.warn('store warning', { uuid: meta.uuid, warning: w.message }),
-        ...(this.ctx.wrapSink ? { wrapSink: this.ctx.wrapSink } : {}),
+      const { result: r, summary } = await runArchivePipeline({
+        open: async () => {
+          const target = await openRunTarget(run, req.target, {
+            hostId: this.ctx.hostId,
+            uuid: meta.uuid,
+            parentUuid: meta.parentUuid,
+            deviceNames: disks.map((d) => d.name),
+            expectedBytes: disks.reduce((a, d) => a + d.device.size, 0),
+            store: this.ctx.store,
+            onWarning: (w) => log.warn('store warning', { uuid: meta.uuid, warning: w.message }),
+            ...(this.ctx.wrapSink ? { wrapSink: this.ctx.wrapSink } : {}),
+          });
+          return target.sink;
+        },
+        archive: {
+          hostId: this.ctx.hostId,
+          devices: disks.map((d) => ({ id: d.id, name: d.name, size: d.device.size })),
+          parentUuid: meta.parentUuid,
+          configs: meta.configs,
+          uuid: meta.uuid,
+          compressor,
+          ...(meta.encryptionKey ? { encryptionKey: meta.encryptionKey } : {}),
+        },
+        onWriter: (writer) => (run.writer = writer),
+        job: (writer) => this.copyDisks(run, req, disks, writer, onStarted),
+        complete: (archiveOk) => this.completeBitmaps(run, archiveOk),
+        onAbortFailed: (e) => log.warn('archive abort failed', { uuid: meta.uuid, error: describeError(e) }),
       });
-      if (run.target.key) {
-        run.status.key = run.target.key;
-        run.status.bucket = run.target.bucket!;
-      }
-      writer = await ArchiveWriter.create({
-        hostId: this.ctx.hostId,
-        devices: disks.map((d) => ({ id: d.id, name: d.name, size: d.device.size })),
-        parentUuid: meta.parentUuid,
-        configs: meta.configs,
-        uuid: meta.uuid,
-        compressor,
-        ...(meta.encryptionKey ? { encryptionKey: meta.encryptionKey } : {}),
-        output: run.target.sink,
-      });
-      run.writer = writer;
-      if (run.cancelRequested) throw new BackupCancelledError('backup cancelled before it started');
-      const bdisks: BackupDisk[] = disks.map((d) => ({ id: d.id, name: d.name, device: d.device, dirty: d.dirty }));
-      run.session = await startBackup({
-        disks: bdisks,
-        mode: run.status.mode,
-        sink: this.ctx.wrapClusterSink ? this.ctx.wrapClusterSink(writer) : writer,
-        ...(req.speed !== undefined ? { speedBytesPerSec: req.speed } : {}),
-        ...(req.cbwTimeoutMs !== undefined ? { cbwTimeoutMs: req.cbwTimeoutMs } : {}),
-        ...(req.onCbwError !== undefined ? { onCbwError: req.onCbwError } : {}),
-        ...(req.fleecing ? { fleecing: { dir: req.fleecing.dir, maxBytes: req.fleecing.maxBytes } } : {}),
-      });
-      if (run.cancelRequested) run.session.job.cancel();
-      onStarted();
-      log.info('backup started', { uuid: meta.uuid, mode: run.status.mode, parentUuid: meta.parentUuid, disks: run.status.disks, target: run.status.target, fleecing: req.fleecing?.dir });
-      const r = await run.session.done;
-      if (r.status === 'done' && run.cancelRequested) {
-        failure = new BackupCancelledError('backup cancelled');
-      } else if (r.status === 'done') {
-        const summary = await writer.finish();
-        writer = null;
-        archiveOk = true;
-        log.info('backup done', { uuid: meta.uuid, bytesWritten: summary.bytesWritten, storedBytes: summary.storedBytes, zeroBytes: summary.zeroBytes, cbwClusters: r.cbwClusters, maxCbwWaitMs: Math.round(r.maxCbwWaitMs) });
-      } else {
-        failure = r.errorObject ?? new Error(r.error ?? r.status);
-      }
+      log.info('backup done', { uuid: meta.uuid, bytesWritten: summary.bytesWritten, storedBytes: summary.storedBytes, zeroBytes: summary.zeroBytes, cbwClusters: r.cbwClusters, maxCbwWaitMs: Math.round(r.maxCbwWaitMs) });
     } catch (err) {
       failure = err;
       if (!run.session && !run.cancelRequested) run.startError = err;
     }
-    if (!archiveOk) {
-      if (writer) await writer.abort(failure).catch((e: unknown) => log.warn('archive abort failed', { uuid: meta.uuid, error: describeError(e) }));
-      else if (run.target && !run.session) await run.target.sink.abort(failure).catch(() => undefined);
-    }
-    // Abdicate (ok) or reclaim (failure/cancel) the dirty bitmaps — after the archive's fate is known.
-    if (run.session) {
-      try {
-        await run.session.complete(archiveOk, { uuid: meta.uuid });
-      } catch (err) {
-        log.error('persisting dirty bitmaps failed', { uuid: meta.uuid, error: describeError(err) });
-        if (archiveOk) {
-          archiveOk = false;
-          failure = err;
-        }
-      }
-    }
     await compressor.close().catch(() => undefined);
     this.refresh(run);
-    run.status.endTime = new Date().toISOString();
-    if (archiveOk) run.status.status = 'done';
-    else {
-      const cancelled = run.cancelRequested || (run.session?.job.progress().status === 'cancelled');
-      run.status.status = cancelled ? 'cancelled' : 'error';
-      run.status.error = cancelled ? 'backup cancelled' : describeError(failure);
-      log.warn(cancelled ? 'backup cancelled' : 'backup failed', { uuid: meta.uuid, error: run.status.error });
+    if (failure === null) {
+      run.status.endTime = new Date().toISOString();
+      run.status.status = 'done';
+    } else endFailedRun(run, failure, run.cancelRequested || run.session?.job.progress().status === 'cancelled', log);
+  }
+
+  /** The pipeline's job for file disks: the CBW session copies every cluster of the snapshot into the writer. */
+  private async copyDisks(run: Run, req: BackupRequest, disks: AgentDisk[], writer: ClusterSink, onStarted: () => void): Promise<BackupResult> {
+    if (run.cancelRequested) throw new BackupCancelledError('backup cancelled before it started');
+    const bdisks: BackupDisk[] = disks.map((d) => ({ id: d.id, name: d.name, device: d.device, dirty: d.dirty }));
+    run.session = await startBackup({
+      disks: bdisks,
+      mode: run.status.mode,
+      sink: this.ctx.wrapClusterSink ? this.ctx.wrapClusterSink(writer) : writer,
+      ...(req.speed !== undefined ? { speedBytesPerSec: req.speed } : {}),
+      ...(req.cbwTimeoutMs !== undefined ? { cbwTimeoutMs: req.cbwTimeoutMs } : {}),
+      ...(req.onCbwError !== undefined ? { onCbwError: req.onCbwError } : {}),
+      ...(req.fleecing ? { fleecing: { dir: req.fleecing.dir, maxBytes: req.fleecing.maxBytes } } : {}),
+      ...(this.ctx.observer?.cbwWait ? { onCbwWait: this.cbwWaitHook(this.ctx.observer) } : {}),
+    });
+    if (run.cancelRequested) run.session.job.cancel();
+    onStarted();
+    this.ctx.log.info('backup started', { uuid: run.status.uuid, mode: run.status.mode, parentUuid: run.status.parentUuid, disks: run.status.disks, target: run.status.target, fleecing: req.fleecing?.dir });
+    const r = await run.session.done;
+    if (r.status === 'done' && run.cancelRequested) throw new BackupCancelledError('backup cancelled');
+    if (r.status !== 'done') throw r.errorObject ?? new Error(r.error ?? r.status);
+    return r;
+  }
+
+  /** Abdicates (archive complete) or reclaims (failure/cancel) the dirty bitmaps of a started session. */
+  private async completeBitmaps(run: Run, archiveOk: boolean): Promise<void> {
+    if (!run.session) return;
+    try {
+      await run.session.complete(archiveOk, { uuid: run.status.uuid });
+    } catch (err) {
+      this.ctx.log.error('persisting dirty bitmaps failed', { uuid: run.status.uuid, error: describeError(err) });
+      throw err;
     }
   }
 }

@@ -6,7 +6,7 @@ import type { EmbeddedS3 } from '../store/embedded-s3.js';
 import { loadOrCreateEmbeddedCredentials, readCatalogTokenFile } from '../store/embedded-credentials.js';
 import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
-import { RestorePoller } from './restore-poller.js';
+import { RestorePoller, type RestorePollerOptions } from './restore-poller.js';
 import type { AgentStore } from './targets.js';
 
 export interface CatalogIntegration {
@@ -40,6 +40,8 @@ export async function startCatalogIntegration(opts: {
   embeddedS3: EmbeddedS3 | null;
   log: Logger;
   exportedPaths: string[];
+  /** Called once each restore job the poller claimed has ended (the agent's metrics and notifications). */
+  onRestoreEnd?: RestorePollerOptions['onJobEnd'];
 }): Promise<CatalogIntegration> {
   const { config, log } = opts;
   const cat = config.catalog!;
@@ -100,6 +102,7 @@ export async function startCatalogIntegration(opts: {
       ...(config.restore.pollIntervalMs !== undefined ? { pollIntervalMs: config.restore.pollIntervalMs } : {}),
       ...(key ? { key } : {}),
       log,
+      ...(opts.onRestoreEnd ? { onJobEnd: opts.onRestoreEnd } : {}),
     });
     poller.start();
     stops.push(() => poller.stop());

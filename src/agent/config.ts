@@ -6,8 +6,10 @@ import { firstIssuePath, formatZodIssues } from '../zod-issues.js';
 import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
 import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-config.js';
 import type { S3Timeouts } from '../store/config.js';
+import { metricsConfigSchema, resolveMetricsConfig, type AgentMetricsConfig } from './metrics-config.js';
 import { scheduleGroupSchema, scheduleSelectionIssue, toAgentSchedule, type AgentSchedule } from './schedule-config.js';
 import { retentionConfigSchema, type RetentionConfig } from '../catalog/retention.js';
+import { NotifyConfigIssue, notificationsSchema, resolveNotifications, type NotificationsConfig } from './notify-config.js';
 import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE, HOST_ID_PATTERN, HOST_ID_RULE, isDeviceName } from '../names.js';
 
 /** A config error that names the offending field path (e.g. `disks[0].path`). */
@@ -128,6 +130,10 @@ export const agentConfigSchema = z
     schedules: z.array(scheduleGroupSchema).max(64, 'at most 64 schedules').optional(),
     /** Start even when a start-up check fails, reporting it in GET / and `cowstream status` (src/agent/startup-checks.ts). */
     startDegraded: z.boolean().optional(),
+    /** GET /metrics on a TCP listener besides the control socket (src/agent/metrics-config.ts, docs/metrics.md). */
+    metrics: metricsConfigSchema,
+    /** Webhooks and command hooks for failures, successes and stale disks (src/agent/notify-config.ts, docs/notifications.md). */
+    notifications: notificationsSchema.optional(),
   })
   .superRefine((cfg, ctx) => {
     // Names are unique across file disks and QEMU drives: GET /disks and POST /backups address both by name.
@@ -224,6 +230,10 @@ export interface AgentConfig {
   schedules: AgentSchedule[];
   /** Start even when a start-up check of the store or catalogue fails (reported as degraded). */
   startDegraded: boolean;
+  /** GET /metrics: the optional TCP listener (the control socket always serves it). */
+  metrics: AgentMetricsConfig;
+  /** Webhooks and command hooks (absent: nothing is sent). */
+  notifications?: NotificationsConfig;
   /** Non-fatal remarks found while validating (e.g. ignored sections). */
   warnings: string[];
 }
@@ -286,6 +296,21 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     ...(q.nbdSocket !== undefined ? { nbdSocket: abs(q.nbdSocket) } : {}),
   }));
 
+  let metrics: AgentMetricsConfig;
+  try {
+    metrics = resolveMetricsConfig(raw.metrics, warnings);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new AgentConfigError('metrics.listen', err.message, { cause: err });
+  }
+  let notifications: NotificationsConfig | undefined;
+  try {
+    notifications = raw.notifications === undefined ? undefined : resolveNotifications(raw.notifications, abs, warnings);
+  } catch (err) {
+    if (!(err instanceof NotifyConfigIssue)) throw err;
+    throw new AgentConfigError(err.field, `invalid agent config: ${err.message}`, { cause: err });
+  }
+
   const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url, ...(raw.catalog.tokenFile !== undefined ? { tokenFile: abs(raw.catalog.tokenFile) } : {}) } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}), ...(raw.catalog.retention !== undefined ? { retention: raw.catalog.retention } : {}) };
 
   return {
@@ -306,6 +331,8 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     logLevel: raw.log?.level ?? 'info',
     schedules: (raw.schedules ?? []).map(toAgentSchedule),
     startDegraded: raw.startDegraded ?? false,
+    metrics,
+    ...(notifications !== undefined ? { notifications } : {}),
     warnings,
   };
 }

@@ -3,7 +3,7 @@ import { mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ConflictError, CowstreamError, NotFoundError } from '../errors.js';
 import { listenPrivateSocket } from '../nbd/unix-socket.js';
-import { MethodNotAllowedError, readJsonBody, sendError, sendJson } from './http-util.js';
+import { MethodNotAllowedError, readJsonBody, sendError, sendJson, sendText } from './http-util.js';
 import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
 
@@ -20,6 +20,21 @@ export interface ControlBackend {
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
+/** Routes the agent adds beside the backup API (schedules, metrics). */
+export interface ControlExtras {
+  schedules?: () => Promise<unknown[]>;
+  /** GET /metrics: the Prometheus exposition text (src/agent/metrics.ts). */
+  metrics?: () => Promise<{ contentType: string; body: string }>;
+}
+
+/** GET /metrics: Prometheus text format (also served by the optional TCP listener, metrics-server.ts). */
+export function metricsHandler(render: NonNullable<ControlExtras['metrics']>): Handler {
+  return async (_q, s) => {
+    const m = await render();
+    sendText(s, 200, m.contentType, m.body);
+  };
+}
+
 /**
  * HTTP+JSON control API on a Unix socket (usable with `curl --unix-socket`).
  * The socket is mode 0600 from the instant it exists (bound under umask
@@ -32,7 +47,7 @@ export class ControlServer {
     readonly socketPath: string,
   ) {}
 
-  static async start(socketPath: string, backend: ControlBackend, log: Logger, extra: { schedules?: () => Promise<unknown[]> } = {}): Promise<ControlServer> {
+  static async start(socketPath: string, backend: ControlBackend, log: Logger, extra: ControlExtras = {}): Promise<ControlServer> {
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
     const routes: Record<string, Record<string, Handler>> = {
       '/': { GET: async (_q, s) => sendJson(s, 200, backend.info()) },
@@ -61,6 +76,7 @@ export class ControlServer {
       },
       '/disks': { GET: async (_q, s) => sendJson(s, 200, { disks: await backend.disks() }) },
       '/schedules': { GET: async (_q, s) => sendJson(s, 200, { schedules: (await extra.schedules?.()) ?? [] }) },
+      ...(extra.metrics ? { '/metrics': { GET: metricsHandler(extra.metrics) } } : {}),
     };
 
     const server = createServer((req, res) => {

@@ -10,13 +10,13 @@ import { BackupCancelledError, describeError } from '../errors.js';
 import { ZstdPool } from '../codec/zstd-pool.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import type { ByteSink } from '../format/sink.js';
-import { runPullBackup } from '../qemu/pull-backup.js';
+import { runPullBackup, type PullBackupResult, type SnapshotInfo } from '../qemu/pull-backup.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { BackupRequest } from './backup-request.js';
-import type { Run as RunState } from './run-state.js';
+import { endFailedRun, openRunTarget, type Run as RunState } from './run-state.js';
 import type { Logger } from './log.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
-import { openTarget, type AgentStore } from './targets.js';
+import type { AgentStore } from './targets.js';
 
 export interface QemuDriveBackupOptions {
   run: RunState;
@@ -64,34 +64,18 @@ export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<voi
         outputHanded = true;
         // The `-` target was opened before POST /backups answered (the reader attaches to it).
         if (run.target) return run.target.sink;
-        run.target = await openTarget(req.target, {
-          hostId: ctx.hostId,
-          uuid: ctx.uuid,
-          parentUuid: ctx.parentUuid,
-          deviceNames: ctx.deviceNames,
-          expectedBytes: ctx.expectedBytes,
+        const target = await openRunTarget(run, req.target, {
+          ...ctx,
           store: o.store,
           onWarning: (w) => log.warn('store warning', { uuid, warning: w.message }),
           ...(o.wrapSink ? { wrapSink: o.wrapSink } : {}),
         });
-        if (run.target.key) {
-          run.status.key = run.target.key;
-          run.status.bucket = run.target.bucket!;
-        }
         run.status.parentUuid = ctx.parentUuid;
-        return run.target.sink;
+        return target.sink;
       },
       onSnapshot: (info) => {
         snapshot = true;
-        run.status.mode = info.mode;
-        run.status.parentUuid = info.parentUuid;
-        run.status.qemuGraph = { kind: info.graph, reason: info.graphReason };
-        if (info.modeReason) {
-          run.status.modeReason = `full backup instead of incremental: ${info.modeReason}`;
-          log.warn('incremental downgraded to full', { uuid, reason: info.modeReason });
-        }
-        log.info('backup started', { uuid, kind: 'qemu', qmpSocket: host.config.qmpSocket, mode: info.mode, graph: info.graph, graphReason: info.graphReason, parentUuid: info.parentUuid, disks: run.status.disks, target: run.status.target });
-        o.onStarted();
+        showSnapshot(o, info);
       },
       onProgress: (p) => {
         run.status.total = p.total;
@@ -99,18 +83,7 @@ export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<voi
       },
       onWarning: (m) => log.warn('qemu backup warning', { uuid, warning: m }),
     });
-    // Once runPullBackup returned, the archive is complete and QEMU's bitmaps rotated:
-    // a cancel that came too late does not make it a failure.
-    run.status.zeroBytes = r.devices.reduce((a, d) => a + d.zeroClusters * CLUSTER_SIZE, 0);
-    run.status.total = r.devices.reduce((a, d) => a + d.size, 0);
-    run.status.transferred = run.status.total;
-    if (run.target) run.status.archiveBytes = run.target.sink.bytes;
-    const endTime = new Date().toISOString();
-    // Recorded before the status says done, so GET /disks agrees with it at once.
-    await o.history?.record(run.status.disks, { uuid, time: endTime, mode: r.mode }).catch((err: unknown) => log.warn('recording the QEMU backup history failed', { uuid, error: describeError(err) }));
-    run.status.endTime = endTime;
-    run.status.status = 'done';
-    log.info('backup done', { uuid, kind: 'qemu', mode: r.mode, bytesWritten: r.summary.bytesWritten, storedBytes: r.summary.storedBytes, durationMs: r.durationMs });
+    await endDoneRun(o, r);
   } catch (err) {
     failure = err;
     if (!snapshot && !run.cancelRequested) run.startError = err;
@@ -122,10 +95,40 @@ export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<voi
     // runPullBackup aborts the output it was given; a pre-opened stream it never took is ours to abort.
     if (!outputHanded && run.target) await run.target.sink.abort(failure).catch(() => undefined);
     if (run.target) run.status.archiveBytes = run.target.sink.bytes;
-    run.status.endTime = new Date().toISOString();
-    const cancelled = run.cancelRequested;
-    run.status.status = cancelled ? 'cancelled' : 'error';
-    run.status.error = cancelled ? 'backup cancelled' : describeError(failure);
-    log.warn(cancelled ? 'backup cancelled' : 'backup failed', { uuid, error: run.status.error });
+    endFailedRun(run, failure, run.cancelRequested, log);
   }
+}
+
+/** The snapshot point is set: mode, parent and graph go into the status, and POST /backups answers. */
+function showSnapshot(o: QemuDriveBackupOptions, info: SnapshotInfo): void {
+  const { run, log } = o;
+  const uuid = run.status.uuid;
+  run.status.mode = info.mode;
+  run.status.parentUuid = info.parentUuid;
+  run.status.qemuGraph = { kind: info.graph, reason: info.graphReason };
+  if (info.modeReason) {
+    run.status.modeReason = `full backup instead of incremental: ${info.modeReason}`;
+    log.warn('incremental downgraded to full', { uuid, reason: info.modeReason });
+  }
+  log.info('backup started', { uuid, kind: 'qemu', qmpSocket: o.host.config.qmpSocket, mode: info.mode, graph: info.graph, graphReason: info.graphReason, parentUuid: info.parentUuid, disks: run.status.disks, target: run.status.target });
+  o.onStarted();
+}
+
+/**
+ * Once runPullBackup returned, the archive is complete and QEMU's bitmaps
+ * rotated: a cancel that came too late does not make it a failure.
+ */
+async function endDoneRun(o: QemuDriveBackupOptions, r: PullBackupResult): Promise<void> {
+  const { run, log } = o;
+  const uuid = run.status.uuid;
+  run.status.zeroBytes = r.devices.reduce((a, d) => a + d.zeroClusters * CLUSTER_SIZE, 0);
+  run.status.total = r.devices.reduce((a, d) => a + d.size, 0);
+  run.status.transferred = run.status.total;
+  if (run.target) run.status.archiveBytes = run.target.sink.bytes;
+  const endTime = new Date().toISOString();
+  // Recorded before the status says done, so GET /disks agrees with it at once.
+  await o.history?.record(run.status.disks, { uuid, time: endTime, mode: r.mode }).catch((err: unknown) => log.warn('recording the QEMU backup history failed', { uuid, error: describeError(err) }));
+  run.status.endTime = endTime;
+  run.status.status = 'done';
+  log.info('backup done', { uuid, kind: 'qemu', mode: r.mode, bytesWritten: r.summary.bytesWritten, storedBytes: r.summary.storedBytes, durationMs: r.durationMs });
 }

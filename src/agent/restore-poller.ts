@@ -60,6 +60,8 @@ export interface RestorePollerOptions {
   pollIntervalMs?: number;
   progressIntervalMs?: number;
   log?: PollerLogger;
+  /** Called once a claimed job has ended, with its outcome (the agent's metrics and notifications); must not throw. */
+  onJobEnd?: (job: RestoreJob, outcome: RestoreRunOutcome, startTime: string) => void;
 }
 
 export interface RestoreRunOutcome {
@@ -252,6 +254,7 @@ export class RestorePoller {
   async runJob(job: RestoreJob): Promise<RestoreRunOutcome> {
     const log = this.log;
     log.info('restore job claimed', { jobId: job.id, archiveId: job.archiveId, target: job.target.path });
+    const startTime = new Date().toISOString();
     let latest: RestoreProgress | null = null;
     let ticker: NodeJS.Timeout | null = null;
     this.abort = new AbortController();
@@ -313,6 +316,7 @@ export class RestorePoller {
     }
     if (outcome.ok) log.info('restore job succeeded', { jobId: job.id, bytes: outcome.bytesTotal });
     else log.warn('restore job failed', { jobId: job.id, error: outcome.error });
+    this.opts.onJobEnd?.(job, outcome, startTime);
     return outcome;
   }
 }

@@ -4,10 +4,12 @@
  * only on the agent's event loop; `finished` settles once, when the run is
  * completely over.
  */
+import { describeError } from '../errors.js';
 import type { ArchiveWriter } from '../format/writer.js';
 import type { BackupSession } from '../cbw/index.js';
-import type { BackupStatus } from './backup-request.js';
-import type { OpenedTarget } from './targets.js';
+import type { BackupStatus, BackupTarget } from './backup-request.js';
+import type { Logger } from './log.js';
+import { openTarget, type OpenedTarget, type TargetContext } from './targets.js';
 
 export interface Run {
   status: BackupStatus;
@@ -22,4 +24,22 @@ export interface Run {
   finished: Promise<void>;
   /** QEMU pull-mode backups: cancels the NBD reads (src/qemu/pull-backup.ts). */
   abort: AbortController | null;
+}
+
+/** Opens the run's target and names it in the status (bucket and key of an S3 target). */
+export async function openRunTarget(run: Run, target: BackupTarget, ctx: TargetContext): Promise<OpenedTarget> {
+  run.target = await openTarget(target, ctx);
+  if (run.target.key) {
+    run.status.key = run.target.key;
+    run.status.bucket = run.target.bucket!;
+  }
+  return run.target;
+}
+
+/** Ends a run that did not produce an archive: cancelled or failed, said in its status and the log. */
+export function endFailedRun(run: Run, failure: unknown, cancelled: boolean, log: Logger): void {
+  run.status.endTime = new Date().toISOString();
+  run.status.status = cancelled ? 'cancelled' : 'error';
+  run.status.error = cancelled ? 'backup cancelled' : describeError(failure);
+  log.warn(cancelled ? 'backup cancelled' : 'backup failed', { uuid: run.status.uuid, error: run.status.error });
 }

@@ -23,6 +23,7 @@ import type { BackupRequest, DiskStatus } from './backup-request.js';
 import type { BackupManager } from './backup-manager.js';
 import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
+import type { Notifier } from './notify.js';
 import type { AgentSchedule } from './schedule-config.js';
 import { Scheduler, type Clock, type RunOutcome, type ScheduleState, type ScheduleStatus, type ScheduledMode } from './scheduler.js';
 import type { AgentStore } from './targets.js';
@@ -96,6 +97,8 @@ export interface ScheduleReport extends ScheduleStatus {
 
 export interface ScheduledBackups {
   status(): Promise<ScheduleReport[]>;
+  /** Next and last run of each schedule, without the disks' state (no QMP round trip: metrics scrapes). */
+  runs(): ScheduleStatus[];
   /** Stops arming runs, ends a wait for another backup, and waits for the running scheduled backup to end. */
   stop(): Promise<void>;
 }
@@ -106,6 +109,8 @@ export interface ScheduledBackupsOptions {
   store: AgentStore | null;
   log: Logger;
   clock?: Clock;
+  /** Told the end of each retention run, and of scheduled backups that could not start (src/agent/notify.ts). */
+  notifier?: Pick<Notifier, 'retentionEnded' | 'backupNotStarted'>;
 }
 
 /** The disks a group backs up: its list, else the default selection of POST /backups. */
@@ -142,7 +147,12 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
 
   const runBackup = async (spec: { name: string }, mode: ScheduledMode): Promise<RunOutcome> => {
     const s = byName.get(spec.name)!;
-    const uuid = await start(s, mode);
+    const before = backups.current()?.uuid;
+    const uuid = await start(s, mode).catch((err: unknown) => {
+      // Refused before a run existed (a missing key file…): no run end will report it. Stopping is not a failure.
+      if (!(err instanceof ConflictError) && backups.current()?.uuid === before) opts.notifier?.backupNotStarted({ schedule: s.name, disks: groupDisks(s, config), error: err });
+      throw err;
+    });
     const final = await backups.waitFor(uuid);
     if (final?.status === 'done') return { ok: true, uuid };
     return { ok: false, uuid, error: final ? `backup ${final.status}${final.error ? `: ${final.error}` : ''}` : 'backup replaced before its end could be seen' };
@@ -157,6 +167,7 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
     }
     if (!store) return;
     const disks = groupDisks(s, config);
+    const startTime = new Date().toISOString();
     // Scoped to this host and the group's disks: other hosts' and other groups' archives get an empty policy (kept).
     const report = await forget({
       client: store.client,
@@ -167,7 +178,11 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
       host: config.hostId,
       disk: disks,
       dryRun: false,
+    }).catch((err: unknown) => {
+      opts.notifier?.retentionEnded({ schedule: s.name, disks, startTime, error: err });
+      throw err;
     });
+    opts.notifier?.retentionEnded({ schedule: s.name, disks, startTime, report: { removed: report.removed.map((r) => r.uuid), kept: report.kept.length } });
     log.info('retention applied', { schedule: s.name, removed: report.removed.map((r) => r.uuid), kept: report.kept.length, skipped: report.skipped.map((k) => ({ uuid: k.uuid, reason: k.reason })) });
   };
 
@@ -198,6 +213,9 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
         const appliedBy = !s.retention ? 'none' : catalogueOwnsRetention ? 'catalogue' : 'agent';
         return { ...g, disks: groupDisks(s, config), retention: { policy: s.retention ?? null, appliedBy }, lastGood };
       });
+    },
+    runs(): ScheduleStatus[] {
+      return scheduler.status();
     },
     async stop(): Promise<void> {
       stopping.abort();

@@ -15,11 +15,15 @@ export interface VerifyReport extends VerifyResult {
 }
 
 /**
- * Verifies every extent. The reader must have been opened with a compressor
+ * Verifies every extent; `onProgress` sees archive bytes checked of the extents' total. The reader must have been opened with a compressor
  * (and the key, when there is one), or plaintext checksums go unchecked.
  */
-export async function verifyReport(reader: ArchiveReader, source: string, onProgress?: (done: number, total: number) => void): Promise<VerifyReport> {
-  const res = await reader.verify(onProgress ? { onProgress } : {});
+export async function verifyReport(reader: ArchiveReader, source: string, onProgress?: (bytesDone: number, bytesTotal: number) => void): Promise<VerifyReport> {
+  const extents = reader.index.extents;
+  const total = extents.reduce((a, x) => a + x.length, 0);
+  let done = 0;
+  // The reader checks extents in index order and reports their count: the n-th call covers extent n-1.
+  const res = await reader.verify(onProgress ? { onProgress: (n) => onProgress((done += extents[n - 1]!.length), total) } : {});
   return {
     ok: res.ok,
     archive: reader.header.uuid,

@@ -48,7 +48,8 @@ import { v7 as uuidv7 } from 'uuid';
 import type { Compressor } from '../codec/types.js';
 import { describeError } from '../errors.js';
 import type { ByteSink } from '../format/sink.js';
-import { ArchiveWriter, type ArchiveSummary } from '../format/writer.js';
+import type { ArchiveWriter, ArchiveSummary } from '../format/writer.js';
+import { runArchivePipeline } from '../backup/pipeline.js';
 import { NbdClient } from '../nbd/client.js';
 import { NBD_META_QEMU_DIRTY_BITMAP_PREFIX } from '../nbd/client-protocol.js';
 import { NBD_FLAG_CAN_MULTI_CONN, NBD_META_BASE_ALLOCATION } from '../nbd/protocol.js';
@@ -124,19 +125,22 @@ export interface PullBackupOptions {
   signal?: AbortSignal;
   onProgress?: (p: { done: number; total: number }) => void;
   /** Called once the snapshot point is set (tests resume writers here). */
-  onSnapshot?: (info: { uuid: string; parentUuid: string | null; mode: 'full' | 'incremental'; modeReason: string | null; graph: GraphKind; graphReason: string }) => void | Promise<void>;
+  onSnapshot?: (info: SnapshotInfo) => void | Promise<void>;
   /** Warnings (teardown steps that failed, fallbacks). */
   onWarning?: (message: string) => void;
 }
 
-export interface PullBackupResult {
+/** What the snapshot point fixed: the archive, its mode (and why not incremental), and which graph fleeced the drives and why. */
+export interface SnapshotInfo {
   uuid: string;
   parentUuid: string | null;
   mode: 'full' | 'incremental';
   modeReason: string | null;
-  /** Which graph fleeced the drives, and why. */
   graph: GraphKind;
   graphReason: string;
+}
+
+export interface PullBackupResult extends SnapshotInfo {
   /** Leftovers of killed runs removed before this one started. */
   recovered: string[];
   summary: ArchiveSummary;
@@ -167,11 +171,65 @@ interface DriveState {
   created: { flFile: boolean; fl: boolean; cbw: boolean; redirected: boolean; job: boolean; sa: boolean; export: boolean; newBitmap: boolean; oldDisabled: boolean };
 }
 
-/** Runs one pull-mode backup; the QMP client stays open (the caller owns it). */
+/** What planPullBackup decided: the graph, the mode and every drive's names in QEMU. */
+interface PullPlan extends Pick<PullBackupResult, 'uuid' | 'parentUuid' | 'mode' | 'modeReason' | 'graph' | 'graphReason' | 'recovered' | 'qemuVersion'> {
+  drives: DriveState[];
+  readSize: number;
+  /** Σ drive sizes. */
+  total: number;
+}
+
+/** What a run started outside QEMU's block graph: the NBD server and its socket, connections, the run record. */
+interface PullResources {
+  nbdDir: string | null;
+  nbdSocket: string;
+  nbdStarted: boolean;
+  clients: NbdClient[];
+  recordWritten: boolean;
+}
+
+/**
+ * Runs one pull-mode backup; the QMP client stays open (the caller owns it).
+ * The archive goes through the backup pipeline (src/backup/pipeline.ts): its
+ * job builds the fleecing graph, exports the snapshot and pulls the drives;
+ * completing the bitmaps is the teardown, after the archive's fate is known.
+ */
 export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupResult> {
   const t0 = Date.now();
-  const qmp = o.qmp;
   const warn = o.onWarning ?? ((m: string) => process.emitWarning(m));
+  const plan = await planPullBackup(o, warn);
+  const { uuid, parentUuid, drives } = plan;
+  const res: PullResources = { nbdDir: null, nbdSocket: o.nbdServerSocket ?? '', nbdStarted: false, clients: [], recordWritten: false };
+  const { result: devices, summary } = await runArchivePipeline({
+    open: () => o.openOutput({ uuid, parentUuid, hostId: o.hostId, deviceNames: drives.map((d) => d.name), expectedBytes: plan.total }),
+    archive: {
+      uuid,
+      hostId: o.hostId,
+      parentUuid,
+      devices: drives.map((d) => ({ id: d.id, name: d.name, size: d.plan.node.size })),
+      ...(o.configs ? { configs: o.configs } : {}),
+      compressor: o.compressor,
+      encryptionKey: o.encryptionKey,
+    },
+    job: async (writer) => {
+      try {
+        await buildFleecingGraph(o, plan, res);
+        await exportSnapshot(o.qmp, plan, res);
+        return await pullDrives(o, plan, res, writer);
+      } finally {
+        for (const c of res.clients) c.destroy();
+      }
+    },
+    ...(o.signal ? { cancel: { signal: o.signal, error: (cause?: unknown) => new QemuBackupError('backup cancelled', cause === undefined ? undefined : { cause }) } } : {}),
+    complete: (ok) => tearDownRun(o, plan, res, ok, warn),
+  });
+  const { mode, modeReason, graph, graphReason, recovered, qemuVersion } = plan;
+  return { uuid, parentUuid, mode, modeReason, graph, graphReason, recovered, summary, devices, qemuVersion, durationMs: Date.now() - t0 };
+}
+
+/** Checks QEMU and the drives, removes leftovers of killed runs, chooses the graph and the mode, names every node. */
+async function planPullBackup(o: PullBackupOptions, warn: (m: string) => void): Promise<PullPlan> {
+  const qmp = o.qmp;
   if (o.drives.length === 0) throw new QemuDriveError('no --drive given');
   if (o.drives.length > 255) throw new QemuDriveError('at most 255 drives per archive');
 
@@ -182,19 +240,7 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
   const recovered = await recoverLeftovers(qmp, warn);
   for (const r of recovered) warn(r);
 
-  const nodes = await namedNodes(qmp);
-  const parents = await parentsByNode(qmp);
-  const names = new Set<string>();
-  const seenNodes = new Set<string>();
-  const plans = o.drives.map((d) => {
-    const name = d.name ?? d.node;
-    if (!NAME_RE.test(name)) throw new QemuDriveError(`drive name '${name}' must match ${NAME_RE.source}`);
-    if (names.has(name)) throw new QemuDriveError(`drive name '${name}' given twice`);
-    if (seenNodes.has(d.node)) throw new QemuDriveError(`block node '${d.node}' given twice`);
-    names.add(name);
-    seenNodes.add(d.node);
-    return { name, plan: planDrive(d.node, nodes, parents) };
-  });
+  const plans = planDrives(o.drives, await namedNodes(qmp), await parentsByNode(qmp));
   const { graph, reason: graphReason } = chooseGraph(plans.map((p) => p.plan));
   requirePullBackup(features, graph);
 
@@ -232,157 +278,154 @@ export async function runPullBackup(o: PullBackupOptions): Promise<PullBackupRes
     newBitmap: `${BITMAP_PREFIX}${uuid}`,
     created: { flFile: false, fl: false, cbw: false, redirected: false, job: false, sa: false, export: false, newBitmap: false, oldDisabled: false },
   }));
-
   const readSize = pickReadSize(graph, o.readSize, o.readChunk);
   const total = drives.reduce((s, d) => s + d.plan.node.size, 0);
-  let writer: ArchiveWriter | null = null;
-  let nbdDir: string | null = null;
-  let nbdStarted = false;
-  let nbdSocket = o.nbdServerSocket ?? '';
-  const clients: NbdClient[] = [];
-  let ok = false;
-  let failure: unknown = null;
-  let recordWritten = false;
-  try {
-    const output = await o.openOutput({ uuid, parentUuid, hostId: o.hostId, deviceNames: drives.map((d) => d.name), expectedBytes: total });
-    try {
-      writer = await ArchiveWriter.create({
-        uuid,
-        hostId: o.hostId,
-        parentUuid,
-        devices: drives.map((d) => ({ id: d.id, name: d.name, size: d.plan.node.size })),
-        ...(o.configs ? { configs: o.configs } : {}),
-        compressor: o.compressor,
-        encryptionKey: o.encryptionKey,
-        output,
-      });
-    } catch (err) {
-      await output.abort(err).catch(() => undefined);
-      throw err;
-    }
+  return { uuid, parentUuid, mode, modeReason, graph, graphReason, drives, readSize, total, recovered, qemuVersion: features.version };
+}
 
-    if (!o.nbdServerSocket) {
-      nbdDir = await mkdtemp(join(tmpdir(), 'cowstream-qnbd-'));
-      nbdSocket = join(nbdDir, 'nbd.sock');
-    }
-    // Before anything exists in QEMU: who owns it (a later run cleans up only after a dead owner).
-    await writeRecord(o.fleecingDir, { uuid, pid: process.pid, pidStart: processStart(process.pid), nbdSocket: nbdDir ? nbdSocket : null });
-    recordWritten = true;
-    if (graph === 'job') await setUpJobGraph(qmp, drives, mode);
-    else await setUpFilterGraph(qmp, drives, mode, o.cbwTimeoutSec ?? 45, readSize);
-    await o.onSnapshot?.({ uuid, parentUuid, mode, modeReason, graph, graphReason });
-    // Export bitmap: the old generation, copied onto the exported node.
-    for (const d of drives) {
-      if (graph === 'filter') {
-        await qmp.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': d.saNode, file: d.cbwNode });
-        d.created.sa = true;
-      }
-      if (mode === 'incremental') {
-        await qmp.execute('transaction', {
-          actions: [
-            { type: 'block-dirty-bitmap-add', data: { node: d.exportNode, name: 'cowstream-export', persistent: false, disabled: true } },
-            { type: 'block-dirty-bitmap-merge', data: { node: d.exportNode, target: 'cowstream-export', bitmaps: [{ node: d.plan.node.nodeName, name: d.oldBitmap }] } },
-          ],
-        });
-      }
-    }
-    if (nbdDir) {
-      try {
-        await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
-      } catch (err) {
-        if (err instanceof QmpCommandError && /already running/i.test(err.desc)) {
-          throw new QemuUnsupportedError('QEMU already runs an NBD server (QEMU allows only one); pass its Unix socket (CLI --qemu-nbd or $COWSTREAM_QEMU_NBD_SOCKET; agent config qemu[].nbdSocket)', { cause: err });
-        }
-        throw err;
-      }
-      nbdStarted = true;
-    }
-    for (const d of drives) {
-      await qmp.execute('block-export-add', {
-        type: 'nbd',
-        id: d.exportId,
-        'node-name': d.exportNode,
-        name: d.exportId,
-        writable: false,
-        ...(mode === 'incremental' ? { bitmaps: ['cowstream-export'] } : {}),
-      });
-      d.created.export = true;
-    }
+/** Archive names of the drives (unique, valid) and their places in the block graph. */
+function planDrives(wanted: PullDrive[], nodes: Awaited<ReturnType<typeof namedNodes>>, parents: Awaited<ReturnType<typeof parentsByNode>>): { name: string; plan: DrivePlan }[] {
+  const names = new Set<string>();
+  const seenNodes = new Set<string>();
+  return wanted.map((d) => {
+    const name = d.name ?? d.node;
+    if (!NAME_RE.test(name)) throw new QemuDriveError(`drive name '${name}' must match ${NAME_RE.source}`);
+    if (names.has(name)) throw new QemuDriveError(`drive name '${name}' given twice`);
+    if (seenNodes.has(d.node)) throw new QemuDriveError(`block node '${d.node}' given twice`);
+    names.add(name);
+    seenNodes.add(d.node);
+    return { name, plan: planDrive(d.node, nodes, parents) };
+  });
+}
 
-    // 7. Pull.
-    let done = 0;
-    const stats: PullBackupResult['devices'] = [];
-    for (const d of drives) {
-      const dirtyContext = mode === 'incremental' ? `${NBD_META_QEMU_DIRTY_BITMAP_PREFIX}cowstream-export` : null;
-      const conn = await connectAll(nbdSocket, d.exportId, dirtyContext, o.connections ?? 4, o.maxInFlight ?? 32, clients);
-      const client = conn[0] as NbdClient;
-      if (client.size !== d.plan.node.size) throw new QemuBackupError(`export of '${d.name}' has ${client.size} bytes, the drive ${d.plan.node.size}`);
-      const onAbort = (): void => {
-        for (const c of conn) c.destroy(new QemuBackupError('backup cancelled'));
-      };
-      o.signal?.addEventListener('abort', onAbort, { once: true });
-      try {
-        const s = await readDrive({
-          clients: conn,
-          deviceId: d.id,
-          size: d.plan.node.size,
-          sink: writer,
-          dirtyContext,
-          readChunk: o.readChunk,
-          readSize,
-          statusWindow: o.statusWindow,
-          // Zero extents are the snapshot's only while nothing wrote since the snapshot point.
-          zeroStatusTrusted: async () => (await bitmapCount(qmp, d.plan.node.nodeName, d.newBitmap)) === 0,
-          signal: o.signal,
-          onProgress: (n) => {
-            done += n;
-            o.onProgress?.({ done, total });
-          },
-        });
-        // The job's filter must have protected every READ: a job that ended (cancelled from
-        // outside, failed) lets the overlay read the guest's new data through its backing.
-        if (graph === 'job') await requireJobRunning(qmp, d);
-        stats.push({ ...s, name: d.name, node: d.plan.node.nodeName, size: d.plan.node.size, connections: conn.length, readSize });
-      } catch (err) {
-        if (o.signal?.aborted) throw new QemuBackupError('backup cancelled', { cause: err });
-        throw new QemuBackupError(`reading '${d.name}' (node ${d.plan.node.nodeName}) from QEMU failed: ${describeError(err)}`, { cause: err });
-      } finally {
-        o.signal?.removeEventListener('abort', onAbort);
-      }
-      for (const c of conn) {
-        await c.close();
-        clients.splice(clients.indexOf(c), 1);
-      }
-    }
-    // A cancel must also cover the tail: after the last READ, the final
-    // extents may still be compressing and uploading (a slow store).
-    const w = writer;
-    const cancelFinish = (): void => void w.abort(new QemuBackupError('backup cancelled'));
-    o.signal?.addEventListener('abort', cancelFinish, { once: true });
-    let summary: ArchiveSummary;
-    try {
-      if (o.signal?.aborted) throw new QemuBackupError('backup cancelled');
-      summary = await writer.finish();
-    } catch (err) {
-      if (o.signal?.aborted && !(err instanceof QemuBackupError)) throw new QemuBackupError('backup cancelled', { cause: err });
-      throw err;
-    } finally {
-      o.signal?.removeEventListener('abort', cancelFinish);
-    }
-    ok = true;
-    return { uuid, parentUuid, mode, modeReason, graph, graphReason, recovered, summary, devices: stats, qemuVersion: features.version, durationMs: Date.now() - t0 };
-  } catch (err) {
-    failure = err;
-    throw err;
-  } finally {
-    for (const c of clients) c.destroy();
-    if (!ok && writer) await writer.abort(failure).catch(() => undefined);
-    const problems = await teardown(qmp, drives, { ok, nbdStarted });
-    if (nbdDir) await rm(nbdDir, { recursive: true, force: true }).catch(() => undefined);
-    // A record stays only beside leftovers, so the next run can still remove them.
-    if (recordWritten && problems.length === 0) await removeRecord(o.fleecingDir, uuid);
-    for (const p of problems) warn(p);
+/** Records the run, builds the fleecing graph of the chosen kind (its last step is the snapshot point) and reports it. */
+async function buildFleecingGraph(o: PullBackupOptions, plan: PullPlan, res: PullResources): Promise<void> {
+  if (!o.nbdServerSocket) {
+    res.nbdDir = await mkdtemp(join(tmpdir(), 'cowstream-qnbd-'));
+    res.nbdSocket = join(res.nbdDir, 'nbd.sock');
   }
+  // Before anything exists in QEMU: who owns it (a later run cleans up only after a dead owner).
+  await writeRecord(o.fleecingDir, { uuid: plan.uuid, pid: process.pid, pidStart: processStart(process.pid), nbdSocket: res.nbdDir ? res.nbdSocket : null });
+  res.recordWritten = true;
+  if (plan.graph === 'job') await setUpJobGraph(o.qmp, plan.drives, plan.mode);
+  else await setUpFilterGraph(o.qmp, plan.drives, plan.mode, o.cbwTimeoutSec ?? 45, plan.readSize);
+  const { uuid, parentUuid, mode, modeReason, graph, graphReason } = plan;
+  await o.onSnapshot?.({ uuid, parentUuid, mode, modeReason, graph, graphReason });
+}
+
+/** Read-only NBD exports of the snapshot (with the old bitmap generation for an incremental), on our server or QEMU's. */
+async function exportSnapshot(qmp: QmpClient, plan: PullPlan, res: PullResources): Promise<void> {
+  const { drives, graph, mode } = plan;
+  // Export bitmap: the old generation, copied onto the exported node.
+  for (const d of drives) {
+    if (graph === 'filter') {
+      await qmp.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': d.saNode, file: d.cbwNode });
+      d.created.sa = true;
+    }
+    if (mode === 'incremental') {
+      await qmp.execute('transaction', {
+        actions: [
+          { type: 'block-dirty-bitmap-add', data: { node: d.exportNode, name: 'cowstream-export', persistent: false, disabled: true } },
+          { type: 'block-dirty-bitmap-merge', data: { node: d.exportNode, target: 'cowstream-export', bitmaps: [{ node: d.plan.node.nodeName, name: d.oldBitmap }] } },
+        ],
+      });
+    }
+  }
+  if (res.nbdDir) {
+    try {
+      await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: res.nbdSocket } } });
+    } catch (err) {
+      if (err instanceof QmpCommandError && /already running/i.test(err.desc)) {
+        throw new QemuUnsupportedError('QEMU already runs an NBD server (QEMU allows only one); pass its Unix socket (CLI --qemu-nbd or $COWSTREAM_QEMU_NBD_SOCKET; agent config qemu[].nbdSocket)', { cause: err });
+      }
+      throw err;
+    }
+    res.nbdStarted = true;
+  }
+  for (const d of drives) {
+    await qmp.execute('block-export-add', {
+      type: 'nbd',
+      id: d.exportId,
+      'node-name': d.exportNode,
+      name: d.exportId,
+      writable: false,
+      ...(mode === 'incremental' ? { bitmaps: ['cowstream-export'] } : {}),
+    });
+    d.created.export = true;
+  }
+}
+
+/** Reads every drive's export into the archive writer, one drive after the other. */
+async function pullDrives(o: PullBackupOptions, plan: PullPlan, res: PullResources, writer: ArchiveWriter): Promise<PullBackupResult['devices']> {
+  const progress = { done: 0, total: plan.total };
+  const stats: PullBackupResult['devices'] = [];
+  for (const d of plan.drives) stats.push(await pullDrive(o, plan, res, writer, d, progress));
+  return stats;
+}
+
+async function pullDrive(
+  o: PullBackupOptions,
+  plan: PullPlan,
+  res: PullResources,
+  writer: ArchiveWriter,
+  d: DriveState,
+  progress: { done: number; total: number },
+): Promise<PullBackupResult['devices'][number]> {
+  const qmp = o.qmp;
+  const dirtyContext = plan.mode === 'incremental' ? `${NBD_META_QEMU_DIRTY_BITMAP_PREFIX}cowstream-export` : null;
+  const conn = await connectAll(res.nbdSocket, d.exportId, dirtyContext, o.connections ?? 4, o.maxInFlight ?? 32, res.clients);
+  const client = conn[0] as NbdClient;
+  if (client.size !== d.plan.node.size) throw new QemuBackupError(`export of '${d.name}' has ${client.size} bytes, the drive ${d.plan.node.size}`);
+  const onAbort = (): void => {
+    for (const c of conn) c.destroy(new QemuBackupError('backup cancelled'));
+  };
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  let stats: PullBackupResult['devices'][number];
+  try {
+    const s = await readDrive({
+      clients: conn,
+      deviceId: d.id,
+      size: d.plan.node.size,
+      sink: writer,
+      dirtyContext,
+      readChunk: o.readChunk,
+      readSize: plan.readSize,
+      statusWindow: o.statusWindow,
+      // Zero extents are the snapshot's only while nothing wrote since the snapshot point.
+      zeroStatusTrusted: async () => (await bitmapCount(qmp, d.plan.node.nodeName, d.newBitmap)) === 0,
+      signal: o.signal,
+      onProgress: (n) => {
+        progress.done += n;
+        o.onProgress?.({ ...progress });
+      },
+    });
+    // The job's filter must have protected every READ: a job that ended (cancelled from
+    // outside, failed) lets the overlay read the guest's new data through its backing.
+    if (plan.graph === 'job') await requireJobRunning(qmp, d);
+    stats = { ...s, name: d.name, node: d.plan.node.nodeName, size: d.plan.node.size, connections: conn.length, readSize: plan.readSize };
+  } catch (err) {
+    if (o.signal?.aborted) throw new QemuBackupError('backup cancelled', { cause: err });
+    throw new QemuBackupError(`reading '${d.name}' (node ${d.plan.node.nodeName}) from QEMU failed: ${describeError(err)}`, { cause: err });
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+  }
+  for (const c of conn) {
+    await c.close();
+    res.clients.splice(res.clients.indexOf(c), 1);
+  }
+  return stats;
+}
+
+/**
+ * Tears the run down once the archive's fate is known: QEMU's graph and
+ * bitmaps (teardown), our NBD socket directory, and the run record, which
+ * stays only beside leftovers so the next run can still remove them.
+ */
+async function tearDownRun(o: PullBackupOptions, plan: PullPlan, res: PullResources, ok: boolean, warn: (m: string) => void): Promise<void> {
+  const problems = await teardown(o.qmp, plan.drives, { ok, nbdStarted: res.nbdStarted });
+  if (res.nbdDir) await rm(res.nbdDir, { recursive: true, force: true }).catch(() => undefined);
+  if (res.recordWritten && problems.length === 0) await removeRecord(o.fleecingDir, plan.uuid);
+  for (const p of problems) warn(p);
 }
 
 /** Dirty count of one bitmap (-1 when missing). */
@@ -552,13 +595,17 @@ async function connectAll(socket: string, exportName: string, dirtyContext: stri
   return out;
 }
 
+/** Runs one teardown step; a failure is recorded (and returned false) instead of stopping the rest. */
+type TeardownStep = (what: string, fn: () => Promise<unknown>) => Promise<boolean>;
+
 /**
  * Removes everything we added, in reverse order, each step on its own so one
- * failure does not leave the rest behind. Returns messages of failed steps.
+ * failure does not leave the rest behind, then completes the bitmaps.
+ * Returns messages of failed steps.
  */
 async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; nbdStarted: boolean }): Promise<string[]> {
   const problems: string[] = [];
-  const step = async (what: string, fn: () => Promise<unknown>): Promise<boolean> => {
+  const step: TeardownStep = async (what, fn) => {
     try {
       await fn();
       return true;
@@ -567,6 +614,14 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
       return false;
     }
   };
+  await removeExports(qmp, drives, s.nbdStarted, step);
+  await removeFleecingGraph(qmp, drives, step);
+  await completeQemuBitmaps(qmp, drives, s.ok, step);
+  return problems;
+}
+
+/** NBD exports (waiting until QEMU dropped each), then our NBD server. */
+async function removeExports(qmp: QmpClient, drives: DriveState[], nbdStarted: boolean, step: TeardownStep): Promise<void> {
   for (const d of drives) {
     if (d.created.export) {
       const gone = qmp.waitForEvent((e) => e.event === 'BLOCK_EXPORT_DELETED' && e.data.id === d.exportId, 10_000, { includeBacklog: false });
@@ -577,7 +632,11 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
       }
     }
   }
-  if (s.nbdStarted) await step('nbd-server-stop', () => qmp.execute('nbd-server-stop'));
+  if (nbdStarted) await step('nbd-server-stop', () => qmp.execute('nbd-server-stop'));
+}
+
+/** snapshot-access nodes, the guest's path back onto the drives, the jobs, then filter and fleecing nodes and files. */
+async function removeFleecingGraph(qmp: QmpClient, drives: DriveState[], step: TeardownStep): Promise<void> {
   for (const d of drives) {
     if (d.created.sa && (await step(`blockdev-del ${d.saNode}`, () => qmp.execute('blockdev-del', { 'node-name': d.saNode })))) d.created.sa = false;
   }
@@ -605,11 +664,13 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
     if (!d.created.fl && d.created.flFile && (await step(`blockdev-del ${d.flFileNode}`, () => qmp.execute('blockdev-del', { 'node-name': d.flFileNode })))) d.created.flFile = false;
   }
   for (const d of drives) if (!d.created.fl && !d.created.flFile) await unlink(d.fleecePath).catch(() => undefined);
+}
 
-  // Bitmaps: success → drop the old generation; failure → fold the new one back into the old.
+/** Bitmaps: success → drop the old generation; failure → fold the new one back into the old (no dirty bit lost). */
+async function completeQemuBitmaps(qmp: QmpClient, drives: DriveState[], ok: boolean, step: TeardownStep): Promise<void> {
   for (const d of drives) {
     const node = d.plan.node.nodeName;
-    if (s.ok) {
+    if (ok) {
       const stale = d.plan.node.bitmaps.filter((b) => b.name.startsWith(BITMAP_PREFIX) && b.name !== d.newBitmap);
       for (const b of stale) await step(`block-dirty-bitmap-remove ${node}/${b.name}`, () => qmp.execute('block-dirty-bitmap-remove', { node, name: b.name }));
     } else if (d.oldBitmap && d.created.newBitmap) {
@@ -623,5 +684,4 @@ async function teardown(qmp: QmpClient, drives: DriveState[], s: { ok: boolean; 
       await step(`block-dirty-bitmap-remove ${node}/${d.newBitmap}`, () => qmp.execute('block-dirty-bitmap-remove', { node, name: d.newBitmap }));
     }
   }
-  return problems;
 }

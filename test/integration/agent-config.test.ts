@@ -86,6 +86,41 @@ describe('agent config', () => {
     expectField({ stateDir: 's', disks: [{ name: 'vda', path: 'vda.raw' }] }, 'hostId');
   });
 
+  it('notifications: defaults, resolved paths, warnings, and the bad field named', async () => {
+    const hook = join(tmp.dir, 'hook.sh');
+    await writeFile(hook, '#!/bin/sh\n', { mode: 0o700 });
+    const c = parseAgentConfig(
+      { ...base(), notifications: { staleAfter: '2d', webhooks: [{ url: 'http://alerts.example:8080/x', bearerTokenFile: 'token' }], commands: [{ argv: ['./hook.sh', '--flag'] }] } },
+      tmp.dir,
+    );
+    expect(c.notifications).toEqual({
+      webhooks: [{ url: 'http://alerts.example:8080/x', events: ['backup.failed', 'restore.failed', 'retention.failed', 'disk.stale'], headers: {}, bearerTokenFile: join(tmp.dir, 'token'), timeoutMs: 10_000, retries: 5 }],
+      commands: [{ argv: [hook, '--flag'], events: ['backup.failed', 'restore.failed', 'retention.failed', 'disk.stale'], timeoutMs: 30_000 }],
+      staleAfterMs: 2 * 86_400_000,
+      queueSize: 100,
+    });
+    expect(c.warnings.join('\n')).toMatch(/notifications\.webhooks\[0\]\.url: plain http to alerts\.example:8080/);
+    const onSuccess = parseAgentConfig({ ...base(), notifications: { onSuccess: true, webhooks: [{ url: 'http://127.0.0.1:1/x' }] } }, tmp.dir);
+    expect(onSuccess.notifications!.webhooks[0]!.events).toEqual(['backup.failed', 'backup.succeeded', 'restore.failed', 'restore.succeeded', 'retention.failed', 'retention.succeeded']);
+    expect(onSuccess.warnings).toEqual([]); // loopback http stays on the machine
+    const n = (notifications: unknown): Record<string, unknown> => ({ ...base(), notifications });
+    expectField(n({ webhooks: [{ url: 'ftp://x/y' }] }), 'notifications.webhooks[0].url', /http:\/\/ or https:\/\//);
+    expectField(n({ webhooks: [{ url: 'https://u:p@x/y' }] }), 'notifications.webhooks[0].url', /user or password/);
+    expectField(n({ webhooks: [{ url: 'https://x/y', headers: { 'X-A': 'a\r\nX-Injected: 1' } }] }), 'notifications.webhooks[0].headers.X-A', /control characters/);
+    expectField(n({ webhooks: [{ url: 'https://x/y', headers: { 'Content-Length': '1' } }] }), 'notifications.webhooks[0].headers.Content-Length', /set by the agent/);
+    expectField(n({ webhooks: [{ url: 'https://x/y', headers: { Authorization: 'Bearer a' }, bearerTokenFile: 't' }] }), 'notifications.webhooks[0].headers.Authorization', /one or the other/);
+    expectField(n({ webhooks: [{ url: 'https://x/y', events: ['backup.succeeded'] }] }), 'notifications.webhooks[0].events[0]', /onSuccess/);
+    expectField(n({ webhooks: [{ url: 'https://x/y', events: ['disk.stale'] }] }), 'notifications.webhooks[0].events[0]', /staleAfter/);
+    expectField(n({ webhooks: [{ url: 'https://x/y', events: ['backup.exploded'] }] }), 'notifications.webhooks[0].events[0]');
+    expectField(n({ webhooks: [{ url: 'https://x/y', retries: 99 }] }), 'notifications.webhooks[0].retries');
+    expectField(n({ staleAfter: 'soon' }), 'notifications.staleAfter', /positive duration/);
+    expectField(n({ staleAfter: '10ms' }), 'notifications.staleAfter', /at least 1s/);
+    expectField(n({ commands: [{ argv: [] }] }), 'notifications.commands[0].argv', /program/);
+    expectField(n({ commands: [{ argv: ['sh'] }] }), 'notifications.commands[0].argv[0]', /must be a path/);
+    expectField(n({ commands: [{ argv: ['./missing.sh'] }] }), 'notifications.commands[0].argv[0]', /not an executable file/);
+    expectField(n({ commands: [{ argv: ['./hook.sh'], shell: true }] }), 'notifications.commands[0].shell', /unknown field/);
+  });
+
   it('validates the qemu section and names the bad field', () => {
     const c = parseAgentConfig({ ...base(), qemu: [{ qmpSocket: 'q.sock', drives: ['d0=vm0', { node: 'd1' }] }] }, tmp.dir);
     expect(c.qemu[0]!.drives).toEqual([{ node: 'd0', name: 'vm0' }, { node: 'd1', name: 'd1' }]);
@@ -117,6 +152,19 @@ describe('agent config', () => {
     const r = await runCli(['agent', '--config', p]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/disks\[1\] "b" .* and disks\[0\] "a" .* are the same file/);
+  });
+
+  it('the CLI exits 2 naming the field for a webhook token file others can read, with --check-config too', async () => {
+    const dir = join(tmp.dir, 'cli-token');
+    await mkdir(dir);
+    await writeFile(join(dir, 'token'), 'secret\n', { mode: 0o644 });
+    const p = join(dir, 'agent.json');
+    await writeFile(p, JSON.stringify({ ...base(), stateDir: join(dir, 'state'), disks: [{ name: 'vda', path: img }], notifications: { webhooks: [{ url: 'https://x.example/h', bearerTokenFile: 'token' }] } }));
+    for (const extra of [[], ['--check-config']]) {
+      const r = await runCli(['agent', '--config', p, ...extra]);
+      expect(r.code, extra.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/notifications\.webhooks\[0\]\.bearerTokenFile: .*chmod 600/);
+    }
   });
 
   it('the CLI exits 2 with the field named for a malformed config', async () => {

@@ -156,6 +156,38 @@ describe('cowstream archive CLI', () => {
     expect((await readFile(join(dir, 'big-out', 'big.raw'))).equals(img)).toBe(true);
   });
 
+  it('create, extract and verify show progress on a pipe only with --progress, never with --json', async () => {
+    const a = join(dir, 'progress.cwa');
+    const size = (await stat(disk0)).size;
+    const line = (label: string): RegExp => new RegExp(`^${label} \\[.*\\] 100% \\| [\\d.]+ [KMG]?i?B/[\\d.]+ [KMG]?i?B \\| (-|[\\d.]+ [KMG]?i?B/s) \\| ETA 0s$`, 'm');
+    // Forced on a pipe: bytes done/total, rate and ETA, ending at 100 %.
+    const c = await run(['archive', 'create', a, '--progress', `disk0=${disk0}`]);
+    expect(c.code, c.stderr).toBe(0);
+    expect(c.stderr).toMatch(line('archive'));
+    expect(c.stderr).toContain(`/${(size / MiB).toFixed(1)} MiB |`);
+    const out = join(dir, 'progress-out');
+    const x = await run(['archive', 'extract', a, out, '--progress']);
+    expect(x.code, x.stderr).toBe(0);
+    expect(x.stderr).toMatch(line('extract'));
+    const v = await run(['archive', 'verify', a, '--progress']);
+    expect(v.code, v.stderr).toBe(0);
+    expect(v.stderr).toMatch(line('verify'));
+
+    // stderr is not a terminal here: no bar without --progress, and none with --json even when forced.
+    const quiet = [
+      await run(['archive', 'create', join(dir, 'quiet.cwa'), `disk0=${disk0}`]),
+      await run(['archive', 'create', join(dir, 'quiet-json.cwa'), '--json', '--progress', `disk0=${disk0}`]),
+      await run(['archive', 'extract', a, join(dir, 'quiet-out')]),
+      await run(['archive', 'extract', a, join(dir, 'quiet-json-out'), '--json', '--progress']),
+      await run(['archive', 'verify', a]),
+      await run(['archive', 'verify', a, '--json', '--progress']),
+    ];
+    for (const r of quiet) {
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toBe('');
+    }
+  });
+
   it('writes the archive to stdout with "-"', async () => {
     const piped = join(dir, 'piped.cwa');
     const c = await run(['archive', 'create', '-', `disk1=${disk1}`, '--json'], piped);

@@ -19,6 +19,8 @@ export function registerAgentCommands(program: Command): void {
       const { loadAgentConfig } = await import('../../agent/config.js');
       const { runStartupChecks, checkResultJson } = await import('../../agent/startup-checks.js');
       const config = loadAgentConfig(o.config);
+      // Secret files named by the config are part of it: a loose or missing one is a bad config (exit 2).
+      await (await import('../../agent/notify.js')).readWebhookTokens(config);
       const checks = await runStartupChecks(config);
       const failed = checks.filter((c) => c.status === 'failed');
       if (o.checkConfig) {

@@ -7,20 +7,20 @@
 import { stat } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import cliProgress from 'cli-progress';
 import { UsageError } from '../../errors.js';
 import { formatBytes, printJson } from '../output.js';
 import { ZstdPool } from '../../codec/zstd-pool.js';
 import { readKeyFile } from '../../codec/crypto.js';
 import type { ByteSink } from '../../format/sink.js';
-import { FileByteSink } from '../../store/file.js';
-import { archiveKey, storeConfigFromFlags } from '../../store/config.js';
+import { storeConfigFromFlags } from '../../store/config.js';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { createS3Client } from '../../store/s3-client.js';
-import { S3ArchiveSink } from '../../store/s3-sink.js';
-import { resolveChecksumPolicy, sinkUploadOptions } from '../../store/upload-options.js';
+import { openArchiveTarget, type ArchiveTargetSpec } from '../../backup/target.js';
+import { resolveChecksumPolicy } from '../../store/upload-options.js';
 import { hasUploadFlags, uploadOptionsFromFlags } from '../upload-flags.js';
+import { progressWanted, startProgress } from '../progress.js';
 import { QmpClient } from '../../qemu/qmp.js';
-import { runPullBackup, type OutputContext, type PullDrive } from '../../qemu/pull-backup.js';
+import { runPullBackup, type OutputContext, type PullBackupResult, type PullDrive } from '../../qemu/pull-backup.js';
 import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
 
 /** Parses `node[=name]`. */
@@ -46,6 +46,35 @@ function rejectAgentOnlyFlags(o: BackupCliOptions): void {
   if (o.qemuNbd !== undefined && o.qemuNbd.trim() === '') throw new UsageError('--qemu-nbd needs a socket path');
 }
 
+/** Where `--to` sends the archive: the S3 bucket of the environment (with --storage-class & co.), a file, a directory (`<uuid>.cwa`) or stdout. */
+async function targetSpec(o: BackupCliOptions, target: string): Promise<{ spec: ArchiveTargetSpec; client: S3Client | null }> {
+  const store = target === 's3' ? storeConfigFromFlags({}) : null;
+  if (target === 's3' && !store) throw new UsageError('--to s3 with --qemu needs a bucket: set COWSTREAM_S3_BUCKET (and AWS_ENDPOINT_URL_S3 / credentials as usual), or use --to file:PATH');
+  let fileTarget: string | ((uuid: string) => string) = '-';
+  if (target.startsWith('file:')) {
+    const path = target.slice(5);
+    // A directory gets <uuid>.cwa, which is where restore looks for a parent.
+    fileTarget = (await stat(path).then((s) => s.isDirectory()).catch(() => false)) ? (uuid) => join(path, `${uuid}.cwa`) : path;
+  }
+  const client = store ? createS3Client(store) : null;
+  const upload = uploadOptionsFromFlags(o);
+  if (!store && hasUploadFlags(o)) throw new UsageError('upload options (--storage-class, --sse, --object-lock-*, --checksum-algorithm) need --to s3');
+  const spec: ArchiveTargetSpec =
+    store && client ? { kind: 's3', store: { client, bucket: store.bucket, prefix: store.prefix, upload, checksums: resolveChecksumPolicy(store) } } : { kind: 'file', path: fileTarget };
+  return { spec, client };
+}
+
+/** The human summary; on stderr when stdout carries the archive. */
+function printResult(r: PullBackupResult, where: string, toStdout: boolean): void {
+  const say = (text: string): void => void (toStdout ? process.stderr : process.stdout).write(text + '\n');
+  say(`backup ${r.uuid}: done (${r.mode}${r.modeReason ? `, ${r.modeReason}` : ''}${r.parentUuid ? `, parent ${r.parentUuid}` : ''}) → ${where}`);
+  say(`  graph: ${r.graph} (${r.graphReason})`);
+  for (const d of r.devices) {
+    say(`  ${d.name} (node ${d.node}): ${formatBytes(d.size)}, read ${formatBytes(d.bytesRead)} in ${formatBytes(d.readSize)} READs over ${d.connections} connection(s), ${d.zeroClusters} zero / ${d.skippedClusters} unchanged clusters`);
+  }
+  say(`  archive: ${formatBytes(r.summary.bytesWritten)} in ${(r.durationMs / 1000).toFixed(1)} s (QEMU ${r.qemuVersion})`);
+}
+
 export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
   rejectAgentOnlyFlags(o);
   const drives = o.drive.map(parseDriveFlag);
@@ -57,44 +86,15 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
   const hostId = process.env.COWSTREAM_HOST_ID ?? hostname();
   const key = o.key !== undefined ? await readKeyFile(resolve(o.key)) : undefined;
 
-  const store = target === 's3' ? storeConfigFromFlags({}) : null;
-  if (target === 's3' && !store) throw new UsageError('--to s3 with --qemu needs a bucket: set COWSTREAM_S3_BUCKET (and AWS_ENDPOINT_URL_S3 / credentials as usual), or use --to file:PATH');
-  let fileTarget: string | null = null;
-  if (target.startsWith('file:')) {
-    fileTarget = target.slice(5);
-    // A directory gets <uuid>.cwa, which is where restore looks for a parent.
-    if (await stat(fileTarget).then((s) => s.isDirectory()).catch(() => false)) fileTarget = join(fileTarget, '{uuid}.cwa');
-  }
+  const { spec, client } = await targetSpec(o, target);
   let where = '';
-  const client = store ? createS3Client(store) : null;
-  const upload = uploadOptionsFromFlags(o);
-  if (!store && hasUploadFlags(o)) throw new UsageError('upload options (--storage-class, --sse, --object-lock-*, --checksum-algorithm) need --to s3');
   const openOutput = async (ctx: OutputContext): Promise<ByteSink> => {
-    if (store && client) {
-      const k = archiveKey(store.prefix, ctx.hostId, ctx.uuid);
-      where = `s3://${store.bucket}/${k}`;
-      return new S3ArchiveSink({
-        client,
-        bucket: store.bucket,
-        key: k,
-        expectedBytes: ctx.expectedBytes,
-        metadata: { uuid: ctx.uuid, parentUuid: ctx.parentUuid, hostId: ctx.hostId, deviceNames: ctx.deviceNames },
-        ...sinkUploadOptions(upload, resolveChecksumPolicy(store)),
-      });
-    }
-    if (fileTarget) {
-      where = fileTarget.replace('{uuid}', ctx.uuid);
-      return FileByteSink.create(where);
-    }
-    where = '-';
-    return FileByteSink.create('-');
+    const t = await openArchiveTarget(spec, ctx);
+    where = t.location;
+    return t.sink;
   };
 
-  const toStdout = target === '-';
-  const say = (text: string): void => void (toStdout ? process.stderr : process.stdout).write(text + '\n');
-  const showBar = !o.json && (o.progress === true || process.stderr.isTTY === true);
-  const bar = showBar ? new cliProgress.SingleBar({ format: 'backup {bar} {percentage}% | {value_h}/{total_h}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
-  let barStarted = false;
+  const bar = startProgress({ label: 'backup', enabled: progressWanted(o) });
 
   const ac = new AbortController();
   const onSignal = (): void => ac.abort(new UsageError('interrupted'));
@@ -117,29 +117,13 @@ export async function runQemuBackup(o: BackupCliOptions): Promise<void> {
       cbwTimeoutSec,
       signal: ac.signal,
       onWarning: (m) => process.stderr.write(`warning: ${m}\n`),
-      onProgress: bar
-        ? (p) => {
-            const payload = { value_h: formatBytes(p.done), total_h: formatBytes(p.total) };
-            if (!barStarted) {
-              bar.start(p.total, p.done, payload);
-              barStarted = true;
-            } else bar.update(p.done, payload);
-          }
-        : undefined,
+      onProgress: (p) => bar.update(p.done, p.total),
     });
-    if (barStarted) bar?.stop();
-    const out = { ...r, target: where };
-    if (o.json) printJson(out);
-    else {
-      say(`backup ${r.uuid}: done (${r.mode}${r.modeReason ? `, ${r.modeReason}` : ''}${r.parentUuid ? `, parent ${r.parentUuid}` : ''}) → ${where}`);
-      say(`  graph: ${r.graph} (${r.graphReason})`);
-      for (const d of r.devices) {
-        say(`  ${d.name} (node ${d.node}): ${formatBytes(d.size)}, read ${formatBytes(d.bytesRead)} in ${formatBytes(d.readSize)} READs over ${d.connections} connection(s), ${d.zeroClusters} zero / ${d.skippedClusters} unchanged clusters`);
-      }
-      say(`  archive: ${formatBytes(r.summary.bytesWritten)} in ${(r.durationMs / 1000).toFixed(1)} s (QEMU ${r.qemuVersion})`);
-    }
+    bar.stop();
+    if (o.json) printJson({ ...r, target: where });
+    else printResult(r, where, target === '-');
   } finally {
-    if (barStarted) bar?.stop();
+    bar.stop();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await qmp.close();

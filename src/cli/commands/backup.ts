@@ -1,7 +1,6 @@
 import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Option, type Command } from 'commander';
-import cliProgress from 'cli-progress';
 import { BackupError, BackupRunningError, UsageError } from '../../errors.js';
 import { formatAge, formatBytes, formatRate, parsePositiveInt, parseSize, printJson } from '../output.js';
 import { AgentClient } from '../../agent/control-client.js';
@@ -9,6 +8,7 @@ import type { BackupStatus, DiskStatus } from '../../agent/backup-request.js';
 import type { ScheduleReport } from '../../agent/scheduled-backups.js';
 import { targetFromFlag, type BackupCliOptions } from './backup-options.js';
 import { addUploadOptions, hasUploadFlags } from '../upload-flags.js';
+import { progressWanted, startProgress } from '../progress.js';
 import { DEFAULT_AGENT_SOCKET, agentSocket } from '../agent-socket.js';
 
 export { DEFAULT_AGENT_SOCKET, agentSocket };
@@ -32,41 +32,6 @@ export function backupBodyFromOptions(o: BackupCliOptions): Record<string, unkno
   if (o.onCbwError !== undefined) body.onCbwError = o.onCbwError;
   if (o.key !== undefined) body.key = resolve(o.key);
   return body;
-}
-
-function makeBar(enabled: boolean): { update(s: BackupStatus): void; stop(): void } {
-  if (!enabled) return { update() {}, stop() {} };
-  const bar = new cliProgress.SingleBar(
-    {
-      format: 'backup {bar} {percentage}% | {done}/{all} | {rate}/s | ETA {eta_formatted}',
-      stream: process.stderr,
-      hideCursor: true,
-      etaBuffer: 20,
-      // --progress on a non-TTY (CI logs): print a line every 2 s instead of redrawing.
-      noTTYOutput: process.stderr.isTTY !== true,
-      notTTYSchedule: 2000,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  let started = false;
-  const t0 = Date.now();
-  return {
-    update(s) {
-      const total = Math.max(1, s.total);
-      const rate = formatBytes(Math.round(s.transferred / Math.max(0.001, (Date.now() - t0) / 1000)));
-      const payload = { done: formatBytes(s.transferred), all: formatBytes(s.total), rate };
-      if (!started) {
-        bar.start(total, s.transferred, payload);
-        started = true;
-      } else {
-        bar.setTotal(total);
-        bar.update(s.transferred, payload);
-      }
-    },
-    stop() {
-      if (started) bar.stop();
-    },
-  };
 }
 
 /** What a finished backup cost: wall time, throughput (bytes read per second) and compression (bytes read / bytes written). */
@@ -178,10 +143,10 @@ async function runAgentBackup(o: BackupCliOptions): Promise<void> {
     else say(`detached: \`cowstream status\` follows it, \`cowstream cancel\` stops it`);
     return;
   }
-  const bar = makeBar(!o.json && !toStdout && (o.progress === true || process.stderr.isTTY === true));
+  const bar = startProgress({ label: 'backup', enabled: !toStdout && progressWanted(o) });
   let final: BackupStatus;
   try {
-    final = await client.waitForBackup(started.uuid, (s) => bar.update(s));
+    final = await client.waitForBackup(started.uuid, (s) => bar.update(s.transferred, s.total));
   } finally {
     bar.stop();
   }

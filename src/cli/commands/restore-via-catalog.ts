@@ -4,13 +4,13 @@
  * never touches the data), then optionally follows the job's progress.
  */
 import { isAbsolute } from 'node:path';
-import cliProgress from 'cli-progress';
 import { RestoreError, UsageError } from '../../errors.js';
 import { CatalogClient } from '../../catalog/client.js';
 import { uuidSchema, type RestoreJob } from '../../catalog/records.js';
 import { formatBytes, printJson } from '../output.js';
 import { resolveCatalogToken } from '../embedded-auth.js';
 import { catalogUrlWithState } from '../state-defaults.js';
+import { progressWanted, startProgress } from '../progress.js';
 
 export interface RestoreViaCatalogOptions {
   /** Archive UUID (catalogue id). */
@@ -57,11 +57,8 @@ export async function runRestoreViaCatalog(opts: RestoreViaCatalogOptions): Prom
     return job;
   }
   if (!opts.json) process.stderr.write(`restore ${restoreId} requested; waiting for the agent of ${opts.host}\n`);
-  const showBar = !opts.json && (opts.progress === true || process.stderr.isTTY === true);
-  const bar = showBar
-    ? new cliProgress.SingleBar({ format: 'restore {bar} {percentage}% | {done}/{all} | {status}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic)
-    : null;
-  let started = false;
+  const showBar = progressWanted(opts);
+  const bar = startProgress({ label: 'restore', enabled: showBar });
   let lastStatus = '';
   const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : Infinity;
   try {
@@ -71,19 +68,14 @@ export async function runRestoreViaCatalog(opts: RestoreViaCatalogOptions): Prom
       }
       await new Promise((r) => setTimeout(r, opts.pollMs ?? 1000));
       job = await client.getRestore(restoreId);
-      const payload = { done: formatBytes(job.progress.bytesDone), all: formatBytes(job.progress.bytesTotal), status: job.status };
-      if (bar) {
-        if (!started) bar.start(Math.max(1, job.progress.bytesTotal), job.progress.bytesDone, payload);
-        else bar.setTotal(Math.max(1, job.progress.bytesTotal));
-        bar.update(job.progress.bytesDone, payload);
-        started = true;
-      } else if (!opts.json && job.status !== lastStatus) {
+      if (showBar) bar.update(job.progress.bytesDone, job.progress.bytesTotal, job.status);
+      else if (!opts.json && job.status !== lastStatus) {
         process.stderr.write(`  ${job.status}${job.claimedBy ? ` (agent ${job.claimedBy})` : ''}\n`);
       }
       lastStatus = job.status;
     }
   } finally {
-    if (started) bar?.stop();
+    bar.stop();
   }
   // On failure main() prints the one JSON error document.
   if (opts.json && job.status === 'SUCCEEDED') printJson({ ok: true, restoreId, job });

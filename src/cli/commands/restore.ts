@@ -1,13 +1,13 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import cliProgress from 'cli-progress';
 import { UsageError } from '../../errors.js';
 import { describeLocator } from '../../restore/chain.js';
-import { restoreArchive, DEFAULT_PARALLEL, MAX_PARALLEL, type RestoreProgress } from '../../restore/engine.js';
+import { restoreArchive, DEFAULT_PARALLEL, MAX_PARALLEL } from '../../restore/engine.js';
 import { buildRestorePlan, sourceOpener } from '../../restore/locate.js';
 import type { StoreFlags } from '../../store/config.js';
 import { formatBytes, formatRate, parseDuration, parsePositiveInt, printJson } from '../output.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store-options.js';
+import { progressWanted, startProgress } from '../progress.js';
 
 interface RestoreFlags extends StoreFlags {
   to?: string;
@@ -28,27 +28,6 @@ interface RestoreFlags extends StoreFlags {
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
-function makeBar(enabled: boolean): { update(p: RestoreProgress): void; stop(): void } {
-  if (!enabled) return { update() {}, stop() {} };
-  const bar = new cliProgress.SingleBar(
-    { format: 'restore {bar} {percentage}% | {done}/{all} | fetched {fetched} | ETA {eta_formatted}', stream: process.stderr, hideCursor: true },
-    cliProgress.Presets.shades_classic,
-  );
-  let started = false;
-  return {
-    update(p) {
-      const payload = { done: formatBytes(p.bytesDone), all: formatBytes(p.bytesTotal), fetched: formatBytes(p.fetchedBytes) };
-      if (!started) {
-        bar.start(Math.max(1, p.bytesTotal), p.bytesDone, payload);
-        started = true;
-      } else bar.update(p.bytesDone, payload);
-    },
-    stop() {
-      if (started) bar.stop();
-    },
-  };
-}
-
 async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   if (o.viaCatalog) {
     // The catalogue path: request the restore, the agent executes it.
@@ -65,7 +44,7 @@ async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
   const key = o.key ? await loadKeyFile(o.key) : undefined;
   const { ZstdPool } = await import('../../codec/zstd-pool.js');
   const pool = new ZstdPool({});
-  const bar = makeBar(!o.json && (o.progress === true || process.stderr.isTTY === true));
+  const bar = startProgress({ label: 'restore', enabled: progressWanted(o) });
   try {
     const plan = await buildRestorePlan(ref, ctx, o.device.length > 0 ? { devices: o.device } : {});
     const result = await restoreArchive({
@@ -78,7 +57,7 @@ async function runRestore(ref: string, o: RestoreFlags): Promise<void> {
       ...(key ? { key } : {}),
       compressor: pool,
       force: o.force ?? false,
-      onProgress: (p) => bar.update(p),
+      onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal, `fetched ${formatBytes(p.fetchedBytes)}`),
     });
     bar.stop();
     if (o.json) {

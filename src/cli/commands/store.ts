@@ -7,6 +7,7 @@ import { resolveRef, sourceOpener } from '../../restore/locate.js';
 import { DEFAULT_EMBEDDED_BUCKET, normalizePrefix, storeConfigFromFlags, type StoreFlags } from '../../store/config.js';
 import { parsePositiveInt, printJson } from '../output.js';
 import { describeVerifyReport, verifyReport } from '../verify-report.js';
+import { withProgress } from '../progress.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile, withStateCredentials } from './store-options.js';
 
 /** The S3 client of a command that always talks to S3 (loaded on demand). */
@@ -17,6 +18,7 @@ async function s3ClientFor(store: NonNullable<ReturnType<typeof storeConfigFromF
 interface VerifyFlags extends StoreFlags {
   key?: string;
   json?: boolean;
+  progress?: boolean;
 }
 
 async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
@@ -29,7 +31,7 @@ async function runVerify(ref: string, o: VerifyFlags): Promise<void> {
   try {
     const reader = await openArchive(await sourceOpener(ctx)(loc), { ...(key ? { key } : {}), compressor: pool });
     try {
-      const report = await verifyReport(reader, describeLocator(loc));
+      const report = await withProgress('verify', o, (onProgress) => verifyReport(reader, describeLocator(loc), onProgress));
       if (o.json) printJson(report);
       else process.stdout.write(describeVerifyReport(report));
       if (!report.ok) process.exitCode = 1;
@@ -48,6 +50,7 @@ export function registerStoreCommands(program: Command): void {
       .command('verify <ref>')
       .description('check every stored checksum of an archive (plaintext checksums too with --key); ref = UUID, s3://bucket/key, key or .cwa file')
       .option('--key <file>', 'key file: also decrypt/decompress and check plaintext checksums')
+      .option('--progress', 'show a progress bar on stderr even when it is not a terminal')
       .option('--json', 'print the result as JSON'),
   ).action(async (ref: string, o: VerifyFlags) => runVerify(ref, o));
 
