@@ -66,7 +66,9 @@ export class DiskCache {
       for (const k of evicted) await unlink(this.fileOf(k)).catch(() => undefined);
       try {
         await writeFile(this.fileOf(key), data, { flag: 'wx', mode: 0o600 });
-        entry.ready = true;
+        // Evicted while being written: its eviction's unlink may have run first.
+        if (this.entries.get(key) === entry) entry.ready = true;
+        else await unlink(this.fileOf(key)).catch(() => undefined);
       } catch {
         if (this.entries.get(key) === entry) this.forget(key);
       }

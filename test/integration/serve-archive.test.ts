@@ -123,6 +123,25 @@ describe('archive exports (serve)', () => {
     }
   });
 
+  it('keeps the disk cache within --cache-disk, evicting the least recently used extents', async () => {
+    const parent = join(fx.work, 'dbound');
+    mkdirSync(parent);
+    const largest = Math.max(...plan.ranges.flatMap((r) => r.extents.map((e) => e.length)));
+    const bound = largest + 1024;
+    const set = await open({ readAheadBytes: 0, cache: { memoryBytes: 0, dir: parent, diskBytes: bound } });
+    try {
+      for (const d of SERVE_DEVICES) expect((await readAll(set, d.name)).equals(fx.steps[2]!.disks.get(d.name)!)).toBe(true);
+      await new Promise((r) => setTimeout(r, 200)); // background writes and unlinks
+      const cdir = join(parent, readdirSync(parent)[0]!);
+      const onDisk = readdirSync(cdir).reduce((n, f) => n + statSync(join(cdir, f)).size, 0);
+      expect(onDisk).toBeGreaterThan(0);
+      expect(onDisk).toBeLessThanOrEqual(bound);
+      expect(set.stats().diskCacheBytes).toBeLessThanOrEqual(bound);
+    } finally {
+      await set.close();
+    }
+  });
+
   it('seeded stress: concurrent random and sequential reads under eviction match the disk', async () => {
     const seed = Number(process.env.SERVE_STRESS_SEED ?? 20261201);
     const rng = mulberry32(seed);
