@@ -9,7 +9,8 @@
  * with no S3, EIO for a corrupt extent's clusters only (logged with the
  * cluster range), the memory cache bound, and a clean stop.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLUSTER_SIZE } from '../../src/format/constants.js';
@@ -18,6 +19,9 @@ import type { RestorePlan } from '../../src/restore/plan.js';
 import { qemuIo, runTool, waitFor } from '../helpers/nbd-tools.js';
 import { SERVE_DEVICES, dataClusters, extentsFor, startServeFixture, type ServeFixture } from '../helpers/serve-fixture.js';
 import { startServe, type ServeProcess } from '../helpers/serve-process.js';
+
+const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
+const canDropPrivileges = process.getuid?.() === 0 && spawnSync('setpriv', [...NOBODY, 'true']).status === 0;
 
 describe('cowstream serve with real NBD clients', () => {
   let fx: ServeFixture;
@@ -79,6 +83,26 @@ describe('cowstream serve with real NBD clients', () => {
     const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(fx.work, 'vdb.raw'), e.tcpUri!]);
     expect(cmp.code).toBe(0);
     await s.stop();
+  });
+
+  it.skipIf(!canDropPrivileges)('another user (uid 65534) cannot connect, by the default socket or a given one', async () => {
+    const pub = join(fx.work, 'public');
+    mkdirSync(pub);
+    chmodSync(pub, 0o755);
+    chmodSync(fx.work, 0o711); // only serve's own directory and socket modes stand in the way
+    try {
+      for (const extra of [[], ['--socket', join(pub, 'serve.sock')]]) {
+        const s = await serve([fx.steps[2]!.uuid, ...extra, ...store]);
+        const own = await runTool('nbdinfo', ['--size', uri(s, 'vdb')]);
+        expect(own.stdout.trim()).toBe(String(SERVE_DEVICES[1]!.size));
+        const nobody = await runTool('setpriv', [...NOBODY, 'nbdinfo', '--size', uri(s, 'vdb')]);
+        expect(nobody.code).not.toBe(0);
+        expect(nobody.stderr).toMatch(/Permission denied/);
+        await s.stop();
+      }
+    } finally {
+      chmodSync(fx.work, 0o700);
+    }
   });
 
   it('random qemu-io reads fetch only the extents they touch', async () => {
