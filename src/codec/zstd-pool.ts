@@ -147,6 +147,8 @@ const WORKER_URL = new URL('./zstd-worker.mjs', import.meta.url);
 const DEFAULT_MAX_INPUT = 8 * 1024 * 1024;
 const DEFAULT_WASM_MEMORY = 128 * 1024 * 1024;
 const BUFFER_ROUNDING = 1024 * 1024;
+/** Room the native decoder needs past the plaintext in its output buffer (DECOMPRESS_SLACK in zstd-worker.mjs). */
+const DECOMPRESS_SLACK = 64;
 const WASM_MEMORY_STEP = 16 * 1024 * 1024;
 /** Magic (4) + frame header descriptor (1) + one block header (3): RFC 8878 §3.1.1. */
 const ZSTD_MIN_FRAME = 8;
@@ -406,8 +408,9 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
       }
       // An 'unpack' job also borrows a buffer for its plaintext, so steady
       // restores allocate nothing per extent when callers release results.
-      // (wasm only: native zstd allocates its own output, which comes back as the result.)
-      const out = job.op === 'unpack' && job.expected > 0 && this.backend === 'wasm' ? this.takeBuffer(job.expected) : undefined;
+      // Native zstd writes into it directly and needs DECOMPRESS_SLACK past
+      // the plaintext (zstd-worker.mjs).
+      const out = job.op === 'unpack' && job.expected > 0 ? this.takeBuffer(job.expected + (this.backend === 'native' ? DECOMPRESS_SLACK : 0)) : undefined;
       slot.worker.postMessage(
         { id: job.id, op: job.op, buf, len, level: this.level, expected: job.expected, hashInner: job.hashInner, ...job.unpack, ...(out ? { out } : {}) },
         out ? [buf, out] : [buf],
@@ -424,8 +427,11 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     for (let i = this.freeBuffers.length - 1; i >= 0; i--) {
       if (this.freeBuffers[i].byteLength >= len) return this.freeBuffers.splice(i, 1)[0];
     }
-    // Round up so buffers fit the next, slightly larger extent too.
-    const size = Math.max(len, Math.min(this.maxInputBytes, Math.ceil(len / BUFFER_ROUNDING) * BUFFER_ROUNDING));
+    // Round up so buffers fit the next, slightly larger extent too; every
+    // buffer keeps DECOMPRESS_SLACK past whole MiBs, so a 4 MiB plaintext
+    // (+ slack) and a 4 MiB input share one size class.
+    const rounded = Math.ceil(Math.max(0, len - DECOMPRESS_SLACK) / BUFFER_ROUNDING) * BUFFER_ROUNDING + DECOMPRESS_SLACK;
+    const size = Math.max(len, Math.min(this.maxInputBytes + DECOMPRESS_SLACK, rounded));
     this.allocated++;
     const b = Buffer.allocUnsafeSlow(size);
     const ab = b.byteOffset === 0 && b.buffer.byteLength === size ? (b.buffer as ArrayBuffer) : new ArrayBuffer(size);
