@@ -150,6 +150,25 @@ const BUFFER_ROUNDING = 1024 * 1024;
 /** Room the native decoder needs past the plaintext in its output buffer (DECOMPRESS_SLACK in zstd-worker.mjs). */
 const DECOMPRESS_SLACK = 64;
 const WASM_MEMORY_STEP = 16 * 1024 * 1024;
+/**
+ * Resident memory of a cowstream process before any backup or restore buffer
+ * (docs/memory.md): Node 24, the CLI bundle and the AWS SDK (measured 64 MiB
+ * for a local `archive list`, 76 MiB with the S3 client and lib-storage
+ * loaded; V8's heap of an S3 backup or restore ~50 MiB), plus socket chunks
+ * and other short-lived buffers waiting for the next collection. Measured,
+ * not configurable; the memory bounds of restore and backup start from it.
+ */
+export const RUNTIME_RSS_BYTES = 128 * 1024 * 1024;
+/**
+ * Resident memory of one worker thread apart from the pool's buffers
+ * (docs/memory.md): its isolate and heap (~15 MiB idle, measured on Node 24),
+ * the libzstd context while it runs a job (≈ 6 MiB at levels ≤ 3 for a
+ * 4 MiB input, ZSTD_estimateCCtxSize) and its compression scratch buffer
+ * (≤ ZSTD_COMPRESSBOUND(maxInputBytes), counted separately).
+ */
+export const WORKER_RSS_BYTES = 24 * 1024 * 1024;
+/** Extra context memory per worker above level 3 (≈ 60 MiB at level 19 for a 4 MiB input). */
+const HIGH_LEVEL_CONTEXT_BYTES = 64 * 1024 * 1024;
 /** Magic (4) + frame header descriptor (1) + one block header (3): RFC 8878 §3.1.1. */
 const ZSTD_MIN_FRAME = 8;
 /** Worker deaths in a row (per worker) without a completed job before the pool gives up. */
@@ -318,6 +337,28 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     return this.submit('unpack', stored, expected, false, false, unpack).then(replyBuffer);
   }
 
+  /**
+   * The most memory this pool holds (docs/memory.md), for jobs of at most
+   * `jobBytes` (default maxInputBytes; a restore passes MAX_EXTENT_DATA):
+   *   workers × (WORKER_RSS_BYTES + scratch + context above level 3)
+   *   + 2 × jobPlaces × buffer      (an input and an output per job place; default
+   *                                  workers + maxQueue, fewer when the caller limits its jobs)
+   * where buffer = the size class (whole MiBs + DECOMPRESS_SLACK) of the
+   * largest input a job accepts, ZSTD_COMPRESSBOUND(jobBytes) + 2 × 64 + 32
+   * (hostile lengths are refused before they reach a buffer), and
+   * scratch = ZSTD_COMPRESSBOUND(jobBytes) for a pool that compresses. The
+   * wasm backend adds its fixed heap (wasmMemoryBytes) per worker instead.
+   */
+  memoryBound(jobBytes = this.maxInputBytes, compresses = true, jobPlaces = this.workerCount + this.maxQueue): number {
+    const buffer = this.sizeClass(zstdCompressBound(jobBytes) + 2 * DECOMPRESS_SLACK + 32);
+    const perWorker =
+      WORKER_RSS_BYTES +
+      (compresses ? zstdCompressBound(jobBytes) : 0) +
+      (this.level > 3 ? HIGH_LEVEL_CONTEXT_BYTES : 0) +
+      (this.backend === 'wasm' ? this.wasmMemoryBytes : 0);
+    return this.workerCount * perWorker + 2 * Math.min(jobPlaces, this.workerCount + this.maxQueue) * buffer;
+  }
+
   /** Terminates the workers; pending and queued jobs fail with CodecError. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -427,15 +468,21 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     for (let i = this.freeBuffers.length - 1; i >= 0; i--) {
       if (this.freeBuffers[i].byteLength >= len) return this.freeBuffers.splice(i, 1)[0];
     }
-    // Round up so buffers fit the next, slightly larger extent too; every
-    // buffer keeps DECOMPRESS_SLACK past whole MiBs, so a 4 MiB plaintext
-    // (+ slack) and a 4 MiB input share one size class.
-    const rounded = Math.ceil(Math.max(0, len - DECOMPRESS_SLACK) / BUFFER_ROUNDING) * BUFFER_ROUNDING + DECOMPRESS_SLACK;
-    const size = Math.max(len, Math.min(this.maxInputBytes + DECOMPRESS_SLACK, rounded));
+    const size = this.sizeClass(len);
     this.allocated++;
     const b = Buffer.allocUnsafeSlow(size);
     const ab = b.byteOffset === 0 && b.buffer.byteLength === size ? (b.buffer as ArrayBuffer) : new ArrayBuffer(size);
     return this.own(ab) as ArrayBuffer;
+  }
+
+  /**
+   * The size of a new buffer for `len` bytes: rounded up so buffers fit the
+   * next, slightly larger extent too; every buffer keeps DECOMPRESS_SLACK past
+   * whole MiBs, so a 4 MiB plaintext (+ slack) and a 4 MiB input share one class.
+   */
+  private sizeClass(len: number): number {
+    const rounded = Math.ceil(Math.max(0, len - DECOMPRESS_SLACK) / BUFFER_ROUNDING) * BUFFER_ROUNDING + DECOMPRESS_SLACK;
+    return Math.max(len, Math.min(this.maxInputBytes + DECOMPRESS_SLACK, rounded));
   }
 
   private own(buf: ArrayBuffer | undefined): ArrayBuffer | undefined {

@@ -5,9 +5,10 @@
  *
  * - Each PlanRange is one ranged read (adjacent extents coalesced by the planner).
  * - Up to `parallel` ranges are in flight; inside a range at most
- *   EXTENTS_IN_FLIGHT extents are decoded at once. Memory bound ≈
- *   parallel × (maxRangeBytes + EXTENTS_IN_FLIGHT × 2 × MAX_EXTENT_DATA),
- *   independent of disk size.
+ *   EXTENTS_IN_FLIGHT extents are decoded at once. Ranges are read into
+ *   `parallel` reused buffers that share `rangeBufferBytes` (longer plan
+ *   ranges are read in pieces): the memory bound is restoreMemoryBound()
+ *   in memory.ts, set by configuration, independent of disk size.
  * - Every extent's stored and plaintext SHA-256 are always checked, together
  *   with the decompression, in a pool worker (PayloadUnpacker): this thread
  *   only moves bytes. Range buffers and plaintext buffers are recycled, so a
@@ -28,10 +29,10 @@ import type { ArchiveLocator, PlanExtent, RestorePlan } from './plan.js';
 import { describeLocator } from './chain.js';
 import { openTargets, type RestoreOutput } from './target.js';
 import { authenticatePlan } from './authenticate.js';
+import { DecodeSlots, decodeSlots, DEFAULT_RANGE_BUFFER_BYTES, EXTENTS_IN_FLIGHT, rangeBufferSize, splitRange } from './memory.js';
 
 export const DEFAULT_PARALLEL = 4;
 export const MAX_PARALLEL = 64;
-const EXTENTS_IN_FLIGHT = 2;
 /** Buffers per writev (Linux IOV_MAX is 1024; an extent holds ≤ 64 clusters anyway). */
 const WRITEV_MAX = 64;
 const ZERO_CHUNK = Buffer.alloc(4 * 1024 * 1024);
@@ -55,6 +56,8 @@ export interface RestoreOptions {
   /** Restrict to these plan devices (default: all devices of the plan). */
   devices?: string[];
   parallel?: number;
+  /** Total of the range buffers (memory.ts); default DEFAULT_RANGE_BUFFER_BYTES. */
+  rangeBufferBytes?: number;
   verify?: boolean;
   key?: Buffer;
   compressor: Compressor;
@@ -145,6 +148,11 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
   // With a key, nothing the plan says is trusted until every archive's header
   // and index verify under it and the plan matches them (docs/security.md).
   const headerTags = opts.key ? (await authenticatePlan(plan, opts.key, opts.openSource)).headerTags : [];
+  // Only ranges that supply a selected device, in pieces that fit a range
+  // buffer (refused before any target is touched if an extent is impossible).
+  const selectedSet = new Set(selected);
+  const pieceBytes = rangeBufferSize(parallel, opts.rangeBufferBytes ?? DEFAULT_RANGE_BUFFER_BYTES);
+  const ranges = plan.ranges.filter((r) => r.extents.some((e) => e.runs.some(([pi]) => selectedSet.has(pi)))).flatMap((r) => splitRange(r, pieceBytes));
   const wantedDevices = selected.map((i) => ({ name: plan.devices[i]!.name, size: plan.devices[i]!.size }));
   const targets = opts.openTargets ? await opts.openTargets(wantedDevices) : await openTargets(opts.target, wantedDevices, opts.force ?? false);
   const targetOf = new Map<number, RestoreOutput>(selected.map((pi, k) => [pi, targets[k]!]));
@@ -159,8 +167,6 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
     return Math.max(0, Math.min(size, (first + count) * CLUSTER_SIZE) - first * CLUSTER_SIZE);
   };
 
-  // Only ranges that supply a selected device.
-  const ranges = plan.ranges.filter((r) => r.extents.some((e) => e.runs.some(([pi]) => targetOf.has(pi))));
   progress.rangesTotal = ranges.length;
 
   const sources = new Map<number, Promise<RangeSource>>();
@@ -181,10 +187,10 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
     return p;
   };
 
-  // Range buffers are reused (≤ `parallel` of them, the same bound as
-  // before): allocating ~16 MiB per range made a restore's main thread spend
-  // much of its time in GC, driven by external-memory pressure.
-  // Every buffer is as large as the largest range, so any free one fits.
+  // Range buffers are reused (≤ `parallel` of them): allocating ~16 MiB per
+  // range made a restore's main thread spend much of its time in GC, driven
+  // by external-memory pressure. Every buffer is as large as the largest
+  // piece (≤ pieceBytes, or one extent), so any free one fits.
   const freeRangeBuffers: Buffer[] = [];
   let largestRange = 0;
   for (const r of ranges) largestRange = Math.max(largestRange, r.length);
@@ -193,6 +199,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
     if (freeRangeBuffers.length < parallel) freeRangeBuffers.push(b);
   };
 
+  const slots = new DecodeSlots(decodeSlots(parallel, opts.compressor));
   const damaged: DamagedExtent[] = [];
   const verify = opts.verify ?? false;
   const mismatched: string[] = [];
@@ -230,6 +237,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
         const wanted = range.extents.filter((e) => e.runs.some(([pi]) => targetOf.has(pi)));
         await pool(wanted, EXTENTS_IN_FLIGHT, async (ex) => {
           const slice = bytes.subarray(ex.offset - range.offset, ex.offset - range.offset + ex.length);
+          await slots.acquire();
           let leased;
           try {
             leased = await decodeExtentLeased(slice, {
@@ -241,6 +249,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
               what: `extent at ${ex.offset} of archive ${link.uuid}`,
             });
           } catch (err) {
+            slots.release();
             const names = clusterNames(plan, ex);
             if (err instanceof FormatError || (err instanceof CowstreamError && err.code === 'CODEC')) {
               if (verify) {
@@ -291,6 +300,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
           } finally {
             // Written (or failed): the plaintext buffer goes back to the pool.
             leased.release();
+            slots.release();
           }
         });
         // Every extent of the range is decoded (the workers got copies) and
