@@ -226,7 +226,7 @@ function zlibInto(Engine, input, opts, into) {
  * one scratch buffer per worker, sized for the largest input so far (≤ the
  * pool's maxInputBytes bound), decompression in the pool's lent buffer.
  */
-function nativeBackend(windowLogMax) {
+export function nativeBackend(windowLogMax) {
   const C = zlib.constants;
   let scratch = Buffer.alloc(0);
   const compressOpts = (input, level) => ({
@@ -286,12 +286,6 @@ async function wasmBackend(memoryBytes) {
     decompress: (input, expected, into) => decompress(z, input, expected, into),
   };
 }
-
-const backendName = workerData?.backend === 'wasm' ? 'wasm' : 'native';
-const ready =
-  backendName === 'wasm'
-    ? wasmBackend(Number(workerData?.memoryBytes) || 16 * 1024 * 1024)
-    : Promise.resolve(nativeBackend(Number(workerData?.windowLogMax) || 23));
 
 /**
  * Makes `vec` (a C++ std::vector<uint8_t> in the wasm heap) hold exactly
@@ -423,16 +417,14 @@ function unpack(z, input, msg) {
   return [input.buffer, input.byteOffset + SHA256_BYTES, body.length, true];
 }
 
-parentPort.on('message', async (msg) => {
+/**
+ * Runs one job message (the protocol above) on backend `z`; returns the reply
+ * and the buffers to transfer with it. Never throws: failures are replies.
+ * The pool runs small jobs through this same function on its own thread
+ * (ZstdPool `inlineBytes`), so both paths give the same results and errors.
+ */
+export function runJob(z, msg) {
   const { id } = msg;
-  let z;
-  try {
-    z = await ready;
-  } catch (err) {
-    parentPort.postMessage({ id, ok: false, fatal: true, message: String(err?.message ?? err) });
-    process.exit(1);
-  }
-  if (msg.op === 'crash') process.exit(70);
   try {
     const input = new Uint8Array(msg.buf, 0, msg.len);
     if (msg.op === 'unpack') {
@@ -441,23 +433,44 @@ parentPort.on('message', async (msg) => {
       // and the output buffer when the result did not land in it.
       const back = { input: consumed ? undefined : msg.buf, spare: msg.out && msg.out !== buf ? msg.out : undefined };
       const transfer = [buf, back.input, back.spare].filter((x) => x !== undefined);
-      parentPort.postMessage({ id, ok: true, buf, off, len, ...back }, transfer);
-      return;
+      return { reply: { id, ok: true, buf, off, len, ...back }, transfer };
     }
     if (msg.op === 'extent') {
       const r = compressExtent(z, input, msg.level, msg.hashInner);
-      parentPort.postMessage({ id, ok: true, ...r, input: msg.buf }, [r.buf, msg.buf]);
-      return;
+      return { reply: { id, ok: true, ...r, input: msg.buf }, transfer: [r.buf, msg.buf] };
     }
     const [buf, len] = msg.op === 'compress' ? z.compress(input, msg.level) : z.decompress(input, msg.expected);
-    parentPort.postMessage({ id, ok: true, buf, len, input: msg.buf }, [buf, msg.buf]);
+    return { reply: { id, ok: true, buf, len, input: msg.buf }, transfer: [buf, msg.buf] };
   } catch (err) {
     // emscripten aborts (OOM, assertion) leave the runtime unusable; anything
     // thrown that is not one of our own rc checks is treated the same way.
     const message = String(err?.message ?? err);
     const checksum = err instanceof DigestMismatch;
     const fatal = !checksum && !/^zstd (compress|decompress) failed|too large for zstd/.test(message);
-    parentPort.postMessage({ id, ok: false, fatal, checksum, message, input: msg.buf, spare: msg.out }, msg.out ? [msg.buf, msg.out] : [msg.buf]);
-    if (fatal) process.exit(1);
+    return { reply: { id, ok: false, fatal, checksum, message, input: msg.buf, spare: msg.out }, transfer: msg.out ? [msg.buf, msg.out] : [msg.buf] };
   }
-});
+}
+
+// The worker side: only in a thread the pool started (workerData.zstdWorker),
+// never when this module is loaded by the pool itself for inline jobs (which
+// may run inside some other worker thread, e.g. a test runner's).
+if (parentPort !== null && workerData?.zstdWorker === true) {
+  const port = parentPort;
+  const ready =
+    workerData.backend === 'wasm'
+      ? wasmBackend(Number(workerData.memoryBytes) || 16 * 1024 * 1024)
+      : Promise.resolve(nativeBackend(Number(workerData.windowLogMax) || 23));
+  port.on('message', async (msg) => {
+    let z;
+    try {
+      z = await ready;
+    } catch (err) {
+      port.postMessage({ id: msg.id, ok: false, fatal: true, message: String(err?.message ?? err) });
+      process.exit(1);
+    }
+    if (msg.op === 'crash') process.exit(70);
+    const { reply, transfer } = runJob(z, msg);
+    port.postMessage(reply, transfer);
+    if (reply.fatal) process.exit(1);
+  });
+}
