@@ -9,10 +9,11 @@
  *   `parallel` reused buffers that share `rangeBufferBytes` (longer plan
  *   ranges are read in pieces): the memory bound is restoreMemoryBound()
  *   in memory.ts, set by configuration, independent of disk size.
- * - Every extent's stored and plaintext SHA-256 are always checked, together
- *   with the decompression, in a pool worker (PayloadUnpacker): this thread
- *   only moves bytes. Range buffers and plaintext buffers are recycled, so a
- *   restore of any size allocates nothing per range or extent.
+ * - Every extent's plaintext SHA-256 is always checked (end to end), and with
+ *   --verify its stored-payload SHA-256 too, together with the decompression,
+ *   in a pool worker (PayloadUnpacker): this thread only moves bytes. Range
+ *   buffers and plaintext buffers are recycled, so a restore of any size
+ *   allocates nothing per range or extent.
  *   Without --verify the first bad extent stops the restore; with --verify
  *   every extent is checked, all damaged clusters are named, and each
  *   written cluster is read back and compared.
@@ -246,6 +247,8 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
               compressor: opts.compressor,
               archiveUuid: link.uuid,
               headerTag: headerTags[range.archive] ?? null,
+              // The plaintext digest is always checked; --verify checks the stored one too.
+              checkStoredDigest: verify,
               what: `extent at ${ex.offset} of archive ${link.uuid}`,
             });
           } catch (err) {
