@@ -13,10 +13,18 @@ const MiB = 1024 * 1024;
 const DATA_REGION = 48 * MiB;
 
 /** The project root, bench/work/, and the image size and path bench:archive and bench:s3 use (BENCH_IMAGE_MIB). */
-export const benchRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const benchRoot = projectRoot(dirname(fileURLToPath(import.meta.url)));
 export const benchWork = join(benchRoot, 'bench', 'work');
 export const benchImageMiB = Number(process.env.BENCH_IMAGE_MIB ?? 1024);
 export const benchImage = join(benchWork, `image-${benchImageMiB}M.raw`);
+
+/** The nearest directory at or above `dir` with a package.json (bench/ here, dist/bench/ in bench:s3's child bundle). */
+function projectRoot(dir: string): string {
+  for (let d = dir; ; d = dirname(d)) {
+    if (existsSync(join(d, 'package.json'))) return d;
+    if (dirname(d) === d) return join(dir, '..');
+  }
+}
 
 /** Path of the image of `imageMiB` MiB in `workDir`, building it if missing. */
 export async function ensureBenchImage(workDir: string, imageMiB: number): Promise<string> {

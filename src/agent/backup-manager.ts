@@ -540,7 +540,12 @@ export class BackupManager implements ControlBackend {
     onStarted: () => void,
   ): Promise<void> {
     const log = this.ctx.log;
-    const compressor = new ZstdPool(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {});
+    const compressor = new ZstdPool({
+      // Every job in a worker: an inline one would hold the event loop that
+      // answers guest writes and NBD requests during a live backup.
+      inlineBytes: 0,
+      ...(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {}),
+    });
     let failure: unknown = null;
     try {
       const { result: r, summary } = await runArchivePipeline({

@@ -38,7 +38,12 @@ export interface QemuDriveBackupOptions {
 export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<void> {
   const { run, req, host, log } = o;
   const uuid = run.status.uuid;
-  const compressor = new ZstdPool(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {});
+  const compressor = new ZstdPool({
+    // Every job in a worker: an inline one would hold the event loop that
+    // answers guest writes and NBD requests during a live backup.
+    inlineBytes: 0,
+    ...(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {}),
+  });
   let qmp: QmpClient | null = null;
   let snapshot = false;
   let failure: unknown = null;

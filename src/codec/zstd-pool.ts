@@ -4,7 +4,9 @@
  * `zstd-codec` WebAssembly build as the fallback (ZstdBackend, docs/zstd.md).
  *
  * - Up to one worker per core by default (os.availableParallelism()), started
- *   on demand; each worker runs one job at a time.
+ *   on demand; each worker runs one job at a time. The first jobs, up to
+ *   `inlineBytes` of input, run on the calling thread instead (native backend:
+ *   the worker's own runJob), so a small archive starts no worker at all.
  * - A BOUNDED queue: at most `maxQueue` jobs wait for a worker. Further callers
  *   await a slot before their job is even queued, so backpressure reaches the
  *   producer (the archive writer, and through it the device reader).
@@ -31,6 +33,7 @@ import { availableParallelism } from 'node:os';
 import * as zlib from 'node:zlib';
 import { ChecksumError, CodecError } from '../errors.js';
 import type { CompressExtentOptions, CompressedExtent, ExtentCompressor, PayloadUnpacker, UnpackPayloadOptions } from './types.js';
+import { type JobMessage, type ZstdBackendImpl, nativeBackend, runJob } from './zstd-worker.mjs';
 
 /** zstd levels this pool accepts (ZSTD_minCLevel fast levels are not exposed). */
 export const MIN_ZSTD_LEVEL = 1;
@@ -78,6 +81,12 @@ export interface ZstdPoolOptions {
    */
   maxInputBytes?: number;
   /**
+   * Job bytes (inputs) the pool runs on the calling thread before it starts
+   * its first worker; default DEFAULT_INLINE_BYTES, 0 = always in workers.
+   * Native backend only (see DEFAULT_INLINE_BYTES).
+   */
+  inlineBytes?: number;
+  /**
    * Linear memory of each worker's wasm instance (wasm backend only); default 128 MiB (virtual:
    * only touched pages become resident). Level 19 on 4 MiB needs ~60 MiB.
    */
@@ -95,6 +104,8 @@ export interface ZstdPoolStats {
   completed: number;
   failed: number;
   workersReplaced: number;
+  /** Jobs run on the calling thread (inlineBytes). */
+  inline: number;
   /** Transfer buffers allocated so far; flat in steady state when callers release what they are lent. */
   buffersAllocated: number;
 }
@@ -144,10 +155,41 @@ interface WorkerReply {
 }
 
 const WORKER_URL = new URL('./zstd-worker.mjs', import.meta.url);
+/**
+ * Starting a worker costs 0.10–0.14 CPU-s (a thread, an isolate, the worker's
+ * module graph; docs/startup.md), the time native zstd needs for ~100 MiB.
+ * So the first jobs of a pool, up to this many input bytes, run on the
+ * calling thread through the worker's own job function (runJob), and no
+ * worker starts for a small archive. 8 MiB is two full extents: ≤ ~30 ms of
+ * the calling thread's CPU in total, after which every job goes to workers
+ * (a long backup or restore keeps its event loop free).
+ */
+export const DEFAULT_INLINE_BYTES = 8 * 1024 * 1024;
 const DEFAULT_MAX_INPUT = 8 * 1024 * 1024;
 const DEFAULT_WASM_MEMORY = 128 * 1024 * 1024;
 const BUFFER_ROUNDING = 1024 * 1024;
+/** Room the native decoder needs past the plaintext in its output buffer (DECOMPRESS_SLACK in zstd-worker.mjs). */
+const DECOMPRESS_SLACK = 64;
 const WASM_MEMORY_STEP = 16 * 1024 * 1024;
+/**
+ * Resident memory of a cowstream process before any backup or restore buffer
+ * (docs/memory.md): Node 24, the CLI bundle and the AWS SDK (measured 64 MiB
+ * for a local `archive list`, 76 MiB with the S3 client and lib-storage
+ * loaded; V8's heap of an S3 backup or restore ~50 MiB), plus socket chunks
+ * and other short-lived buffers waiting for the next collection. Measured,
+ * not configurable; the memory bounds of restore and backup start from it.
+ */
+export const RUNTIME_RSS_BYTES = 128 * 1024 * 1024;
+/**
+ * Resident memory of one worker thread apart from the pool's buffers
+ * (docs/memory.md): its isolate and heap (~15 MiB idle, measured on Node 24),
+ * the libzstd context while it runs a job (≈ 6 MiB at levels ≤ 3 for a
+ * 4 MiB input, ZSTD_estimateCCtxSize) and its compression scratch buffer
+ * (≤ ZSTD_COMPRESSBOUND(maxInputBytes), counted separately).
+ */
+export const WORKER_RSS_BYTES = 24 * 1024 * 1024;
+/** Extra context memory per worker above level 3 (≈ 60 MiB at level 19 for a 4 MiB input). */
+const HIGH_LEVEL_CONTEXT_BYTES = 64 * 1024 * 1024;
 /** Magic (4) + frame header descriptor (1) + one block header (3): RFC 8878 §3.1.1. */
 const ZSTD_MIN_FRAME = 8;
 /** Worker deaths in a row (per worker) without a completed job before the pool gives up. */
@@ -211,6 +253,11 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
   private completed = 0;
   private failed = 0;
   private replaced = 0;
+  readonly inlineBytes: number;
+  private inlineUsed = 0;
+  private inlineJobs = 0;
+  /** The calling thread's backend for inline jobs; dropped when the first worker starts. */
+  private inlineBackend: ZstdBackendImpl | null = null;
 
   constructor(options: ZstdPoolOptions = {}) {
     this.backend = options.backend ?? resolveZstdBackend();
@@ -219,6 +266,7 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     this.workerCount = checkInt(options.workers ?? availableParallelism(), 'workers', 1, 256);
     this.maxQueue = checkInt(options.maxQueue ?? 2 * this.workerCount, 'maxQueue', 0, 1 << 16);
     this.maxInputBytes = checkInt(options.maxInputBytes ?? DEFAULT_MAX_INPUT, 'maxInputBytes', 1, 256 * 1024 * 1024);
+    this.inlineBytes = this.backend === 'native' ? checkInt(options.inlineBytes ?? DEFAULT_INLINE_BYTES, 'inlineBytes', 0, Number.MAX_SAFE_INTEGER) : 0;
     // ≤ 512 MiB keeps the patched page count a 2-byte LEB128 like the original
     // (see zstd-worker.mjs); whole 16 MiB steps as older emscripten runtimes expect.
     const mem = checkInt(options.wasmMemoryBytes ?? DEFAULT_WASM_MEMORY, 'wasmMemoryBytes', WASM_MEMORY_STEP, 512 * 1024 * 1024);
@@ -316,6 +364,28 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     return this.submit('unpack', stored, expected, false, false, unpack).then(replyBuffer);
   }
 
+  /**
+   * The most memory this pool holds (docs/memory.md), for jobs of at most
+   * `jobBytes` (default maxInputBytes; a restore passes MAX_EXTENT_DATA):
+   *   workers × (WORKER_RSS_BYTES + scratch + context above level 3)
+   *   + 2 × jobPlaces × buffer      (an input and an output per job place; default
+   *                                  workers + maxQueue, fewer when the caller limits its jobs)
+   * where buffer = the size class (whole MiBs + DECOMPRESS_SLACK) of the
+   * largest input a job accepts, ZSTD_COMPRESSBOUND(jobBytes) + 2 × 64 + 32
+   * (hostile lengths are refused before they reach a buffer), and
+   * scratch = ZSTD_COMPRESSBOUND(jobBytes) for a pool that compresses. The
+   * wasm backend adds its fixed heap (wasmMemoryBytes) per worker instead.
+   */
+  memoryBound(jobBytes = this.maxInputBytes, compresses = true, jobPlaces = this.workerCount + this.maxQueue): number {
+    const buffer = this.sizeClass(zstdCompressBound(jobBytes) + 2 * DECOMPRESS_SLACK + 32);
+    const perWorker =
+      WORKER_RSS_BYTES +
+      (compresses ? zstdCompressBound(jobBytes) : 0) +
+      (this.level > 3 ? HIGH_LEVEL_CONTEXT_BYTES : 0) +
+      (this.backend === 'wasm' ? this.wasmMemoryBytes : 0);
+    return this.workerCount * perWorker + 2 * Math.min(jobPlaces, this.workerCount + this.maxQueue) * buffer;
+  }
+
   /** Terminates the workers; pending and queued jobs fail with CodecError. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -344,6 +414,7 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
       completed: this.completed,
       failed: this.failed,
       workersReplaced: this.replaced,
+      inline: this.inlineJobs,
       buffersAllocated: this.allocated,
     };
   }
@@ -386,32 +457,20 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     return slot;
   }
 
-  /** Moves queued jobs into idle workers and wakes blocked callers for the freed queue places. */
+  /** Moves queued jobs into idle workers (or runs them inline) and wakes blocked callers for the freed queue places. */
   private pump(): void {
-    for (let slot = this.freeSlot(); slot && this.queue.length > 0; slot = this.freeSlot()) {
+    while (this.queue.length > 0) {
+      if (this.canInline(this.queue[0]!)) {
+        this.runInline(this.queue.shift()!);
+        continue;
+      }
+      const slot = this.freeSlot();
+      if (!slot) break;
       const job = this.queue.shift()!;
       slot.job = job;
       slot.worker.ref();
-      // One copy into a transferable buffer (the caller keeps its own), or
-      // none when the caller handed its buffer over. The worker hands the
-      // buffer back with its reply, so steady state allocates nothing here
-      // (less GC, no zero-filling of fresh buffers).
-      const len = job.input.length;
-      let buf: ArrayBuffer;
-      if (job.transfer) {
-        buf = job.input.buffer as ArrayBuffer;
-      } else {
-        buf = this.takeBuffer(len);
-        new Uint8Array(buf, 0, len).set(job.input);
-      }
-      // An 'unpack' job also borrows a buffer for its plaintext, so steady
-      // restores allocate nothing per extent when callers release results.
-      // (wasm only: native zstd allocates its own output, which comes back as the result.)
-      const out = job.op === 'unpack' && job.expected > 0 && this.backend === 'wasm' ? this.takeBuffer(job.expected) : undefined;
-      slot.worker.postMessage(
-        { id: job.id, op: job.op, buf, len, level: this.level, expected: job.expected, hashInner: job.hashInner, ...job.unpack, ...(out ? { out } : {}) },
-        out ? [buf, out] : [buf],
-      );
+      const msg = this.jobMessage(job);
+      slot.worker.postMessage(msg, msg.out ? [msg.buf, msg.out] : [msg.buf]);
     }
     // Wake as many blocked callers as there is room for (queue places + idle workers).
     const startable = this.closed || this.brokenReason !== null ? 0 : this.workerCount - this.slots.length;
@@ -419,17 +478,71 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     while (this.blockedCallers.length > 0 && room-- > 0) this.blockedCallers.shift()!();
   }
 
+  /**
+   * The protocol message of a job. One copy into a transferable buffer (the
+   * caller keeps its own), or none when the caller handed its buffer over.
+   * The worker hands the buffer back with its reply, so steady state
+   * allocates nothing here (less GC, no zero-filling of fresh buffers).
+   */
+  private jobMessage(job: Job): JobMessage {
+    const len = job.input.length;
+    let buf: ArrayBuffer;
+    if (job.transfer) {
+      buf = job.input.buffer as ArrayBuffer;
+    } else {
+      buf = this.takeBuffer(len);
+      new Uint8Array(buf, 0, len).set(job.input);
+    }
+    // An 'unpack' job also borrows a buffer for its plaintext, so steady
+    // restores allocate nothing per extent when callers release results.
+    // Native zstd writes into it directly and needs DECOMPRESS_SLACK past
+    // the plaintext (zstd-worker.mjs).
+    const out = job.op === 'unpack' && job.expected > 0 ? this.takeBuffer(job.expected + (this.backend === 'native' ? DECOMPRESS_SLACK : 0)) : undefined;
+    return { id: job.id, op: job.op, buf, len, level: this.level, expected: job.expected, hashInner: job.hashInner, ...job.unpack, ...(out ? { out } : {}) };
+  }
+
+  /** Before the first worker starts, jobs run inline while their bytes stay within inlineBytes. */
+  private canInline(job: Job): boolean {
+    // inlineBytes is 0 for the wasm backend: its inline path would be a second wasm heap on this thread.
+    if (this.inlineBytes === 0 || job.op === 'crash' || this.slots.length > 0 || this.closed || this.brokenReason !== null) return false;
+    return this.inlineUsed + job.input.length <= this.inlineBytes;
+  }
+
+  /** Runs a job on this thread through the worker's own job function; settles it like a worker reply. */
+  private runInline(job: Job): void {
+    this.inlineUsed += job.input.length;
+    this.inlineJobs++;
+    this.inlineBackend ??= nativeBackend(windowLogFor(this.maxInputBytes));
+    // A buffer the caller handed over is detached, as a transfer to a worker would.
+    if (job.transfer) {
+      const ab = job.input.buffer as ArrayBuffer;
+      const len = job.input.length; // read before the transfer empties the caller's view
+      job = { ...job, input: new Uint8Array(structuredClone(ab, { transfer: [ab] }), 0, len) };
+    }
+    const { reply } = runJob(this.inlineBackend, this.jobMessage(job));
+    this.settle(job, reply as unknown as WorkerReply);
+  }
+
   /** A transferable buffer of ≥ `len` bytes from the free list, or a new uninitialised one. */
   private takeBuffer(len: number): ArrayBuffer {
     for (let i = this.freeBuffers.length - 1; i >= 0; i--) {
       if (this.freeBuffers[i].byteLength >= len) return this.freeBuffers.splice(i, 1)[0];
     }
-    // Round up so buffers fit the next, slightly larger extent too.
-    const size = Math.max(len, Math.min(this.maxInputBytes, Math.ceil(len / BUFFER_ROUNDING) * BUFFER_ROUNDING));
+    const size = this.sizeClass(len);
     this.allocated++;
     const b = Buffer.allocUnsafeSlow(size);
     const ab = b.byteOffset === 0 && b.buffer.byteLength === size ? (b.buffer as ArrayBuffer) : new ArrayBuffer(size);
     return this.own(ab) as ArrayBuffer;
+  }
+
+  /**
+   * The size of a new buffer for `len` bytes: rounded up so buffers fit the
+   * next, slightly larger extent too; every buffer keeps DECOMPRESS_SLACK past
+   * whole MiBs, so a 4 MiB plaintext (+ slack) and a 4 MiB input share one class.
+   */
+  private sizeClass(len: number): number {
+    const rounded = Math.ceil(Math.max(0, len - DECOMPRESS_SLACK) / BUFFER_ROUNDING) * BUFFER_ROUNDING + DECOMPRESS_SLACK;
+    return Math.max(len, Math.min(this.maxInputBytes + DECOMPRESS_SLACK, rounded));
   }
 
   private own(buf: ArrayBuffer | undefined): ArrayBuffer | undefined {
@@ -447,7 +560,9 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     // execArgv: []: the worker is plain JavaScript, so it must not inherit
     // loader flags such as tsx's `--import` (under tsx/vitest that made every
     // worker load the TypeScript loader: ~100 ms of CPU per worker start).
-    const workerData = { backend: this.backend, memoryBytes: this.wasmMemoryBytes, windowLogMax: windowLogFor(this.maxInputBytes) };
+    const workerData = { zstdWorker: true, backend: this.backend, memoryBytes: this.wasmMemoryBytes, windowLogMax: windowLogFor(this.maxInputBytes) };
+    // From now on every job goes to workers: the inline backend's scratch goes.
+    this.inlineBackend = null;
     const worker = new Worker(WORKER_URL, { workerData, execArgv: [] });
     const slot: Slot = { worker, job: null, retiring: false };
     // Idle workers must not keep a process alive; a busy one is ref'ed so an
@@ -464,6 +579,14 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     if (!job || job.id !== msg.id) return;
     slot.job = null;
     slot.worker.unref();
+    this.settle(job, msg);
+    // A fatal reply is followed by the worker's exit; don't hand it more work.
+    if (msg.fatal) slot.retiring = true;
+    this.pump();
+  }
+
+  /** Takes back the reply's lent buffers and resolves or rejects the job. */
+  private settle(job: Job, msg: WorkerReply): void {
     this.giveBuffer(this.own(msg.input));
     this.giveBuffer(this.own(msg.spare));
     // An unpack result lives in a lent buffer the caller hands back with releaseBuffer().
@@ -477,9 +600,6 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
       if (msg.checksum) job.reject(new ChecksumError(msg.message ?? 'SHA-256 mismatch'));
       else job.reject(new CodecError(`zstd ${job.op} failed: ${msg.message ?? 'unknown error'}`));
     }
-    // A fatal reply is followed by the worker's exit; don't hand it more work.
-    if (msg.fatal) slot.retiring = true;
-    this.pump();
   }
 
   private onDeath(slot: Slot, reason: string, cause?: unknown): void {

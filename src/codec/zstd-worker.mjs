@@ -9,13 +9,15 @@
 // 'native' (default): node:zlib's zstd (libzstd inside Node ≥ 22.15), called
 // synchronously in this worker so the digests, the codec and the transfer of
 // one extent stay one job off the main thread (docs/zstd.md: measured against
-// the async API on libuv's pool). The sync API builds a fresh context and
-// output buffer per call (it takes no output buffer), so:
-//   - chunkSize = the output bound (ZSTD_COMPRESSBOUND, or expected + slack
-//     for decompression): one output allocation per call, never a chain of
-//     16 KiB chunks and a concat (15 % / 36 % slower, docs/zstd.md);
-//   - that output buffer is a fresh ArrayBuffer at offset 0, transferred to
-//     the pool as the result without another copy;
+// the async API on libuv's pool). The sync API builds a fresh context per call
+// and, left alone, a fresh output buffer too; we aim its output at buffers
+// that outlive the job instead (zlibInto):
+//   - compression writes into one scratch buffer per worker (sized by the
+//     output bound, ZSTD_COMPRESSBOUND), then the frame is copied once into
+//     the exact-size result that is transferred to the pool;
+//   - decompression writes into the output buffer the pool lends with the
+//     job (expected + slack), which goes back to the pool with the reply;
+//   so no job leaves a multi-MiB ArrayBuffer behind as garbage (docs/memory.md);
 //   - pledgedSrcSize lets zstd size its window and tables to the input;
 //   - decompression is capped by maxOutputLength = expected (ERR_BUFFER_TOO_LARGE
 //     instead of writing past it) and ZSTD_d_windowLogMax (a forged window
@@ -189,40 +191,86 @@ function ownBuffer(out) {
 }
 
 /**
+ * Runs one zlib zstd job (a whole input, finished) with its output written
+ * straight into `into` (a Buffer this worker owns or the pool lent), instead
+ * of into the fresh chunk the one-shot *Sync functions allocate per call. That
+ * per-call chunk (4 MiB per extent) is garbage the moment the job ends, and
+ * garbage held in ArrayBuffers is freed only when V8 next collects: measured
+ * 30 full GCs and ~200 MiB of external memory on the main thread of a 1 GiB
+ * restore (docs/memory.md). This is the very path zstd*Sync takes
+ * (zlibBufferSync → _processChunk), only aimed at our buffer: the engine
+ * starts with the smallest chunk (MIN_CHUNK, from the shared pool), then
+ * _outBuffer/_chunkSize point at `into`. Returns the output length when it
+ * landed in `into`, or the output Buffer when zlib had to go past it (then
+ * it allocated as usual); returns null when this runtime's zlib lacks the
+ * fields (the caller falls back to the *Sync call).
+ */
+function zlibInto(Engine, input, opts, into) {
+  const engine = new Engine({ ...opts, chunkSize: MIN_CHUNK });
+  if (!('_outBuffer' in engine) || !('_outOffset' in engine) || !('_chunkSize' in engine) || typeof engine._processChunk !== 'function') {
+    engine.close();
+    return null;
+  }
+  engine._outBuffer = into;
+  engine._outOffset = 0;
+  engine._chunkSize = into.length;
+  const out = engine._processChunk(input, engine._finishFlushFlag);
+  if (out.buffer === into.buffer && out.byteOffset === into.byteOffset) return out.length;
+  return out;
+}
+
+/**
  * The 'native' backend: node:zlib zstd. Levels are validated by the pool;
  * windowLogMax bounds the decoder's window whatever a frame header claims.
+ * Outputs land in buffers that live across jobs (zlibInto): compression in
+ * one scratch buffer per worker, sized for the largest input so far (≤ the
+ * pool's maxInputBytes bound), decompression in the pool's lent buffer.
  */
-function nativeBackend(windowLogMax) {
+export function nativeBackend(windowLogMax) {
   const C = zlib.constants;
+  let scratch = Buffer.alloc(0);
+  const compressOpts = (input, level) => ({
+    pledgedSrcSize: input.length,
+    params: { [C.ZSTD_c_compressionLevel]: level },
+  });
   const compressTo = (input, level) => {
-    const out = zlib.zstdCompressSync(input, {
-      chunkSize: Math.max(MIN_CHUNK, compressBound(input.length)),
-      pledgedSrcSize: input.length,
-      params: { [C.ZSTD_c_compressionLevel]: level },
-    });
+    const bound = Math.max(MIN_CHUNK, compressBound(input.length));
+    if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
+    const r = zlibInto(zlib.ZstdCompress, input, compressOpts(input, level), scratch.subarray(0, bound));
+    if (typeof r === 'number') return [scratch, r];
+    // Fallback (a zlib without the fields zlibInto needs): one allocation per call.
+    const out = r ?? zlib.zstdCompressSync(input, { ...compressOpts(input, level), chunkSize: bound });
     return [out, out.length];
+  };
+  const decompressOpts = (expected) => ({
+    maxOutputLength: Math.max(1, expected),
+    params: { [C.ZSTD_d_windowLogMax]: windowLogMax },
+  });
+  const decompressTo = (input, expected, into) => {
+    if (into && into.length >= expected + DECOMPRESS_SLACK) {
+      const r = zlibInto(zlib.ZstdDecompress, input, decompressOpts(expected), into.subarray(0, expected + DECOMPRESS_SLACK));
+      if (typeof r === 'number') return [into.buffer, r];
+      if (r !== null) return [ownBuffer(r), r.length];
+    }
+    const out = zlib.zstdDecompressSync(input, { ...decompressOpts(expected), chunkSize: Math.max(MIN_CHUNK, expected + DECOMPRESS_SLACK) });
+    return [ownBuffer(out), out.length];
   };
   return {
     compressTo,
     compress(input, level) {
       const [out, len] = compressTo(input, level);
-      return [ownBuffer(out), len];
+      return [out.buffer.slice(out.byteOffset, out.byteOffset + len), len];
     },
     /** The compressed bytes of the last compressTo(), as a view. */
     view: (out, len) => out.subarray(0, len),
-    decompress(input, expected) {
-      let out;
+    /** Decompresses into `into` (an ArrayBuffer the pool lent) when it has room for expected + slack. */
+    decompress(input, expected, into) {
       try {
-        out = zlib.zstdDecompressSync(input, {
-          chunkSize: Math.max(MIN_CHUNK, expected + DECOMPRESS_SLACK),
-          maxOutputLength: Math.max(1, expected),
-          params: { [C.ZSTD_d_windowLogMax]: windowLogMax },
-        });
+        return decompressTo(input, expected, into ? Buffer.from(into) : undefined);
       } catch (err) {
         if (err?.code === 'ERR_BUFFER_TOO_LARGE') throw new Error(`zstd decompress failed: output larger than ${expected} bytes`);
         throw new Error(`zstd decompress failed: corrupt frame or output larger than ${expected} bytes (${err?.code ?? err?.message ?? err})`);
       }
-      return [ownBuffer(out), out.length];
     },
   };
 }
@@ -238,12 +286,6 @@ async function wasmBackend(memoryBytes) {
     decompress: (input, expected, into) => decompress(z, input, expected, into),
   };
 }
-
-const backendName = workerData?.backend === 'wasm' ? 'wasm' : 'native';
-const ready =
-  backendName === 'wasm'
-    ? wasmBackend(Number(workerData?.memoryBytes) || 16 * 1024 * 1024)
-    : Promise.resolve(nativeBackend(Number(workerData?.windowLogMax) || 23));
 
 /**
  * Makes `vec` (a C++ std::vector<uint8_t> in the wasm heap) hold exactly
@@ -375,16 +417,14 @@ function unpack(z, input, msg) {
   return [input.buffer, input.byteOffset + SHA256_BYTES, body.length, true];
 }
 
-parentPort.on('message', async (msg) => {
+/**
+ * Runs one job message (the protocol above) on backend `z`; returns the reply
+ * and the buffers to transfer with it. Never throws: failures are replies.
+ * The pool runs small jobs through this same function on its own thread
+ * (ZstdPool `inlineBytes`), so both paths give the same results and errors.
+ */
+export function runJob(z, msg) {
   const { id } = msg;
-  let z;
-  try {
-    z = await ready;
-  } catch (err) {
-    parentPort.postMessage({ id, ok: false, fatal: true, message: String(err?.message ?? err) });
-    process.exit(1);
-  }
-  if (msg.op === 'crash') process.exit(70);
   try {
     const input = new Uint8Array(msg.buf, 0, msg.len);
     if (msg.op === 'unpack') {
@@ -393,23 +433,44 @@ parentPort.on('message', async (msg) => {
       // and the output buffer when the result did not land in it.
       const back = { input: consumed ? undefined : msg.buf, spare: msg.out && msg.out !== buf ? msg.out : undefined };
       const transfer = [buf, back.input, back.spare].filter((x) => x !== undefined);
-      parentPort.postMessage({ id, ok: true, buf, off, len, ...back }, transfer);
-      return;
+      return { reply: { id, ok: true, buf, off, len, ...back }, transfer };
     }
     if (msg.op === 'extent') {
       const r = compressExtent(z, input, msg.level, msg.hashInner);
-      parentPort.postMessage({ id, ok: true, ...r, input: msg.buf }, [r.buf, msg.buf]);
-      return;
+      return { reply: { id, ok: true, ...r, input: msg.buf }, transfer: [r.buf, msg.buf] };
     }
     const [buf, len] = msg.op === 'compress' ? z.compress(input, msg.level) : z.decompress(input, msg.expected);
-    parentPort.postMessage({ id, ok: true, buf, len, input: msg.buf }, [buf, msg.buf]);
+    return { reply: { id, ok: true, buf, len, input: msg.buf }, transfer: [buf, msg.buf] };
   } catch (err) {
     // emscripten aborts (OOM, assertion) leave the runtime unusable; anything
     // thrown that is not one of our own rc checks is treated the same way.
     const message = String(err?.message ?? err);
     const checksum = err instanceof DigestMismatch;
     const fatal = !checksum && !/^zstd (compress|decompress) failed|too large for zstd/.test(message);
-    parentPort.postMessage({ id, ok: false, fatal, checksum, message, input: msg.buf, spare: msg.out }, msg.out ? [msg.buf, msg.out] : [msg.buf]);
-    if (fatal) process.exit(1);
+    return { reply: { id, ok: false, fatal, checksum, message, input: msg.buf, spare: msg.out }, transfer: msg.out ? [msg.buf, msg.out] : [msg.buf] };
   }
-});
+}
+
+// The worker side: only in a thread the pool started (workerData.zstdWorker),
+// never when this module is loaded by the pool itself for inline jobs (which
+// may run inside some other worker thread, e.g. a test runner's).
+if (parentPort !== null && workerData?.zstdWorker === true) {
+  const port = parentPort;
+  const ready =
+    workerData.backend === 'wasm'
+      ? wasmBackend(Number(workerData.memoryBytes) || 16 * 1024 * 1024)
+      : Promise.resolve(nativeBackend(Number(workerData.windowLogMax) || 23));
+  port.on('message', async (msg) => {
+    let z;
+    try {
+      z = await ready;
+    } catch (err) {
+      port.postMessage({ id: msg.id, ok: false, fatal: true, message: String(err?.message ?? err) });
+      process.exit(1);
+    }
+    if (msg.op === 'crash') process.exit(70);
+    const { reply, transfer } = runJob(z, msg);
+    port.postMessage(reply, transfer);
+    if (reply.fatal) process.exit(1);
+  });
+}

@@ -72,6 +72,17 @@ export interface DecodeExtentOptions {
    * (docs/FORMAT.md "Version 2"); null/absent for v1 archives.
    */
   headerTag?: Buffer | null;
+  /**
+   * Also check the stored-payload digest of an unencrypted extent decoded in
+   * a PayloadUnpacker (default true). A restore that checks the plaintext
+   * digest end to end passes false: damage anywhere in the payload still
+   * fails (a changed body decodes to other bytes or not at all, a changed
+   * plaintext digest no longer matches), decompression is bounded whatever
+   * the frame claims (ZstdPool), and it saves one SHA-256 over the stored
+   * bytes per extent (docs/benchmarks.md). `verify` and `restore --verify`
+   * keep both digests.
+   */
+  checkStoredDigest?: boolean;
 }
 
 const ZERO_BLOCK = Buffer.alloc(ZERO_BLOCK_SIZE);
@@ -316,7 +327,7 @@ async function unpackPlaintext(bytes: Buffer, h: ExtentHeader, opts: DecodeExten
   if (!h.encrypted && unpacker) {
     // Both digests and the decompression in one worker job: the caller's
     // thread (a restore's event loop) never hashes or decompresses.
-    return unpackIn(unpacker, stored, h, what, true);
+    return unpackIn(unpacker, stored, h, what, opts.checkStoredDigest ?? true);
   }
   checkSha256(stored, h.payloadSha256, `${what} stored payload`);
   let inner = stored;

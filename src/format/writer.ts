@@ -14,13 +14,15 @@
  *
  * Memory: at most (maxInFlightExtents + 1) extents of ≤ 4 MiB plaintext plus
  * their compressed copies, plus the index (one entry per run) and a sparse
- * presence bitmap (1 bit per cluster, allocated in 8 KiB chunks on use).
+ * presence bitmap (1 bit per cluster, allocated in 8 KiB chunks on use);
+ * writerMemoryBound() gives the whole process's bound (docs/memory.md).
  */
 import { v7 as uuidv7, validate as validateUuid } from 'uuid';
 import { CowstreamError } from '../errors.js';
 import { type CompressedExtent, type Compressor, type ExtentCompressor, isExtentCompressor } from '../codec/types.js';
 import { type SealKey, importSealKey, sealAsync } from '../codec/crypto.js';
 import { sha256Async } from '../codec/hash.js';
+import { RUNTIME_RSS_BYTES } from '../codec/zstd-pool.js';
 import { sha256 } from './checksum.js';
 import { CLUSTER_SIZE, MAX_CLUSTERS_PER_EXTENT, MAX_EXTENT_DATA } from './constants.js';
 import { assertKey, keyFingerprint, randomNonce } from './encryption.js';
@@ -38,7 +40,7 @@ import {
   headerTagOf,
 } from './header.js';
 import { indexTag, macKey } from './auth.js';
-import { FOOTER_BODY_SIZE, MAX_RUN_COUNT, SHA256_SIZE } from './layout.js';
+import { FOOTER_BODY_SIZE, MAX_EXTENT_SIZE, MAX_RUN_COUNT, SHA256_SIZE } from './layout.js';
 import type { ByteSink, ClusterSink } from './sink.js';
 import { type DataRunRecord, type ZeroRun, encodeTrailer, trailerSize } from './trailer.js';
 
@@ -56,8 +58,25 @@ export interface ArchiveWriterOptions {
   /** 32-byte AES-256 key; absent = not encrypted. */
   encryptionKey?: Buffer;
   output: ByteSink;
-  /** Extents being compressed/written at once (memory bound). Default 4. */
+  /** Extents being compressed/written at once (memory bound). Default DEFAULT_IN_FLIGHT_EXTENTS. */
   maxInFlightExtents?: number;
+}
+
+/** Extents compressed or written at once by default: two workers busy, two more packed and waiting. */
+export const DEFAULT_IN_FLIGHT_EXTENTS = 4;
+
+/**
+ * Peak resident memory of a process that writes one archive (docs/memory.md):
+ *   RUNTIME_RSS_BYTES
+ *   + pool.memoryBound(MAX_EXTENT_DATA, true, maxInFlight + 1)   (workers; the
+ *       plaintext buffers extents are packed into, one more than in flight)
+ *   + maxInFlight × MAX_EXTENT_SIZE   (compressed extents between worker and sink)
+ *   + sinkBytes                        (S3ArchiveSink.memoryBound; ~0 for a file)
+ * The index and presence bitmap (O(runs), ≤ 1 bit per cluster) are left out:
+ * ~4 MiB for a 1 TiB disk with one run per extent.
+ */
+export function writerMemoryBound(c: { poolBytes: number; maxInFlightExtents?: number; sinkBytes?: number }): number {
+  return RUNTIME_RSS_BYTES + c.poolBytes + (c.maxInFlightExtents ?? DEFAULT_IN_FLIGHT_EXTENTS) * MAX_EXTENT_SIZE + (c.sinkBytes ?? 0);
 }
 
 export interface ArchiveSummary {
@@ -212,7 +231,7 @@ export class ArchiveWriter implements ClusterSink {
     this.output = opts.output;
     this.key = opts.encryptionKey;
     this.keyFingerprint = opts.encryptionKey ? keyFingerprint(opts.encryptionKey) : null;
-    this.maxInFlight = opts.maxInFlightExtents ?? 4;
+    this.maxInFlight = opts.maxInFlightExtents ?? DEFAULT_IN_FLIGHT_EXTENTS;
     this.parentUuid = opts.parentUuid ?? null;
     this.headerLength = headerLength;
     this.headerTag = headerTag;
@@ -228,7 +247,7 @@ export class ArchiveWriter implements ClusterSink {
     if (!validateUuid(uuid)) throw new ArchiveWriteError(`bad archive uuid ${JSON.stringify(uuid)}`);
     if (opts.parentUuid != null && !validateUuid(opts.parentUuid)) throw new ArchiveWriteError(`bad parent uuid ${JSON.stringify(opts.parentUuid)}`);
     if (opts.encryptionKey !== undefined) assertKey(opts.encryptionKey);
-    const max = opts.maxInFlightExtents ?? 4;
+    const max = opts.maxInFlightExtents ?? DEFAULT_IN_FLIGHT_EXTENTS;
     if (!Number.isInteger(max) || max < 1) throw new ArchiveWriteError('maxInFlightExtents must be a positive integer');
     const fields: HeaderFields = {
       uuid,

@@ -163,103 +163,151 @@ function checkRun(arch: PlannerArchive, first: number, count: number, clusters: 
 /**
  * Builds the plan. `chain` must be newest first and linked by parentUuid
  * (validated here). Throws RestoreError on inconsistent input.
+ *
+ * Steps: check the chain's links → pick the devices (the newest archive's) →
+ * let each archive, newest first, claim the clusters no newer one claimed →
+ * name what no archive covers → coalesce the winning extents into ranges.
  */
 export function planRestore(chain: PlannerArchive[], opts: PlanOptions = {}): RestorePlan {
+  checkChainLinks(chain);
+  const newest = chain[0]!;
+  const devices = selectDevices(newest, opts.devices).map(emptyPlanDevice);
+  const claims: Claims = { devices, claimed: devices.map(() => []), extents: chain.map(() => new Map()) };
+  chain.forEach((arch, ai) => claimArchive(claims, arch, ai));
+  devices.forEach((d, pi) => finishDevice(d, claims.claimed[pi]!));
+  const ranges = coalesceRanges(claims.extents, opts.maxGapBytes ?? DEFAULT_MAX_GAP_BYTES, opts.maxRangeBytes ?? DEFAULT_MAX_RANGE_BYTES);
+  return {
+    version: 1,
+    archiveUuid: newest.uuid,
+    hostId: newest.hostId,
+    chain: chain.map((a) => ({ uuid: a.uuid, parentUuid: a.parentUuid, locator: a.locator, size: a.size, keyFingerprint: a.keyFingerprint ?? null })),
+    devices,
+    ranges,
+    totals: planTotals(devices, ranges),
+  };
+}
+
+/** What the archives of a chain have claimed so far, newest first. */
+interface Claims {
+  devices: PlanDevice[];
+  /** Per plan device: clusters an archive already supplies (sorted, disjoint). */
+  claimed: Interval[][];
+  /** Per archive: its winning extents by offset. */
+  extents: Map<number, PlanExtent>[];
+}
+
+/** A data or zero run of one archive device, as claimArchive sorts them. */
+interface TaggedRun {
+  first: number;
+  count: number;
+  data?: PlannerDataRun;
+}
+
+function checkChainLinks(chain: PlannerArchive[]): void {
   if (chain.length === 0) throw new RestoreError('empty archive chain');
   for (let i = 0; i + 1 < chain.length; i++) {
     if (chain[i]!.parentUuid !== chain[i + 1]!.uuid) {
       throw new RestoreError(`archive chain broken: ${chain[i]!.uuid} has parent ${chain[i]!.parentUuid}, not ${chain[i + 1]!.uuid}`);
     }
   }
-  const maxRange = opts.maxRangeBytes ?? DEFAULT_MAX_RANGE_BYTES;
-  const maxGap = opts.maxGapBytes ?? DEFAULT_MAX_GAP_BYTES;
-  const newest = chain[0]!;
-  let wanted = newest.devices;
-  if (opts.devices && opts.devices.length > 0) {
-    const byName = new Map(newest.devices.map((d) => [d.name, d]));
-    wanted = opts.devices.map((n) => {
-      const d = byName.get(n);
-      if (!d) throw new RestoreError(`archive ${newest.uuid} has no device "${n}" (devices: ${newest.devices.map((x) => x.name).join(', ')})`);
-      return d;
-    });
-  }
-  const devices: PlanDevice[] = [];
-  const claimed: Interval[][] = [];
-  for (const d of wanted) {
-    const clusters = Math.ceil(d.size / CLUSTER_SIZE);
-    devices.push({ name: d.name, size: d.size, clusters, dataClusters: 0, zeroClusters: 0, missingClusters: 0, zeroRuns: [], missingRuns: [] });
-    claimed.push([]);
-  }
-  const planIndexByName = new Map(devices.map((d, i) => [d.name, i]));
+}
 
-  // Winning extents per archive: offset → extent.
-  const perArchive: Map<number, PlanExtent>[] = chain.map(() => new Map());
-
-  chain.forEach((arch, ai) => {
-    // archive-local device id → plan device index
-    const idMap = new Map<number, number>();
-    for (const d of arch.devices) {
-      const pi = planIndexByName.get(d.name);
-      if (pi !== undefined) idMap.set(d.id, pi);
-    }
-    const clustersOf = new Map(arch.devices.map((d) => [d.id, Math.ceil(d.size / CLUSTER_SIZE)]));
-    type Tagged = { first: number; count: number; data?: PlannerDataRun };
-    const runsByDevice = new Map<number, Tagged[]>();
-    const push = (deviceId: number, t: Tagged): void => {
-      if (!idMap.has(deviceId)) return;
-      let l = runsByDevice.get(deviceId);
-      if (!l) runsByDevice.set(deviceId, (l = []));
-      l.push(t);
-    };
-    for (const r of arch.dataRuns) {
-      const c = clustersOf.get(r.deviceId);
-      if (c === undefined) throw new RestoreError(`archive ${arch.uuid}: data run for unknown device id ${r.deviceId}`);
-      checkRun(arch, r.firstCluster, r.count, c, 'data run');
-      if (!Number.isSafeInteger(r.extentOffset) || r.extentOffset < 0 || r.extentLength < 1 || r.extentOffset + r.extentLength > arch.size) {
-        throw new RestoreError(`archive ${arch.uuid}: extent at ${r.extentOffset}+${r.extentLength} lies outside the archive (${arch.size} bytes)`);
-      }
-      push(r.deviceId, { first: r.firstCluster, count: r.count, data: r });
-    }
-    for (const r of arch.zeroRuns) {
-      const c = clustersOf.get(r.deviceId);
-      if (c === undefined) throw new RestoreError(`archive ${arch.uuid}: zero run for unknown device id ${r.deviceId}`);
-      checkRun(arch, r.firstCluster, r.count, c, 'zero run');
-      push(r.deviceId, { first: r.firstCluster, count: r.count });
-    }
-    for (const [deviceId, runs] of runsByDevice) {
-      const pi = idMap.get(deviceId)!;
-      const limit = devices[pi]!.clusters; // newest size wins; clusters beyond it are ignored
-      runs.sort((a, b) => a.first - b.first);
-      const taken = claimed[pi]!;
-      const added: Interval[] = [];
-      for (const run of runs) {
-        const end = Math.min(run.first + run.count, limit);
-        if (end <= run.first) continue;
-        for (const [s, e] of subtract([[run.first, end]], taken)) {
-          added.push([s, e]);
-          if (run.data) {
-            const ex = perArchive[ai]!;
-            let pe = ex.get(run.data.extentOffset);
-            if (!pe) ex.set(run.data.extentOffset, (pe = { offset: run.data.extentOffset, length: run.data.extentLength, runs: [] }));
-            pe.runs.push([pi, deviceId, s, e - s]);
-            devices[pi]!.dataClusters += e - s;
-          } else {
-            devices[pi]!.zeroRuns.push([s, e - s]);
-            devices[pi]!.zeroClusters += e - s;
-          }
-        }
-      }
-      claimed[pi] = union(taken, normalize(added));
-    }
+/** The newest archive's devices, or those named (each must exist). */
+function selectDevices(newest: PlannerArchive, names: string[] | undefined): PlannerDevice[] {
+  if (!names || names.length === 0) return newest.devices;
+  const byName = new Map(newest.devices.map((d) => [d.name, d]));
+  return names.map((n) => {
+    const d = byName.get(n);
+    if (!d) throw new RestoreError(`archive ${newest.uuid} has no device "${n}" (devices: ${newest.devices.map((x) => x.name).join(', ')})`);
+    return d;
   });
+}
 
-  devices.forEach((d, pi) => {
-    const missing = subtract([[0, d.clusters]], claimed[pi]!);
-    d.missingRuns = missing.map(([s, e]) => [s, e - s]);
-    d.missingClusters = missing.reduce((n, [s, e]) => n + (e - s), 0);
-    d.zeroRuns = mergeRuns(d.zeroRuns);
-  });
+function emptyPlanDevice(d: PlannerDevice): PlanDevice {
+  const clusters = Math.ceil(d.size / CLUSTER_SIZE);
+  return { name: d.name, size: d.size, clusters, dataClusters: 0, zeroClusters: 0, missingClusters: 0, zeroRuns: [], missingRuns: [] };
+}
 
+/** One archive's turn: its runs (validated) claim the clusters of planned devices that no newer archive claimed. */
+function claimArchive(claims: Claims, arch: PlannerArchive, ai: number): void {
+  const planIndexByName = new Map(claims.devices.map((d, i) => [d.name, i]));
+  // archive-local device id → plan device index
+  const idMap = new Map<number, number>();
+  for (const d of arch.devices) {
+    const pi = planIndexByName.get(d.name);
+    if (pi !== undefined) idMap.set(d.id, pi);
+  }
+  for (const [deviceId, runs] of archiveRuns(arch, idMap)) {
+    const pi = idMap.get(deviceId)!;
+    claimRuns(claims, ai, pi, deviceId, runs);
+  }
+}
+
+/** The archive's data and zero runs of the planned devices, by archive device id; every run is checked against its device and the archive. */
+function archiveRuns(arch: PlannerArchive, idMap: Map<number, number>): Map<number, TaggedRun[]> {
+  const clustersOf = new Map(arch.devices.map((d) => [d.id, Math.ceil(d.size / CLUSTER_SIZE)]));
+  const runsByDevice = new Map<number, TaggedRun[]>();
+  const push = (deviceId: number, t: TaggedRun): void => {
+    if (!idMap.has(deviceId)) return;
+    let l = runsByDevice.get(deviceId);
+    if (!l) runsByDevice.set(deviceId, (l = []));
+    l.push(t);
+  };
+  for (const r of arch.dataRuns) {
+    const c = clustersOf.get(r.deviceId);
+    if (c === undefined) throw new RestoreError(`archive ${arch.uuid}: data run for unknown device id ${r.deviceId}`);
+    checkRun(arch, r.firstCluster, r.count, c, 'data run');
+    if (!Number.isSafeInteger(r.extentOffset) || r.extentOffset < 0 || r.extentLength < 1 || r.extentOffset + r.extentLength > arch.size) {
+      throw new RestoreError(`archive ${arch.uuid}: extent at ${r.extentOffset}+${r.extentLength} lies outside the archive (${arch.size} bytes)`);
+    }
+    push(r.deviceId, { first: r.firstCluster, count: r.count, data: r });
+  }
+  for (const r of arch.zeroRuns) {
+    const c = clustersOf.get(r.deviceId);
+    if (c === undefined) throw new RestoreError(`archive ${arch.uuid}: zero run for unknown device id ${r.deviceId}`);
+    checkRun(arch, r.firstCluster, r.count, c, 'zero run');
+    push(r.deviceId, { first: r.firstCluster, count: r.count });
+  }
+  return runsByDevice;
+}
+
+/** Claims the unclaimed parts of `runs` for plan device `pi`: data parts join their extent, zero parts the device's zero runs. */
+function claimRuns(claims: Claims, ai: number, pi: number, deviceId: number, runs: TaggedRun[]): void {
+  const device = claims.devices[pi]!;
+  const limit = device.clusters; // newest size wins; clusters beyond it are ignored
+  runs.sort((a, b) => a.first - b.first);
+  const taken = claims.claimed[pi]!;
+  const added: Interval[] = [];
+  for (const run of runs) {
+    const end = Math.min(run.first + run.count, limit);
+    if (end <= run.first) continue;
+    for (const [s, e] of subtract([[run.first, end]], taken)) {
+      added.push([s, e]);
+      if (run.data) {
+        const ex = claims.extents[ai]!;
+        let pe = ex.get(run.data.extentOffset);
+        if (!pe) ex.set(run.data.extentOffset, (pe = { offset: run.data.extentOffset, length: run.data.extentLength, runs: [] }));
+        pe.runs.push([pi, deviceId, s, e - s]);
+        device.dataClusters += e - s;
+      } else {
+        device.zeroRuns.push([s, e - s]);
+        device.zeroClusters += e - s;
+      }
+    }
+  }
+  claims.claimed[pi] = union(taken, normalize(added));
+}
+
+/** Clusters no archive claimed become the device's missing runs; zero runs are merged. */
+function finishDevice(d: PlanDevice, claimed: Interval[]): void {
+  const missing = subtract([[0, d.clusters]], claimed);
+  d.missingRuns = missing.map(([s, e]) => [s, e - s]);
+  d.missingClusters = missing.reduce((n, [s, e]) => n + (e - s), 0);
+  d.zeroRuns = mergeRuns(d.zeroRuns);
+}
+
+/** Groups each archive's winning extents, in offset order, into ranges of ≤ maxRange bytes with holes of ≤ maxGap. */
+function coalesceRanges(perArchive: Map<number, PlanExtent>[], maxGap: number, maxRange: number): PlanRange[] {
   const ranges: PlanRange[] = [];
   perArchive.forEach((extents, ai) => {
     const sorted = [...extents.values()].sort((a, b) => a.offset - b.offset);
@@ -275,21 +323,16 @@ export function planRestore(chain: PlannerArchive[], opts: PlanOptions = {}): Re
       }
     }
   });
+  return ranges;
+}
 
+function planTotals(devices: PlanDevice[], ranges: PlanRange[]): RestorePlan['totals'] {
   return {
-    version: 1,
-    archiveUuid: newest.uuid,
-    hostId: newest.hostId,
-    chain: chain.map((a) => ({ uuid: a.uuid, parentUuid: a.parentUuid, locator: a.locator, size: a.size, keyFingerprint: a.keyFingerprint ?? null })),
-    devices,
-    ranges,
-    totals: {
-      deviceBytes: devices.reduce((n, d) => n + d.size, 0),
-      dataClusters: devices.reduce((n, d) => n + d.dataClusters, 0),
-      zeroClusters: devices.reduce((n, d) => n + d.zeroClusters, 0),
-      missingClusters: devices.reduce((n, d) => n + d.missingClusters, 0),
-      fetchBytes: ranges.reduce((n, r) => n + r.length, 0),
-    },
+    deviceBytes: devices.reduce((n, d) => n + d.size, 0),
+    dataClusters: devices.reduce((n, d) => n + d.dataClusters, 0),
+    zeroClusters: devices.reduce((n, d) => n + d.zeroClusters, 0),
+    missingClusters: devices.reduce((n, d) => n + d.missingClusters, 0),
+    fetchBytes: ranges.reduce((n, r) => n + r.length, 0),
   };
 }
 

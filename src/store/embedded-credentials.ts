@@ -10,9 +10,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
 import { ConfigError, describeError } from '../errors.js';
-import { createPrivateFileExclusive, InsecureFileError, parsePrivateJson, readPrivateFile } from './private-file.js';
+import { createPrivateFileExclusive, InsecureFileError, lazySchema, parsePrivateJson, readPrivateFile, type Zod } from './private-file.js';
 
 export const CREDENTIALS_FILE = 'credentials.json';
 
@@ -28,13 +27,15 @@ export interface EmbeddedCredentials {
   s3: EmbeddedS3Credentials;
 }
 
-const credentialsSchema = z.object({
-  catalogToken: z.string().min(32).max(256),
-  s3: z.object({
-    accessKeyId: z.string().regex(/^[A-Z0-9]{16,128}$/),
-    secretAccessKey: z.string().min(32).max(256),
+const credentialsSchema = lazySchema((zod: Zod) =>
+  zod.object({
+    catalogToken: zod.string().min(32).max(256),
+    s3: zod.object({
+      accessKeyId: zod.string().regex(/^[A-Z0-9]{16,128}$/),
+      secretAccessKey: zod.string().min(32).max(256),
+    }),
   }),
-});
+);
 
 /** `<stateDir>/credentials.json` */
 export function credentialsPath(stateDir: string): string {
@@ -65,7 +66,7 @@ export async function readEmbeddedCredentials(stateDir: string): Promise<Embedde
     if (code === 'ENOENT') throw new ConfigError(`no embedded credentials at ${path}: start the agent or \`cowstream catalog serve\` with this state directory first`, { cause: err });
     throw new ConfigError(`cannot read embedded credentials ${path}: ${describeError(err)}`, { cause: err });
   }
-  return parsePrivateJson(path, text, credentialsSchema, 'embedded credentials');
+  return parsePrivateJson(path, text, await credentialsSchema(), 'embedded credentials');
 }
 
 /**
@@ -101,8 +102,9 @@ export async function readCatalogTokenFile(path: string): Promise<string> {
     throw new ConfigError(`cannot read catalogue token file ${path}: ${describeError(err)}`, { cause: err });
   }
   if (text.startsWith('{')) {
+    const schema = await credentialsSchema();
     try {
-      const parsed = credentialsSchema.shape.catalogToken.safeParse((JSON.parse(text) as { catalogToken?: unknown }).catalogToken);
+      const parsed = schema.shape.catalogToken.safeParse((JSON.parse(text) as { catalogToken?: unknown }).catalogToken);
       if (parsed.success) return parsed.data;
     } catch {
       // fall through to the error below

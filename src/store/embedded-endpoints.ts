@@ -9,10 +9,10 @@
  */
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
+import type { z } from 'zod';
 import { ConfigError, describeError } from '../errors.js';
 import { writeFileAtomic } from '../device/durable.js';
-import { parsePrivateJson, readPrivateFile } from './private-file.js';
+import { lazySchema, parsePrivateJson, readPrivateFile, type Zod } from './private-file.js';
 
 export const ENDPOINTS_FILE = 'endpoints.json';
 
@@ -25,14 +25,17 @@ function isHttpUrl(s: string): boolean {
   }
 }
 
-const httpUrl = z.string().max(2048).refine(isHttpUrl, 'not an http(s) URL');
+function endpointsSchemaOf(zod: Zod) {
+  const httpUrl = zod.string().max(2048).refine(isHttpUrl, 'not an http(s) URL');
+  return zod.object({
+    s3: zod.object({ endpoint: httpUrl, bucket: zod.string().min(1).max(63), prefix: zod.string().max(1024) }).nullable(),
+    catalog: httpUrl.nullable(),
+  });
+}
 
-const endpointsSchema = z.object({
-  s3: z.object({ endpoint: httpUrl, bucket: z.string().min(1).max(63), prefix: z.string().max(1024) }).nullable(),
-  catalog: httpUrl.nullable(),
-});
+const endpointsSchema = lazySchema(endpointsSchemaOf);
 
-export type AgentEndpoints = z.infer<typeof endpointsSchema>;
+export type AgentEndpoints = z.infer<ReturnType<typeof endpointsSchemaOf>>;
 
 export function endpointsPath(stateDir: string): string {
   return join(stateDir, ENDPOINTS_FILE);
@@ -61,5 +64,5 @@ export async function readEndpointsFile(stateDir: string): Promise<AgentEndpoint
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new ConfigError(`cannot use ${path}: ${describeError(err)}`, { cause: err });
   }
-  return parsePrivateJson(path, text, endpointsSchema, 'agent endpoints');
+  return parsePrivateJson(path, text, await endpointsSchema(), 'agent endpoints');
 }

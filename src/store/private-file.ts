@@ -9,6 +9,9 @@ import { link, open, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { z } from 'zod';
+
+/** The zod namespace, as lazySchema hands it to a schema builder. */
+export type Zod = typeof z;
 import { ConfigError } from '../errors.js';
 import { writeSyncedNewFile } from '../device/durable.js';
 import { privateStatProblem } from '../device/private-open.js';
@@ -75,4 +78,15 @@ export function parsePrivateJson<T>(path: string, text: Buffer, schema: z.ZodTyp
   const parsed = schema.safeParse(json);
   if (!parsed.success) throw new ConfigError(`${path} does not hold ${what}: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
   return parsed.data;
+}
+
+/**
+ * A schema built on first use: zod is 95 modules (~50 ms of CPU to load), and
+ * every command that may read a state directory imports the modules that
+ * hold these schemas, while most runs find no file to validate (a local
+ * restore or verify; docs/startup.md).
+ */
+export function lazySchema<T>(build: (zod: Zod) => T): () => Promise<T> {
+  let schema: Promise<T> | undefined;
+  return () => (schema ??= import('zod').then((m) => build(m.z)));
 }

@@ -1,5 +1,5 @@
 /**
- * Start-up: local commands on a local .cwa load neither the S3 SDK, the
+ * Start-up: local commands on a local .cwa load neither the S3 SDK, zod, the
  * embedded S3 server (s3rver), the embedded catalogue (dynalite, DynamoDB
  * client) nor the catalogue client's SigV4 signer (docs/startup.md). A module
  * resolve hook preloaded into the real CLI records every package it loads.
@@ -13,8 +13,12 @@ import { pathToFileURL } from 'node:url';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'bin', 'cowstream.js');
-/** Packages a local archive command must never load. */
-const REMOTE_ONLY = /^(s3rver|dynalite|@aws-sdk\/|@smithy\/|koa|classic-level)/;
+/**
+ * Packages a local archive command must never load: S3 and the catalogue, and
+ * zod (95 modules, ~50 ms), which only validates state files and plans that a
+ * local archive never reads.
+ */
+const REMOTE_ONLY = /^(s3rver|dynalite|@aws-sdk\/|@smithy\/|koa|classic-level|zod$)/;
 
 let dir: string;
 let probe: string;

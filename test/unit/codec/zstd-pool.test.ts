@@ -113,7 +113,7 @@ describe('ZstdPool', () => {
   });
 
   it('has a bounded queue: extra callers wait for a slot (backpressure)', async () => {
-    const p = pool({ workers: 1, maxQueue: 2 });
+    const p = pool({ workers: 1, maxQueue: 2, inlineBytes: 0 });
     const input = textLike(2 * 1024 * 1024);
     const maxSeen = { queued: 0, busy: 0 };
     const jobs: Promise<Buffer>[] = [];
@@ -183,7 +183,7 @@ describe('ZstdPool', () => {
   });
 
   it('close() rejects queued work and later calls', async () => {
-    const p = pool({ workers: 1, maxQueue: 1 });
+    const p = pool({ workers: 1, maxQueue: 1, inlineBytes: 0 });
     const input = textLike(4 * 1024 * 1024);
     const jobs = [p.compress(input), p.compress(input), p.compress(input)].map((j) => j.then(() => 'ok', (e: unknown) => e));
     await p.close();
@@ -247,8 +247,11 @@ describe('ZstdPool.compressExtent (hashing + compression in the worker)', () => 
     expect(r.innerSha256).toBeUndefined();
   });
 
-  it('with transfer: takes over an acquired buffer (detached afterwards) and gives the same bytes as a copy', async () => {
-    const p = pool();
+  it.each([
+    ['in a worker', 0],
+    ['inline', 1 << 30],
+  ])('with transfer: takes over an acquired buffer (detached afterwards) and gives the same bytes as a copy, %s', async (_where, inlineBytes) => {
+    const p = pool({ inlineBytes });
     const plain = textLike(512 * 1024, 3);
     const copied = await p.compressExtent(plain);
     const buf = p.acquireBuffer(plain.length);
