@@ -21,6 +21,7 @@ import { startCatalogIntegration, type CatalogIntegration } from './catalog-inte
 import { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { startScheduledBackups, type ScheduledBackups } from './scheduled-backups.js';
 import type { Clock } from './scheduler.js';
+import { ArchiveExports, nbdUris, type OpenArchiveExports, type OpenOverlay } from './archive-exports.js';
 
 export interface StartAgentOptions {
   log?: Logger;
@@ -35,6 +36,10 @@ export interface StartAgentOptions {
   wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
   /** Test seam: the clock of the backup schedules (default: the system clock). */
   scheduleClock?: Clock;
+  /** Opens archives for POST /exports (src/serve's openArchiveExports); without it, exports are refused. */
+  openExports?: OpenArchiveExports;
+  /** Opens overlays for exports with `overlay` (src/device/overlay-device.ts). */
+  openOverlay?: OpenOverlay;
   /** Start-up checks that failed (`startDegraded`): reported in GET / as `degraded`. */
   degraded?: Record<string, unknown>[];
 }
@@ -54,6 +59,8 @@ export interface Agent {
   readonly disks: readonly AgentDisk[];
   /** The backup schedules of the config (GET /schedules). */
   readonly schedules: ScheduledBackups;
+  /** Archives served over NBD (POST /exports, catalogue export jobs). */
+  readonly archiveExports: ArchiveExports;
   /** Clean shutdown: cancel a running backup, stop NBD, close disks, persist bitmaps with the clean marker. */
   stop(): Promise<void>;
 }
@@ -162,10 +169,23 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       log.warn('NBD TCP listener without nbd.tls "require": anyone who can reach it (every local user, on loopback) can read and write the exported disks', { nbd: addrs.tcp });
     }
 
-    // Catalogue (embedded or remote) + restore poller.
+    // Archives served next to the disks, as `export-<id>/<disk>`; removed before NBD stops.
+    const archiveExports = new ArchiveExports({
+      exports,
+      config: config.exports,
+      allowedDirs: config.restore.allowedDirs,
+      context: store ? { store: { bucket: store.bucket, prefix: store.prefix, ...(store.endpoint ? { endpoint: store.endpoint } : {}) }, client: store.client } : null,
+      open: opts.openExports ?? null,
+      ...(opts.openOverlay ? { openOverlay: opts.openOverlay } : {}),
+      uris: (name) => nbdUris(name, { unixSocket: addrs.unixSocket, tcp: addrs.tcp, tls: config.nbd.tls?.mode === 'require' }),
+      log,
+    });
+    cleanups.push(() => archiveExports.close());
+
+    // Catalogue (embedded or remote) + restore and export job poller.
     let catalog: CatalogIntegration | null = null;
     if (config.catalog) {
-      catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path) });
+      catalog = await startCatalogIntegration({ config, store, embeddedS3: embedded, log, exportedPaths: disks.map((d) => d.path), archiveExports });
       const c = catalog;
       cleanups.push(() => c.stop());
     }
@@ -207,7 +227,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     cleanups.push(() => backups.shutdown());
 
     let schedules: ScheduledBackups | null = null;
-    const control = await ControlServer.start(config.control.socket, backups, log, { schedules: async () => schedules?.status() ?? [] });
+    const control = await ControlServer.start(config.control.socket, backups, log, { schedules: async () => schedules?.status() ?? [], exports: archiveExports });
     cleanups.push(() => control.close());
 
     // For the CLI's --state: the endpoints are otherwise only in this log.
@@ -249,6 +269,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       backups,
       disks,
       schedules: sched,
+      archiveExports,
       stop(): Promise<void> {
         // Reverse order: schedules, control API, running backup (cancel → bitmaps reclaimed),
         // catalogue, NBD (in-flight requests answered), flush, S3, bitmaps

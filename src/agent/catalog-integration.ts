@@ -8,6 +8,7 @@ import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
 import { RestorePoller } from './restore-poller.js';
 import type { AgentStore } from './targets.js';
+import type { ArchiveExports } from './archive-exports.js';
 
 export interface CatalogIntegration {
   url: string;
@@ -40,6 +41,8 @@ export async function startCatalogIntegration(opts: {
   embeddedS3: EmbeddedS3 | null;
   log: Logger;
   exportedPaths: string[];
+  /** Serves the catalogue's export jobs for this host. */
+  archiveExports?: ArchiveExports;
 }): Promise<CatalogIntegration> {
   const { config, log } = opts;
   const cat = config.catalog!;

@@ -6,6 +6,7 @@ import { listenPrivateSocket } from '../nbd/unix-socket.js';
 import { MethodNotAllowedError, readJsonBody, sendError, sendJson } from './http-util.js';
 import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
+import { parseExportRequest, type ArchiveExports } from './archive-exports.js';
 
 /** What the control API drives; implemented by the agent's BackupManager. */
 export interface ControlBackend {
@@ -18,7 +19,27 @@ export interface ControlBackend {
   info(): Record<string, unknown>;
 }
 
-type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+type Handler = (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void>;
+
+/** The export routes (POST/GET /exports, GET/DELETE /exports/{id}), when the agent serves archives. */
+function exportRoutes(exports: ArchiveExports): Array<[RegExp, Record<string, Handler>]> {
+  return [
+    [
+      /^\/exports$/,
+      {
+        GET: async (_q, s) => sendJson(s, 200, { exports: exports.list() }),
+        POST: async (q, s) => sendJson(s, 201, await exports.add(parseExportRequest(await readJsonBody(q)))),
+      },
+    ],
+    [
+      /^\/exports\/([^/]+)$/,
+      {
+        GET: async (_q, s, [id]) => sendJson(s, 200, exports.get(id!)),
+        DELETE: async (_q, s, [id]) => sendJson(s, 200, await exports.remove(id!)),
+      },
+    ],
+  ];
+}
 
 /**
  * HTTP+JSON control API on a Unix socket (usable with `curl --unix-socket`).
@@ -32,7 +53,7 @@ export class ControlServer {
     readonly socketPath: string,
   ) {}
 
-  static async start(socketPath: string, backend: ControlBackend, log: Logger, extra: { schedules?: () => Promise<unknown[]> } = {}): Promise<ControlServer> {
+  static async start(socketPath: string, backend: ControlBackend, log: Logger, extra: { schedules?: () => Promise<unknown[]>; exports?: ArchiveExports } = {}): Promise<ControlServer> {
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
     const routes: Record<string, Record<string, Handler>> = {
       '/': { GET: async (_q, s) => sendJson(s, 200, backend.info()) },
@@ -63,15 +84,23 @@ export class ControlServer {
       '/schedules': { GET: async (_q, s) => sendJson(s, 200, { schedules: (await extra.schedules?.()) ?? [] }) },
     };
 
+    const patterns = extra.exports ? exportRoutes(extra.exports) : [];
     const server = createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://agent');
-      const route = routes[url.pathname.replace(/\/+$/, '') || '/'];
+      const path = url.pathname.replace(/\/+$/, '') || '/';
+      let route = routes[path];
+      let params: string[] = [];
+      for (const [re, r] of route ? [] : patterns) {
+        const m = re.exec(path);
+        if (m) [route, params] = [r, m.slice(1)];
+        if (m) break;
+      }
       const method = req.method ?? 'GET';
       const run = async (): Promise<void> => {
         if (!route) throw new NotFoundError(`unknown route ${url.pathname}`);
         const h = route[method];
         if (!h) throw new MethodNotAllowedError(method, url.pathname, Object.keys(route));
-        await h(req, res);
+        await h(req, res, params);
       };
       run().catch((err: unknown) => {
         if (!(err instanceof CowstreamError) || err instanceof ConflictError) log.debug('control request failed', { method, path: url.pathname, error: String(err) });

@@ -62,17 +62,27 @@ export const restoreTargetSchema = z.object({ path: z.string().min(1).max(4096) 
  * allowedDirs and through symlinks; refusing here makes the mistake a 400
  * instead of a FAILED job).
  */
-export const restoreTargetRequestSchema = z
-  .object({
-    path: z
-      .string()
-      .min(1)
-      .max(4096)
-      .refine((p) => !p.includes('\0'), 'must not contain NUL')
-      .refine((p) => p.startsWith('/'), 'must be an absolute path')
-      .refine((p) => !p.split('/').includes('..'), 'must not contain a ".." segment'),
-  })
-  .strict();
+export const requestPathSchema = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => !p.includes('\0'), 'must not contain NUL')
+  .refine((p) => p.startsWith('/'), 'must be an absolute path')
+  .refine((p) => !p.split('/').includes('..'), 'must not contain a ".." segment');
+
+export const restoreTargetRequestSchema = z.object({ path: requestPathSchema }).strict();
+
+/**
+ * What an export request may ask of the serving agent beyond the archive
+ * (POST /exports of the agent's control API and of the catalogue): an
+ * overlay file (confined by the agent like a restore target) and cache
+ * sizes (bounded by the agent's `exports` config).
+ */
+export const exportCacheRequestSchema = z.strictObject({ memoryBytes: nonNegInt.optional(), diskBytes: nonNegInt.optional() });
+export const exportOptionsShape = {
+  overlay: requestPathSchema.optional(),
+  cache: exportCacheRequestSchema.optional(),
+};
 
 export const restoreProgressSchema = z.object({ bytesDone: nonNegInt, bytesTotal: nonNegInt });
 export type JobProgress = z.infer<typeof restoreProgressSchema>;
