@@ -102,6 +102,7 @@ export async function startCatalogIntegration(opts: {
       store: opts.store ? { client: opts.store.client, bucket: opts.store.bucket, prefix: opts.store.prefix } : null,
       ...(config.restore.pollIntervalMs !== undefined ? { pollIntervalMs: config.restore.pollIntervalMs } : {}),
       ...(key ? { key } : {}),
+      ...(opts.archiveExports ? { archiveExports: opts.archiveExports } : {}),
       log,
     });
     poller.start();
