@@ -18,7 +18,7 @@ import { silentLogger } from '../../src/agent/log.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import type { BlockDevice } from '../../src/device/types.js';
-import { makeDisk, makeTempDir } from '../helpers/agent-process.js';
+import { makeDisk, makeTempDir, runCli } from '../helpers/agent-process.js';
 import { runTool } from '../helpers/nbd-tools.js';
 import { restoringExports, type RestoringExports } from '../helpers/restoring-exports.js';
 
@@ -208,4 +208,28 @@ describe('agent POST /exports', () => {
     expect((await http('DELETE', `/exports/${ok.json.id}`)).status).toBe(200);
     expect(served.opened).toBe(served.closed);
   });
+
+  it('cowstream export add / list / rm over the control socket, with --json and clear errors', async () => {
+    const agentFlag = ['--agent', agent.controlSocket];
+    const add = await runCli(['export', 'add', uuid, '--disk', 'b', '--cache-memory', '4M', '--json', ...agentFlag]);
+    expect(add.code, add.stderr).toBe(0);
+    const e = JSON.parse(add.stdout.toString());
+    expect(e.exports.map((d: { name: string }) => d.name)).toEqual([`export-${e.id}/b`]);
+    expect(served.calls.at(-1)!.cache).toEqual({ memoryBytes: 4 * 1024 * 1024 });
+    const list = await runCli(['export', 'list', ...agentFlag]);
+    expect(list.code, list.stderr).toBe(0);
+    expect(list.stdout.toString()).toContain(`nbd://127.0.0.1:${agent.nbdAddress!.port}/export-${e.id}/b`);
+    const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(tmp.dir, 'b.raw'), e.exports[0].uris[0]]);
+    expect(cmp.code, cmp.stdout + cmp.stderr).toBe(0);
+    const tooBig = await runCli(['export', 'add', uuid, '--cache-memory', '1G', ...agentFlag]);
+    expect(tooBig.code).not.toBe(0);
+    expect(tooBig.stderr).toMatch(/cache\.memoryBytes.*exports\.maxCacheMemoryBytes/);
+    const rm = await runCli(['export', 'rm', e.id, ...agentFlag]);
+    expect(rm.code, rm.stderr).toBe(0);
+    expect(rm.stdout.toString()).toContain(`removed ${e.id}`);
+    const again = await runCli(['export', 'rm', e.id, ...agentFlag]);
+    expect(again.code).not.toBe(0);
+    expect(again.stderr).toMatch(/export .* not found/);
+    expect(JSON.parse((await runCli(['export', 'list', '--json', ...agentFlag])).stdout.toString())).toEqual([]);
+  }, 60_000);
 });
