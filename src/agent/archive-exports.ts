@@ -16,8 +16,9 @@
 import { randomBytes } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { z } from 'zod';
-import { ConflictError, NotFoundError, UsageError, describeError } from '../errors.js';
-import type { BlockDevice } from '../device/types.js';
+import { ConfigError, ConflictError, NotFoundError, UsageError, describeError } from '../errors.js';
+import { readKeyFile } from '../codec/crypto.js';
+import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { NbdErrnoError, type NbdExport } from '../nbd/index.js';
 import { NBD_EIO } from '../nbd/protocol.js';
 import type { ArchiveLocator } from '../restore/plan.js';
@@ -27,7 +28,8 @@ import { openConfinedFile } from '../restore/confined.js';
 import { parseS3Uri } from '../store/config.js';
 import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE } from '../names.js';
 import { exportOptionsShape } from '../catalog/records.js';
-import type { ExportsConfig } from './config.js';
+import type { AgentConfig, ExportsConfig } from './config.js';
+import type { AgentStore } from './targets.js';
 import { BadRequestError, parseRequestBody } from './http-util.js';
 import type { Logger } from './log.js';
 
@@ -46,6 +48,7 @@ export type OpenArchiveExports = (opts: {
   key?: Buffer;
   devices?: string[];
   cache?: { memoryBytes?: number; dir?: string; diskBytes?: number };
+  log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
 }) => Promise<ServedArchive>;
 
 /** src/device/overlay-device.ts openOverlay: a writable view whose writes go to a local file. */
@@ -102,13 +105,14 @@ export class RevocableDevice implements BlockDevice {
   private revoked: string | null = null;
   private inflight = 0;
   private idle: Array<() => void> = [];
-  readonly mapExtents?: (offset: number, length: number) => Promise<unknown[]>;
+  readonly mapExtents?: (offset: number, length: number) => Promise<DeviceExtent[]>;
 
   constructor(
     private readonly inner: BlockDevice,
     private readonly label: string,
   ) {
-    const map = (inner as { mapExtents?: (o: number, l: number) => Promise<unknown[]> }).mapExtents;
+    const map = inner.mapExtents;
+    // Block status follows the device: without a map the server reports everything allocated.
     if (map) this.mapExtents = (o, l) => this.run(() => map.call(inner, o, l));
   }
 
@@ -174,7 +178,8 @@ export interface ArchiveExportsOptions {
   allowedDirs: string[];
   /** The agent's store, for refs; null when it has none. */
   context: ArchiveContext | null;
-  key?: Buffer;
+  /** Key file for encrypted archives (restore.keyFile), read when an export needs it. */
+  keyFile?: string | undefined;
   open: OpenArchiveExports | null;
   openOverlay?: OpenOverlay;
   /** The client URIs of an export name (depends on the NBD listeners). */
@@ -207,7 +212,15 @@ export class ArchiveExports {
       const overlay = req.overlay !== undefined ? await openConfinedFile(req.overlay, this.opts.allowedDirs, 'overlay') : null;
       let served: ServedArchive;
       try {
-        served = await open({ ref, context, ...(this.opts.key ? { key: this.opts.key } : {}), ...(req.disks ? { devices: req.disks } : {}), cache });
+        const log = this.opts.log;
+        served = await open({
+          ref,
+          context,
+          ...(this.opts.keyFile !== undefined ? { key: await this.key(this.opts.keyFile) } : {}),
+          ...(req.disks ? { devices: req.disks } : {}),
+          cache,
+          log: (level, message, fields) => log[level](message, { ...fields, archive: ref.kind === 's3' ? ref.key : ref.path }),
+        });
       } catch (err) {
         await overlay?.dir.close().catch(() => undefined);
         throw err;
@@ -216,6 +229,16 @@ export class ArchiveExports {
     } finally {
       this.opening--;
     }
+  }
+
+  private keyRead: Promise<Buffer> | null = null;
+
+  private key(file: string): Promise<Buffer> {
+    this.keyRead ??= readKeyFile(file).catch((err: unknown) => {
+      this.keyRead = null;
+      throw new ConfigError(`restore.keyFile: ${describeError(err)}`, { cause: err });
+    });
+    return this.keyRead;
   }
 
   /** Cache sizes: the request's, bounded by the config (the config's maxima by default). */
@@ -355,4 +378,30 @@ export function nbdUris(name: string, listeners: { unixSocket?: string | undefin
     out.push(`nbd${listeners.tls ? 's' : ''}://${host}:${listeners.tcp.port}/${path}`);
   }
   return out;
+}
+
+/**
+ * The agent's ArchiveExports over its NBD server's export map: archives of
+ * its store, overlays in restore.allowedDirs, URIs of its listeners. The
+ * serve and overlay modules load on the first export, not at start-up.
+ */
+export function createAgentExports(
+  config: AgentConfig,
+  store: AgentStore,
+  exports: Map<string, NbdExport>,
+  addrs: { unixSocket?: string | undefined; tcp?: { host: string; port: number } | undefined },
+  seams: { openExports?: OpenArchiveExports; openOverlay?: OpenOverlay },
+  log: Logger,
+): ArchiveExports {
+  return new ArchiveExports({
+    exports,
+    config: config.exports,
+    allowedDirs: config.restore.allowedDirs,
+    context: { store: { bucket: store.bucket, prefix: store.prefix, ...(store.endpoint ? { endpoint: store.endpoint } : {}) }, client: store.client },
+    keyFile: config.restore.keyFile,
+    open: seams.openExports ?? (async (o) => (await import('../serve/archive-exports.js')).openArchiveExports(o)),
+    openOverlay: seams.openOverlay ?? (async (base, path) => (await import('../device/overlay-device.js')).openOverlay(base, path)),
+    uris: (name) => nbdUris(name, { unixSocket: addrs.unixSocket, tcp: addrs.tcp, tls: config.nbd.tls?.mode === 'require' }),
+    log,
+  });
 }

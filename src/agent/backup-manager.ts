@@ -22,6 +22,7 @@ import { openTarget, type AgentStore } from './targets.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { runQemuDriveBackup } from './qemu-backup.js';
 import type { Run } from './run-state.js';
+import type { BackupObserver } from './backup-events.js';
 
 /** One exported disk of the agent. */
 export interface AgentDisk {
@@ -151,6 +152,8 @@ export class BackupManager implements ControlBackend {
       qemuHistory?: QemuBackupHistory;
       /** How long POST /backups/current/cancel waits for the backup to wind down (default 10 s). */
       cancelWaitMs?: number;
+      /** Told when a run ends and when a guest write waits (the agent's metrics). */
+      observer?: BackupObserver;
     },
   ) {}
 
@@ -292,6 +295,20 @@ export class BackupManager implements ControlBackend {
   private adopt(run: Run, slot: { cancelRequested: boolean }): void {
     this.run = run; // from here on a second request gets 409
     if (slot.cancelRequested) this.requestCancel(run, 'backup cancelled before it started');
+    void run.finished.then(() => this.notifyEnded(run));
+  }
+
+  /** Hands the final status of a run to the observer; an observer failure is logged, never the backup's. */
+  private notifyEnded(run: Run): void {
+    const observer = this.ctx.observer;
+    if (!observer?.runEnded) return;
+    this.refresh(run);
+    const devices = run.session?.job.progress().devices.map((d) => ({ name: d.name, transferred: d.transferred })) ?? [];
+    try {
+      observer.runEnded({ status: { ...run.status }, devices });
+    } catch (err) {
+      this.ctx.log.warn('backup observer failed', { uuid: run.status.uuid, error: describeError(err) });
+    }
   }
 
   private async startFileBackup(req: BackupRequest, disks: AgentDisk[], slot: { cancelRequested: boolean }): Promise<BackupStatus> {
@@ -484,6 +501,17 @@ export class BackupManager implements ControlBackend {
     return out;
   }
 
+  /** The job's wait callback, shielded: it runs on a guest write's path, which an observer must not fail. */
+  private cbwWaitHook(observer: BackupObserver): (ms: number, disk: string) => void {
+    return (ms, disk) => {
+      try {
+        observer.cbwWait?.(disk, ms);
+      } catch (err) {
+        this.ctx.log.warn('backup observer failed', { disk, error: describeError(err) });
+      }
+    };
+  }
+
   private refresh(run: Run): void {
     const s = run.session;
     if (s) {
@@ -546,6 +574,7 @@ export class BackupManager implements ControlBackend {
         ...(req.cbwTimeoutMs !== undefined ? { cbwTimeoutMs: req.cbwTimeoutMs } : {}),
         ...(req.onCbwError !== undefined ? { onCbwError: req.onCbwError } : {}),
         ...(req.fleecing ? { fleecing: { dir: req.fleecing.dir, maxBytes: req.fleecing.maxBytes } } : {}),
+        ...(this.ctx.observer?.cbwWait ? { onCbwWait: this.cbwWaitHook(this.ctx.observer) } : {}),
       });
       if (run.cancelRequested) run.session.job.cancel();
       onStarted();

@@ -6,7 +6,7 @@ import type { EmbeddedS3 } from '../store/embedded-s3.js';
 import { loadOrCreateEmbeddedCredentials, readCatalogTokenFile } from '../store/embedded-credentials.js';
 import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
-import { RestorePoller } from './restore-poller.js';
+import { RestorePoller, type RestoreRunOutcome } from './restore-poller.js';
 import type { AgentStore } from './targets.js';
 import type { ArchiveExports } from './archive-exports.js';
 
@@ -43,6 +43,8 @@ export async function startCatalogIntegration(opts: {
   exportedPaths: string[];
   /** Serves the catalogue's export jobs for this host. */
   archiveExports?: ArchiveExports;
+  /** Outcome of every restore job the poller ran (the agent's metrics). */
+  onRestoreDone?: (outcome: RestoreRunOutcome) => void;
 }): Promise<CatalogIntegration> {
   const { config, log } = opts;
   const cat = config.catalog!;
@@ -103,6 +105,7 @@ export async function startCatalogIntegration(opts: {
       ...(config.restore.pollIntervalMs !== undefined ? { pollIntervalMs: config.restore.pollIntervalMs } : {}),
       ...(key ? { key } : {}),
       ...(opts.archiveExports ? { archiveExports: opts.archiveExports } : {}),
+      ...(opts.onRestoreDone ? { onJobDone: opts.onRestoreDone } : {}),
       log,
     });
     poller.start();

@@ -6,6 +6,7 @@ import { firstIssuePath, formatZodIssues } from '../zod-issues.js';
 import { checksumPolicySchema, uploadOptionsSchema, type ChecksumMode, type UploadOptions } from '../store/upload-options.js';
 import { nbdConfigSchema, resolveNbdConfig, type AgentNbdConfig } from './nbd-config.js';
 import type { S3Timeouts } from '../store/config.js';
+import { metricsConfigSchema, resolveMetricsConfig, type AgentMetricsConfig } from './metrics-config.js';
 import { scheduleGroupSchema, scheduleSelectionIssue, toAgentSchedule, type AgentSchedule } from './schedule-config.js';
 import { retentionConfigSchema, type RetentionConfig } from '../catalog/retention.js';
 import { DEVICE_NAME_PATTERN, DEVICE_NAME_RULE, HOST_ID_PATTERN, HOST_ID_RULE, isDeviceName } from '../names.js';
@@ -146,6 +147,8 @@ export const agentConfigSchema = z
     schedules: z.array(scheduleGroupSchema).max(64, 'at most 64 schedules').optional(),
     /** Start even when a start-up check fails, reporting it in GET / and `cowstream status` (src/agent/startup-checks.ts). */
     startDegraded: z.boolean().optional(),
+    /** GET /metrics on a TCP listener besides the control socket (src/agent/metrics-config.ts, docs/metrics.md). */
+    metrics: metricsConfigSchema,
   })
   .superRefine((cfg, ctx) => {
     // Names are unique across file disks and QEMU drives: GET /disks and POST /backups address both by name.
@@ -255,6 +258,8 @@ export interface AgentConfig {
   schedules: AgentSchedule[];
   /** Start even when a start-up check of the store or catalogue fails (reported as degraded). */
   startDegraded: boolean;
+  /** GET /metrics: the optional TCP listener (the control socket always serves it). */
+  metrics: AgentMetricsConfig;
   /** Non-fatal remarks found while validating (e.g. ignored sections). */
   warnings: string[];
 }
@@ -317,6 +322,14 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     ...(q.nbdSocket !== undefined ? { nbdSocket: abs(q.nbdSocket) } : {}),
   }));
 
+  let metrics: AgentMetricsConfig;
+  try {
+    metrics = resolveMetricsConfig(raw.metrics, warnings);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new AgentConfigError('metrics.listen', err.message, { cause: err });
+  }
+
   const catalog = raw.catalog === undefined ? undefined : 'url' in raw.catalog ? { url: raw.catalog.url, ...(raw.catalog.tokenFile !== undefined ? { tokenFile: abs(raw.catalog.tokenFile) } : {}) } : { embedded: true as const, ...(raw.catalog.port !== undefined ? { port: raw.catalog.port } : {}), ...(raw.catalog.retention !== undefined ? { retention: raw.catalog.retention } : {}) };
 
   return {
@@ -343,6 +356,7 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
     logLevel: raw.log?.level ?? 'info',
     schedules: (raw.schedules ?? []).map(toAgentSchedule),
     startDegraded: raw.startDegraded ?? false,
+    metrics,
     warnings,
   };
 }

@@ -3,7 +3,7 @@ import { mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ConflictError, CowstreamError, NotFoundError } from '../errors.js';
 import { listenPrivateSocket } from '../nbd/unix-socket.js';
-import { MethodNotAllowedError, readJsonBody, sendError, sendJson } from './http-util.js';
+import { MethodNotAllowedError, readJsonBody, sendError, sendJson, sendText } from './http-util.js';
 import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
 import { parseExportRequest, type ArchiveExports } from './archive-exports.js';
@@ -19,10 +19,12 @@ export interface ControlBackend {
   info(): Record<string, unknown>;
 }
 
-type Handler = (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void>;
+type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+/** A handler of a route with path parameters (`/exports/{id}`). */
+type ParamHandler = (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void>;
 
 /** The export routes (POST/GET /exports, GET/DELETE /exports/{id}), when the agent serves archives. */
-function exportRoutes(exports: ArchiveExports): Array<[RegExp, Record<string, Handler>]> {
+function exportRoutes(exports: ArchiveExports): Array<[RegExp, Record<string, ParamHandler>]> {
   return [
     [
       /^\/exports$/,
@@ -41,6 +43,23 @@ function exportRoutes(exports: ArchiveExports): Array<[RegExp, Record<string, Ha
   ];
 }
 
+/** Routes the agent adds beside the backup API (schedules, metrics). */
+export interface ControlExtras {
+  schedules?: () => Promise<unknown[]>;
+  /** GET /metrics: the Prometheus exposition text (src/agent/metrics.ts). */
+  metrics?: () => Promise<{ contentType: string; body: string }>;
+  /** POST/GET /exports, GET/DELETE /exports/{id}: archives served over NBD (archive-exports.ts). */
+  exports?: ArchiveExports;
+}
+
+/** GET /metrics: Prometheus text format (also served by the optional TCP listener, metrics-server.ts). */
+export function metricsHandler(render: NonNullable<ControlExtras['metrics']>): Handler {
+  return async (_q, s) => {
+    const m = await render();
+    sendText(s, 200, m.contentType, m.body);
+  };
+}
+
 /**
  * HTTP+JSON control API on a Unix socket (usable with `curl --unix-socket`).
  * The socket is mode 0600 from the instant it exists (bound under umask
@@ -53,7 +72,7 @@ export class ControlServer {
     readonly socketPath: string,
   ) {}
 
-  static async start(socketPath: string, backend: ControlBackend, log: Logger, extra: { schedules?: () => Promise<unknown[]>; exports?: ArchiveExports } = {}): Promise<ControlServer> {
+  static async start(socketPath: string, backend: ControlBackend, log: Logger, extra: ControlExtras = {}): Promise<ControlServer> {
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
     const routes: Record<string, Record<string, Handler>> = {
       '/': { GET: async (_q, s) => sendJson(s, 200, backend.info()) },
@@ -82,13 +101,14 @@ export class ControlServer {
       },
       '/disks': { GET: async (_q, s) => sendJson(s, 200, { disks: await backend.disks() }) },
       '/schedules': { GET: async (_q, s) => sendJson(s, 200, { schedules: (await extra.schedules?.()) ?? [] }) },
+      ...(extra.metrics ? { '/metrics': { GET: metricsHandler(extra.metrics) } } : {}),
     };
 
     const patterns = extra.exports ? exportRoutes(extra.exports) : [];
     const server = createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://agent');
       const path = url.pathname.replace(/\/+$/, '') || '/';
-      let route = routes[path];
+      let route: Record<string, ParamHandler> | undefined = routes[path];
       let params: string[] = [];
       for (const [re, r] of route ? [] : patterns) {
         const m = re.exec(path);

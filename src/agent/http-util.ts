@@ -57,6 +57,12 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(text);
 }
 
+/** A text body (e.g. the Prometheus exposition format) with its content type. */
+export function sendText(res: ServerResponse, status: number, contentType: string, text: string): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
 export function sendError(res: ServerResponse, err: unknown): void {
   const status = statusForError(err);
   const code = err instanceof CowstreamError ? err.code : 'INTERNAL';

@@ -12,7 +12,8 @@ import { z } from 'zod';
 import { ConfigError, describeError } from '../errors.js';
 import { loadPskFile, type NbdTlsOptions } from '../nbd/index.js';
 
-const listenSchema = z
+/** `"host:port"` of a TCP listener (also `metrics.listen`). */
+export const listenSchema = z
   .string()
   .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'expected "host:port", e.g. "127.0.0.1:10809"')
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0..65535');
@@ -85,7 +86,7 @@ export function resolveNbdConfig(raw: RawNbdConfig, abs: (p: string) => string, 
   };
 }
 
-function parseListen(listen: string): { host: string; port: number } {
+export function parseListen(listen: string): { host: string; port: number } {
   const lastColon = listen.lastIndexOf(':');
   let host = listen.slice(0, lastColon);
   if (host.startsWith('[')) host = host.slice(1, -1);

@@ -64,6 +64,8 @@ export interface RestorePollerOptions {
   log?: PollerLogger;
   /** Serve this host's export jobs through these (src/agent/export-jobs.ts). */
   archiveExports?: ArchiveExports;
+  /** Called with the outcome of every job this poller ran (the agent's metrics); must not throw. */
+  onJobDone?: (outcome: RestoreRunOutcome) => void;
 }
 
 export interface RestoreRunOutcome {
@@ -336,6 +338,7 @@ export class RestorePoller {
     }
     if (outcome.ok) log.info('restore job succeeded', { jobId: job.id, bytes: outcome.bytesTotal });
     else log.warn('restore job failed', { jobId: job.id, error: outcome.error });
+    this.opts.onJobDone?.(outcome);
     return outcome;
   }
 }

@@ -96,6 +96,8 @@ export interface ScheduleReport extends ScheduleStatus {
 
 export interface ScheduledBackups {
   status(): Promise<ScheduleReport[]>;
+  /** Next and last run of each schedule, without the disks' state (no QMP round trip: metrics scrapes). */
+  runs(): ScheduleStatus[];
   /** Stops arming runs, ends a wait for another backup, and waits for the running scheduled backup to end. */
   stop(): Promise<void>;
 }
@@ -198,6 +200,9 @@ export async function startScheduledBackups(opts: ScheduledBackupsOptions): Prom
         const appliedBy = !s.retention ? 'none' : catalogueOwnsRetention ? 'catalogue' : 'agent';
         return { ...g, disks: groupDisks(s, config), retention: { policy: s.retention ?? null, appliedBy }, lastGood };
       });
+    },
+    runs(): ScheduleStatus[] {
+      return scheduler.status();
     },
     async stop(): Promise<void> {
       stopping.abort();

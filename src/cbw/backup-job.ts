@@ -79,6 +79,12 @@ export interface BackupJobOptions {
   signal?: AbortSignal;
   /** Clusters per background source read (default 16 = 1 MiB). */
   readBatchClusters?: number;
+  /**
+   * Called after every guest write that had to wait for copy-before-write,
+   * with how long it waited (ms) and the device's name (the agent's metrics).
+   * Must not throw or block: it runs on the guest write's path.
+   */
+  onCbwWait?: (ms: number, deviceName: string) => void;
 }
 
 export interface BackupDeviceProgress {
@@ -164,6 +170,7 @@ function isHardError(err: unknown): boolean {
 
 export class BackupJob {
   readonly onCbwError: CbwErrorPolicy;
+  private readonly onCbwWait: ((ms: number, deviceName: string) => void) | undefined;
   readonly cbwTimeoutMs: number;
   private readonly devs = new Map<number, DevState>();
   private readonly order: DevState[] = [];
@@ -211,6 +218,7 @@ export class BackupJob {
     if (opts.fleecing && !fleecingStore) throw new UsageError('use BackupJob.create() for fleecing jobs');
     this.sink = opts.sink;
     this.onCbwError = opts.onCbwError ?? 'break-snapshot';
+    this.onCbwWait = opts.onCbwWait;
     this.cbwTimeoutMs = opts.cbwTimeoutMs ?? 30_000;
     this.batch = Math.max(1, Math.min(64, opts.readBatchClusters ?? 16));
     this.bucket = opts.speedBytesPerSec ? new TokenBucket(opts.speedBytesPerSec, this.batch * CLUSTER_SIZE) : null;
@@ -374,6 +382,7 @@ export class BackupJob {
     }
     const waited = performance.now() - t0;
     if (waited > this.maxCbwWait) this.maxCbwWait = waited;
+    this.onCbwWait?.(waited, dev.name);
 
     let err: unknown;
     if (st.failed) err = st.err;

@@ -9,3 +9,8 @@ export class ReadOnlyDeviceError extends DeviceError {
 export class DeviceClosedError extends DeviceError {
   override readonly code: string = 'DEVICE_CLOSED';
 }
+
+/** An overlay or hydration target that is not ours, not safe to use, or damaged. */
+export class OverlayError extends DeviceError {
+  override readonly code: string = 'OVERLAY';
+}

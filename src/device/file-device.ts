@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { DeviceError } from '../errors.js';
 import { DeviceClosedError, ReadOnlyDeviceError } from './errors.js';
 import { checkRange } from './range.js';
-import type { BlockDevice } from './types.js';
+import type { BlockDevice, DeviceExtent } from './types.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -36,6 +36,13 @@ export interface FileDeviceOptions {
  * trimmed range to read as anything; we deliberately promise zeroes, as the
  * BlockDevice contract does). The cost is that trim does not free space in a
  * sparse image file.
+ *
+ * mapExtents reports the whole range as allocated data of unknown content.
+ * The real map needs lseek(SEEK_DATA/SEEK_HOLE), which Node's fs does not
+ * expose, and st_blocks cannot stand in for it (delayed allocation and inline
+ * data make a file with data report 0 blocks on some file systems, and a
+ * wrong "zero" claim lets a client skip real data). "Allocated" is always a
+ * correct answer.
  */
 export class FileDevice implements BlockDevice {
   readonly size: number;
@@ -109,6 +116,12 @@ export class FileDevice implements BlockDevice {
     checkRange(this.size, offset, length, `trim ${this.path}`);
     // See the class comment: trim zeroes so contents stay deterministic.
     await this.zeroFill(offset, length);
+  }
+
+  async mapExtents(offset: number, length: number): Promise<DeviceExtent[]> {
+    this.handle();
+    checkRange(this.size, offset, length, `map ${this.path}`);
+    return length > 0 ? [{ length, hole: false, zero: false }] : [];
   }
 
   async flush(): Promise<void> {

@@ -1,6 +1,11 @@
 import { DeviceClosedError, ReadOnlyDeviceError } from './errors.js';
+import { pushExtent } from './extents.js';
 import { checkRange } from './range.js';
-import type { BlockDevice } from './types.js';
+import type { BlockDevice, DeviceExtent } from './types.js';
+
+/** Granularity of MemoryDevice's allocation map: an all-zero 4 KiB block is reported as a hole. */
+export const MEMORY_MAP_BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(MEMORY_MAP_BLOCK);
 
 export interface MemoryDeviceOptions {
   readOnly?: boolean;
@@ -50,6 +55,24 @@ export class MemoryDevice implements BlockDevice {
     this.checkWritable('trim');
     checkRange(this.size, offset, length, 'trim');
     this.data.fill(0, offset, offset + length);
+  }
+
+  /**
+   * Every all-zero 4 KiB block (aligned to the device start) is a hole that
+   * reads as zeroes, like a sparse array: what tests of block status need.
+   */
+  async mapExtents(offset: number, length: number): Promise<DeviceExtent[]> {
+    this.checkOpen();
+    checkRange(this.size, offset, length, 'map');
+    const out: DeviceExtent[] = [];
+    const end = offset + length;
+    for (let pos = offset; pos < end; ) {
+      const next = Math.min(end, (Math.floor(pos / MEMORY_MAP_BLOCK) + 1) * MEMORY_MAP_BLOCK);
+      const zero = this.data.subarray(pos, next).equals(ZERO_BLOCK.subarray(0, next - pos));
+      pushExtent(out, next - pos, zero, zero);
+      pos = next;
+    }
+    return out;
   }
 
   async flush(): Promise<void> {

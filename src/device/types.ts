@@ -1,4 +1,17 @@
 /**
+ * One run of a device's allocation map, as NBD base:allocation reports it.
+ * Holes always read as zeroes, so `hole` implies `zero`.
+ */
+export interface DeviceExtent {
+  /** Bytes, > 0. */
+  length: number;
+  /** Not allocated in the backing storage (NBD_STATE_HOLE). */
+  hole: boolean;
+  /** Reads as zeroes (NBD_STATE_ZERO); false means "unknown", not "non-zero". */
+  zero: boolean;
+}
+
+/**
  * A block device: an image file, a block special file, or a view over one.
  * Offsets and lengths are bytes; callers must stay inside [0, size).
  * Implementations reject out-of-range requests with OutOfRangeError.
@@ -15,4 +28,10 @@ export interface BlockDevice {
   trim(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional: the allocation map of [offset, offset+length): contiguous
+   * extents starting at offset, covering at least 1 byte and at most `length`
+   * bytes. Absent: callers treat every byte as allocated data of unknown content.
+   */
+  mapExtents?(offset: number, length: number): Promise<DeviceExtent[]>;
 }

@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { describeError, NbdProtocolError } from '../errors.js';
 import type { BlockDevice } from '../device/types.js';
+import { baseAllocation } from './block-status.js';
 import { nbdErrnoFor, type NbdOpKind } from './errors.js';
 import {
   NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_DISC, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
@@ -510,9 +511,7 @@ export class NbdConnection {
           this.replyError(req, NBD_EINVAL, 'zero-length block status request');
           return;
         }
-        // Everything reported allocated, contents unknown (status 0): always
-        // a correct answer per proto.md, and exactly one extent fits REQ_ONE.
-        this.send(encodeBlockStatusChunk(req.cookie, BASE_ALLOCATION_ID, [{ length: len, flags: 0 }], true));
+        await this.doBlockStatus(req, off, len);
         return;
       default:
         this.replyError(req, NBD_EINVAL, `unknown command ${type}`);
@@ -555,6 +554,23 @@ export class NbdConnection {
     } else {
       this.send(encodeSimpleReply(0, req.cookie), data);
     }
+  }
+
+  /** base:allocation from the device's map (src/nbd/block-status.ts); a failing map is an error reply. */
+  private async doBlockStatus(req: NbdRequest, off: number, len: number): Promise<void> {
+    let extents;
+    try {
+      extents = await baseAllocation((this.exp as NbdExport).device, {
+        offset: off,
+        length: len,
+        reqOne: (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0,
+        granularity: this.minBlock,
+      });
+    } catch (err) {
+      this.deviceFailed(req, err, 'read');
+      return;
+    }
+    this.send(encodeBlockStatusChunk(req.cookie, BASE_ALLOCATION_ID, extents, true));
   }
 
   private async run1(req: NbdRequest, kind: NbdOpKind, fn: (dev: BlockDevice) => Promise<void> | undefined): Promise<void> {

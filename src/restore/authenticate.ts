@@ -5,6 +5,7 @@
  * is built without the key (by the CLI or the catalogue, which stores it in
  * the bucket), so it is only trusted when it says exactly what they say.
  */
+import { keyFingerprint } from '../codec/crypto.js';
 import { EncryptionKeyError } from '../errors.js';
 import { AuthenticationError } from '../format/errors.js';
 import { openArchive } from '../format/reader.js';
@@ -69,4 +70,18 @@ export async function authenticatePlan(plan: RestorePlan, key: Buffer, openSourc
     );
   }
   return { headerTags };
+}
+
+/**
+ * Names a missing or wrong key before anything is read or written: every
+ * encrypted archive of the chain must expect the fingerprint of `key`.
+ */
+export function checkPlanKey(plan: RestorePlan, key: Buffer | undefined): void {
+  const encrypted = plan.chain.filter((c) => c.keyFingerprint);
+  if (encrypted.length === 0) return;
+  const want = encrypted[0]!.keyFingerprint!;
+  if (!key) throw new EncryptionKeyError(`archive ${encrypted[0]!.uuid} is encrypted (key fingerprint ${want}); pass --key FILE`);
+  const got = keyFingerprint(key);
+  const wrong = encrypted.find((c) => c.keyFingerprint !== got);
+  if (wrong) throw new EncryptionKeyError(`wrong key: archive ${wrong.uuid} expects key fingerprint ${wrong.keyFingerprint}, given key has ${got}`);
 }

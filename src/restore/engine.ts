@@ -19,15 +19,14 @@
  */
 import { unlink } from 'node:fs/promises';
 import type { Compressor } from '../codec/types.js';
-import { ChecksumError, CowstreamError, EncryptionKeyError, FormatError, RestoreError } from '../errors.js';
-import { keyFingerprint } from '../codec/crypto.js';
+import { ChecksumError, CowstreamError, FormatError, RestoreError } from '../errors.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import { decodeExtentLeased } from '../format/extent.js';
 import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlanExtent, RestorePlan } from './plan.js';
 import { describeLocator } from './chain.js';
 import { openTargets, type RestoreOutput } from './target.js';
-import { authenticatePlan } from './authenticate.js';
+import { authenticatePlan, checkPlanKey } from './authenticate.js';
 
 export const DEFAULT_PARALLEL = 4;
 export const MAX_PARALLEL = 64;
@@ -134,14 +133,7 @@ export async function restoreArchive(opts: RestoreOptions): Promise<RestoreResul
     });
   }
   // Key problems are found before any target is touched.
-  const encrypted = plan.chain.filter((c) => c.keyFingerprint);
-  if (encrypted.length > 0) {
-    const want = encrypted[0]!.keyFingerprint!;
-    if (!opts.key) throw new EncryptionKeyError(`archive ${encrypted[0]!.uuid} is encrypted (key fingerprint ${want}); pass --key FILE`);
-    const got = keyFingerprint(opts.key);
-    const wrong = encrypted.find((c) => c.keyFingerprint !== got);
-    if (wrong) throw new EncryptionKeyError(`wrong key: archive ${wrong.uuid} expects key fingerprint ${wrong.keyFingerprint}, given key has ${got}`);
-  }
+  checkPlanKey(plan, opts.key);
   // With a key, nothing the plan says is trusted until every archive's header
   // and index verify under it and the plan matches them (docs/security.md).
   const headerTags = opts.key ? (await authenticatePlan(plan, opts.key, opts.openSource)).headerTags : [];

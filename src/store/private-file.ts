@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { writeSyncedNewFile } from '../device/durable.js';
+import { privateStatProblem } from '../device/private-open.js';
 
 /** A secret file that exists but may not be trusted (owner, mode, type). */
 export class InsecureFileError extends ConfigError {
@@ -29,16 +30,8 @@ export async function readPrivateFile(path: string): Promise<Buffer> {
   const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
     const st = await fh.stat();
-    if (!st.isFile()) throw new InsecureFileError(`${path} is not a regular file`);
-    const uid = process.getuid?.();
-    if (uid !== undefined && st.uid !== uid) {
-      throw new InsecureFileError(`${path} is owned by uid ${st.uid}, not by the current user (uid ${uid}); refusing to use it`);
-    }
-    if ((st.mode & 0o077) !== 0) {
-      throw new InsecureFileError(
-        `${path} has mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}: group or others can access it; run chmod 600 ${path}`,
-      );
-    }
+    const problem = privateStatProblem(path, st);
+    if (problem) throw new InsecureFileError(problem);
     if (st.size > MAX_SECRET_FILE_BYTES) throw new InsecureFileError(`${path} is ${st.size} bytes, larger than any secret cowstream writes`);
     return await fh.readFile();
   } finally {

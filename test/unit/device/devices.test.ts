@@ -152,3 +152,28 @@ describe('MemoryDevice specifics', () => {
     expect(d.flushCount).toBe(1);
   });
 });
+
+describe('mapExtents', () => {
+  it('MemoryDevice reports all-zero 4 KiB blocks as holes, clipped to the range', async () => {
+    const d = new MemoryDevice(64 * 1024 + 100);
+    await d.write(8192, Buffer.from([1]));
+    await d.write(64 * 1024 + 99, Buffer.from([2]));
+    expect(await d.mapExtents(100, 20_000)).toEqual([
+      { length: 8092, hole: true, zero: true },
+      { length: 4096, hole: false, zero: false },
+      { length: 20_000 - 8092 - 4096, hole: true, zero: true },
+    ]);
+    expect(await d.mapExtents(64 * 1024, 100)).toEqual([{ length: 100, hole: false, zero: false }]);
+    await expect(d.mapExtents(64 * 1024, 101)).rejects.toThrow(OutOfRangeError);
+  });
+
+  it('FileDevice reports its range as allocated data of unknown content', async () => {
+    const p = join(dir, 'map.raw');
+    await writeFile(p, Buffer.alloc(10_000));
+    const d = await FileDevice.open(p, { readOnly: true });
+    expect(await d.mapExtents(1, 9_999)).toEqual([{ length: 9_999, hole: false, zero: false }]);
+    await expect(d.mapExtents(1, 10_000)).rejects.toThrow(OutOfRangeError);
+    await d.close();
+    await expect(d.mapExtents(0, 1)).rejects.toThrow(DeviceClosedError);
+  });
+});

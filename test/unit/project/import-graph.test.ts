@@ -26,6 +26,7 @@ const RANK: Record<string, number> = {
   'src/store': 6,
   'src/restore': 7,
   'src/backup': 8,
+  'src/serve': 8,
   'src/catalog': 8,
   'src/console': 8,
   'src/qemu': 9,

@@ -1,0 +1,425 @@
+/**
+ * A writable view over a read-only base device: reads merge the base with
+ * what was written; writes, zeroes and trims go to a local sparse overlay
+ * file, never to the base. Used to boot a VM from a backup that is still in
+ * the bucket (docs/overlay.md).
+ *
+ * One file holds everything (0600, created atomically, see `createOverlayFile`):
+ *
+ *   [0, 4096)                header: magic, version, cluster size, base size,
+ *                            layout, SHA-256 of those fields
+ *   [4096, dataOffset)       cluster states, 2 bits per cluster:
+ *                            0 BASE (read the base), 1 DATA (read the overlay),
+ *                            2 ZERO (reads as zeroes, nothing stored)
+ *   [dataOffset, +baseSize)  cluster data at the same offsets as in the base
+ *                            (sparse: only written clusters take space)
+ *
+ * Crash safety. A state is set in memory only after the cluster's data is in
+ * the file (page cache). flush() then: (1) copies the changed state pages,
+ * (2) fdatasyncs the file, so every cluster those pages call DATA is durable,
+ * (3) writes the copies in place, (4) fdatasyncs again. A crash at any point
+ * leaves each cluster in a state whose data is durable: its state of the last
+ * completed flush or a later one (states set after the copy in (1) wait for
+ * the next flush, because their data may not be covered by (2)). Writes not
+ * yet flushed may be lost or torn, as NBD allows; flushed ones never are.
+ *
+ * Concurrency. Every write, zero and trim holds the locks of the clusters it
+ * touches (ascending order, FIFO; src/device/cluster-locks.ts). A partial
+ * write to a cluster still in the base is a read-modify-write: read the base
+ * cluster, patch it, write the whole cluster, then mark it DATA; holding the
+ * lock means a second write to that cluster cannot copy the base over the
+ * first one's bytes. Reads take no lock: a state flips only after its data is
+ * complete in the file, so a read sees the old or the new contents of each
+ * cluster, never a half-copied one.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { link, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { DeviceError } from '../errors.js';
+import { ClusterLocks } from './cluster-locks.js';
+import { ClusterStates } from './cluster-states.js';
+import { fsyncDir } from './durable.js';
+import { DeviceClosedError, OverlayError } from './errors.js';
+import { extentsLength, mapRange, pushExtent } from './extents.js';
+import { readAll, writeAll } from './file-io.js';
+import { createPrivateFile, openOwnPrivateFile } from './private-open.js';
+import { checkRange } from './range.js';
+import type { BlockDevice, DeviceExtent } from './types.js';
+
+export const DEFAULT_OVERLAY_CLUSTER = 64 * 1024;
+/** Cluster sizes allowed: powers of two in this range (a cluster is the unit of copy, and its buffer). */
+export const MIN_OVERLAY_CLUSTER = 4096;
+export const MAX_OVERLAY_CLUSTER = 4 * 1024 * 1024;
+
+const MAGIC = Buffer.from('CWOVRLY1', 'latin1');
+const VERSION = 1;
+const HEADER_BYTES = 4096;
+const HEADER_FIELDS = 48;
+const STATE_PAGE = 4096;
+/** mapExtents stops after this many extents (the contract allows a shorter answer). */
+const MAX_MAP_EXTENTS = 16 * 1024;
+
+export const BASE = 0;
+export const DATA = 1;
+export const ZERO = 2;
+
+export interface OverlayOptions {
+  /** Bytes per cluster, the unit of copy-on-write (power of two, 4 KiB..4 MiB; default 64 KiB). An existing overlay keeps its own; a different value here is an error. */
+  clusterSize?: number;
+}
+
+interface Layout {
+  clusterSize: number;
+  baseSize: number;
+  clusters: number;
+  stateBytes: number;
+  dataOffset: number;
+}
+
+function layoutFor(baseSize: number, clusterSize: number): Layout {
+  const clusters = Math.ceil(baseSize / clusterSize);
+  const stateBytes = ClusterStates.bytesFor(clusters);
+  const stateSpan = Math.ceil(stateBytes / STATE_PAGE) * STATE_PAGE;
+  const dataOffset = Math.ceil((HEADER_BYTES + stateSpan) / clusterSize) * clusterSize;
+  return { clusterSize, baseSize, clusters, stateBytes, dataOffset };
+}
+
+function encodeHeader(l: Layout): Buffer {
+  const h = Buffer.alloc(HEADER_BYTES);
+  MAGIC.copy(h, 0);
+  h.writeUInt32BE(VERSION, 8);
+  h.writeUInt32BE(l.clusterSize, 12);
+  h.writeBigUInt64BE(BigInt(l.baseSize), 16);
+  h.writeBigUInt64BE(BigInt(HEADER_BYTES), 24);
+  h.writeBigUInt64BE(BigInt(l.stateBytes), 32);
+  h.writeBigUInt64BE(BigInt(l.dataOffset), 40);
+  createHash('sha256').update(h.subarray(0, HEADER_FIELDS)).digest().copy(h, HEADER_FIELDS);
+  return h;
+}
+
+/** Parses and checks a header against the base; every field is recomputed, none trusted. */
+function decodeHeader(path: string, h: Buffer, baseSize: number, wantCluster: number | undefined): Layout {
+  const notOurs = (why: string): OverlayError => new OverlayError(`${path} is not a usable cowstream overlay: ${why}`);
+  if (h.length < HEADER_FIELDS + 32 || !h.subarray(0, 8).equals(MAGIC)) throw notOurs('bad magic');
+  const sum = createHash('sha256').update(h.subarray(0, HEADER_FIELDS)).digest();
+  if (!sum.equals(h.subarray(HEADER_FIELDS, HEADER_FIELDS + 32))) throw notOurs('header checksum mismatch');
+  if (h.readUInt32BE(8) !== VERSION) throw notOurs(`unsupported version ${h.readUInt32BE(8)}`);
+  const clusterSize = h.readUInt32BE(12);
+  checkClusterSize(clusterSize);
+  const size = h.readBigUInt64BE(16);
+  if (size !== BigInt(baseSize)) throw notOurs(`made for a base of ${size} bytes, this base has ${baseSize}`);
+  if (wantCluster !== undefined && wantCluster !== clusterSize) {
+    throw notOurs(`its cluster size is ${clusterSize}, ${wantCluster} was asked for`);
+  }
+  const l = layoutFor(baseSize, clusterSize);
+  if (!encodeHeader(l).subarray(0, HEADER_FIELDS + 32).equals(h.subarray(0, HEADER_FIELDS + 32))) throw notOurs('inconsistent layout');
+  return l;
+}
+
+function checkClusterSize(cs: number): void {
+  if (!Number.isSafeInteger(cs) || cs < MIN_OVERLAY_CLUSTER || cs > MAX_OVERLAY_CLUSTER || (cs & (cs - 1)) !== 0) {
+    throw new OverlayError(`cluster size must be a power of two from ${MIN_OVERLAY_CLUSTER} to ${MAX_OVERLAY_CLUSTER}, got ${cs}`);
+  }
+}
+
+/**
+ * Opens the overlay at `path` over `base`, creating it when absent. An
+ * existing file is used only if it is a regular file owned by this user with
+ * no group/other permission (never through a symlink) and a valid overlay
+ * for a base of the same size.
+ */
+export async function openOverlay(base: BlockDevice, path: string, opts: OverlayOptions = {}): Promise<OverlayDevice> {
+  if (opts.clusterSize !== undefined) checkClusterSize(opts.clusterSize);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let opened: { fh: FileHandle } | null = null;
+    try {
+      opened = await openOwnPrivateFile(path);
+    } catch (err) {
+      if (!(err instanceof OverlayError && (err.cause as { code?: string } | undefined)?.code === 'ENOENT')) throw err;
+    }
+    if (!opened) {
+      // Created, or someone else created it first: either way open it, with the same checks.
+      await createOverlayFile(path, layoutFor(base.size, opts.clusterSize ?? DEFAULT_OVERLAY_CLUSTER));
+      continue;
+    }
+    const { fh } = opened;
+    try {
+      return await OverlayDevice.load(base, path, fh, opts.clusterSize);
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      throw err;
+    }
+  }
+  throw new OverlayError(`${path} keeps appearing and disappearing; refusing to use it`);
+}
+
+/**
+ * Creates a complete overlay (header, zero states, sparse data) under a
+ * temporary name and links it into place, so `path` is either absent or a
+ * whole overlay, even after a crash. Returns false if `path` appeared meanwhile.
+ */
+async function createOverlayFile(path: string, l: Layout): Promise<boolean> {
+  const tmp = join(dirname(path), `.${randomBytes(8).toString('hex')}.overlay-tmp`);
+  let fh: FileHandle;
+  try {
+    fh = await createPrivateFile(tmp);
+  } catch (err) {
+    throw new OverlayError(`cannot create overlay ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    await fh.truncate(l.dataOffset + l.baseSize);
+    await writeAll(fh, encodeHeader(l), 0);
+    await fh.sync();
+    await fh.close();
+    try {
+      await link(tmp, path);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'EEXIST') return false;
+      throw new OverlayError(`cannot create overlay ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    await fsyncDir(dirname(path));
+    return true;
+  } finally {
+    await fh.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+  }
+}
+
+/** One cluster-aligned piece of a request: [start, end) inside cluster c. */
+interface Piece {
+  c: number;
+  start: number;
+  end: number;
+  full: boolean;
+}
+
+export class OverlayDevice implements BlockDevice {
+  readonly size: number;
+  readonly readOnly = false;
+  readonly clusterSize: number;
+  readonly path: string;
+  private fh: FileHandle | null;
+  private readonly states: ClusterStates;
+  private readonly dataOffset: number;
+  private readonly locks = new ClusterLocks();
+  private flushTail: Promise<void> = Promise.resolve();
+  private zeroCluster: Buffer | null = null;
+
+  private constructor(private readonly base: BlockDevice, path: string, fh: FileHandle, l: Layout, states: ClusterStates) {
+    this.size = base.size;
+    this.path = path;
+    this.fh = fh;
+    this.clusterSize = l.clusterSize;
+    this.dataOffset = l.dataOffset;
+    this.states = states;
+  }
+
+  /** Validates an opened overlay file and reads its states. */
+  static async load(base: BlockDevice, path: string, fh: FileHandle, wantCluster: number | undefined): Promise<OverlayDevice> {
+    const header = Buffer.alloc(HEADER_BYTES);
+    const { bytesRead } = await fh.read(header, 0, HEADER_BYTES, 0);
+    const l = decodeHeader(path, header.subarray(0, bytesRead), base.size, wantCluster);
+    const st = await fh.stat();
+    if (st.size !== l.dataOffset + l.baseSize) {
+      throw new OverlayError(`${path} is ${st.size} bytes, a valid overlay for this base has ${l.dataOffset + l.baseSize}: truncated or not ours`);
+    }
+    const bytes = Buffer.alloc(l.stateBytes);
+    await readAll(fh, bytes, HEADER_BYTES);
+    const states = new ClusterStates(l.clusters, bytes);
+    if (states.hasState3() || !states.paddingClear()) throw new OverlayError(`${path}: cluster states are damaged`);
+    return new OverlayDevice(base, path, fh, l, states);
+  }
+
+  /** Clusters by state (tests, progress, `serve` statistics). */
+  stats(): { clusters: number; written: number; zeroed: number } {
+    return { clusters: this.states.count, written: this.states.countOf(DATA), zeroed: this.states.countOf(ZERO) };
+  }
+
+  /** The state of cluster c: BASE, DATA or ZERO. */
+  clusterState(c: number): number {
+    return this.states.get(c);
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    checkRange(this.size, offset, length, `read ${this.path}`);
+    const fh = this.handle();
+    const out = Buffer.alloc(length);
+    const jobs: Array<Promise<void>> = [];
+    this.forRuns(offset, length, (state, start, end) => {
+      const at = start - offset;
+      if (state === ZERO) return; // already zero
+      if (state === DATA) {
+        jobs.push(this.io('read', start, () => readAll(fh, out.subarray(at, at + end - start), this.dataOffset + start)));
+      } else {
+        jobs.push(this.base.read(start, end - start).then((b) => {
+          if (b.length !== end - start) throw new DeviceError(`base returned ${b.length} of ${end - start} bytes at ${start}`);
+          b.copy(out, at);
+        }));
+      }
+    });
+    await Promise.all(jobs);
+    return out;
+  }
+
+  async write(offset: number, data: Uint8Array, opts?: { fua?: boolean }): Promise<void> {
+    checkRange(this.size, offset, data.length, `write ${this.path}`);
+    await this.modify(offset, data.length, (p) => data.subarray(p.start - offset, p.end - offset), true);
+    if (opts?.fua) await this.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, opts?: { fua?: boolean; mayTrim?: boolean }): Promise<void> {
+    checkRange(this.size, offset, length, `write zeroes ${this.path}`);
+    // NO_HOLE (mayTrim false): the client wants the range allocated, so
+    // whole clusters get real zeroes instead of the ZERO state.
+    await this.modify(offset, length, (p) => this.zeroes(p.end - p.start), opts?.mayTrim === false);
+    if (opts?.fua) await this.flush();
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    checkRange(this.size, offset, length, `trim ${this.path}`);
+    await this.modify(offset, length, (p) => this.zeroes(p.end - p.start), false);
+  }
+
+  /** Makes every write completed before the call durable (module comment: the order). */
+  flush(): Promise<void> {
+    this.handle();
+    const run = this.flushTail.then(() => this.flushOnce());
+    this.flushTail = run.catch(() => undefined);
+    return run;
+  }
+
+  async close(): Promise<void> {
+    if (!this.fh) return;
+    try {
+      await this.flush();
+    } finally {
+      const fh = this.fh;
+      this.fh = null;
+      await fh?.close();
+    }
+  }
+
+  async mapExtents(offset: number, length: number): Promise<DeviceExtent[]> {
+    checkRange(this.size, offset, length, `map ${this.path}`);
+    this.handle();
+    const runs: Array<[number, number, number]> = [];
+    this.forRuns(offset, length, (state, start, end) => void runs.push([state, start, end]));
+    const out: DeviceExtent[] = [];
+    for (const [state, start, end] of runs) {
+      if (out.length >= MAX_MAP_EXTENTS) break;
+      if (state === DATA) pushExtent(out, end - start, false, false);
+      else if (state === ZERO) pushExtent(out, end - start, true, true);
+      else {
+        const got = await mapRange(this.base, start, end, MAX_MAP_EXTENTS);
+        for (const e of got) pushExtent(out, e.length, e.hole, e.zero);
+        if (extentsLength(got) < end - start) break; // stopped early: the map must stay contiguous
+      }
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  /** Calls fn for each maximal run of clusters with one state, clipped to [offset, offset+length). */
+  private forRuns(offset: number, length: number, fn: (state: number, start: number, end: number) => void): void {
+    const cs = this.clusterSize;
+    const end = offset + length;
+    let pos = offset;
+    while (pos < end) {
+      const c = Math.floor(pos / cs);
+      const state = this.states.get(c);
+      const lastC = Math.floor((end - 1) / cs) + 1;
+      const next = this.states.nextNot(c + 1, lastC, state);
+      const runEnd = Math.min(end, next * cs);
+      fn(state, pos, runEnd);
+      pos = runEnd;
+    }
+  }
+
+  /**
+   * Applies a write-like change to [offset, offset+length) under the cluster
+   * locks. `bytes(p)` gives the new contents of piece p; `allocate` false lets
+   * whole clusters of zeroes become the ZERO state with no I/O.
+   */
+  private async modify(offset: number, length: number, bytes: (p: Piece) => Uint8Array, allocate: boolean): Promise<void> {
+    if (length === 0) return;
+    const fh = this.handle();
+    const cs = this.clusterSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const release = await this.locks.lock(first, last);
+    try {
+      for (let c = first; c <= last; c++) {
+        const cStart = c * cs;
+        const cEnd = Math.min(this.size, cStart + cs);
+        const p: Piece = { c, start: Math.max(offset, cStart), end: Math.min(offset + length, cEnd), full: false };
+        p.full = p.start === cStart && p.end === cEnd;
+        await this.modifyCluster(fh, p, bytes(p), allocate);
+      }
+    } finally {
+      release();
+    }
+  }
+
+  private async modifyCluster(fh: FileHandle, p: Piece, data: Uint8Array, allocate: boolean): Promise<void> {
+    const state = this.states.get(p.c);
+    if (!allocate && this.isZeroRequest(data)) {
+      if (state === ZERO) return; // already reads as zeroes
+      if (p.full) {
+        this.states.set(p.c, ZERO, STATE_PAGE);
+        return;
+      }
+    }
+    if (p.full || state === DATA) {
+      await this.io('write', p.start, () => writeAll(fh, data, this.dataOffset + p.start));
+    } else {
+      // Read-modify-write of a cluster not yet in the overlay.
+      const cStart = p.c * this.clusterSize;
+      const cLen = Math.min(this.size, cStart + this.clusterSize) - cStart;
+      const buf = state === ZERO ? Buffer.alloc(cLen) : await this.base.read(cStart, cLen);
+      if (buf.length !== cLen) throw new DeviceError(`base returned ${buf.length} of ${cLen} bytes at ${cStart}`);
+      buf.set(data, p.start - cStart);
+      await this.io('write', cStart, () => writeAll(fh, buf, this.dataOffset + cStart));
+    }
+    this.states.set(p.c, DATA, STATE_PAGE);
+  }
+
+  private isZeroRequest(data: Uint8Array): boolean {
+    return this.zeroCluster !== null && data.buffer === this.zeroCluster.buffer;
+  }
+
+  /** A shared zero buffer (never written to), recognised by isZeroRequest. */
+  private zeroes(n: number): Uint8Array {
+    this.zeroCluster ??= Buffer.alloc(this.clusterSize);
+    return this.zeroCluster.subarray(0, n);
+  }
+
+  private async flushOnce(): Promise<void> {
+    const fh = this.handle();
+    const pages = this.states.takeDirty(STATE_PAGE);
+    try {
+      await this.io('fdatasync', 0, () => fh.datasync());
+      if (pages.length === 0) return;
+      for (const pg of pages) await this.io('write states', pg.offset, () => writeAll(fh, pg.data, HEADER_BYTES + pg.offset));
+      await this.io('fdatasync', 0, () => fh.datasync());
+    } catch (err) {
+      this.states.markDirty(pages.map((pg) => pg.offset), STATE_PAGE);
+      throw err;
+    }
+  }
+
+  private handle(): FileHandle {
+    if (!this.fh) throw new DeviceClosedError(`overlay ${this.path} is closed`);
+    return this.fh;
+  }
+
+  private async io<T>(op: string, offset: number, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof DeviceError) throw err;
+      // Keep the errno (ENOSPC...) reachable as `cause` for the NBD error mapping.
+      throw new DeviceError(`${op} overlay ${this.path} at ${offset} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+}
