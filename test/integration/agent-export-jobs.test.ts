@@ -2,6 +2,7 @@
  * Export jobs end to end: an operator asks the catalogue (the agent's
  * embedded one: dynalite + the same API code as the Lambda) to serve an
  * archive on host h1; h1's agent claims it, serves it over its NBD server
+ * (src/serve, reading the agent's embedded S3)
  * and reports the URIs, which real clients (qemu-img) read; ending the job
  * in the catalogue removes the export on the agent. A poller of another
  * host never claims it; a job whose overlay escapes the allowed directories
@@ -18,18 +19,14 @@ import { ArchiveExports } from '../../src/agent/archive-exports.js';
 import { RestorePoller } from '../../src/agent/restore-poller.js';
 import { CatalogClient } from '../../src/catalog/client.js';
 import type { ExportJob } from '../../src/catalog/records.js';
-import { ZstdPool } from '../../src/codec/zstd-pool.js';
 import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 import { makeDisk, makeTempDir } from '../helpers/agent-process.js';
 import { runTool } from '../helpers/nbd-tools.js';
-import { restoringExports, type RestoringExports } from '../helpers/restoring-exports.js';
 
 const SIZE = 1024 * 1024 + 4096;
 
 let tmp: { dir: string; cleanup(): Promise<void> };
 let agent: Agent;
-let pool: ZstdPool;
-let served: RestoringExports;
 let catalog: CatalogClient;
 let token: string;
 let uuid: string;
@@ -56,8 +53,6 @@ beforeAll(async () => {
   await makeDisk(join(tmp.dir, 'a.raw'), SIZE, 21);
   await makeDisk(join(tmp.dir, 'b.raw'), SIZE, 22);
   await mkdir(join(tmp.dir, 'allowed'));
-  pool = new ZstdPool({ workers: 1 });
-  served = restoringExports(pool);
   const config = parseAgentConfig({
     hostId: 'h1',
     stateDir: join(tmp.dir, 'state'),
@@ -68,8 +63,7 @@ beforeAll(async () => {
     catalog: { embedded: true },
     restore: { allowedDirs: [join(tmp.dir, 'allowed')], pollIntervalMs: 100 },
   });
-  // A pass-through overlay: what counts here is that the confinement runs before it.
-  agent = await startAgent(config, { log: silentLogger, openExports: served.open, openOverlay: async (base) => base });
+  agent = await startAgent(config, { log: silentLogger });
   token = (await readEmbeddedCredentials(config.stateDir)).catalogToken;
   catalog = new CatalogClient({ url: agent.catalogUrl!, token });
   const control = new AgentClient(agent.controlSocket);
@@ -104,7 +98,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await otherHost?.stop();
   await agent?.stop();
-  await pool?.close();
   await tmp?.cleanup();
 });
 
@@ -131,7 +124,6 @@ describe('catalogue export jobs', () => {
     await waitFor('the export removed on the agent', async () => agent.archiveExports.list().length === 0, 10_000);
     const gone = await runTool('qemu-img', ['info', '-f', 'raw', uri]);
     expect(gone.code).not.toBe(0);
-    expect(served.opened).toBe(served.closed);
     expect(otherOpened).toBe(0);
   });
 

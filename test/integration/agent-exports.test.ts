@@ -1,37 +1,33 @@
 /**
  * POST/GET/DELETE /exports of the agent's control API against a real agent
- * (in-process, embedded s3rver) with real NBD clients (qemu-img, nbdinfo)
- * and the agent's own NbdClient: the export matches the backed-up disk, a
- * removed export is gone for new clients and gives connected ones errors
+ * (in-process, embedded s3rver, src/serve fetching from it, src/device
+ * overlays) with real NBD clients (qemu-img, qemu-io, nbdinfo) and the
+ * agent's own NbdClient: the export matches the backed-up disk of a chain,
+ * a removed export is gone for new clients and gives connected ones errors
  * instead of a hang, the configured limits hold under concurrent requests,
  * and bad input gets a 400 naming the field. Overlay paths are played as an
  * attacker would: outside the allowed directories, `..`, symlinks.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
-import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type Agent } from '../../src/agent/agent.js';
 import { parseAgentConfig } from '../../src/agent/config.js';
 import { AgentClient } from '../../src/agent/control-client.js';
 import { silentLogger } from '../../src/agent/log.js';
 import { NbdClient } from '../../src/nbd/client.js';
-import { ZstdPool } from '../../src/codec/zstd-pool.js';
-import type { BlockDevice } from '../../src/device/types.js';
 import { makeDisk, makeTempDir, runCli } from '../helpers/agent-process.js';
-import { runTool } from '../helpers/nbd-tools.js';
-import { restoringExports, type RestoringExports } from '../helpers/restoring-exports.js';
+import { qemuIo, runTool } from '../helpers/nbd-tools.js';
 
 const SIZE = 2 * 1024 * 1024 + 12345;
 
 let tmp: { dir: string; cleanup(): Promise<void> };
 let agent: Agent;
 let client: AgentClient;
-let pool: ZstdPool;
-let served: RestoringExports;
 let uuid: string;
 let disk: Buffer;
-const overlaysOpened: string[] = [];
 
 function http(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> { // eslint-disable-line @typescript-eslint/no-explicit-any
   return new Promise((resolve, reject) => {
@@ -51,8 +47,6 @@ beforeAll(async () => {
   disk = await makeDisk(join(tmp.dir, 'a.raw'), SIZE, 7);
   await makeDisk(join(tmp.dir, 'b.raw'), 1024 * 1024, 8);
   await mkdir(join(tmp.dir, 'allowed'));
-  pool = new ZstdPool({ workers: 1 });
-  served = restoringExports(pool);
   const config = parseAgentConfig({
     hostId: 'h1',
     stateDir: join(tmp.dir, 'state'),
@@ -64,25 +58,25 @@ beforeAll(async () => {
     restore: { allowedDirs: [join(tmp.dir, 'allowed')] },
     exports: { max: 2, maxCacheMemoryBytes: 8 * 1024 * 1024 },
   });
-  agent = await startAgent(config, {
-    log: silentLogger,
-    openExports: served.open,
-    // A stand-in overlay: records the confined path it was given and serves the base.
-    openOverlay: async (base: BlockDevice, path: string) => {
-      overlaysOpened.push(path);
-      return base;
-    },
-  });
+  agent = await startAgent(config, { log: silentLogger });
   client = new AgentClient(agent.controlSocket);
-  const st = await client.startBackup({ mode: 'full' });
-  const done = await client.waitForBackup(st.uuid, undefined, 50);
-  expect(done.status, done.error ?? '').toBe('done');
-  uuid = st.uuid;
+  // A chain of depth 3: a full backup and two incrementals, the disk changed in between.
+  for (const [i, mode] of (['full', 'incremental', 'incremental'] as const).entries()) {
+    if (i > 0) {
+      const w = await qemuIo(`nbd://127.0.0.1:${agent.nbdAddress!.port}/a`, [`write -P ${0x40 + i} ${i * 256 * 1024} 64k`, `write -P ${0x50 + i} ${SIZE - 8192} 4k`]);
+      expect(w.ok, w.stdout + w.stderr).toBe(true);
+    }
+    const st = await client.startBackup({ mode });
+    const done = await client.waitForBackup(st.uuid, undefined, 50);
+    expect(done.status, done.error ?? '').toBe('done');
+    expect(done.mode).toBe(mode);
+    uuid = st.uuid;
+  }
+  disk = await readFile(join(tmp.dir, 'a.raw'));
 }, 60_000);
 
 afterAll(async () => {
   await agent?.stop();
-  await pool?.close();
   await tmp?.cleanup();
 });
 
@@ -98,7 +92,8 @@ describe('agent POST /exports', () => {
     const tcp = exports[0].uris.find((u: string) => u.startsWith('nbd://'));
     expect(unix).toBe(`nbd+unix:///export-${id}/a?socket=${encodeURIComponent(agent.nbdSocket!)}`);
     expect(tcp).toBe(`nbd://127.0.0.1:${agent.nbdAddress!.port}/export-${id}/a`);
-    expect(served.calls.at(-1)!.cache).toEqual({ memoryBytes: 8 * 1024 * 1024 }); // the config's bound by default
+    expect(r.json.archive).toMatchObject({ uuid, host: 'h1', chainDepth: 3 });
+    expect(r.json.stats.cacheLimitBytes).toBe(8 * 1024 * 1024); // the config's bound by default
 
     for (const uri of [unix, tcp]) {
       const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(tmp.dir, 'a.raw'), uri]);
@@ -111,17 +106,15 @@ describe('agent POST /exports', () => {
     const all = await http('GET', '/exports');
     expect(all.json.exports.map((e: { id: string }) => e.id)).toEqual([id]);
     expect(all.json.exports[0].archive.uuid).toBe(uuid);
-    expect(all.json.exports[0].stats).toBeDefined();
+    expect(all.json.exports[0].stats.gets).toBeGreaterThan(0);
     expect((await http('GET', `/exports/${id}`)).json.id).toBe(id);
 
     // A client connected before the DELETE gets an error for its next read, not a hang.
     const nbd = await NbdClient.connect({ path: agent.nbdSocket! }, { exportName: `export-${id}/a` });
     try {
       expect((await nbd.read(0, 4096)).equals(disk.subarray(0, 4096))).toBe(true);
-      const closedBefore = served.closed;
       const del = await http('DELETE', `/exports/${id}`);
       expect(del.status).toBe(200);
-      expect(served.closed).toBe(closedBefore + 1);
       await expect(nbd.read(0, 4096)).rejects.toThrow(/EIO|error/i);
     } finally {
       await nbd.close().catch(() => undefined);
@@ -146,7 +139,7 @@ describe('agent POST /exports', () => {
     // Both disks of the archive, each its own name.
     expect(ok[0]!.json.exports.map((e: { disk: string }) => e.disk).sort()).toEqual(['a', 'b']);
     for (const r of ok) expect((await http('DELETE', `/exports/${r.json.id}`)).status).toBe(200);
-    expect(served.opened).toBe(served.closed);
+    expect((await http('GET', '/exports')).json.exports).toEqual([]);
   });
 
   it('bad input: 400 naming the field; refs outside the bucket and local files are refused', async () => {
@@ -174,7 +167,6 @@ describe('agent POST /exports', () => {
     expect(missing.status).toBe(404);
     expect((await http('PUT', '/exports')).status).toBe(405);
     expect((await http('GET', '/exports')).json.exports).toEqual([]);
-    expect(served.opened).toBe(served.closed);
   });
 
   it('overlay paths are confined to restore.allowedDirs: outside, through a symlink, or an allowed dir itself are refused', async () => {
@@ -194,19 +186,33 @@ describe('agent POST /exports', () => {
       expect(r.status, `${overlay}: ${JSON.stringify(r.json)}`).toBe(403);
       expect(r.json.error.message).toMatch(msg);
     }
-    expect(overlaysOpened).toEqual([]);
+    expect(existsSync(join(outside, 'o.overlay'))).toBe(false);
+    expect(await readFile(join(outside, 'target'), 'utf8')).toBe('precious');
     // One overlay serves one disk.
     const two = await http('POST', '/exports', { ref: uuid, overlay: join(tmp.dir, 'allowed', 'two.overlay') });
     expect(two.status).toBe(400);
     expect(two.json.error.field).toBe('overlay');
-    // Inside (a new sub-directory is created 0700): opened through the confined directory, never by the given path.
-    const ok = await http('POST', '/exports', { ref: uuid, disks: ['a'], overlay: join(tmp.dir, 'allowed', 'vm', 'a.overlay') });
+    // Inside (a new sub-directory is created 0700): writable, writes land in the overlay, never in the archive or the disk.
+    const overlay = join(tmp.dir, 'allowed', 'vm', 'a.overlay');
+    const ok = await http('POST', '/exports', { ref: uuid, disks: ['a'], overlay });
     expect(ok.status, JSON.stringify(ok.json)).toBe(201);
-    expect(overlaysOpened).toHaveLength(1);
-    expect(overlaysOpened[0]).toMatch(/^\/proc\/self\/fd\/\d+\/a\.overlay$/);
-    expect(ok.json.overlay).toBe(join(tmp.dir, 'allowed', 'vm', 'a.overlay'));
+    expect(ok.json.overlay).toBe(overlay);
+    expect(ok.json.exports[0].readOnly).toBe(false);
+    expect((await stat(overlay)).mode & 0o777).toBe(0o600);
+    expect((await stat(join(tmp.dir, 'allowed', 'vm'))).mode & 0o777).toBe(0o700);
+    const uri = ok.json.exports[0].uris[0];
+    const w = await qemuIo(uri, ['write -P 0xcd 65536 64k', 'read -P 0xcd 65536 64k']);
+    expect(w.ok, w.stdout + w.stderr).toBe(true);
     expect((await http('DELETE', `/exports/${ok.json.id}`)).status).toBe(200);
-    expect(served.opened).toBe(served.closed);
+    expect((await readFile(join(tmp.dir, 'a.raw'))).equals(disk)).toBe(true);
+    // The same overlay again: the write survived; a plain export of the archive does not have it.
+    const again = await http('POST', '/exports', { ref: uuid, disks: ['a'], overlay });
+    expect(again.status, JSON.stringify(again.json)).toBe(201);
+    expect((await qemuIo(again.json.exports[0].uris[0], ['read -P 0xcd 65536 64k'])).ok).toBe(true);
+    const plain = await http('POST', '/exports', { ref: uuid, disks: ['a'] });
+    const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(tmp.dir, 'a.raw'), plain.json.exports[0].uris[0]]);
+    expect(cmp.code, cmp.stdout + cmp.stderr).toBe(0);
+    for (const e of [again, plain]) expect((await http('DELETE', `/exports/${e.json.id}`)).status).toBe(200);
   });
 
   it('cowstream export add / list / rm over the control socket, with --json and clear errors', async () => {
@@ -215,7 +221,7 @@ describe('agent POST /exports', () => {
     expect(add.code, add.stderr).toBe(0);
     const e = JSON.parse(add.stdout.toString());
     expect(e.exports.map((d: { name: string }) => d.name)).toEqual([`export-${e.id}/b`]);
-    expect(served.calls.at(-1)!.cache).toEqual({ memoryBytes: 4 * 1024 * 1024 });
+    expect(e.stats.cacheLimitBytes).toBe(4 * 1024 * 1024);
     const list = await runCli(['export', 'list', ...agentFlag]);
     expect(list.code, list.stderr).toBe(0);
     expect(list.stdout.toString()).toContain(`nbd://127.0.0.1:${agent.nbdAddress!.port}/export-${e.id}/b`);

@@ -1,6 +1,7 @@
 /**
  * File-level restore (docs/file-restore.md): a file is read back out of an
- * ext4 file system in a backed-up disk, through the agent's POST /exports.
+ * ext4 file system in a backed-up disk, served by an agent process
+ * (`cowstream agent`, embedded S3) through `cowstream export add`.
  * The image is built with `mkfs.ext4 -d` (e2fsprogs), backed up, served,
  * and read by `debugfs -R 'cat …'` from a copy made by nbdcopy, and
  * directly from the export mapped as a file by nbdfuse where FUSE works.
@@ -11,15 +12,10 @@ import { execFile, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startAgent, type Agent } from '../../src/agent/agent.js';
-import { parseAgentConfig } from '../../src/agent/config.js';
 import { AgentClient } from '../../src/agent/control-client.js';
-import { silentLogger } from '../../src/agent/log.js';
 import type { ExportInfo } from '../../src/agent/archive-exports.js';
-import { ZstdPool } from '../../src/codec/zstd-pool.js';
-import { makeTempDir } from '../helpers/agent-process.js';
+import { makeTempDir, runCli, spawnAgent, writeAgentConfig, type AgentProcess } from '../helpers/agent-process.js';
 import { runTool } from '../helpers/nbd-tools.js';
-import { restoringExports } from '../helpers/restoring-exports.js';
 
 const has = (tool: string): boolean => spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0;
 const missing = ['mkfs.ext4', 'debugfs', 'nbdcopy'].filter((t) => !has(t));
@@ -30,8 +26,7 @@ const NESTED = Buffer.alloc(300 * 1024, 'x'); // spans many blocks (and extents)
 for (let i = 0; i < NESTED.length; i += 4096) NESTED.write(`block ${i / 4096}\n`, i);
 
 let tmp: { dir: string; cleanup(): Promise<void> };
-let agent: Agent;
-let pool: ZstdPool;
+let agent: AgentProcess;
 let exported: ExportInfo;
 
 /**
@@ -59,18 +54,18 @@ describe.skipIf(missing.length > 0)(`file-level restore from a served ext4 disk$
     await writeFile(image, Buffer.alloc(0));
     const mk = await runTool('mkfs.ext4', ['-q', '-F', '-d', src, image, '8M']);
     expect(mk.code, mk.stderr).toBe(0);
-    pool = new ZstdPool({ workers: 1 });
-    const config = parseAgentConfig({ hostId: 'fs-host', stateDir: join(tmp.dir, 'state'), disks: [{ name: 'vda', path: image, readOnly: true }] });
-    agent = await startAgent(config, { log: silentLogger, openExports: restoringExports(pool).open });
+    const config = await writeAgentConfig(tmp.dir, { hostId: 'fs-host', stateDir: join(tmp.dir, 'state'), disks: [{ name: 'vda', path: image, readOnly: true }] });
+    agent = await spawnAgent(config);
     const control = new AgentClient(agent.controlSocket);
     const st = await control.startBackup({ mode: 'full' });
     expect((await control.waitForBackup(st.uuid, undefined, 50)).status).toBe('done');
-    exported = await control.call<ExportInfo>('POST', '/exports', { ref: st.uuid });
+    const add = await runCli(['export', 'add', st.uuid, '--json', '--agent', agent.controlSocket]);
+    expect(add.code, add.stderr).toBe(0);
+    exported = JSON.parse(add.stdout.toString()) as ExportInfo;
   }, 60_000);
 
   afterAll(async () => {
     await agent?.stop();
-    await pool?.close();
     await tmp?.cleanup();
   });
 
