@@ -347,6 +347,11 @@ const routes: Route[] = [
   }),
 ];
 
+/** Method and path pattern of every route (the deployed API Gateway routes must cover exactly these). */
+export function apiRoutes(): Array<{ method: string; pattern: RegExp }> {
+  return routes.map((r) => ({ method: r.method, pattern: r.pattern }));
+}
+
 /** The request path without the stage prefix API Gateway adds for named stages. */
 function routePath(event: ApiEvent): string {
   let path = event.rawPath || '/';
