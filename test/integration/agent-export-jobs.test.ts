@@ -20,7 +20,7 @@ import { RestorePoller } from '../../src/agent/restore-poller.js';
 import { CatalogClient } from '../../src/catalog/client.js';
 import type { ExportJob } from '../../src/catalog/records.js';
 import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
-import { makeDisk, makeTempDir } from '../helpers/agent-process.js';
+import { makeDisk, makeTempDir, runCli } from '../helpers/agent-process.js';
 import { runTool } from '../helpers/nbd-tools.js';
 
 const SIZE = 1024 * 1024 + 4096;
@@ -144,4 +144,21 @@ describe('catalogue export jobs', () => {
     expect(done.status).toBe('SUCCEEDED');
     expect(otherOpened).toBe(0);
   });
+
+  it('cowstream export request --wait prints the URIs once served; export end ends it; a bad request names the field', async () => {
+    const state = ['--state', agent.config.stateDir];
+    const req = await runCli(['export', 'request', uuid, '--host', 'h1', '--disk', 'b', '--wait', '--json', ...state]);
+    expect(req.code, req.stderr).toBe(0);
+    const job = JSON.parse(req.stdout.toString()) as ExportJob;
+    expect(job.status).toBe('RUNNING');
+    const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(tmp.dir, 'b.raw'), job.served!.exports[0]!.uris[0]!]);
+    expect(cmp.code, cmp.stdout + cmp.stderr).toBe(0);
+    const end = await runCli(['export', 'end', job.id, ...state]);
+    expect(end.code, end.stderr).toBe(0);
+    expect(end.stdout.toString()).toContain('CANCELLED');
+    await waitFor('the export removed on the agent', async () => agent.archiveExports.list().length === 0, 10_000);
+    const bad = await runCli(['export', 'request', uuid, '--host', 'h1', '--overlay', 'relative', ...state]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/overlay: must be an absolute path/);
+  }, 60_000);
 });
