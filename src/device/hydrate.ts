@@ -26,6 +26,9 @@
  * copied. A cluster whose data reads as zeroes is not written either, so the
  * target stays sparse (it starts as a sparse file of zeroes).
  *
+ * A cluster a client reads before it is copied is read from the source and
+ * queued to be copied next (ahead of the scan), so the next read of it is local.
+ *
  * Failure or cancel leaves an incomplete target and makes `device` a plain
  * pass-through to the source (which has every write), so serving goes on.
  */
@@ -45,6 +48,8 @@ export const DEFAULT_HYDRATE_CLUSTER = 1024 * 1024;
 export const DEFAULT_HYDRATE_CONCURRENCY = 4;
 /** Clusters whose map the scheduler asks for at once. */
 const MAP_WINDOW_CLUSTERS = 256;
+/** At most this many read clusters wait to be copied ahead of the scan; more are left to the scan. */
+const MAX_URGENT = 1024;
 
 const NOT_COPIED = 0;
 const COPIED = 1;
@@ -70,6 +75,8 @@ export interface HydrationProgress {
   bytesCopied: number;
   /** Bytes left sparse because they read as zeroes. */
   bytesSkipped: number;
+  /** Why the hydration failed (state 'failed'), also when the target failed after completion. */
+  error?: string;
 }
 
 export interface HydrationResult {
@@ -167,6 +174,8 @@ class HydrationRun {
   private cancelled = false;
   private nextWindow = 0;
   private queue: Array<{ c: number; zero: boolean }> = [];
+  /** Clusters a client read before they were copied: copied next, so later reads are local. */
+  private urgent: number[] = [];
   private refilling: Promise<void> | null = null;
   private zeroBuf: Buffer | null = null;
   private closed = false;
@@ -185,7 +194,10 @@ class HydrationRun {
       if (this.state === 'opening') this.state = 'running';
     });
     this.done = this.ready.then(() => this.run(started)).catch((err: unknown) => {
-      if (this.state !== 'cancelled') this.state = 'failed';
+      if (this.state !== 'cancelled') {
+        this.state = 'failed';
+        this.failure ??= err;
+      }
       throw err;
     });
     // Nobody may be waiting on `done` (serving goes on regardless); a failure
@@ -194,7 +206,9 @@ class HydrationRun {
   }
 
   progress(): HydrationProgress {
-    return { state: this.state, bytesDone: this.bytesDone, bytesTotal: this.size, bytesCopied: this.bytesCopied, bytesSkipped: this.bytesSkipped };
+    const p: HydrationProgress = { state: this.state, bytesDone: this.bytesDone, bytesTotal: this.size, bytesCopied: this.bytesCopied, bytesSkipped: this.bytesSkipped };
+    if (this.state === 'failed' && this.failure !== null) p.error = (this.failure as Error).message ?? String(this.failure);
+    return p;
   }
 
   cancel(): void {
@@ -227,6 +241,8 @@ class HydrationRun {
   }
 
   private async nextTask(): Promise<{ c: number; zero: boolean } | undefined> {
+    const hot = this.urgent.shift();
+    if (hot !== undefined) return { c: hot, zero: false };
     while (this.queue.length === 0) {
       if (this.nextWindow >= this.states.count || this.cancelled) return undefined;
       this.refilling ??= this.refill().finally(() => (this.refilling = null));
@@ -335,6 +351,7 @@ class HydrationRun {
       const n = next - pos;
       if (copied) jobs.push(this.targetIo('read', s, (fh) => readAll(fh, out.subarray(at, at + n), s)));
       else {
+        this.prioritise(c, Math.floor((next - 1) / this.cs));
         jobs.push(this.source.read(s, n).then((b) => {
           if (b.length !== n) throw new DeviceError(`source returned ${b.length} of ${n} bytes at ${s}`);
           b.copy(out, at);
@@ -344,6 +361,13 @@ class HydrationRun {
     }
     await Promise.all(jobs);
     return out;
+  }
+
+  /** Queues clusters first..last to be copied before the sequential scan reaches them (bounded). */
+  private prioritise(first: number, last: number): void {
+    for (let c = first; c <= last && this.urgent.length < MAX_URGENT; c++) {
+      if (this.states.get(c) !== COPIED) this.urgent.push(c);
+    }
   }
 
   /**

@@ -263,7 +263,7 @@ export class OverlayDevice implements BlockDevice {
 
   async write(offset: number, data: Uint8Array, opts?: { fua?: boolean }): Promise<void> {
     checkRange(this.size, offset, data.length, `write ${this.path}`);
-    await this.modify(offset, data.length, (p) => data.subarray(p.start - offset, p.end - offset), true);
+    await this.modify(offset, data.length, data, true);
     if (opts?.fua) await this.flush();
   }
 
@@ -271,18 +271,18 @@ export class OverlayDevice implements BlockDevice {
     checkRange(this.size, offset, length, `write zeroes ${this.path}`);
     // NO_HOLE (mayTrim false): the client wants the range allocated, so
     // whole clusters get real zeroes instead of the ZERO state.
-    await this.modify(offset, length, (p) => this.zeroes(p.end - p.start), opts?.mayTrim === false);
+    await this.modify(offset, length, null, opts?.mayTrim === false);
     if (opts?.fua) await this.flush();
   }
 
   async trim(offset: number, length: number): Promise<void> {
     checkRange(this.size, offset, length, `trim ${this.path}`);
-    await this.modify(offset, length, (p) => this.zeroes(p.end - p.start), false);
+    await this.modify(offset, length, null, false);
   }
 
   /** Makes every write completed before the call durable (module comment: the order). */
   flush(): Promise<void> {
-    this.handle();
+    if (!this.fh) return Promise.reject(new DeviceClosedError(`overlay ${this.path} is closed`));
     const run = this.flushTail.then(() => this.flushOnce());
     this.flushTail = run.catch(() => undefined);
     return run;
@@ -338,32 +338,50 @@ export class OverlayDevice implements BlockDevice {
 
   /**
    * Applies a write-like change to [offset, offset+length) under the cluster
-   * locks. `bytes(p)` gives the new contents of piece p; `allocate` false lets
-   * whole clusters of zeroes become the ZERO state with no I/O.
+   * locks: `data`, or zeroes when null. With zeroes and `allocate` false,
+   * whole clusters become the ZERO state with no I/O. Runs of whole clusters
+   * of data go out in one write.
    */
-  private async modify(offset: number, length: number, bytes: (p: Piece) => Uint8Array, allocate: boolean): Promise<void> {
+  private async modify(offset: number, length: number, data: Uint8Array | null, allocate: boolean): Promise<void> {
     if (length === 0) return;
     const fh = this.handle();
-    const cs = this.clusterSize;
-    const first = Math.floor(offset / cs);
-    const last = Math.floor((offset + length - 1) / cs);
+    const first = Math.floor(offset / this.clusterSize);
+    const last = Math.floor((offset + length - 1) / this.clusterSize);
     const release = await this.locks.lock(first, last);
     try {
-      for (let c = first; c <= last; c++) {
-        const cStart = c * cs;
-        const cEnd = Math.min(this.size, cStart + cs);
-        const p: Piece = { c, start: Math.max(offset, cStart), end: Math.min(offset + length, cEnd), full: false };
-        p.full = p.start === cStart && p.end === cEnd;
-        await this.modifyCluster(fh, p, bytes(p), allocate);
+      for (let c = first; c <= last; ) {
+        const p = this.piece(c, offset, length);
+        if (data && p.full) {
+          let c2 = c;
+          while (c2 < last && this.piece(c2 + 1, offset, length).full) c2++;
+          const end = this.piece(c2, offset, length).end;
+          await this.io('write', p.start, () => writeAll(fh, data.subarray(p.start - offset, end - offset), this.dataOffset + p.start));
+          for (let k = c; k <= c2; k++) this.states.set(k, DATA, STATE_PAGE);
+          c = c2 + 1;
+          continue;
+        }
+        const bytes = data ? data.subarray(p.start - offset, p.end - offset) : this.zeroes(p.end - p.start);
+        await this.modifyCluster(fh, p, bytes, data === null && !allocate);
+        c++;
       }
     } finally {
       release();
     }
   }
 
-  private async modifyCluster(fh: FileHandle, p: Piece, data: Uint8Array, allocate: boolean): Promise<void> {
+  /** The part of [offset, offset+length) inside cluster c. */
+  private piece(c: number, offset: number, length: number): Piece {
+    const cStart = c * this.clusterSize;
+    const cEnd = Math.min(this.size, cStart + this.clusterSize);
+    const start = Math.max(offset, cStart);
+    const end = Math.min(offset + length, cEnd);
+    return { c, start, end, full: start === cStart && end === cEnd };
+  }
+
+  /** One cluster's part of a change; `mayHole`: zeroes that need no storage. */
+  private async modifyCluster(fh: FileHandle, p: Piece, data: Uint8Array, mayHole: boolean): Promise<void> {
     const state = this.states.get(p.c);
-    if (!allocate && this.isZeroRequest(data)) {
+    if (mayHole) {
       if (state === ZERO) return; // already reads as zeroes
       if (p.full) {
         this.states.set(p.c, ZERO, STATE_PAGE);
@@ -384,11 +402,7 @@ export class OverlayDevice implements BlockDevice {
     this.states.set(p.c, DATA, STATE_PAGE);
   }
 
-  private isZeroRequest(data: Uint8Array): boolean {
-    return this.zeroCluster !== null && data.buffer === this.zeroCluster.buffer;
-  }
-
-  /** A shared zero buffer (never written to), recognised by isZeroRequest. */
+  /** A shared, never-written zero buffer of up to one cluster. */
   private zeroes(n: number): Uint8Array {
     this.zeroCluster ??= Buffer.alloc(this.clusterSize);
     return this.zeroCluster.subarray(0, n);

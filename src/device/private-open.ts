@@ -12,12 +12,6 @@ import { dirname } from 'node:path';
 import { fsyncDir } from './durable.js';
 import { OverlayError } from './errors.js';
 
-export interface PrivateFile {
-  fh: FileHandle;
-  created: boolean;
-  stat: Stats;
-}
-
 /** Creates `path` (0600, O_EXCL) and makes its directory entry durable. Fails with EEXIST if it exists. */
 export async function createPrivateFile(path: string): Promise<FileHandle> {
   const fh = await open(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
@@ -48,20 +42,6 @@ export async function openOwnPrivateFile(path: string): Promise<{ fh: FileHandle
     await fh.close().catch(() => undefined);
     throw err;
   }
-}
-
-/** Creates `path` when absent, else opens it with the checks above. */
-export async function openPrivateFile(path: string): Promise<PrivateFile> {
-  try {
-    const fh = await createPrivateFile(path);
-    return { fh, created: true, stat: await fh.stat() };
-  } catch (err) {
-    if ((err as { code?: string }).code !== 'EEXIST') {
-      throw new OverlayError(`cannot create ${path}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-  const { fh, stat } = await openOwnPrivateFile(path);
-  return { fh, created: false, stat };
 }
 
 function checkPrivateStat(path: string, st: Stats): void {

@@ -4,7 +4,7 @@
  * every write made meanwhile, stay sparse over holes, and be opened safely.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdtemp, open, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -130,6 +130,28 @@ describe('startHydration', () => {
     await h.device.close();
   });
 
+  it('a cluster a client reads before it is copied is copied next, ahead of the scan', async () => {
+    const img = randomBytes(256 * CS);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const copies: number[] = [];
+    class Logged extends MemoryDevice {
+      override async read(offset: number, length: number): Promise<Buffer> {
+        if (length === CS) copies.push(offset / CS);
+        if (length === CS && offset === 0) await gate;
+        return super.read(offset, length);
+      }
+    }
+    const h = startHydration(new Logged(img, { readOnly: true }), fresh(), { clusterSize: CS, concurrency: 1 });
+    while (copies.length === 0) await new Promise((r) => setTimeout(r, 2));
+    expect((await h.device.read(200 * CS + 5, 10)).equals(img.subarray(200 * CS + 5, 200 * CS + 15))).toBe(true);
+    release();
+    await h.done;
+    expect(copies.slice(0, 3)).toEqual([0, 200, 1]);
+    expect(copies.filter((c) => c === 200)).toHaveLength(1); // the scan skips it later
+    await h.device.close();
+  });
+
   for (const seed of [11, 12, 13, 14, 15, 16]) {
     it(`seeded stress: hydrating an overlay while writes, zeroes, trims and reads go on (seed ${seed})`, async () => {
       const rng = mulberry32(seed);
@@ -207,6 +229,32 @@ describe('startHydration', () => {
     await h.device.close();
   });
 
+  it('a target that fails while serving a write ends hydration, not the write; reads then come from the source', async () => {
+    const img = randomBytes(8 * CS);
+    const source = new MemoryDevice(img);
+    const target = fresh();
+    const h = startHydration(source, target, { clusterSize: CS });
+    await h.done;
+    const probe = await open(target, 'r');
+    const proto = Object.getPrototypeOf(probe) as { write: (...a: unknown[]) => Promise<unknown> };
+    await probe.close();
+    const origWrite = proto.write;
+    proto.write = async (): Promise<never> => {
+      throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+    };
+    try {
+      await h.device.write(3 * CS, Buffer.alloc(100, 0x42)); // succeeds: the source has it
+    } finally {
+      proto.write = origWrite;
+    }
+    expect(h.progress()).toMatchObject({ state: 'failed', error: expect.stringMatching(/no space left/) });
+    const want = Buffer.from(img);
+    want.fill(0x42, 3 * CS, 3 * CS + 100);
+    expect((await h.device.read(0, img.length)).equals(want)).toBe(true);
+    expect(source.contents().equals(want)).toBe(true);
+    await h.device.close();
+  });
+
   it('a failing source read fails the hydration with the cause; reads elsewhere still work', async () => {
     const img = randomBytes(16 * CS);
     class Broken extends MemoryDevice {
@@ -217,7 +265,7 @@ describe('startHydration', () => {
     }
     const h = startHydration(new Broken(img, { readOnly: true }), fresh(), { clusterSize: CS });
     await expect(h.done).rejects.toThrow(/extent 9 is corrupt/);
-    expect(h.progress().state).toBe('failed');
+    expect(h.progress()).toMatchObject({ state: 'failed', error: expect.stringMatching(/extent 9 is corrupt/) });
     expect((await h.device.read(0, 4 * CS)).equals(img.subarray(0, 4 * CS))).toBe(true);
     await h.device.close();
   });

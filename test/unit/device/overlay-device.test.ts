@@ -4,12 +4,12 @@
  * and under seeded concurrent partial writes that share clusters.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, lstat, mkdtemp, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdtemp, open, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OverlayError } from '../../../src/device/errors.js';
+import { DeviceClosedError, OverlayError } from '../../../src/device/errors.js';
 import { MemoryDevice } from '../../../src/device/memory-device.js';
 import { BASE, DATA, ZERO, openOverlay, type OverlayDevice } from '../../../src/device/overlay-device.js';
 import { OutOfRangeError } from '../../../src/errors.js';
@@ -71,6 +71,11 @@ describe('OverlayDevice', () => {
     await expect(ov.write(SIZE - 1, Buffer.alloc(2))).rejects.toThrow(OutOfRangeError);
     await expect(ov.read(-1, 1)).rejects.toThrow(OutOfRangeError);
     await ov.close();
+    await ov.close(); // idempotent
+    await expect(ov.read(0, 1)).rejects.toThrow(DeviceClosedError);
+    await expect(ov.write(0, Buffer.alloc(1))).rejects.toThrow(DeviceClosedError);
+    await expect(ov.flush()).rejects.toThrow(DeviceClosedError);
+    await expect(ov.mapExtents(0, 1)).rejects.toThrow(DeviceClosedError);
   });
 
   it('flushed writes survive a reopen; unflushed states are not persisted; the file is 0600', async () => {
@@ -100,6 +105,56 @@ describe('OverlayDevice', () => {
     expect(third.stats()).toEqual({ clusters: 65, written: 3, zeroed: 4 });
     await third.close();
     expect(base.contents().equals(init)).toBe(true);
+  });
+
+  it('flush: data is synced before the state pages, and a write finishing during the flush waits for the next one', async () => {
+    const init = randomBytes(16 * CS);
+    const base = new MemoryDevice(init, { readOnly: true });
+    const path = fresh();
+    const ov = await openOverlay(base, path, { clusterSize: CS });
+    await ov.write(5 * CS, Buffer.alloc(CS, 0x55));
+    // Trace the file operations of every handle (FileHandle.prototype), in order.
+    const probe = await open(path, 'r');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void>; write: (...a: unknown[]) => Promise<unknown> };
+    await probe.close();
+    const origSync = proto.datasync;
+    const origWrite = proto.write;
+    const trace: string[] = [];
+    let late: Promise<void> | null = null;
+    proto.datasync = async function (this: unknown): Promise<void> {
+      trace.push('sync');
+      if (late === null) {
+        // A write that completes while the flush's first sync is running.
+        late = ov.write(9 * CS, Buffer.alloc(CS, 0x99));
+        await late;
+      }
+      return origSync.call(this);
+    };
+    proto.write = function (this: unknown, ...a: unknown[]): Promise<unknown> {
+      trace.push(`write@${String(a[3])}`);
+      return origWrite.apply(this, a);
+    };
+    try {
+      await ov.flush();
+    } finally {
+      proto.datasync = origSync;
+      proto.write = origWrite;
+    }
+    const stateWrites = trace.map((t, i) => [t, i] as const).filter(([t]) => t === 'write@4096').map(([, i]) => i);
+    expect(stateWrites.length).toBe(1);
+    expect(trace.indexOf('sync')).toBeLessThan(stateWrites[0]!);
+    expect(trace.at(-1)).toBe('sync');
+    // What is on disk now: cluster 5 written, cluster 9 not yet (its state missed the snapshot).
+    const peek = await openOverlay(base, path);
+    expect(peek.clusterState(5)).toBe(DATA);
+    expect(peek.clusterState(9)).toBe(BASE);
+    expect((await peek.read(9 * CS, CS)).equals(init.subarray(9 * CS, 10 * CS))).toBe(true);
+    await peek.close();
+    await ov.flush();
+    const after = await openOverlay(base, path);
+    expect((await after.read(9 * CS, CS)).every((b) => b === 0x99)).toBe(true);
+    await after.close();
+    await ov.close();
   });
 
   it('mapExtents merges the base map with written and zeroed clusters', async () => {
@@ -183,7 +238,7 @@ describe('OverlayDevice refuses files that are not safely its own', () => {
     await truncate(path, full - 1);
     await expect(openOverlay(base, path)).rejects.toThrow(/truncated/);
     await truncate(path, full);
-    const fh = await (await import('node:fs/promises')).open(path, 'r+');
+    const fh = await open(path, 'r+');
     await fh.write(Buffer.from([0xff]), 0, 1, 4096); // state 3 does not exist
     await fh.close();
     await expect(openOverlay(base, path)).rejects.toThrow(/damaged/);
