@@ -79,7 +79,7 @@ export class AgentAccess extends Construct {
       conditions: { StringLike: { 's3:prefix': [`${ARCHIVES_PREFIX}*`, `${RESTORE_PLANS_PREFIX}*`] } },
     });
     // IAM sees method + path only: which host a restore id belongs to can't
-    // be conditioned on, so IAM lets every agent role reach /restores/*;
+    // be conditioned on, so IAM lets every agent role reach /restores/* and /exports/*;
     // lambda/api.ts then maps the caller's role id (CALLER_ROLES) to its host
     // and answers 403 to another host's jobs (src/catalog/access.ts). The
     // host-scoped listing is pinned to this host here as well.
@@ -92,6 +92,12 @@ export class AgentAccess extends Construct {
         api.invokeArn('POST', '/restores/*/claim'),
         api.invokeArn('POST', '/restores/*/progress'),
         api.invokeArn('POST', '/restores/*/complete'),
+        // Export jobs: the same claim / report / complete cycle (src/agent/export-jobs.ts).
+        api.invokeArn('GET', `/hosts/${host}/exports`),
+        api.invokeArn('GET', '/exports/*'),
+        api.invokeArn('POST', '/exports/*/claim'),
+        api.invokeArn('POST', '/exports/*/progress'),
+        api.invokeArn('POST', '/exports/*/complete'),
       ],
     });
     const statements = [write, read, list, invoke];

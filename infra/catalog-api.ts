@@ -33,6 +33,14 @@ export const CATALOG_ROUTES: readonly ApiRoute[] = [
   { method: POST, path: '/restores/{id}/cancel' },
   { method: GET, path: '/hosts' },
   { method: GET, path: '/hosts/{hostId}/restores' },
+  { method: POST, path: '/exports' },
+  { method: GET, path: '/exports/{id}' },
+  { method: DELETE, path: '/exports/{id}' },
+  { method: POST, path: '/exports/{id}/claim' },
+  { method: POST, path: '/exports/{id}/progress' },
+  { method: POST, path: '/exports/{id}/complete' },
+  { method: POST, path: '/exports/{id}/cancel' },
+  { method: GET, path: '/hosts/{hostId}/exports' },
 ];
 
 export interface CatalogApiProps {

@@ -2,8 +2,8 @@
  * The operator role: what the CLI of an administrator assumes to use the
  * catalogue (`role_arn = <OperatorRoleArn output>` in an AWS profile). It
  * may invoke every catalogue route; lambda/api.ts lets it read everything,
- * request and cancel restores and delete archive records, but not claim or
- * report on restore jobs (that is a host agent's work). It gets no direct
+ * request and cancel restores and exports and delete archive records, but not claim or
+ * report on restore or export jobs (that is a host agent's work). It gets no direct
  * S3 or DynamoDB access: everything goes through the API.
  *
  * The API function learns the role ids of this role and of every host role
@@ -32,7 +32,7 @@ export class OperatorAccess extends Construct {
     super(scope, id);
     this.role = new iam.Role(this, 'Operator', {
       assumedBy: new iam.AccountRootPrincipal(),
-      description: 'cowstream operator: reads the catalogue, requests and cancels restores, deletes archives',
+      description: 'cowstream operator: reads the catalogue, requests and cancels restores and exports, deletes archives',
     });
     const invoke = new iam.PolicyStatement({
       sid: 'InvokeCatalogue',

@@ -24,6 +24,7 @@ import type { Clock } from './scheduler.js';
 import { AgentMetrics } from './metrics.js';
 import { startMetricsListener } from './metrics-server.js';
 import { startNotifier, type Notifier } from './notify.js';
+import { createAgentExports, type ArchiveExports, type OpenArchiveExports, type OpenOverlay } from './archive-exports.js';
 
 export interface StartAgentOptions {
   log?: Logger;
@@ -38,6 +39,10 @@ export interface StartAgentOptions {
   wrapDevice?: (device: BlockDevice, disk: string) => BlockDevice;
   /** Test seam: the clock of the backup schedules (default: the system clock). */
   scheduleClock?: Clock;
+  /** Test seam: opens archives for POST /exports (default: src/serve's openArchiveExports). */
+  openExports?: OpenArchiveExports;
+  /** Test seam: opens export overlays (default: src/device/overlay-device.ts openOverlay). */
+  openOverlay?: OpenOverlay;
   /** Start-up checks that failed (`startDegraded`): reported in GET / as `degraded`. */
   degraded?: Record<string, unknown>[];
 }
@@ -61,6 +66,8 @@ export interface Agent {
   readonly disks: readonly AgentDisk[];
   /** The backup schedules of the config (GET /schedules). */
   readonly schedules: ScheduledBackups;
+  /** Archives served over NBD as `export-<id>/<disk>` (POST /exports, catalogue export jobs). */
+  readonly archiveExports: ArchiveExports;
   /** Clean shutdown: cancel a running backup, stop NBD, close disks, persist bitmaps with the clean marker. */
   stop(): Promise<void>;
 }
@@ -171,7 +178,7 @@ async function openStore(config: AgentConfig, log: Logger, cleanups: Cleanups): 
 }
 
 /** Step 4: the NBD server; each disk's CbwDevice is exported under the disk's name. */
-async function startNbd(config: AgentConfig, disks: AgentDisk[], log: Logger, cleanups: Cleanups): Promise<{ nbd: NbdServer; addrs: Awaited<ReturnType<NbdServer['listen']>> }> {
+async function startNbd(config: AgentConfig, disks: AgentDisk[], log: Logger, cleanups: Cleanups): Promise<{ nbd: NbdServer; addrs: Awaited<ReturnType<NbdServer['listen']>>; exports: Map<string, NbdExport> }> {
   const exports = new Map<string, NbdExport>();
   for (const d of disks) exports.set(d.name, { device: d.device, description: `cowstream disk ${d.name} (${d.path})` });
   const nbd = new NbdServer({ exports, ...nbdServerOptions(config.nbd), logger: { warn: (m, f) => log.warn(m, f), info: (m, f) => log.info(m, f), debug: (m, f) => log.debug(m, f) } });
@@ -180,19 +187,28 @@ async function startNbd(config: AgentConfig, disks: AgentDisk[], log: Logger, cl
   if (addrs.tcp && config.nbd.tls?.mode !== 'require') {
     log.warn('NBD TCP listener without nbd.tls "require": anyone who can reach it (every local user, on loopback) can read and write the exported disks', { nbd: addrs.tcp });
   }
-  return { nbd, addrs };
+  return { nbd, addrs, exports };
 }
 
 /** Step 5: the catalogue (embedded or remote) + restore poller, when `catalog` is configured. */
-async function startCatalogue(config: AgentConfig, store: AgentStore, embedded: EmbeddedS3 | null, disks: AgentDisk[], observers: { metrics: AgentMetrics; notifier: Notifier }, log: Logger, cleanups: Cleanups): Promise<CatalogIntegration | null> {
+async function startCatalogue(
+  config: AgentConfig,
+  store: AgentStore,
+  embedded: EmbeddedS3 | null,
+  disks: AgentDisk[],
+  parts: { metrics: AgentMetrics; notifier: Notifier; archiveExports: ArchiveExports },
+  log: Logger,
+  cleanups: Cleanups,
+): Promise<CatalogIntegration | null> {
   if (!config.catalog) return null;
-  const { metrics, notifier } = observers;
+  const { metrics, notifier, archiveExports } = parts;
   const catalog = await startCatalogIntegration({
     config,
     store,
     embeddedS3: embedded,
     log,
     exportedPaths: disks.map((d) => d.path),
+    archiveExports,
     onRestoreEnd: (job, outcome, start) => {
       metrics.restoreDone(outcome);
       notifier.restoreEnded(job, outcome, start);
@@ -319,10 +335,11 @@ async function startControlApi(
   endpoints: AgentEndpoints,
   store: AgentStore,
   metrics: AgentMetrics,
+  archiveExports: ArchiveExports,
   log: Logger,
   cleanups: Cleanups,
 ): Promise<ControlServer> {
-  const control = await ControlServer.start(config.control.socket, backups, log, { schedules: async () => schedules()?.status() ?? [], metrics: () => metrics.render() });
+  const control = await ControlServer.start(config.control.socket, backups, log, { schedules: async () => schedules()?.status() ?? [], metrics: () => metrics.render(), exports: archiveExports });
   cleanups.push(() => control.close());
   await writeEndpointsFile(config.stateDir, {
     s3: store.endpoint ? { endpoint: store.endpoint, bucket: store.bucket, prefix: store.prefix } : null,
@@ -366,22 +383,25 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     const metrics = createMetrics(config, opts);
     const disks = await openDisks(config, opts, log, cleanups);
     const { store, embedded } = await openStore(config, log, cleanups);
-    const { nbd, addrs } = await startNbd(config, disks, log, cleanups);
+    const { nbd, addrs, exports } = await startNbd(config, disks, log, cleanups);
     metrics.sources.nbd = () => nbd.stats();
-    const catalog = await startCatalogue(config, store, embedded, disks, { metrics, notifier }, log, cleanups);
+    // Served archives leave the NBD server's map (and their sets close) before NBD stops.
+    const archiveExports = createAgentExports(config, store, exports, addrs, opts, log);
+    cleanups.push(() => archiveExports.close());
+    const catalog = await startCatalogue(config, store, embedded, disks, { metrics, notifier, archiveExports }, log, cleanups);
     const qemu = await openQemu(config, log, cleanups);
     metrics.sources.lastGood = lastGoodBackups(disks, config, qemu.history);
     const endpoints = describeEndpoints(config, addrs, store, catalog);
     const backups = createBackupManager(config, opts, { disks, store, qemu, endpoints, metrics, notifier, log }, cleanups);
     let schedules: ScheduledBackups | null = null;
-    const control = await startControlApi(config, backups, () => schedules, endpoints, store, metrics, log, cleanups);
+    const control = await startControlApi(config, backups, () => schedules, endpoints, store, metrics, archiveExports, log, cleanups);
     endpoints.metricsAddress = await startMetricsTcp(config, metrics, log, cleanups);
     const sched = await startSchedules(config, opts, backups, store, notifier, log, cleanups);
     schedules = sched;
     cleanups.push(await notifier.watchStaleness(() => backups.disks()));
     metrics.sources.schedules = () => sched.runs();
     logReady(config, endpoints, control, disks, log);
-    return agentHandle(config, endpoints, control, backups, disks, sched, metrics, cleanups);
+    return { ...agentHandle(config, endpoints, control, backups, disks, sched, metrics, cleanups), archiveExports };
   } catch (err) {
     await cleanups.undo();
     throw err;
@@ -403,7 +423,7 @@ function logReady(config: AgentConfig, e: AgentEndpoints, control: ControlServer
 }
 
 /** Step 10: the running agent; stop() is the shutdown, undoing every step once. */
-function agentHandle(config: AgentConfig, e: AgentEndpoints, control: ControlServer, backups: BackupManager, disks: AgentDisk[], schedules: ScheduledBackups, metrics: AgentMetrics, cleanups: Cleanups): Agent {
+function agentHandle(config: AgentConfig, e: AgentEndpoints, control: ControlServer, backups: BackupManager, disks: AgentDisk[], schedules: ScheduledBackups, metrics: AgentMetrics, cleanups: Cleanups): Omit<Agent, 'archiveExports'> {
   let stopping: Promise<void> | null = null;
   return {
     config,

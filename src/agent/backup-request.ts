@@ -1,18 +1,11 @@
 import { isAbsolute } from 'node:path';
 import { z } from 'zod';
-import { UsageError } from '../errors.js';
+import { BadRequestError } from './http-util.js';
 import { parseSize } from '../units.js';
 import { firstIssuePath, formatZodIssues } from '../zod-issues.js';
 
-/** A bad control-API body; `field` names the offending field path. */
-export class BackupRequestError extends UsageError {
-  override readonly code: string = 'BAD_REQUEST';
-  readonly field: string;
-  constructor(field: string, message: string) {
-    super(message);
-    this.field = field;
-  }
-}
+/** A bad POST /backups body; `field` names the offending field path. */
+export class BackupRequestError extends BadRequestError {}
 
 /** Where the archive goes. */
 export type BackupTarget = { kind: 's3' } | { kind: 'file'; path: string } | { kind: 'stream' };

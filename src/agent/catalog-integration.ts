@@ -8,6 +8,7 @@ import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
 import { RestorePoller, type RestorePollerOptions } from './restore-poller.js';
 import type { AgentStore } from './targets.js';
+import type { ArchiveExports } from './archive-exports.js';
 
 export interface CatalogIntegration {
   url: string;
@@ -42,6 +43,8 @@ export async function startCatalogIntegration(opts: {
   exportedPaths: string[];
   /** Called once each restore job the poller claimed has ended (the agent's metrics and notifications). */
   onRestoreEnd?: RestorePollerOptions['onJobEnd'];
+  /** Serves the catalogue's export jobs for this host. */
+  archiveExports?: ArchiveExports;
 }): Promise<CatalogIntegration> {
   const { config, log } = opts;
   const cat = config.catalog!;
@@ -101,6 +104,7 @@ export async function startCatalogIntegration(opts: {
       store: opts.store ? { client: opts.store.client, bucket: opts.store.bucket, prefix: opts.store.prefix } : null,
       ...(config.restore.pollIntervalMs !== undefined ? { pollIntervalMs: config.restore.pollIntervalMs } : {}),
       ...(key ? { key } : {}),
+      ...(opts.archiveExports ? { archiveExports: opts.archiveExports } : {}),
       log,
       ...(opts.onRestoreEnd ? { onJobEnd: opts.onRestoreEnd } : {}),
     });

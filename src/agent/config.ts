@@ -103,6 +103,22 @@ const catalogSchema = z.union([
   }),
 ]);
 
+/**
+ * `exports`: bounds on what POST /exports may ask for. Every open export set
+ * holds a cache and S3 connections, so their number and cache sizes are the
+ * operator's to bound, never the request's.
+ */
+const exportsConfigSchema = z.strictObject({
+  /** Export sets open at once (default 4). */
+  max: z.number().int().min(1).max(64).optional(),
+  /** Upper bound (and default) of one set's memory cache (default 64 MiB). */
+  maxCacheMemoryBytes: z.number().int().min(0).max(64 * 1024 ** 3).optional(),
+  /** Upper bound of one set's disk cache; 0 (default) allows none. */
+  maxCacheDiskBytes: z.number().int().min(0).max(1024 ** 5).optional(),
+  /** Where disk caches go (default `<stateDir>/export-cache`). */
+  cacheDir: z.string().min(1).optional(),
+});
+
 export const agentConfigSchema = z
   .strictObject({
     hostId: z.string().regex(HOST_ID_PATTERN, `hostId must be ${HOST_ID_RULE}`),
@@ -121,6 +137,8 @@ export const agentConfigSchema = z
         keyFile: z.string().min(1).optional(),
       })
       .optional(),
+    /** Archives served over NBD through POST /exports (src/agent/archive-exports.ts, docs/file-restore.md). */
+    exports: exportsConfigSchema.optional(),
     /** Refuse backup requests without a key: every archive is encrypted and authenticated (docs/security.md). */
     requireEncryption: z.boolean().optional(),
     /** Running QEMU processes whose drives are backed up in pull mode (src/qemu/pull-backup.ts). */
@@ -201,6 +219,17 @@ export interface QemuConfig {
   nbdSocket?: string;
 }
 
+export interface ExportsConfig {
+  max: number;
+  maxCacheMemoryBytes: number;
+  maxCacheDiskBytes: number;
+  /** Absolute. */
+  cacheDir: string;
+}
+
+export const DEFAULT_MAX_EXPORTS = 4;
+export const DEFAULT_EXPORT_CACHE_MEMORY_BYTES = 64 * 1024 * 1024;
+
 export interface AgentConfig {
   hostId: string;
   stateDir: string;
@@ -221,6 +250,8 @@ export interface AgentConfig {
   };
   catalog?: { url: string; tokenFile?: string } | { embedded: true; port?: number; retention?: RetentionConfig };
   restore: { allowedDirs: string[]; pollIntervalMs?: number; keyFile?: string };
+  /** POST /exports limits; overlays are confined to `restore.allowedDirs`. */
+  exports: ExportsConfig;
   /** Backups without a key are refused. */
   requireEncryption: boolean;
   /** QEMU processes backed up in pull mode (empty when none). */
@@ -325,6 +356,12 @@ export function parseAgentConfig(input: unknown, baseDir: string = process.cwd()
       allowedDirs: (raw.restore?.allowedDirs ?? []).map(abs),
       ...(raw.restore?.pollIntervalMs !== undefined ? { pollIntervalMs: raw.restore.pollIntervalMs } : {}),
       ...(raw.restore?.keyFile !== undefined ? { keyFile: abs(raw.restore.keyFile) } : {}),
+    },
+    exports: {
+      max: raw.exports?.max ?? DEFAULT_MAX_EXPORTS,
+      maxCacheMemoryBytes: raw.exports?.maxCacheMemoryBytes ?? DEFAULT_EXPORT_CACHE_MEMORY_BYTES,
+      maxCacheDiskBytes: raw.exports?.maxCacheDiskBytes ?? 0,
+      cacheDir: raw.exports?.cacheDir !== undefined ? abs(raw.exports.cacheDir) : join(stateDir, 'export-cache'),
     },
     requireEncryption: raw.requireEncryption ?? false,
     qemu,

@@ -6,6 +6,7 @@ import { listenPrivateSocket } from '../nbd/unix-socket.js';
 import { MethodNotAllowedError, readJsonBody, sendError, sendJson, sendText } from './http-util.js';
 import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
+import { parseExportRequest, type ArchiveExports } from './archive-exports.js';
 
 /** What the control API drives; implemented by the agent's BackupManager. */
 export interface ControlBackend {
@@ -19,12 +20,36 @@ export interface ControlBackend {
 }
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+/** A handler of a route with path parameters (`/exports/{id}`). */
+type ParamHandler = (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void>;
+
+/** The export routes (POST/GET /exports, GET/DELETE /exports/{id}), when the agent serves archives. */
+function exportRoutes(exports: ArchiveExports): Array<[RegExp, Record<string, ParamHandler>]> {
+  return [
+    [
+      /^\/exports$/,
+      {
+        GET: async (_q, s) => sendJson(s, 200, { exports: exports.list() }),
+        POST: async (q, s) => sendJson(s, 201, await exports.add(parseExportRequest(await readJsonBody(q)))),
+      },
+    ],
+    [
+      /^\/exports\/([^/]+)$/,
+      {
+        GET: async (_q, s, [id]) => sendJson(s, 200, exports.get(id!)),
+        DELETE: async (_q, s, [id]) => sendJson(s, 200, await exports.remove(id!)),
+      },
+    ],
+  ];
+}
 
 /** Routes the agent adds beside the backup API (schedules, metrics). */
 export interface ControlExtras {
   schedules?: () => Promise<unknown[]>;
   /** GET /metrics: the Prometheus exposition text (src/agent/metrics.ts). */
   metrics?: () => Promise<{ contentType: string; body: string }>;
+  /** POST/GET /exports, GET/DELETE /exports/{id}: archives served over NBD (archive-exports.ts). */
+  exports?: ArchiveExports;
 }
 
 /** GET /metrics: Prometheus text format (also served by the optional TCP listener, metrics-server.ts). */
@@ -79,15 +104,23 @@ export class ControlServer {
       ...(extra.metrics ? { '/metrics': { GET: metricsHandler(extra.metrics) } } : {}),
     };
 
+    const patterns = extra.exports ? exportRoutes(extra.exports) : [];
     const server = createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://agent');
-      const route = routes[url.pathname.replace(/\/+$/, '') || '/'];
+      const path = url.pathname.replace(/\/+$/, '') || '/';
+      let route: Record<string, ParamHandler> | undefined = routes[path];
+      let params: string[] = [];
+      for (const [re, r] of route ? [] : patterns) {
+        const m = re.exec(path);
+        if (m) [route, params] = [r, m.slice(1)];
+        if (m) break;
+      }
       const method = req.method ?? 'GET';
       const run = async (): Promise<void> => {
         if (!route) throw new NotFoundError(`unknown route ${url.pathname}`);
         const h = route[method];
         if (!h) throw new MethodNotAllowedError(method, url.pathname, Object.keys(route));
-        await h(req, res);
+        await h(req, res, params);
       };
       run().catch((err: unknown) => {
         if (!(err instanceof CowstreamError) || err instanceof ConflictError) log.debug('control request failed', { method, path: url.pathname, error: String(err) });

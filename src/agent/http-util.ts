@@ -1,4 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { z } from 'zod';
+import { firstIssuePath, formatZodIssues } from '../zod-issues.js';
 import {
   ConflictError,
   CowstreamError,
@@ -19,6 +21,24 @@ export class MethodNotAllowedError extends UsageError {
     super(`method ${method} is not allowed on ${path} (allowed: ${allow.join(', ')})`);
     this.allow = allow;
   }
+}
+
+/** A bad control-API body; `field` names the offending field path (sent back as `error.field`). */
+export class BadRequestError extends UsageError {
+  override readonly code: string = 'BAD_REQUEST';
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super(message);
+    this.field = field;
+  }
+}
+
+/** Validates a control-API body with `schema`; BadRequestError naming the first bad field. */
+export function parseRequestBody<T>(schema: z.ZodType<T>, body: unknown, what: string): T {
+  if (body === undefined) throw new BadRequestError('(body)', `(body): a JSON body is required for ${what}`);
+  const r = schema.safeParse(body);
+  if (!r.success) throw new BadRequestError(firstIssuePath(r.error.issues), `invalid ${what}: ${formatZodIssues(r.error.issues)}`);
+  return r.data;
 }
 
 /** An error status for any thrown value: the error hierarchy maps onto HTTP codes. */

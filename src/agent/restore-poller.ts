@@ -28,6 +28,8 @@ import type { RestoreJob } from '../catalog/records.js';
 import { restoreArchive, type RestoreProgress } from '../restore/engine.js';
 import { openConfinedTargets } from '../restore/confined.js';
 import { S3RangeSource } from '../store/s3-source.js';
+import type { ArchiveExports } from './archive-exports.js';
+import { ExportJobRunner, type ExportJobsApi } from './export-jobs.js';
 
 /** Structural logger: the agent's logger and the catalogue's both fit. */
 export interface PollerLogger {
@@ -37,7 +39,7 @@ export interface PollerLogger {
 }
 
 /** The catalogue calls the poller makes (CatalogClient fits). */
-export type RestoreJobsApi = Pick<CatalogClient, 'listRestores' | 'claimRestore' | 'reportProgress' | 'completeRestore'>;
+export type RestoreJobsApi = Pick<CatalogClient, 'listRestores' | 'claimRestore' | 'reportProgress' | 'completeRestore'> & Partial<ExportJobsApi>;
 
 export interface RestorePollerOptions {
   hostId: string;
@@ -62,6 +64,8 @@ export interface RestorePollerOptions {
   log?: PollerLogger;
   /** Called once a claimed job has ended, with its outcome (the agent's metrics and notifications); must not throw. */
   onJobEnd?: (job: RestoreJob, outcome: RestoreRunOutcome, startTime: string) => void;
+  /** Serve this host's export jobs through these (src/agent/export-jobs.ts). */
+  archiveExports?: ArchiveExports;
 }
 
 export interface RestoreRunOutcome {
@@ -147,12 +151,28 @@ export class RestorePoller {
   private stopped = true;
   private abort: AbortController | null = null;
   private ownCompressor: Compressor | null = null;
+  /** Export jobs, polled with the restore jobs (exports start at once; restores run to their end). */
+  readonly exportJobs: ExportJobRunner | null;
 
   constructor(private readonly opts: RestorePollerOptions) {
     if (!opts.client && !opts.catalogUrl) throw new RestoreError('RestorePoller needs a catalogue client or URL');
-    this.client = opts.client ?? new CatalogClient({ url: opts.catalogUrl!, ...(opts.catalogToken !== undefined ? { token: opts.catalogToken } : {}) });
+    const client = opts.client ?? new CatalogClient({ url: opts.catalogUrl!, ...(opts.catalogToken !== undefined ? { token: opts.catalogToken } : {}) });
+    this.client = client;
     this.log = opts.log ?? quietLog;
     this.agentId = opts.agentId ?? `${opts.hostId}@${hostname()}:${process.pid}`;
+    const { listExports, claimExport, reportExport, completeExport } = client;
+    this.exportJobs =
+      opts.archiveExports && listExports && claimExport && reportExport && completeExport
+        ? new ExportJobRunner({
+            client: client as ExportJobsApi,
+            hostId: opts.hostId,
+            agentId: this.agentId,
+            exports: opts.archiveExports,
+            bucket: opts.store?.bucket ?? null,
+            reportIntervalMs: opts.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS,
+            log: this.log,
+          })
+        : null;
   }
 
   private get pollInterval(): number {
@@ -165,6 +185,7 @@ export class RestorePoller {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    this.exportJobs?.start();
     this.schedule(0);
   }
 
@@ -188,12 +209,14 @@ export class RestorePoller {
     this.timer = null;
     this.abort?.abort(new RestoreError('the agent is stopping'));
     await this.running?.catch(() => undefined);
+    await this.exportJobs?.stop();
     if (this.ownCompressor) await this.ownCompressor.close().catch(() => undefined);
     this.ownCompressor = null;
   }
 
   /** One poll: claims and runs at most one PENDING job. Returns null when there was nothing to do. */
   async pollOnce(): Promise<RestoreRunOutcome | null> {
+    await this.exportJobs?.pollOnce().catch((err: unknown) => this.log.warn('export job poll failed', { error: describeError(err) }));
     const page = await this.client.listRestores(this.opts.hostId, 'PENDING', 10);
     for (const job of page.items) {
       let claimed: RestoreJob;

@@ -12,7 +12,9 @@ import { nullLogger, type Logger } from './log.js';
 import {
   claimBodySchema,
   completeBodySchema,
+  createExportBodySchema,
   createRestoreBodySchema,
+  exportReportBodySchema,
   diskNameSchema,
   hostIdSchema,
   parseOrUsage,
@@ -20,10 +22,11 @@ import {
   RESTORE_STATUSES,
   uuidSchema,
   type ArchiveRecord,
+  type ExportJob,
   type RestoreJob,
   type RestoreStatus,
 } from './records.js';
-import type { CatalogRepository } from './repository.js';
+import { EXPORT_JOBS, RESTORE_JOBS, type AnyJob, type CatalogRepository, type JobKind } from './repository.js';
 import { LOCAL_CALLER, requireHost, requireOperator, requireReader, type Caller, type CallerResolver } from './access.js';
 
 /** Builds the JSON restore plan stored at `restore-plans/<id>.json` (src/restore/plan.ts). */
@@ -88,24 +91,117 @@ function param(value: string, schema: typeof uuidSchema, what: string): string {
   return parseOrUsage(schema, decodeSegment(value, what), what);
 }
 
-/** A restore job the caller may see, its lease evaluated first (an expired one is FAILED). */
-async function visibleRestore(repo: CatalogRepository, caller: Caller, rawId: string, what: string): Promise<RestoreJob> {
-  const job = await repo.requireRestore(param(rawId, uuidSchema, 'restore id'));
+/** A job the caller may see, its lease evaluated first (an expired one is FAILED). */
+async function visibleJob<J extends AnyJob>(repo: CatalogRepository, kind: JobKind<J>, caller: Caller, rawId: string, what: string): Promise<J> {
+  const job = await repo.requireJob(kind, param(rawId, uuidSchema, `${kind.noun} id`));
   requireReader(caller, job.hostId, what);
-  return repo.expireLease(job);
+  return repo.expireJobLease(kind, job);
 }
 
-/** A restore job of the caller's own host (job operations are the host agent's alone). */
-async function ownRestore(repo: CatalogRepository, caller: Caller, rawId: string, what: string): Promise<RestoreJob> {
-  const job = await repo.requireRestore(param(rawId, uuidSchema, 'restore id'));
+/** A job of the caller's own host (job operations are the host agent's alone). */
+async function ownJob<J extends AnyJob>(repo: CatalogRepository, kind: JobKind<J>, caller: Caller, rawId: string, what: string): Promise<J> {
+  const job = await repo.requireJob(kind, param(rawId, uuidSchema, `${kind.noun} id`));
   requireHost(caller, job.hostId, what);
   return job;
+}
+
+/**
+ * The archive (and its chain) a restore or export job for `hostId` is about:
+ * the host must be known, every archive of the chain readable, the devices
+ * the archive's.
+ */
+async function jobArchive(repo: CatalogRepository, req: { hostId: string; archiveId: string; devices?: string[] | undefined }, verb: string): Promise<{ archive: ArchiveRecord; chain: ArchiveRecord[] }> {
+  const hosts = await repo.listHosts();
+  if (!hosts.some((h) => h.hostId === req.hostId)) {
+    const known = hosts.map((h) => h.hostId).sort();
+    throw new NotFoundError(`hostId: host "${req.hostId}" is not known to the catalogue; known hosts: ${known.length > 0 ? known.join(', ') : '(none)'}`);
+  }
+  const archive = await repo.requireArchive(req.archiveId);
+  if (archive.status !== 'INDEXED' && archive.status !== 'VERIFIED') {
+    throw new ConflictError(`archive ${archive.uuid} is ${archive.status}${archive.reason ? ` (${archive.reason})` : ''} and cannot be ${verb}`);
+  }
+  if (req.devices) {
+    const names = new Set(archive.devices.map((d) => d.name));
+    const unknown = req.devices.filter((d) => !names.has(d));
+    if (unknown.length > 0) throw new UsageError(`devices: archive ${archive.uuid} has no device ${unknown.join(', ')}`);
+  }
+  const chain = await repo.getChain(archive.uuid);
+  const broken = chain.find((a) => a.status !== 'INDEXED' && a.status !== 'VERIFIED');
+  if (broken) throw new ConflictError(`archive ${broken.uuid} in the chain is ${broken.status}; the archive cannot be ${verb}`);
+  return { archive, chain };
 }
 
 function optionalInt(value: string | undefined, name: string): number | undefined {
   if (value === undefined || value === '') return undefined;
   if (!/^\d{1,6}$/.test(value) || Number(value) < 1) throw new UsageError(`${name} must be a positive integer`);
   return Number(value);
+}
+
+/**
+ * The routes every kind of job has: read one, list a host's by status, and
+ * the agent's claim / report / complete, the operator's cancel. `report`
+ * validates and applies a report body of the kind (it renews the lease).
+ */
+function jobRoutes<J extends AnyJob>(kind: JobKind<J>, plural: string, report: (deps: ApiDeps, job: J, body: unknown) => Promise<J>): Route[] {
+  const n = kind.noun;
+  return [
+    {
+      method: 'GET',
+      pattern: new RegExp(`^/${plural}/${ID}$`),
+      run: async ({ repo }, { caller, params }) => json(200, await visibleJob(repo, kind, caller, params[0]!, `read ${n} jobs`)),
+    },
+    {
+      method: 'GET',
+      pattern: new RegExp(`^/hosts/${ID}/${plural}$`),
+      run: async ({ repo }, { caller, params, query }) => {
+        const host = parseOrUsage(hostIdSchema, decodeSegment(params[0]!, 'host id'), 'host id');
+        requireReader(caller, host, `list the ${n} jobs`);
+        const status = (query.status ?? 'PENDING').toUpperCase();
+        if (!(RESTORE_STATUSES as readonly string[]).includes(status)) {
+          throw new UsageError(`status must be one of ${RESTORE_STATUSES.join(', ')}`);
+        }
+        const page = await repo.listJobs(kind, host, status as RestoreStatus, optionalInt(query.limit, 'limit'), query.cursor);
+        // Jobs whose lease ran out are FAILED now; they leave a CLAIMED/RUNNING listing.
+        const items = await Promise.all(page.items.map((j) => repo.expireJobLease(kind, j)));
+        return json(200, { ...page, items: items.filter((j) => j.status === status) });
+      },
+    },
+    {
+      method: 'POST',
+      pattern: new RegExp(`^/${plural}/${ID}/claim$`),
+      run: async ({ repo, restoreLeaseMs }, { caller, params, body }) => {
+        const job = await ownJob(repo, kind, caller, params[0]!, `claim ${n} jobs`);
+        const { agentId } = parseOrUsage(claimBodySchema, body(), 'claim');
+        return json(200, await repo.claimJob(kind, job.id, agentId, restoreLeaseMs));
+      },
+    },
+    {
+      method: 'POST',
+      pattern: new RegExp(`^/${plural}/${ID}/progress$`),
+      run: async (deps, { caller, params, body }) => {
+        const job = await ownJob(deps.repo, kind, caller, params[0]!, `report progress on ${n} jobs`);
+        return json(200, await report(deps, job, body()));
+      },
+    },
+    {
+      method: 'POST',
+      pattern: new RegExp(`^/${plural}/${ID}/complete$`),
+      run: async ({ repo }, { caller, params, body }) => {
+        const job = await ownJob(repo, kind, caller, params[0]!, `complete ${n} jobs`);
+        const c = parseOrUsage(completeBodySchema, body(), 'completion');
+        if (!c.ok && !c.error) throw new UsageError('error: required when ok is false');
+        return json(200, await repo.completeJob(kind, job.id, c.ok, c.error, c.agentId));
+      },
+    },
+    {
+      method: 'POST',
+      pattern: new RegExp(`^/${plural}/${ID}/cancel$`),
+      run: async ({ repo }, { caller, params }) => {
+        requireOperator(caller, `cancel ${plural}`);
+        return json(200, await repo.cancelJob(kind, param(params[0]!, uuidSchema, `${n} id`)));
+      },
+    },
+  ];
 }
 
 const routes: Route[] = [
@@ -166,23 +262,7 @@ const routes: Route[] = [
     run: async (deps, { caller, body }) => {
       requireOperator(caller, 'request restores');
       const req = parseOrUsage(createRestoreBodySchema, body(), 'restore request');
-      const hosts = await deps.repo.listHosts();
-      if (!hosts.some((h) => h.hostId === req.hostId)) {
-        const known = hosts.map((h) => h.hostId).sort();
-        throw new NotFoundError(`hostId: host "${req.hostId}" is not known to the catalogue; known hosts: ${known.length > 0 ? known.join(', ') : '(none)'}`);
-      }
-      const archive = await deps.repo.requireArchive(req.archiveId);
-      if (archive.status !== 'INDEXED' && archive.status !== 'VERIFIED') {
-        throw new ConflictError(`archive ${archive.uuid} is ${archive.status}${archive.reason ? ` (${archive.reason})` : ''} and cannot be restored`);
-      }
-      if (req.devices) {
-        const names = new Set(archive.devices.map((d) => d.name));
-        const unknown = req.devices.filter((d) => !names.has(d));
-        if (unknown.length > 0) throw new UsageError(`devices: archive ${archive.uuid} has no device ${unknown.join(', ')}`);
-      }
-      const chain = await deps.repo.getChain(archive.uuid);
-      const broken = chain.find((a) => a.status !== 'INDEXED' && a.status !== 'VERIFIED');
-      if (broken) throw new ConflictError(`archive ${broken.uuid} in the chain is ${broken.status}; the restore cannot be planned`);
+      const { archive, chain } = await jobArchive(deps.repo, req, 'restored');
       const id = randomUUID();
       let plan: unknown;
       try {
@@ -217,71 +297,60 @@ const routes: Route[] = [
   },
   {
     method: 'GET',
-    pattern: new RegExp(`^/restores/${ID}$`),
-    run: async ({ repo }, { caller, params }) => json(200, await visibleRestore(repo, caller, params[0]!, 'read restore jobs')),
-  },
-  {
-    method: 'GET',
     pattern: /^\/hosts$/,
     run: async ({ repo }, { caller }) => {
       requireOperator(caller, 'list hosts');
       return json(200, { items: await repo.listHosts() });
     },
   },
+  ...jobRoutes(RESTORE_JOBS, 'restores', async ({ repo, restoreLeaseMs }, job, raw) => {
+    const p = parseOrUsage(progressBodySchema, raw, 'progress');
+    if (p.bytesDone > p.bytesTotal) throw new UsageError('bytesDone: must not exceed bytesTotal');
+    return repo.reportProgress(job.id, { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }, p.agentId, restoreLeaseMs);
+  }),
   {
-    method: 'GET',
-    pattern: new RegExp(`^/hosts/${ID}/restores$`),
-    run: async ({ repo }, { caller, params, query }) => {
-      const host = parseOrUsage(hostIdSchema, decodeSegment(params[0]!, 'host id'), 'host id');
-      requireReader(caller, host, 'list the restore jobs');
-      const status = (query.status ?? 'PENDING').toUpperCase();
-      if (!(RESTORE_STATUSES as readonly string[]).includes(status)) {
-        throw new UsageError(`status must be one of ${RESTORE_STATUSES.join(', ')}`);
-      }
-      const page = await repo.listRestores(host, status as RestoreStatus, optionalInt(query.limit, 'limit'), query.cursor);
-      // Jobs whose lease ran out are FAILED now; they leave a CLAIMED/RUNNING listing.
-      const items = await Promise.all(page.items.map((j) => repo.expireLease(j)));
-      return json(200, { ...page, items: items.filter((j) => j.status === status) });
+    method: 'POST',
+    pattern: /^\/exports$/,
+    run: async ({ repo }, { caller, body }) => {
+      requireOperator(caller, 'request exports');
+      const req = parseOrUsage(createExportBodySchema, body(), 'export request');
+      const { archive } = await jobArchive(repo, req, 'served');
+      const now = new Date().toISOString();
+      const job: ExportJob = {
+        id: randomUUID(),
+        kind: 'export',
+        archiveId: archive.uuid,
+        hostId: req.hostId,
+        ...(req.devices ? { devices: req.devices } : {}),
+        locator: { bucket: archive.bucket, key: archive.key },
+        ...(req.overlay !== undefined ? { overlay: req.overlay } : {}),
+        ...(req.cache ? { cache: req.cache } : {}),
+        status: 'PENDING',
+        createdAt: now,
+        updatedAt: now,
+      };
+      await repo.createJob(EXPORT_JOBS, job);
+      return json(202, { exportId: job.id });
     },
   },
   {
-    method: 'POST',
-    pattern: new RegExp(`^/restores/${ID}/claim$`),
-    run: async ({ repo, restoreLeaseMs }, { caller, params, body }) => {
-      const job = await ownRestore(repo, caller, params[0]!, 'claim restore jobs');
-      const { agentId } = parseOrUsage(claimBodySchema, body(), 'claim');
-      return json(200, await repo.claimRestore(job.id, agentId, restoreLeaseMs));
-    },
-  },
-  {
-    method: 'POST',
-    pattern: new RegExp(`^/restores/${ID}/progress$`),
-    run: async ({ repo, restoreLeaseMs }, { caller, params, body }) => {
-      const job = await ownRestore(repo, caller, params[0]!, 'report progress on restore jobs');
-      const p = parseOrUsage(progressBodySchema, body(), 'progress');
-      if (p.bytesDone > p.bytesTotal) throw new UsageError('bytesDone: must not exceed bytesTotal');
-      return json(200, await repo.reportProgress(job.id, { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }, p.agentId, restoreLeaseMs));
-    },
-  },
-  {
-    method: 'POST',
-    pattern: new RegExp(`^/restores/${ID}/complete$`),
-    run: async ({ repo }, { caller, params, body }) => {
-      const job = await ownRestore(repo, caller, params[0]!, 'complete restore jobs');
-      const c = parseOrUsage(completeBodySchema, body(), 'completion');
-      if (!c.ok && !c.error) throw new UsageError('error: required when ok is false');
-      return json(200, await repo.completeRestore(job.id, c.ok, c.error, c.agentId));
-    },
-  },
-  {
-    method: 'POST',
-    pattern: new RegExp(`^/restores/${ID}/cancel$`),
+    method: 'DELETE',
+    pattern: new RegExp(`^/exports/${ID}$`),
     run: async ({ repo }, { caller, params }) => {
-      requireOperator(caller, 'cancel restores');
-      return json(200, await repo.cancelRestore(param(params[0]!, uuidSchema, 'restore id')));
+      requireOperator(caller, 'end exports');
+      return json(200, await repo.cancelJob(EXPORT_JOBS, param(params[0]!, uuidSchema, 'export id')));
     },
   },
+  ...jobRoutes(EXPORT_JOBS, 'exports', async ({ repo, restoreLeaseMs }, job, raw) => {
+    const r = parseOrUsage(exportReportBodySchema, raw, 'export report');
+    return repo.reportJob(EXPORT_JOBS, job.id, r.served ? { served: r.served } : {}, r.agentId, restoreLeaseMs);
+  }),
 ];
+
+/** Method and path pattern of every route (the deployed API Gateway routes must cover exactly these). */
+export function apiRoutes(): Array<{ method: string; pattern: RegExp }> {
+  return routes.map((r) => ({ method: r.method, pattern: r.pattern }));
+}
 
 /** The request path without the stage prefix API Gateway adds for named stages. */
 function routePath(event: ApiEvent): string {

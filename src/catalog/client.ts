@@ -10,7 +10,7 @@ import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@smit
 import { NodeSha256 } from '../store/node-sha256.js';
 import { CatalogError, ConflictError, ForbiddenError, NotFoundError, UsageError } from '../errors.js';
 import type { Page } from './repository.js';
-import type { ArchiveRecord, CreateRestoreBody, HostRecord, RestoreJob, RestoreStatus } from './records.js';
+import type { ArchiveRecord, CreateExportBody, CreateRestoreBody, ExportJob, HostRecord, RestoreJob, RestoreStatus } from './records.js';
 
 export interface CatalogClientOptions {
   url: string;
@@ -182,5 +182,28 @@ export class CatalogClient {
   }
   cancelRestore(id: string): Promise<RestoreJob> {
     return this.request('POST', `/restores/${encodeURIComponent(id)}/cancel`);
+  }
+  createExport(body: CreateExportBody): Promise<{ exportId: string }> {
+    return this.request('POST', '/exports', body);
+  }
+  getExport(id: string): Promise<ExportJob> {
+    return this.request('GET', `/exports/${encodeURIComponent(id)}`);
+  }
+  listExports(hostId: string, status: RestoreStatus = 'PENDING', limit?: number): Promise<Page<ExportJob>> {
+    return this.request('GET', `/hosts/${encodeURIComponent(hostId)}/exports`, undefined, { status, limit });
+  }
+  claimExport(id: string, agentId: string): Promise<ExportJob> {
+    return this.request('POST', `/exports/${encodeURIComponent(id)}/claim`, { agentId });
+  }
+  /** The first report carries `served` (the URIs); later ones renew the lease. */
+  reportExport(id: string, r: { agentId: string; served?: ExportJob['served'] }): Promise<ExportJob> {
+    return this.request('POST', `/exports/${encodeURIComponent(id)}/progress`, r);
+  }
+  completeExport(id: string, c: { ok: boolean; error?: string; agentId: string }): Promise<ExportJob> {
+    return this.request('POST', `/exports/${encodeURIComponent(id)}/complete`, c);
+  }
+  /** Ends an export (the agent removes it at its next report). */
+  endExport(id: string): Promise<ExportJob> {
+    return this.request('DELETE', `/exports/${encodeURIComponent(id)}`);
   }
 }

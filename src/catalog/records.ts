@@ -62,40 +62,80 @@ export const restoreTargetSchema = z.object({ path: z.string().min(1).max(4096) 
  * allowedDirs and through symlinks; refusing here makes the mistake a 400
  * instead of a FAILED job).
  */
-export const restoreTargetRequestSchema = z
-  .object({
-    path: z
-      .string()
-      .min(1)
-      .max(4096)
-      .refine((p) => !p.includes('\0'), 'must not contain NUL')
-      .refine((p) => p.startsWith('/'), 'must be an absolute path')
-      .refine((p) => !p.split('/').includes('..'), 'must not contain a ".." segment'),
-  })
-  .strict();
+export const requestPathSchema = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => !p.includes('\0'), 'must not contain NUL')
+  .refine((p) => p.startsWith('/'), 'must be an absolute path')
+  .refine((p) => !p.split('/').includes('..'), 'must not contain a ".." segment');
+
+export const restoreTargetRequestSchema = z.object({ path: requestPathSchema }).strict();
+
+/**
+ * What an export request may ask of the serving agent beyond the archive
+ * (POST /exports of the agent's control API and of the catalogue): an
+ * overlay file (confined by the agent like a restore target) and cache
+ * sizes (bounded by the agent's `exports` config).
+ */
+export const exportCacheRequestSchema = z.strictObject({ memoryBytes: nonNegInt.optional(), diskBytes: nonNegInt.optional() });
+export const exportOptionsShape = {
+  overlay: requestPathSchema.optional(),
+  cache: exportCacheRequestSchema.optional(),
+};
 
 export const restoreProgressSchema = z.object({ bytesDone: nonNegInt, bytesTotal: nonNegInt });
 export type JobProgress = z.infer<typeof restoreProgressSchema>;
 
-export const restoreJobSchema = z.object({
+/** What every job of a host's agent has (restore and export jobs share states, claims and leases). */
+const jobBaseShape = {
   id: uuidSchema,
   archiveId: uuidSchema,
   hostId: z.string().min(1),
   devices: z.array(z.string()).optional(),
-  target: restoreTargetSchema,
   status: z.enum(RESTORE_STATUSES),
-  planKey: z.string().min(1),
   claimedBy: z.string().optional(),
-  progress: restoreProgressSchema,
   error: z.string().optional(),
   createdAt: isoSchema,
   updatedAt: isoSchema,
   claimedAt: isoSchema.optional(),
-  /** A claimed job belongs to its agent until then; progress renews it (repository.expireLease). */
+  /** A claimed job belongs to its agent until then; reports renew it (repository.expireLease). */
   leaseExpiresAt: isoSchema.optional(),
   finishedAt: isoSchema.optional(),
+};
+
+export const restoreJobSchema = z.object({
+  ...jobBaseShape,
+  target: restoreTargetSchema,
+  planKey: z.string().min(1),
+  progress: restoreProgressSchema,
 });
 export type RestoreJob = z.infer<typeof restoreJobSchema>;
+
+/** One disk an agent serves for an export job, as it reports it. */
+export const servedDiskSchema = z.strictObject({
+  name: z.string().min(1).max(300),
+  disk: diskNameSchema,
+  size: nonNegInt,
+  uris: z.array(z.string().min(1).max(4096)).max(4),
+});
+
+/**
+ * An archive the host's agent serves over NBD until the operator cancels it
+ * (RUNNING while served; CANCELLED when ended by the operator, SUCCEEDED when
+ * the agent ended it, FAILED when it could not serve or was lost).
+ */
+export const exportJobSchema = z.object({
+  ...jobBaseShape,
+  kind: z.literal('export'),
+  /** The archive in the catalogue's bucket; the agent serves only its own bucket's. */
+  locator: z.object({ bucket: z.string().min(1), key: z.string().min(1) }),
+  overlay: z.string().optional(),
+  cache: z.object({ memoryBytes: nonNegInt.optional(), diskBytes: nonNegInt.optional() }).optional(),
+  /** Reported by the agent once serving: the export set's id on the agent and its disks' URIs. */
+  served: z.object({ exportId: z.string(), exports: z.array(servedDiskSchema) }).optional(),
+});
+export type ExportJob = z.infer<typeof exportJobSchema>;
 
 export const hostRecordSchema = z.object({
   hostId: z.string().min(1),
@@ -117,10 +157,24 @@ export const createRestoreBodySchema = z
   .strict();
 export type CreateRestoreBody = z.infer<typeof createRestoreBodySchema>;
 
+export const createExportBodySchema = z
+  .object({
+    archiveId: uuidSchema,
+    hostId: hostIdSchema,
+    devices: z.array(diskNameSchema).min(1).max(255).optional(),
+    ...exportOptionsShape,
+  })
+  .strict();
+export type CreateExportBody = z.infer<typeof createExportBodySchema>;
+
 const agentIdSchema = z.string().min(1).max(256);
 export const claimBodySchema = z.object({ agentId: agentIdSchema }).strict();
 /** agentId is required: only the agent that claimed a job may report on it. */
 export const progressBodySchema = z.object({ agentId: agentIdSchema, bytesDone: nonNegInt, bytesTotal: nonNegInt }).strict();
+/** An export job's report: its URIs (first report) or a heartbeat renewing the lease. */
+export const exportReportBodySchema = z
+  .object({ agentId: agentIdSchema, served: z.strictObject({ exportId: z.string().min(1).max(64), exports: z.array(servedDiskSchema).max(255) }).optional() })
+  .strict();
 export const completeBodySchema = z.object({ ok: z.boolean(), error: z.string().max(4096).optional(), agentId: agentIdSchema }).strict();
 
 /** Renders zod issues as one line naming each bad field, e.g. `target.path: Required` (src/zod-issues.ts). */

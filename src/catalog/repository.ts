@@ -6,6 +6,7 @@
  *                                            gsi3 PARENT#<parent>/<created>#<uuid>, gsi4 VERIFY/<lastVerified|0>#<uuid>
  *   disk idx  pk=ARCHIVE#<uuid> sk=DISK#<d>  gsi2 HOSTDISK#<host>#<disk>/<created>#<uuid>
  *   restore   pk=RESTORE#<id>   sk=R        gsi1 HOSTRESTORES#<host>#<STATUS>/<created>#<id>
+ *   export    pk=EXPORT#<id>    sk=E        gsi1 HOSTEXPORTS#<host>#<STATUS>/<created>#<id>
  *   host      pk=HOST#<host>    sk=H        gsi1 HOSTS/<host>
  *
  * Every state change is a conditional write so concurrent handlers (Lambda
@@ -28,7 +29,9 @@ import {
   hostIdSchema,
   hostRecordSchema,
   restoreJobSchema,
+  exportJobSchema,
   type ArchiveRecord,
+  type ExportJob,
   type ArchiveStatus,
   type HostRecord,
   type RestoreJob,
@@ -36,6 +39,7 @@ import {
   type RestoreStatus,
 } from './records.js';
 import { GSI } from './table.js';
+import type { z } from 'zod';
 
 export const DEFAULT_PAGE_LIMIT = 50;
 /** How long a claimed restore job stays its agent's without a report (the agent reports every 2 s). */
@@ -60,15 +64,41 @@ export type IndexOutcome = 'created' | 'unchanged' | 'replaced' | 'stale' | 'con
 export type DeleteOutcome = 'deleted' | 'unchanged' | 'unknown' | 'stale';
 
 const ARCHIVE_SK = 'A';
-const RESTORE_SK = 'R';
 const HOST_SK = 'H';
 const ZERO_TIME = '0000-00-00T00:00:00.000Z';
 /** Archives in these states are re-verified; CORRUPT/REJECTED/DELETED leave the queue. */
 const VERIFIABLE: readonly ArchiveStatus[] = ['INDEXED', 'VERIFIED'];
 
 const archivePk = (uuid: string): string => `ARCHIVE#${uuid}`;
-const restorePk = (id: string): string => `RESTORE#${id}`;
-const hostRestoresPk = (host: string, status: RestoreStatus): string => `HOSTRESTORES#${host}#${status}`;
+/** A kind of job a host's agent claims: its keys and record schema. */
+export interface JobKind<J extends AnyJob> {
+  readonly noun: 'restore' | 'export';
+  readonly sk: string;
+  pk(id: string): string;
+  hostPk(host: string, status: RestoreStatus): string;
+  readonly schema: z.ZodType<J>;
+  /** Appended to the "agent lost" error of an expired lease. */
+  lostNote(job: J): string;
+}
+export type AnyJob = RestoreJob | ExportJob;
+
+export const RESTORE_JOBS: JobKind<RestoreJob> = {
+  noun: 'restore',
+  sk: 'R',
+  pk: (id) => `RESTORE#${id}`,
+  hostPk: (host, status) => `HOSTRESTORES#${host}#${status}`,
+  schema: restoreJobSchema,
+  lostNote: (job) => `; a partial target may be left at ${job.target.path}`,
+};
+
+export const EXPORT_JOBS: JobKind<ExportJob> = {
+  noun: 'export',
+  sk: 'E',
+  pk: (id) => `EXPORT#${id}`,
+  hostPk: (host, status) => `HOSTEXPORTS#${host}#${status}`,
+  schema: exportJobSchema,
+  lostNote: () => '; the agent may still be serving it until it next reaches the catalogue',
+};
 
 /**
  * S3 event sequencers are hex strings of varying length; AWS documents that
@@ -476,52 +506,52 @@ export class CatalogRepository {
     return out;
   }
 
-  // ---- restore jobs -----------------------------------------------------
+  // ---- jobs (restore and export) ----------------------------------------
 
-  private parseJob(item: Record<string, unknown>): RestoreJob {
-    const r = restoreJobSchema.safeParse(stripKeys(item));
-    if (!r.success) throw new CatalogError(`corrupt restore item ${String(item.pk)}: ${r.error.issues[0]?.message}`);
+  private parseJob<J extends AnyJob>(kind: JobKind<J>, item: Record<string, unknown>): J {
+    const r = kind.schema.safeParse(stripKeys(item));
+    if (!r.success) throw new CatalogError(`corrupt ${kind.noun} item ${String(item.pk)}: ${r.error.issues[0]?.message}`);
     return r.data;
   }
 
-  async createRestore(job: RestoreJob): Promise<void> {
+  async createJob<J extends AnyJob>(kind: JobKind<J>, job: J): Promise<void> {
     try {
       await this.doc.send(
         new PutCommand({
           TableName: this.tableName,
           Item: {
             ...job,
-            pk: restorePk(job.id),
-            sk: RESTORE_SK,
-            entity: 'restore',
-            gsi1pk: hostRestoresPk(job.hostId, job.status),
+            pk: kind.pk(job.id),
+            sk: kind.sk,
+            entity: kind.noun,
+            gsi1pk: kind.hostPk(job.hostId, job.status),
             gsi1sk: `${job.createdAt}#${job.id}`,
           },
           ConditionExpression: 'attribute_not_exists(pk)',
         }),
       );
     } catch (err) {
-      if (isConditionFailure(err)) throw new ConflictError(`restore job ${job.id} already exists`);
+      if (isConditionFailure(err)) throw new ConflictError(`${kind.noun} job ${job.id} already exists`);
       throw err;
     }
   }
 
-  async getRestore(id: string): Promise<RestoreJob | null> {
-    const r = await this.doc.send(new GetCommand({ TableName: this.tableName, Key: { pk: restorePk(id), sk: RESTORE_SK }, ConsistentRead: true }));
-    return r.Item ? this.parseJob(r.Item) : null;
+  async getJob<J extends AnyJob>(kind: JobKind<J>, id: string): Promise<J | null> {
+    const r = await this.doc.send(new GetCommand({ TableName: this.tableName, Key: { pk: kind.pk(id), sk: kind.sk }, ConsistentRead: true }));
+    return r.Item ? this.parseJob(kind, r.Item) : null;
   }
 
-  async requireRestore(id: string): Promise<RestoreJob> {
-    const j = await this.getRestore(id);
-    if (!j) throw new NotFoundError(`restore job ${id} not found`);
+  async requireJob<J extends AnyJob>(kind: JobKind<J>, id: string): Promise<J> {
+    const j = await this.getJob(kind, id);
+    if (!j) throw new NotFoundError(`${kind.noun} job ${id} not found`);
     return j;
   }
 
-  async listRestores(hostId: string, status: RestoreStatus, limit?: number, cursor?: string): Promise<Page<RestoreJob>> {
-    const input = this.indexQuery(GSI.byHost, 'gsi1', hostRestoresPk(hostId, status), clampLimit(limit), cursor);
+  async listJobs<J extends AnyJob>(kind: JobKind<J>, hostId: string, status: RestoreStatus, limit?: number, cursor?: string): Promise<Page<J>> {
+    const input = this.indexQuery(GSI.byHost, 'gsi1', kind.hostPk(hostId, status), clampLimit(limit), cursor);
     input.ScanIndexForward = true; // oldest first: jobs are served in request order
     const r = await this.doc.send(new QueryCommand(input));
-    return { items: (r.Items ?? []).map((i) => this.parseJob(i)), cursor: encodeCursor(r.LastEvaluatedKey) };
+    return { items: (r.Items ?? []).map((i) => this.parseJob(kind, i)), cursor: encodeCursor(r.LastEvaluatedKey) };
   }
 
   /**
@@ -529,16 +559,17 @@ export class CatalogRepository {
    * condition fails the job is re-read to tell "no such job" (404) from
    * "someone else changed it first" (409).
    */
-  private async transition(
+  private async transition<J extends AnyJob>(
+    kind: JobKind<J>,
     id: string,
     from: readonly RestoreStatus[],
     to: RestoreStatus,
     set: Record<string, unknown>,
     extraCondition?: { expr: string; values: Record<string, unknown> },
-  ): Promise<RestoreJob> {
-    const job = await this.requireRestore(id);
+  ): Promise<J> {
+    const job = await this.requireJob(kind, id);
     const now = new Date().toISOString();
-    const fields: Record<string, unknown> = { ...set, status: to, updatedAt: now, gsi1pk: hostRestoresPk(job.hostId, to) };
+    const fields: Record<string, unknown> = { ...set, status: to, updatedAt: now, gsi1pk: kind.hostPk(job.hostId, to) };
     const names: Record<string, string> = {};
     const values: Record<string, unknown> = {};
     const sets: string[] = [];
@@ -561,7 +592,7 @@ export class CatalogRepository {
       const r = await this.doc.send(
         new UpdateCommand({
           TableName: this.tableName,
-          Key: { pk: restorePk(id), sk: RESTORE_SK },
+          Key: { pk: kind.pk(id), sk: kind.sk },
           UpdateExpression: `SET ${sets.join(', ')}`,
           ConditionExpression: condition,
           ExpressionAttributeNames: names,
@@ -569,45 +600,47 @@ export class CatalogRepository {
           ReturnValues: 'ALL_NEW',
         }),
       );
-      return this.parseJob(r.Attributes ?? {});
+      return this.parseJob(kind, r.Attributes ?? {});
     } catch (err) {
       if (!isConditionFailure(err)) throw err;
-      const now2 = await this.requireRestore(id);
+      const now2 = await this.requireJob(kind, id);
       throw new ConflictError(
         from.includes(now2.status)
-          ? `restore job ${id} is claimed by another agent`
-          : `restore job ${id} is ${now2.status}${now2.claimedBy ? ` (claimed by ${now2.claimedBy})` : ''}, expected ${from.join(' or ')}`,
+          ? `${kind.noun} job ${id} is claimed by another agent`
+          : `${kind.noun} job ${id} is ${now2.status}${now2.claimedBy ? ` (claimed by ${now2.claimedBy})` : ''}, expected ${from.join(' or ')}`,
       );
     }
   }
 
   /**
    * Exactly one concurrent claimer wins; the others get ConflictError. The
-   * winner holds a lease of `leaseMs` that each progress report renews.
+   * winner holds a lease of `leaseMs` that each report renews.
    */
-  async claimRestore(id: string, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
+  async claimJob<J extends AnyJob>(kind: JobKind<J>, id: string, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<J> {
     const now = Date.now();
-    return this.transition(id, ['PENDING'], 'CLAIMED', {
+    return this.transition(kind, id, ['PENDING'], 'CLAIMED', {
       claimedBy: agentId,
       claimedAt: new Date(now).toISOString(),
       leaseExpiresAt: new Date(now + leaseMs).toISOString(),
     });
   }
 
-  /** Only the claiming agent may report; each report renews its lease. */
-  async reportProgress(id: string, progress: JobProgress, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<RestoreJob> {
+  /** Only the claiming agent may report; each report renews its lease (and sets `fields`). */
+  async reportJob<J extends AnyJob>(kind: JobKind<J>, id: string, fields: Record<string, unknown>, agentId: string, leaseMs: number = DEFAULT_RESTORE_LEASE_MS): Promise<J> {
     return this.transition(
+      kind,
       id,
       ['CLAIMED', 'RUNNING'],
       'RUNNING',
-      { progress, leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() },
+      { ...fields, leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() },
       { expr: 'claimedBy = :agent', values: { ':agent': agentId } },
     );
   }
 
   /** Only the claiming agent may complete. */
-  async completeRestore(id: string, ok: boolean, error: string | undefined, agentId: string): Promise<RestoreJob> {
+  async completeJob<J extends AnyJob>(kind: JobKind<J>, id: string, ok: boolean, error: string | undefined, agentId: string): Promise<J> {
     return this.transition(
+      kind,
       id,
       ['CLAIMED', 'RUNNING'],
       ok ? 'SUCCEEDED' : 'FAILED',
@@ -623,23 +656,53 @@ export class CatalogRepository {
    * that reaches the job first renews the lease instead — the conditional
    * write decides which. Returns the job as it is now.
    */
-  async expireLease(job: RestoreJob, now: number = Date.now()): Promise<RestoreJob> {
+  async expireJobLease<J extends AnyJob>(kind: JobKind<J>, job: J, now: number = Date.now()): Promise<J> {
     if (!(ACTIVE_RESTORE_STATUSES.includes(job.status) && job.status !== 'PENDING')) return job;
     if (job.leaseExpiresAt === undefined || Date.parse(job.leaseExpiresAt) >= now) return job;
     const nowIso = new Date(now).toISOString();
-    const error = `agent lost: no report from ${job.claimedBy ?? 'the claiming agent'} since its lease expired at ${job.leaseExpiresAt}; a partial target may be left at ${job.target.path}`;
+    const error = `agent lost: no report from ${job.claimedBy ?? 'the claiming agent'} since its lease expired at ${job.leaseExpiresAt}${kind.lostNote(job)}`;
     try {
-      return await this.transition(job.id, ['CLAIMED', 'RUNNING'], 'FAILED', { finishedAt: nowIso, error }, {
+      return await this.transition(kind, job.id, ['CLAIMED', 'RUNNING'], 'FAILED', { finishedAt: nowIso, error }, {
         expr: 'leaseExpiresAt < :now',
         values: { ':now': nowIso },
       });
     } catch (err) {
-      if (err instanceof ConflictError) return this.requireRestore(job.id); // renewed or finished meanwhile
+      if (err instanceof ConflictError) return this.requireJob(kind, job.id); // renewed or finished meanwhile
       throw err;
     }
   }
 
-  async cancelRestore(id: string): Promise<RestoreJob> {
-    return this.transition(id, ACTIVE_RESTORE_STATUSES, 'CANCELLED', { finishedAt: new Date().toISOString() });
+  async cancelJob<J extends AnyJob>(kind: JobKind<J>, id: string): Promise<J> {
+    return this.transition(kind, id, ACTIVE_RESTORE_STATUSES, 'CANCELLED', { finishedAt: new Date().toISOString() });
+  }
+
+  // ---- restore jobs (the names the restore code and its tests use) --------
+
+  createRestore(job: RestoreJob): Promise<void> {
+    return this.createJob(RESTORE_JOBS, job);
+  }
+  getRestore(id: string): Promise<RestoreJob | null> {
+    return this.getJob(RESTORE_JOBS, id);
+  }
+  requireRestore(id: string): Promise<RestoreJob> {
+    return this.requireJob(RESTORE_JOBS, id);
+  }
+  listRestores(hostId: string, status: RestoreStatus, limit?: number, cursor?: string): Promise<Page<RestoreJob>> {
+    return this.listJobs(RESTORE_JOBS, hostId, status, limit, cursor);
+  }
+  claimRestore(id: string, agentId: string, leaseMs?: number): Promise<RestoreJob> {
+    return this.claimJob(RESTORE_JOBS, id, agentId, leaseMs);
+  }
+  reportProgress(id: string, progress: JobProgress, agentId: string, leaseMs?: number): Promise<RestoreJob> {
+    return this.reportJob(RESTORE_JOBS, id, { progress }, agentId, leaseMs);
+  }
+  completeRestore(id: string, ok: boolean, error: string | undefined, agentId: string): Promise<RestoreJob> {
+    return this.completeJob(RESTORE_JOBS, id, ok, error, agentId);
+  }
+  expireLease(job: RestoreJob, now?: number): Promise<RestoreJob> {
+    return this.expireJobLease(RESTORE_JOBS, job, now);
+  }
+  cancelRestore(id: string): Promise<RestoreJob> {
+    return this.cancelJob(RESTORE_JOBS, id);
   }
 }

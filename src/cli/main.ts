@@ -18,6 +18,7 @@ const GROUPS: Record<string, () => Promise<Registrar>> = {
   catalog: async () => (await import('./commands/catalog.js')).registerCatalogCommands,
   bucket: async () => (await import('./commands/bucket.js')).registerBucketCommands,
   console: async () => (await import('./commands/console.js')).registerConsoleCommands,
+  export: async () => (await import('./commands/export.js')).registerExportCommands,
 };
 
 /** Which group defines each top-level command. */
@@ -39,6 +40,7 @@ const COMMAND_GROUP: Record<string, string> = {
   snapshots: 'bucket',
   forget: 'bucket',
   console: 'console',
+  export: 'export',
 };
 
 /**

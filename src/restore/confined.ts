@@ -13,7 +13,7 @@
  * path that could be re-resolved), then looks up the single component.
  */
 import { constants as fsc } from 'node:fs';
-import { mkdir, open, realpath, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, realpath, unlink, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ConflictError, ForbiddenError, RestoreError, UsageError } from '../errors.js';
 import type { RestoreOutput } from './target.js';
@@ -137,4 +137,45 @@ export async function openConfinedTargets(target: string, devices: { name: strin
     };
   }
   return opened;
+}
+
+/** A file name below a confined, open directory (see openConfinedFile). */
+export interface ConfinedFile {
+  /** The directory, open (close it when the file is no longer used). */
+  dir: FileHandle;
+  /** The file's name in `dir`: one plain component. */
+  name: string;
+  /** `/proc/self/fd/<dir>/<name>`: a path that resolves through the open directory, never re-walking the tree. */
+  path: string;
+  /** Whether a file of that name existed when checked. */
+  exists: boolean;
+}
+
+/**
+ * Confines a file path that a module will open itself (by path), e.g. an
+ * export's overlay: the directories are walked as for restore targets
+ * (created 0700 when missing, no symlink followed below the allowed
+ * directory) and the returned path goes through the open directory's
+ * descriptor. An existing last component must be a regular file, not a
+ * symlink: the opener should still open it with O_NOFOLLOW, because the name
+ * could be swapped after this check.
+ */
+export async function openConfinedFile(target: string, allowedDirs: string[], what = 'file'): Promise<ConfinedFile> {
+  if (allowedDirs.length === 0) throw new ForbiddenError(`this agent allows no ${what} paths (restore.allowedDirs is empty)`);
+  const { root, names } = await locate(target, allowedDirs);
+  if (names.length === 0) throw new ForbiddenError(`${what} ${target} is an allowed directory itself, not a file in one`);
+  const name = names[names.length - 1]!;
+  checkComponent(name, 'file name');
+  const dir = await walk(await open(root, fsc.O_RDONLY | fsc.O_DIRECTORY), names.slice(0, -1), true, target);
+  try {
+    const st = await lstat(at(dir, name)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null;
+      throw new RestoreError(`${what} ${target}: cannot inspect "${name}"`, { cause: err });
+    });
+    if (st && !st.isFile()) throw new ForbiddenError(`${what} ${target}: "${name}" is a symlink or not a regular file`);
+    return { dir, name, path: at(dir, name), exists: st !== null };
+  } catch (err) {
+    await dir.close().catch(() => undefined);
+    throw err;
+  }
 }

@@ -109,6 +109,64 @@ describe('lambda api: the caller is its IAM identity', () => {
     expect(body(claimed).leaseExpiresAt).toBeDefined();
   });
 
+  it("export jobs: host B can neither list, read, claim, report on, complete nor end host A's; only the operator requests and ends them", async () => {
+    const created = await call(OPERATOR, 'POST', '/exports', { archiveId: chainA[0]!.uuid, hostId: 'A', devices: ['vda'] });
+    expect(created.statusCode, created.body).toBe(202);
+    const { exportId } = body(created);
+    const before = body(await call(OPERATOR, 'GET', `/exports/${exportId}`));
+    expect(before).toMatchObject({ kind: 'export', status: 'PENDING', hostId: 'A', locator: { key: chainA[0]!.key } });
+    const served = { exportId: 'evil', exports: [{ name: 'export-evil/vda', disk: 'vda', size: 1, uris: ['nbd://attacker:10809/x'] }] };
+    const attempts: Array<[string, string, unknown?]> = [
+      ['GET', '/hosts/A/exports'],
+      ['GET', '/hosts/A/exports?status=RUNNING'],
+      ['GET', `/exports/${exportId}`],
+      ['POST', `/exports/${exportId}/claim`, { agentId: 'B@evil' }],
+      ['POST', `/exports/${exportId}/progress`, { agentId: 'B@evil', served }],
+      ['POST', `/exports/${exportId}/complete`, { agentId: 'B@evil', ok: false, error: 'x' }],
+      ['POST', `/exports/${exportId}/cancel`],
+      ['DELETE', `/exports/${exportId}`],
+      ['POST', '/exports', { archiveId: chainA[0]!.uuid, hostId: 'B' }],
+    ];
+    for (const [method, path, b] of attempts) {
+      const r = await call(HOST_B, method, path, b);
+      expect(r.statusCode, `${method} ${path}: ${r.body}`).toBe(403);
+    }
+    for (const caller of [STRANGER, undefined]) expect((await call(caller, 'GET', `/exports/${exportId}`)).statusCode).toBe(403);
+    expect(body(await call(OPERATOR, 'GET', `/exports/${exportId}`))).toEqual(before);
+    // Export jobs are not restore jobs: they never show up in the restore listing an older agent polls.
+    expect(body(await call(HOST_A, 'GET', '/hosts/A/restores')).items.map((j: { id: string }) => j.id)).not.toContain(exportId);
+    expect(body(await call(HOST_A, 'GET', '/hosts/A/exports')).items.map((j: { id: string }) => j.id)).toEqual([exportId]);
+    expect((await call(OPERATOR, 'POST', `/exports/${exportId}/claim`, { agentId: 'op' })).statusCode).toBe(403);
+    expect((await call(HOST_A, 'POST', `/exports/${exportId}/claim`, { agentId: 'A@one' })).statusCode).toBe(200);
+    // A second agent of A may not report URIs for a job it did not claim.
+    expect((await call(HOST_A, 'POST', `/exports/${exportId}/progress`, { agentId: 'A@two', served })).statusCode).toBe(409);
+    const good = { exportId: '1a2b3c4d', exports: [{ name: 'export-1a2b3c4d/vda', disk: 'vda', size: 4, uris: ['nbd+unix:///export-1a2b3c4d/vda?socket=%2Frun%2Fnbd.sock'] }] };
+    const rep = await call(HOST_A, 'POST', `/exports/${exportId}/progress`, { agentId: 'A@one', served: good });
+    expect(rep.statusCode, rep.body).toBe(200);
+    expect(body(rep)).toMatchObject({ status: 'RUNNING', served: good });
+    expect((await call(HOST_A, 'DELETE', `/exports/${exportId}`)).statusCode).toBe(403);
+    expect(body(await call(OPERATOR, 'DELETE', `/exports/${exportId}`)).status).toBe('CANCELLED');
+    // The agent's next report is refused: that is how it learns to stop serving.
+    expect((await call(HOST_A, 'POST', `/exports/${exportId}/progress`, { agentId: 'A@one' })).statusCode).toBe(409);
+  });
+
+  it('POST /exports: 400 naming the field for bad overlays, devices and cache sizes; 404 for unknown hosts', async () => {
+    const cases: Array<[Record<string, unknown>, RegExp]> = [
+      [{ overlay: 'rel/o.overlay' }, /overlay: must be an absolute path/],
+      [{ overlay: '/srv/../etc/o' }, /overlay: must not contain a "\.\." segment/],
+      [{ cache: { memoryBytes: -1 } }, /cache\.memoryBytes/],
+      [{ devices: ['nope'] }, /devices: archive .* has no device nope/],
+      [{ target: { path: '/x' } }, /target: unknown field/],
+    ];
+    for (const [extra, msg] of cases) {
+      const r = await call(OPERATOR, 'POST', '/exports', { archiveId: chainA[0]!.uuid, hostId: 'A', ...extra });
+      expect(r.statusCode, JSON.stringify(extra)).toBe(400);
+      expect(body(r).error.message).toMatch(msg);
+    }
+    const r = await call(OPERATOR, 'POST', '/exports', { archiveId: chainA[0]!.uuid, hostId: 'never-seen' });
+    expect(r.statusCode).toBe(404);
+  });
+
   it('agentId is required on progress and complete, and any other agent than the claimer gets 409', async () => {
     const { restoreId } = body(await call(OPERATOR, 'POST', '/restores', { archiveId: chainA[0]!.uuid, hostId: 'A', target: { path: '/restore/c' } }));
     expect((await call(HOST_A, 'POST', `/restores/${restoreId}/claim`, { agentId: 'A@one' })).statusCode).toBe(200);

@@ -15,12 +15,12 @@ import { resolveCatalogToken, type EmbeddedAuthFlags } from '../embedded-auth.js
 import { catalogUrlWithState } from '../state-defaults.js';
 import { untilInterrupted } from '../signals.js';
 
-interface CatalogFlags extends EmbeddedAuthFlags {
+export interface CatalogFlags extends EmbeddedAuthFlags {
   catalog?: string;
   json?: boolean;
 }
 
-async function catalogClient(o: CatalogFlags): Promise<CatalogClient> {
+export async function catalogClient(o: CatalogFlags): Promise<CatalogClient> {
   const { url, state } = await catalogUrlWithState(o);
   if (!url) throw new UsageError('no catalogue: give --catalog <url>, set COWSTREAM_CATALOG_URL, or --state <dir> of an agent with the embedded catalogue');
   const token = await resolveCatalogToken({ ...o, ...(state !== undefined ? { state } : {}) }, url);

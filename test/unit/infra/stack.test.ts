@@ -13,6 +13,7 @@ import { Match } from 'aws-cdk-lib/assertions';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CATALOG_ROUTES } from '../../../infra/catalog-api.js';
+import { apiRoutes } from '../../../src/catalog/api.js';
 import { FUNCTION_NAMES, lambdaEntry } from '../../../infra/catalog-functions.js';
 import { catalogTableDefinition } from '../../../src/catalog/table.js';
 import type { IConstruct } from 'constructs';
@@ -305,7 +306,10 @@ describe('IAM', () => {
         return parts[parts.length - 1] as string;
       });
       expect(tails.sort()).toEqual(
-        [`/*/GET/hosts/${host}/restores`, '/*/GET/restores/*', '/*/POST/restores/*/claim', '/*/POST/restores/*/complete', '/*/POST/restores/*/progress'].sort(),
+        [
+          `/*/GET/hosts/${host}/restores`, '/*/GET/restores/*', '/*/POST/restores/*/claim', '/*/POST/restores/*/complete', '/*/POST/restores/*/progress',
+          `/*/GET/hosts/${host}/exports`, '/*/GET/exports/*', '/*/POST/exports/*/claim', '/*/POST/exports/*/complete', '/*/POST/exports/*/progress',
+        ].sort(),
       );
     }
   });
@@ -388,6 +392,15 @@ describe('CatalogApi', () => {
     const routes = ofType('AWS::ApiGatewayV2::Route').map(([, r]) => r.Properties);
     expect(routes.map((r) => r.RouteKey).sort()).toEqual(CATALOG_ROUTES.map((r) => `${r.method} ${r.path}`).sort());
     for (const r of routes) expect(r.AuthorizationType).toBe('AWS_IAM');
+  });
+
+  it('deploys every route the API function answers, and no other', () => {
+    const id = '01234567-89ab-4def-8123-456789abcdef';
+    const deployed = CATALOG_ROUTES.map((r) => ({ method: String(r.method), path: r.path.replace(/\{[^}]+\}/g, id) }));
+    for (const r of apiRoutes()) {
+      expect(deployed.some((d) => d.method === r.method && r.pattern.test(d.path)), `${r.method} ${r.pattern}`).toBe(true);
+    }
+    for (const d of deployed) expect(apiRoutes().some((r) => r.method === d.method && r.pattern.test(d.path)), `${d.method} ${d.path}`).toBe(true);
   });
 
   it('uses one Lambda proxy integration with payload format 2.0', () => {
