@@ -180,7 +180,7 @@ export interface ArchiveExportsOptions {
   context: ArchiveContext | null;
   /** Key file for encrypted archives (restore.keyFile), read when an export needs it. */
   keyFile?: string | undefined;
-  open: OpenArchiveExports | null;
+  open: OpenArchiveExports;
   openOverlay?: OpenOverlay;
   /** The client URIs of an export name (depends on the NBD listeners). */
   uris: (name: string) => string[];
@@ -198,7 +198,6 @@ export class ArchiveExports {
   async add(req: ExportRequest, origin: { jobId?: string } = {}): Promise<ExportInfo> {
     if (this.closed) throw new ConflictError('the agent is stopping');
     const { open, config } = this.opts;
-    if (!open) throw new UsageError('this agent cannot serve archives (the serve module is not available)');
     const cache = this.cacheFor(req);
     if (req.overlay !== undefined && !this.opts.openOverlay) throw new BadRequestError('overlay', 'overlay: this agent cannot open overlays');
     if (this.sets.size + this.opening >= config.max) {
