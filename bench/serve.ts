@@ -16,9 +16,10 @@
  *                4 KiB READ answered (our NBD client, src/nbd/client.ts)
  *   random 4 KiB READs of allocated data, our NBD client on one connection:
  *                QD1 (one at a time) and QD16 (16 in flight); cold = a fresh
- *                serve process (each QD on its own), warm = the same offsets
- *                again (memory cache). p50/p99 per run, every read checked
- *                against the image.
+ *                serve process (each QD on its own), one read per 4 MiB
+ *                region of data; warm = reads over offsets just read cold
+ *                whose extents fit the memory cache. p50/p99 per run, every
+ *                read checked against the image. Also: CPU seconds, GETs.
  *   sequential   `nbdcopy` of the whole export to a file, from spawning serve
  *                (default read-ahead) to nbdcopy's exit, paired with a full
  *                `cowstream restore --parallel N` of the same archive to a
@@ -170,13 +171,12 @@ async function startServe(endpoint: string, key: string, env: NodeJS.ProcessEnv,
   });
 }
 
-/** Peak RSS (VmHWM) of a process and its descendants, MiB (bin/cowstream.js may hand over to a child Node). */
-function peakRssMiB(pid: number): number {
-  let max = 0;
+/** A process and its descendants (bin/cowstream.js may hand over to a child Node). */
+function processTree(pid: number): number[] {
+  const out: number[] = [];
   const walk = (p: number): void => {
+    out.push(p);
     try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
-      if (m) max = Math.max(max, Number(m[1]) / 1024);
       for (const t of readdirSync(`/proc/${p}/task`)) {
         for (const c of readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) walk(Number(c));
       }
@@ -185,7 +185,36 @@ function peakRssMiB(pid: number): number {
     }
   };
   walk(pid);
+  return out;
+}
+
+/** Reads a /proc file, or null when the process is gone. */
+function procFile(pid: number, name: string): string | null {
+  try {
+    return readFileSync(`/proc/${pid}/${name}`, 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+/** Peak RSS (VmHWM) of the largest process of the tree, MiB. */
+function peakRssMiB(pid: number): number {
+  let max = 0;
+  for (const p of processTree(pid)) {
+    const m = /VmHWM:\s+(\d+) kB/.exec(procFile(p, 'status') ?? '');
+    if (m) max = Math.max(max, Number(m[1]) / 1024);
+  }
   return max;
+}
+
+/** CPU seconds (user + sys, all threads) of the tree so far (Linux /proc; CLK_TCK 100). */
+function treeCpuSeconds(pid: number): number {
+  let sum = 0;
+  for (const p of processTree(pid)) {
+    const f = procFile(p, 'stat')?.split(') ')[1]?.split(' ');
+    if (f) sum += (Number(f[11]) + Number(f[12])) / 100;
+  }
+  return sum;
 }
 
 /** The stats of the "serve stopped" log line (GETs, bytes fetched, cache hits). */
@@ -297,11 +326,14 @@ function dataOffsets(img: Buffer, n: number, seed: number): number[] {
   return out;
 }
 
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): { ms: number; stderr: string } {
+/** Runs a command to its end under GNU time: wall ms and CPU seconds (user + sys, children included). */
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): { ms: number; cpuSeconds: number; stderr: string } {
   const t = performance.now();
-  const r = spawnSync(cmd, args, { cwd: root, env, encoding: 'utf8', maxBuffer: 64 * MiB });
+  const r = spawnSync('/usr/bin/time', ['-f', 'CPUSEC %U %S', cmd, ...args], { cwd: root, env, encoding: 'utf8', maxBuffer: 64 * MiB });
+  const ms = performance.now() - t;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${(r.stderr ?? '').slice(-2000)}`);
-  return { ms: performance.now() - t, stderr: r.stderr ?? '' };
+  const m = /CPUSEC ([\d.]+) ([\d.]+)/.exec(r.stderr ?? '');
+  return { ms, cpuSeconds: m ? Number(m[1]) + Number(m[2]) : NaN, stderr: r.stderr ?? '' };
 }
 
 // ---------------------------------------------------------------- one pair, one endpoint
@@ -319,6 +351,10 @@ interface SeqPart {
   serveSeconds: number;
   nbdcopySeconds: number;
   restoreSeconds: number;
+  /** CPU seconds of the serve process (start to stop) plus nbdcopy's. */
+  serveCpuSeconds: number;
+  nbdcopyCpuSeconds: number;
+  restoreCpuSeconds: number;
   serveStats: Record<string, number> | null;
   serveRssMiB: number;
   identical: boolean;
@@ -353,7 +389,24 @@ interface Ctx {
 
 type Say = (m: string) => void;
 
-/** serve #1: first byte, cold QD1, then warm QD1 and QD16 over the same offsets; serve #2: cold QD16. */
+/**
+ * Warm reads: the last WARM_SET offsets read cold (each pulled one extent of
+ * ≤ 4 MiB of clusters into the memory cache, 256 MiB by default), over and
+ * over in a shuffled order. A larger set would not fit the cache and measure
+ * evictions instead.
+ */
+const WARM_SET = 32;
+
+function warmOffsets(cold: number[], n: number, seed: number): number[] {
+  const set = cold.slice(-WARM_SET);
+  const r = rng(seed);
+  return Array.from({ length: n }, () => set[Math.floor(r() * set.length)]!);
+}
+
+/**
+ * serve #1: first byte, then cold QD1 (its GETs counted on their own);
+ * serve #2: cold QD16, then warm QD1 and QD16 over offsets it has just read.
+ */
 async function latencyPart(endpoint: string, x: Ctx, pair: number, say: Say): Promise<LatencyPart> {
   const offsetsA = dataOffsets(x.img, reads, 1000 + pair);
   const offsetsB = dataOffsets(x.img, reads, 2000 + pair);
@@ -361,15 +414,16 @@ async function latencyPart(endpoint: string, x: Ctx, pair: number, say: Say): Pr
   const fb = await firstByte(s, 0, x.img.subarray(0, READ));
   say(`first byte ${fb.ms.toFixed(0)} ms (serve ready ${fb.readyMs.toFixed(0)} ms)`);
   const coldQd1 = await randomReads(s, offsetsA, 1, x.img);
-  const warmQd1 = await randomReads(s, offsetsA, 1, x.img);
-  const warmQd16 = await randomReads(s, offsetsA, 16, x.img);
-  const serveRssMiB = peakRssMiB(s.proc.pid!);
   const statsQd1 = await stopServe(s);
-  say(`cold QD1 p50 ${coldQd1.p50.toFixed(1)} p99 ${coldQd1.p99.toFixed(1)} ms (${statsQd1?.gets} GETs for ${coldQd1.n} reads); warm QD1 p50 ${warmQd1.p50.toFixed(2)}, QD16 p50 ${warmQd16.p50.toFixed(2)} ms`);
+  say(`cold QD1 p50 ${coldQd1.p50.toFixed(1)} p99 ${coldQd1.p99.toFixed(1)} ms (${statsQd1?.gets} GETs for ${coldQd1.n} reads + the first one)`);
   s = await startServe(endpoint, x.imageKey, x.env);
   const coldQd16 = await randomReads(s, offsetsB, 16, x.img);
+  const warm = warmOffsets(offsetsB, offsetsB.length, 3000 + pair);
+  const warmQd1 = await randomReads(s, warm, 1, x.img);
+  const warmQd16 = await randomReads(s, warm, 16, x.img);
+  const serveRssMiB = peakRssMiB(s.proc.pid!);
   const statsQd16 = await stopServe(s);
-  say(`cold QD16 p50 ${coldQd16.p50.toFixed(1)} p99 ${coldQd16.p99.toFixed(1)} ms`);
+  say(`cold QD16 p50 ${coldQd16.p50.toFixed(1)} p99 ${coldQd16.p99.toFixed(1)} ms; warm QD1 p50 ${warmQd1.p50.toFixed(2)}, QD16 p50 ${warmQd16.p50.toFixed(2)} ms (${statsQd16?.gets} GETs in all)`);
   return { firstByteMs: fb.ms, serveReadyMs: fb.readyMs, cold: { qd1: coldQd1, qd16: coldQd16 }, warm: { qd1: warmQd1, qd16: warmQd16 }, coldStats: { qd1: statsQd1, qd16: statsQd16 }, serveRssMiB };
 }
 
@@ -384,13 +438,14 @@ async function seqPart(endpoint: string, x: Ctx, say: Say): Promise<SeqPart> {
   const nc = run('nbdcopy', [uri, copyOut], x.env);
   const serveSeconds = (performance.now() - s.t0) / 1000;
   const serveRssMiB = peakRssMiB(s.proc.pid!);
+  const serveCpu = treeCpuSeconds(s.proc.pid!);
   const serveStats = await stopServe(s);
   const rs = run(process.execPath, [CLI, 'restore', `s3://${BUCKET}/${x.imageKey}`, '--to', restoreOut, '--parallel', String(restoreParallel), ...storeArgs(endpoint)], x.env);
   const identical = spawnSync('cmp', ['-s', x.imagePath, copyOut]).status === 0 && spawnSync('cmp', ['-s', x.imagePath, restoreOut]).status === 0;
   rmSync(copyOut, { force: true });
   rmSync(restoreOut, { force: true });
   say(`sequential: serve+nbdcopy ${serveSeconds.toFixed(2)} s (nbdcopy ${(nc.ms / 1000).toFixed(2)} s, ${serveStats?.gets} GETs), restore ${(rs.ms / 1000).toFixed(2)} s, identical ${identical}`);
-  return { serveSeconds, nbdcopySeconds: nc.ms / 1000, restoreSeconds: rs.ms / 1000, serveStats, serveRssMiB, identical };
+  return { serveSeconds, nbdcopySeconds: nc.ms / 1000, restoreSeconds: rs.ms / 1000, serveCpuSeconds: serveCpu, nbdcopyCpuSeconds: nc.cpuSeconds, restoreCpuSeconds: rs.cpuSeconds, serveStats, serveRssMiB, identical };
 }
 
 /** The sparse disk's archive: serve start to the first read, a read near the end, peak RSS. */
@@ -437,7 +492,7 @@ function report(ps: Pair[], size: number, startedAt: string, load0: number[]): {
       `restore --parallel ${restoreParallel}; serve --read-ahead ${readAhead ?? 'default (8M)'}`,
   );
   lines.push('');
-  lines.push('Each cell: median of the pairs (min–max). Latency client: cowstream\'s NBD client (src/nbd/client.ts), one connection to serve\'s Unix socket; cold = fresh serve, one read per 4 MiB region of data; warm = the same offsets again.');
+  lines.push(`Each cell: median of the pairs (min–max). Latency client: cowstream's NBD client (src/nbd/client.ts), one connection to serve's Unix socket; cold = fresh serve, one read per 4 MiB region of data; warm = after cold QD16, reads over the last ${WARM_SET} offsets it read (their extents fit the 256 MiB memory cache).`);
   lines.push('');
   lines.push('| measure | loopback | proxy | proxy / loopback (median of pairs) | goal |');
   lines.push('|---|---:|---:|---:|---|');
@@ -456,12 +511,15 @@ function report(ps: Pair[], size: number, startedAt: string, load0: number[]): {
       for (const p of ['p50', 'p99'] as const) row(`random 4 KiB read, ${t}, ${qd.toUpperCase()}: ${p} ms`, (r) => r.latency?.[k][qd][p], t === 'warm' ? 2 : 1);
     }
   }
-  row('cold QD1: GETs per read', (r) => (r.latency ? (r.latency.coldStats.qd1?.gets ?? NaN) / r.latency.cold.qd1.n : undefined), 2);
+  row('cold QD1: GETs per read (first read included)', (r) => (r.latency ? (r.latency.coldStats.qd1?.gets ?? NaN) / (r.latency.cold.qd1.n + 1) : undefined), 2);
   row('serve peak RSS after the latency runs, MiB', (r) => r.latency?.serveRssMiB, 0);
   row('sequential: serve start + `nbdcopy` of the export, MB/s', (r) => (r.seq ? mbps(r.seq.serveSeconds) : undefined), 0);
   row('sequential: `nbdcopy` alone (serve already up), MB/s', (r) => (r.seq ? mbps(r.seq.nbdcopySeconds) : undefined), 0);
   row(`sequential: \`cowstream restore --parallel ${restoreParallel}\` of the archive, MB/s`, (r) => (r.seq ? mbps(r.seq.restoreSeconds) : undefined), 0);
   row('sequential: serve / restore throughput (per pair)', (r) => (r.seq ? r.seq.restoreSeconds / r.seq.serveSeconds : undefined), 2, '≥ 0.8×');
+  row('sequential: CPU-s of serve (whole process) + nbdcopy', (r) => (r.seq ? r.seq.serveCpuSeconds + r.seq.nbdcopyCpuSeconds : undefined), 2);
+  row('  of which nbdcopy', (r) => r.seq?.nbdcopyCpuSeconds, 2);
+  row('sequential: CPU-s of restore', (r) => r.seq?.restoreCpuSeconds, 2);
   row('serve peak RSS during nbdcopy, MiB', (r) => r.seq?.serveRssMiB, 0);
   row(`${sparseGiB} GiB sparse archive: serve start → first read answered, ms`, (r) => r.sparse?.firstByteMs, 0, '< 1000 ms');
   row(`  of which serve start → exports printed, ms`, (r) => r.sparse?.serveReadyMs, 0);
