@@ -24,7 +24,7 @@ export { ExtentDamagedError, ExtentFetchError } from './errors.js';
 
 export const DEFAULT_CACHE_MEMORY_BYTES = 256 * 1024 * 1024;
 export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 * 1024 * 1024;
-export const DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_READ_AHEAD_BYTES = 32 * 1024 * 1024;
 /** Largest single ranged read (coalesced extents); an extent is at most ~4 MiB. */
 export const MAX_FETCH_BYTES = 16 * 1024 * 1024;
 

@@ -158,7 +158,7 @@ export function registerServeCommands(program: Command): void {
       .option('--cache-memory <size>', 'decoded clusters kept in memory, e.g. 512M (default 256M; 0 disables)')
       .option('--cache-dir <dir>', 'also keep fetched extents (as stored, re-checked on use) in a private directory created inside <dir>, removed at exit')
       .option('--cache-disk <size>', 'with --cache-dir: its bound (default 4G)')
-      .option('--read-ahead <size>', 'fetched ahead of a sequential reader (default 8M, at most half of --cache-memory; 0 disables)')
+      .option('--read-ahead <size>', 'fetched ahead of a sequential reader (default 32M, at most half of --cache-memory; 0 disables)')
       .option('--json', 'print the exports (names, sizes, nbd URIs) as JSON; logs stay JSON lines on stderr'),
   ).action(async (ref: string, o: ServeFlags) => runServe(ref, o));
 }
