@@ -21,7 +21,7 @@
  *                whose extents fit the memory cache. p50/p99 per run, every
  *                read checked against the image. Also: CPU seconds, GETs.
  *   sequential   `nbdcopy` of the whole export to a file, from spawning serve
- *                (default read-ahead) to nbdcopy's exit, paired with a full
+ *                (its read-ahead) to nbdcopy's exit, paired with a full
  *                `cowstream restore --parallel N` of the same archive to a
  *                file through the same endpoint; both outputs compared with
  *                the image. Goal: serve ≥ 0.8× restore.
@@ -41,6 +41,7 @@ import { ensureBenchImage, benchRoot as root, benchWork as work } from './image.
 import { startEndpointProcess, stop } from './processes.js';
 import { median, medianBy } from './stats.js';
 import { NbdClient } from '../src/nbd/client.js';
+import { DEFAULT_READ_AHEAD_BYTES } from '../src/serve/archive-exports.js';
 
 const MiB = 1024 * 1024;
 const READ = 4096;
@@ -59,7 +60,7 @@ const restoreParallel = num('BENCH_PARALLEL', 4);
 const latencyMs = num('BENCH_LATENCY_MS', 20);
 const linkMBps = num('BENCH_MBPS', 100);
 const jsonPath = process.env.BENCH_JSON ?? join(work, 'serve-results.json');
-/** Passed to every serve as --read-ahead (default: serve's own, 8M). */
+/** Passed to every serve as --read-ahead (default: serve's own). */
 const readAhead = process.env.BENCH_READ_AHEAD;
 /** Which parts to run: latency, seq, sparse (comma-separated; default all). */
 const only = new Set((process.env.BENCH_ONLY ?? 'latency,seq,sparse').split(',').map((x) => x.trim()));
@@ -489,7 +490,7 @@ function report(ps: Pair[], size: number, startedAt: string, load0: number[]): {
   lines.push(`${startedAt} – ${new Date().toISOString()}, node ${process.version}, ${availableParallelism()} cores (${cpu}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB; load average at start ${load0.map((x) => f(x)).join(' ')}, at end ${loadavg().map((x) => f(x)).join(' ')}`);
   lines.push(
     `image ${imageMiB} MiB (${f(size / 1e6, 0)} MB, 68 % data); ${pairs} pair(s) (loopback then proxy); ${n} random 4 KiB reads per latency run; proxy ${latencyMs} ms each way, ${linkMBps} MB/s per connection; ` +
-      `restore --parallel ${restoreParallel}; serve --read-ahead ${readAhead ?? 'default (8M)'}`,
+      `restore --parallel ${restoreParallel}; serve --read-ahead ${readAhead ?? `default (${DEFAULT_READ_AHEAD_BYTES / MiB}M)`}`,
   );
   lines.push('');
   lines.push(`Each cell: median of the pairs (min–max). Latency client: cowstream's NBD client (src/nbd/client.ts), one connection to serve's Unix socket; cold = fresh serve, one read per 4 MiB region of data; warm = after cold QD16, reads over the last ${WARM_SET} offsets it read (their extents fit the 256 MiB memory cache).`);
