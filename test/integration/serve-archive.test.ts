@@ -125,6 +125,18 @@ describe('archive exports (serve)', () => {
     }
   });
 
+  it('starts the zstd pool\'s first worker while it opens the chain, not in the first read', async () => {
+    const { ZstdPool } = await import('../../src/codec/zstd-pool.js');
+    const pool = new ZstdPool({ workers: 2 });
+    try {
+      const set = await open({ compressor: pool });
+      expect(pool.stats().workers).toBe(1);
+      await set.close();
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('keeps the memory cache within its configured bytes', async () => {
     const limit = 1024 * 1024;
     const set = await open({ cache: { memoryBytes: limit } });
