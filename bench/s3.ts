@@ -26,15 +26,15 @@
  * and its full (mark-compact) and young (scavenge) GCs per GiB it received.
  * Throughput is MB/s of disk data (image bytes / seconds).
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, createReadStream, mkdtempSync, readFileSync, statSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { benchImage as image, benchImageMiB as imageMiB, benchRoot as root, benchWork as work, ensureBenchImage } from './image.js';
+import { startEndpointProcess, stop } from './processes.js';
 import { median, medianBy } from './stats.js';
 
 const MiB = 1024 * 1024;
@@ -210,23 +210,6 @@ async function storedBytes(c: S3Client, bucket: string, prefix: string): Promise
   return total;
 }
 
-/** A child process that prints one JSON line with `endpoint` on stdout; other stdout lines go to `onLine`. */
-async function startEndpointProcess(argv: string[], onLine: (line: string) => void = () => {}): Promise<{ endpoint: string; proc: ChildProcess }> {
-  const proc = spawn(argv[0]!, argv.slice(1), { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: proc.stdout! });
-  const endpoint = await new Promise<string>((resolve, reject) => {
-    let found = false;
-    lines.on('line', (line) => {
-      if (!found && line.startsWith('{')) {
-        found = true;
-        resolve((JSON.parse(line) as { endpoint: string }).endpoint);
-      } else onLine(line);
-    });
-    proc.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited ${code}`)));
-  });
-  return { endpoint, proc };
-}
-
 /** CPU seconds (user + sys) a process has used so far (Linux /proc; CLK_TCK 100). */
 function procCpu(pid: number): number {
   try {
@@ -235,12 +218,6 @@ function procCpu(pid: number): number {
   } catch {
     return NaN;
   }
-}
-
-async function stop(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null) return;
-  proc.kill('SIGTERM');
-  await new Promise((r) => proc.once('exit', r));
 }
 
 interface Pair {

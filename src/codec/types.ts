@@ -4,6 +4,8 @@ export interface Compressor {
   compress(data: Uint8Array): Promise<Buffer>;
   /** Decompress; `expectedSize` bounds the output (never trust a frame header). */
   decompress(data: Uint8Array, expectedSize: number): Promise<Buffer>;
+  /** Starts up to `count` workers ahead of the first job (pools only). */
+  prestart?(count: number): void;
   close(): Promise<void>;
 }
 

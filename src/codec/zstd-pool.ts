@@ -404,6 +404,16 @@ export class ZstdPool implements ExtentCompressor, PayloadUnpacker {
     );
   }
 
+  /**
+   * Starts up to `count` workers (at most the pool's size) now rather than on
+   * the first jobs: a caller about to wait on the network (serve opening a
+   * chain) takes the worker start (~30 ms of CPU each) off its first decode.
+   */
+  prestart(count: number): void {
+    const want = Math.min(Math.max(0, Math.floor(count)), this.workerCount);
+    while (this.slots.length < want && !this.closed && this.brokenReason === null) this.slots.push(this.spawn());
+  }
+
   stats(): ZstdPoolStats {
     return {
       backend: this.backend,

@@ -3,8 +3,8 @@
  * a read maps its clusters to segments (binary search), answers zero runs
  * and uncovered clusters with zeroes, cached clusters from memory, and
  * fetches only the extents still missing (ExtentFetcher). A read that
- * continues the previous one also fetches the next `readAheadBytes` of the
- * disk in the same ranged reads, for sequential copies.
+ * continues the previous one also starts fetching the next `readAheadBytes`
+ * of the disk, one ranged read per extent, for sequential copies.
  */
 import { checkRange } from '../device/range.js';
 import { DeviceClosedError, ReadOnlyDeviceError } from '../device/errors.js';
@@ -48,11 +48,16 @@ export class ArchiveDevice implements BlockDevice {
     const needed = this.missingExtents(c0, c1, found, true);
     const sequential = offset === this.nextSequential;
     this.nextSequential = offset + length;
-    const ahead = sequential && this.readAheadBytes > 0 ? this.readAheadExtents(c1 + 1, needed) : [];
-    const pending = this.fetcher.fetch([...needed, ...ahead]);
-    // Read-ahead failures surface when (and if) those clusters are read.
-    for (const p of pending.slice(needed.length)) p.catch(() => undefined);
-    const got = await Promise.all(pending.slice(0, needed.length));
+    const pending = this.fetcher.fetch(needed);
+    if (sequential && this.readAheadBytes > 0) {
+      // One ranged read per extent ahead, not one coalesced read: a store
+      // connection carries a bounded rate (S3: tens of MB/s per connection),
+      // so the window travels on parallel connections, and this read does
+      // not wait for the bytes ahead of it. Failures surface when (and if)
+      // those clusters are read.
+      for (const ex of this.readAheadExtents(c1 + 1, needed)) for (const p of this.fetcher.fetch([ex])) p.catch(() => undefined);
+    }
+    const got = await Promise.all(pending);
     for (const clusters of got) for (const [k, v] of clusters) found.set(k, v);
     this.copyOut(out, offset, c0, c1, found);
     return out;

@@ -10,7 +10,7 @@ import { UsageError } from '../errors.js';
 import { authenticatePlan, checkPlanKey } from '../restore/authenticate.js';
 import { resolveChain } from '../restore/chain.js';
 import { parentLocator, resolveRef, sourceOpener, type ArchiveContext } from '../restore/locate.js';
-import { planRestore, type ArchiveLocator } from '../restore/plan.js';
+import { planRestore, type ArchiveLocator, type PlannerArchive, type RestorePlan } from '../restore/plan.js';
 import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { ArchiveDevice } from './archive-device.js';
 import { ClusterCache } from './cluster-cache.js';
@@ -24,7 +24,7 @@ export { ExtentDamagedError, ExtentFetchError } from './errors.js';
 
 export const DEFAULT_CACHE_MEMORY_BYTES = 256 * 1024 * 1024;
 export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 * 1024 * 1024;
-export const DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_READ_AHEAD_BYTES = 32 * 1024 * 1024;
 /** Largest single ranged read (coalesced extents); an extent is at most ~4 MiB. */
 export const MAX_FETCH_BYTES = 16 * 1024 * 1024;
 
@@ -64,22 +64,43 @@ function checkBytes(n: number | undefined, what: string, fallback: number): numb
   return v;
 }
 
-export async function openArchiveExports(opts: ArchiveExportOptions): Promise<ArchiveExportSet> {
-  const memoryBytes = checkBytes(opts.cache?.memoryBytes, 'cache memory', DEFAULT_CACHE_MEMORY_BYTES);
-  const diskBytes = checkBytes(opts.cache?.diskBytes, 'disk cache size', DEFAULT_DISK_CACHE_BYTES);
-  // Read-ahead lands in the cache: more than half of it would evict itself.
-  const readAheadBytes = Math.min(checkBytes(opts.readAheadBytes, 'read-ahead', DEFAULT_READ_AHEAD_BYTES), Math.floor(memoryBytes / 2));
-  const openSource = sourceOpener(opts.context);
-  // What buildRestorePlan does, keeping the newest archive's creation time.
+/** What buildRestorePlan does, keeping the newest archive's creation time; with a key, authenticated. */
+interface OpenedPlan {
+  chain: PlannerArchive[];
+  plan: RestorePlan;
+  headerTags: (Buffer | null)[];
+}
+
+async function readPlan(opts: ArchiveExportOptions, openSource: ReturnType<typeof sourceOpener>): Promise<OpenedPlan> {
   const start = typeof opts.ref === 'string' ? await resolveRef(opts.ref, opts.context) : opts.ref;
   const chain = await resolveChain(start, { openSource, locateParent: parentLocator(opts.context) });
   const plan = planRestore(chain, opts.devices && opts.devices.length > 0 ? { devices: opts.devices } : {});
   checkPlanKey(plan, opts.key);
   // With a key nothing the index says is trusted until it authenticates (docs/security.md).
   const headerTags = opts.key ? (await authenticatePlan(plan, opts.key, openSource)).headerTags : [];
-  const devices = buildDeviceMaps(plan);
+  return { chain, plan, headerTags };
+}
+
+export async function openArchiveExports(opts: ArchiveExportOptions): Promise<ArchiveExportSet> {
+  const memoryBytes = checkBytes(opts.cache?.memoryBytes, 'cache memory', DEFAULT_CACHE_MEMORY_BYTES);
+  const diskBytes = checkBytes(opts.cache?.diskBytes, 'disk cache size', DEFAULT_DISK_CACHE_BYTES);
+  // Read-ahead lands in the cache: more than half of it would evict itself.
+  const readAheadBytes = Math.min(checkBytes(opts.readAheadBytes, 'read-ahead', DEFAULT_READ_AHEAD_BYTES), Math.floor(memoryBytes / 2));
+  const openSource = sourceOpener(opts.context);
   const ownCompressor = opts.compressor === undefined;
   const compressor = opts.compressor ?? new (await import('../codec/zstd-pool.js')).ZstdPool({});
+  // The first worker starts while the chain is read (round trips to the
+  // store), not inside the first client read that needs a decode.
+  compressor.prestart?.(1);
+  let opened: OpenedPlan;
+  try {
+    opened = await readPlan(opts, openSource);
+  } catch (err) {
+    if (ownCompressor) await compressor.close();
+    throw err;
+  }
+  const { chain, plan, headerTags } = opened;
+  const devices = buildDeviceMaps(plan);
   const diskCache = opts.cache?.dir !== undefined ? await DiskCache.open(opts.cache.dir, diskBytes) : undefined;
   const cache = new ClusterCache(memoryBytes);
   const fetcher = new ExtentFetcher({

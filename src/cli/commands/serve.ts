@@ -275,7 +275,7 @@ export function registerServeCommands(program: Command): void {
       .option('--overlay <path>', 'writable export: writes go to this local overlay file (created 0600 when absent, reused by a later serve of the same archive), never to the bucket; with several disks, an existing directory holding <NAME>.overlay per disk')
       .option('--hydrate <path>', 'while serving, copy each disk to this local file in the background (created 0600; progress on stderr); copied clusters are then read from it; with --overlay it ends as the archive plus the overlay writes; with several disks, an existing directory getting <NAME>.raw per disk')
       .option('--force', 'with --hydrate: overwrite a non-empty target file (it must still be a private regular file of yours)')
-      .option('--read-ahead <size>', 'fetched ahead of a sequential reader (default 8M, at most half of --cache-memory; 0 disables)')
+      .option('--read-ahead <size>', 'fetched ahead of a sequential reader (default 32M, at most half of --cache-memory; 0 disables)')
       .option('--json', 'print the exports (names, sizes, nbd URIs) as JSON; logs stay JSON lines on stderr'),
   ).action(async (ref: string, o: ServeFlags) => runServe(ref, o));
 }

@@ -34,6 +34,22 @@ afterEach(async () => {
 });
 
 describe('ZstdPool', () => {
+  it('prestart starts workers before any job, never more than the pool size, and they take the first jobs', async () => {
+    const p = pool({ workers: 2 });
+    expect(p.stats().workers).toBe(0);
+    p.prestart(1);
+    expect(p.stats().workers).toBe(1);
+    p.prestart(5);
+    expect(p.stats().workers).toBe(2);
+    const data = textLike(64 * 1024);
+    expect(await p.decompress(await p.compress(data), data.length)).toEqual(data);
+    expect(p.stats().workers).toBe(2);
+    const closed = pool({ workers: 2 });
+    await closed.close();
+    closed.prestart(2);
+    expect(closed.stats().workers).toBe(0);
+  });
+
   it('round-trips empty, tiny, random and compressible inputs', async () => {
     const p = pool();
     const inputs = [Buffer.alloc(0), Buffer.from('x'), randomBytes(65536), textLike(4 * 1024 * 1024), Buffer.alloc(1_000_001)];
