@@ -302,8 +302,12 @@ export class OverlayDevice implements BlockDevice {
   async mapExtents(offset: number, length: number): Promise<DeviceExtent[]> {
     checkRange(this.size, offset, length, `map ${this.path}`);
     this.handle();
+    // At most MAX_MAP_EXTENTS runs are looked at, however many the range holds: a
+    // 4 GiB block-status request over alternating clusters would otherwise build
+    // half a million runs (~100 MiB) and ask the base half a million times, per
+    // request. The answer is then shorter; the client asks again from its end.
     const runs: Array<[number, number, number]> = [];
-    this.forRuns(offset, length, (state, start, end) => void runs.push([state, start, end]));
+    this.forRuns(offset, length, (state, start, end) => runs.push([state, start, end]) < MAX_MAP_EXTENTS);
     const out: DeviceExtent[] = [];
     for (const [state, start, end] of runs) {
       if (out.length >= MAX_MAP_EXTENTS) break;
@@ -320,8 +324,8 @@ export class OverlayDevice implements BlockDevice {
 
   // ------------------------------------------------------------------ internals
 
-  /** Calls fn for each maximal run of clusters with one state, clipped to [offset, offset+length). */
-  private forRuns(offset: number, length: number, fn: (state: number, start: number, end: number) => void): void {
+  /** Calls fn for each maximal run of clusters with one state, clipped to [offset, offset+length), until fn returns false. */
+  private forRuns(offset: number, length: number, fn: (state: number, start: number, end: number) => boolean | void): void {
     const cs = this.clusterSize;
     const end = offset + length;
     let pos = offset;
@@ -331,7 +335,7 @@ export class OverlayDevice implements BlockDevice {
       const lastC = Math.floor((end - 1) / cs) + 1;
       const next = this.states.nextNot(c + 1, lastC, state);
       const runEnd = Math.min(end, next * cs);
-      fn(state, pos, runEnd);
+      if (fn(state, pos, runEnd) === false) return;
       pos = runEnd;
     }
   }
