@@ -61,11 +61,13 @@ export function postWebhook(t: WebhookTarget, body: string, userAgent: string, s
     req.on('error', (err) => finish({ ok: false, retry: true, error: describeError(err) }));
     req.on('response', (res: IncomingMessage) => {
       const status = res.statusCode ?? 0;
+      // Delivered: the body of a 2xx is not needed, and waiting for its end would let
+      // an endpoint that never ends it turn a delivery into a timeout and a duplicate retry.
+      if (status >= 200 && status < 300) return finish({ ok: true, fields: { status } });
       const chunks: Buffer[] = [];
       let kept = 0;
       const done = (): void => {
         const snippet = withoutSecrets(Buffer.concat(chunks).toString('utf8'), t).replace(/\s+/g, ' ').trim();
-        if (status >= 200 && status < 300) return finish({ ok: true, fields: { status } });
         if (status >= 300 && status < 400) {
           const where = locationOrigin(res.headers.location, t.url);
           return finish({ ok: false, retry: false, error: `HTTP ${status} redirect${where ? ` to ${where}` : ''} not followed: configure the final URL`, fields: { status } });

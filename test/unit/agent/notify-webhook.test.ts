@@ -16,6 +16,12 @@ beforeAll(async () => {
   server = createServer((req, res) => {
     req.resume();
     req.on('end', () => {
+      // A 2xx whose body never ends: the status is the answer.
+      if (req.url === '/slow-ok') {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('accepted, still thinking');
+        return;
+      }
       res.writeHead(404, { 'content-type': 'text/html' });
       // A body whose first 512 bytes (what is kept) end inside the token.
       if (req.url?.startsWith('/long/')) return res.end(`${'x'.repeat(500)}${req.headers.authorization ?? ''}`);
@@ -26,6 +32,7 @@ beforeAll(async () => {
   port = (server.address() as AddressInfo).port;
 });
 afterAll(async () => {
+  server.closeAllConnections();
   await new Promise<void>((r) => server.close(() => r()));
 });
 
@@ -43,6 +50,11 @@ describe('postWebhook', () => {
     expect(r.error).toMatch(/^HTTP 404/);
     expect(r.error).toContain('Cannot POST'); // the body is still useful
     for (const secret of ['PathSecret42', 'QuerySecret43', 'TokenSecret45', 'HeaderSecret44']) expect(r.error).not.toContain(secret);
+  });
+
+  it('a 2xx is a success at once, even when its body never ends (no timeout, no retry, no duplicate)', async () => {
+    const r = await postWebhook({ url: new URL(`http://127.0.0.1:${port}/slow-ok`), headers: {}, timeoutMs: 1_000 }, '{}', 'test', new AbortController().signal);
+    expect(r).toEqual({ ok: true, fields: { status: 200 } });
   });
 
   it('cuts a token that straddles the end of the kept part of the body', async () => {
