@@ -22,6 +22,7 @@
  * completed flush or a later one (states set after the copy in (1) wait for
  * the next flush, because their data may not be covered by (2)). Writes not
  * yet flushed may be lost or torn, as NBD allows; flushed ones never are.
+ * A failed fdatasync fails every later flush too (flushOnce says why).
  *
  * Concurrency. Every write, zero and trim holds the locks of the clusters it
  * touches (ascending order, FIFO; src/device/cluster-locks.ts). A partial
@@ -204,6 +205,8 @@ export class OverlayDevice implements BlockDevice {
   private readonly locks = new ClusterLocks();
   private flushTail: Promise<void> = Promise.resolve();
   private zeroCluster: Buffer | null = null;
+  /** The first failed fdatasync (flushOnce: why it is never retried). */
+  private syncFailure: unknown = null;
 
   private constructor(private readonly base: BlockDevice, path: string, fh: FileHandle, l: Layout, states: ClusterStates) {
     this.size = base.size;
@@ -414,12 +417,23 @@ export class OverlayDevice implements BlockDevice {
 
   private async flushOnce(): Promise<void> {
     const fh = this.handle();
+    if (this.syncFailure !== null) {
+      throw new DeviceError(`overlay ${this.path}: an earlier fdatasync failed, so writes since the last good flush may be lost; no later flush can vouch for them (reopen the overlay)`, { cause: this.syncFailure });
+    }
     const pages = this.states.takeDirty(STATE_PAGE);
+    const sync = (): Promise<void> =>
+      this.io('fdatasync', 0, () => fh.datasync()).catch((err: unknown) => {
+        // Linux marks the pages of a failed writeback clean and reports the error once:
+        // a retried fdatasync "succeeds" without the data, and the state pages written
+        // after it would call lost clusters DATA. So one failure fails every later flush.
+        this.syncFailure = err;
+        throw err;
+      });
     try {
-      await this.io('fdatasync', 0, () => fh.datasync());
+      await sync();
       if (pages.length === 0) return;
       for (const pg of pages) await this.io('write states', pg.offset, () => writeAll(fh, pg.data, HEADER_BYTES + pg.offset));
-      await this.io('fdatasync', 0, () => fh.datasync());
+      await sync();
     } catch (err) {
       this.states.markDirty(pages.map((pg) => pg.offset), STATE_PAGE);
       throw err;

@@ -158,6 +158,35 @@ describe('OverlayDevice', () => {
     await ov.close();
   });
 
+  it('after a failed fdatasync no later flush succeeds, so no state page ever vouches for data that writeback lost', async () => {
+    const init = randomBytes(16 * CS);
+    const base = new MemoryDevice(init, { readOnly: true });
+    const path = fresh();
+    const ov = await openOverlay(base, path, { clusterSize: CS });
+    await ov.write(3 * CS, Buffer.alloc(CS, 0x33));
+    const probe = await open(path, 'r');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    const origSync = proto.datasync;
+    let failures = 1;
+    // The kernel reports a writeback error once (and drops the dirty pages); the next fdatasync "succeeds".
+    proto.datasync = async function (this: unknown): Promise<void> {
+      if (failures-- > 0) throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+      return origSync.call(this);
+    };
+    try {
+      await expect(ov.flush()).rejects.toThrow(/fdatasync/);
+      await expect(ov.flush()).rejects.toThrow(/earlier fdatasync failed/);
+      await expect(ov.close()).rejects.toThrow(/earlier fdatasync failed/);
+    } finally {
+      proto.datasync = origSync;
+    }
+    // On disk the cluster is still BASE: nothing claims the data that may be gone.
+    const after = await openOverlay(base, path);
+    expect(after.clusterState(3)).toBe(BASE);
+    await after.close();
+  });
+
   it('mapExtents merges the base map with written and zeroed clusters', async () => {
     const init = Buffer.alloc(16 * CS);
     init.fill(7, 2 * CS, 6 * CS); // base: data in clusters 2..5, holes elsewhere
