@@ -20,12 +20,12 @@ beforeAll(async () => {
       if (req.url === '/slow-ok') {
         res.writeHead(200, { 'content-type': 'text/plain' });
         res.write('accepted, still thinking');
-        return;
+        return undefined;
       }
       res.writeHead(404, { 'content-type': 'text/html' });
       // A body whose first 512 bytes (what is kept) end inside the token.
       if (req.url?.startsWith('/long/')) return res.end(`${'x'.repeat(500)}${req.headers.authorization ?? ''}`);
-      res.end(`<pre>Cannot POST ${req.url}</pre> auth=${req.headers.authorization ?? ''} key=${req.headers['x-api-key'] ?? ''}`);
+      return res.end(`<pre>Cannot POST ${req.url}</pre> auth=${req.headers.authorization ?? ''} key=${req.headers['x-api-key'] ?? ''}`);
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
