@@ -59,6 +59,8 @@ const HEADER_FIELDS = 48;
 const STATE_PAGE = 4096;
 /** mapExtents stops after this many extents (the contract allows a shorter answer). */
 const MAX_MAP_EXTENTS = 16 * 1024;
+/** Clusters one write, zero or trim locks at once (modify: larger requests go a window at a time). */
+const MAX_LOCKED_CLUSTERS = 1024;
 
 export const BASE = 0;
 export const DATA = 1;
@@ -352,6 +354,21 @@ export class OverlayDevice implements BlockDevice {
   private async modify(offset: number, length: number, data: Uint8Array | null, allocate: boolean): Promise<void> {
     if (length === 0) return;
     const fh = this.handle();
+    // A window of clusters at a time: a trim or write-zeroes carries no payload and
+    // may cover 4 GiB, which in 4 KiB clusters is a million locks (~500 MiB) held at
+    // once and seconds of event loop to take them. NBD does not make a request atomic
+    // against overlapping ones; each cluster is still changed under its lock.
+    const end = offset + length;
+    for (let pos = offset; pos < end; ) {
+      const next = Math.min(end, (Math.floor(pos / this.clusterSize) + MAX_LOCKED_CLUSTERS) * this.clusterSize);
+      if (pos > offset) await new Promise<void>((r) => setImmediate(r)); // let other I/O in between windows
+      await this.modifyLocked(fh, pos, next - pos, data ? data.subarray(pos - offset, next - offset) : null, allocate);
+      pos = next;
+    }
+  }
+
+  /** modify() of at most MAX_LOCKED_CLUSTERS clusters, under their locks. */
+  private async modifyLocked(fh: FileHandle, offset: number, length: number, data: Uint8Array | null, allocate: boolean): Promise<void> {
     const first = Math.floor(offset / this.clusterSize);
     const last = Math.floor((offset + length - 1) / this.clusterSize);
     const release = await this.locks.lock(first, last);

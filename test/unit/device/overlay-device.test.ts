@@ -16,6 +16,7 @@ import { OutOfRangeError } from '../../../src/errors.js';
 import { mulberry32 } from '../../helpers/prng.js';
 import { SlowMemoryDevice } from '../../helpers/slow-device.js';
 import type { BlockDevice } from '../../../src/device/types.js';
+import { ClusterLocks } from '../../../src/device/cluster-locks.js';
 
 const CS = 4096;
 const SIZE = 64 * CS + 123; // the last cluster is partial
@@ -208,19 +209,25 @@ describe('OverlayDevice', () => {
   });
 });
 
+/** A read-only 1 TiB base of zeroes that costs no memory. */
+function hugeBase(): BlockDevice {
+  return {
+    size: 2 ** 40,
+    readOnly: true,
+    read: async (_o, l) => Buffer.alloc(l),
+    write: () => Promise.reject(new Error('read-only')),
+    writeZeroes: () => Promise.reject(new Error('read-only')),
+    trim: () => Promise.reject(new Error('read-only')),
+    flush: async () => undefined,
+    close: async () => undefined,
+  };
+}
+
 describe('OverlayDevice allocation map of a huge, fragmented range', () => {
   it('looks at a bounded number of runs per call, whatever the request length (1 TiB base, 4 GiB request)', async () => {
-    const size = 2 ** 40;
     let baseMaps = 0;
     const base: BlockDevice = {
-      size,
-      readOnly: true,
-      read: async (_o, l) => Buffer.alloc(l),
-      write: () => Promise.reject(new Error('read-only')),
-      writeZeroes: () => Promise.reject(new Error('read-only')),
-      trim: () => Promise.reject(new Error('read-only')),
-      flush: async () => undefined,
-      close: async () => undefined,
+      ...hugeBase(),
       mapExtents: async (_o, l) => {
         baseMaps++;
         return [{ length: l, hole: true, zero: true }];
@@ -238,6 +245,40 @@ describe('OverlayDevice allocation map of a huge, fragmented range', () => {
     expect(covered).toBeGreaterThan(0);
     expect(covered).toBeLessThanOrEqual(len);
     expect(map.every((e) => e.hole && e.zero)).toBe(true);
+    await ov.close();
+  }, 60_000);
+});
+
+describe('OverlayDevice under a huge payload-less request', () => {
+  it('a 4 GiB trim in 4 KiB clusters holds a bounded number of cluster locks and lets timers run meanwhile', async () => {
+    const base = hugeBase();
+    const ov = await openOverlay(base, fresh(), { clusterSize: CS });
+    const proto = ClusterLocks.prototype as unknown as { lock: (a: number, b: number) => Promise<() => void> };
+    const orig = proto.lock;
+    let widest = 0;
+    proto.lock = function (this: ClusterLocks, a: number, b: number): Promise<() => void> {
+      widest = Math.max(widest, b - a + 1);
+      return orig.call(this, a, b);
+    };
+    let trimDone = false;
+    let timerSawTrimRunning: boolean | null = null;
+    const timer = setTimeout(() => (timerSawTrimRunning = !trimDone), 0);
+    try {
+      const len = 2 ** 32 - CS;
+      await ov.trim(CS + 100, len);
+      trimDone = true;
+    } finally {
+      proto.lock = orig;
+      clearTimeout(timer);
+    }
+    expect(widest).toBeLessThanOrEqual(1024);
+    expect(timerSawTrimRunning).toBe(true);
+    // The trim did its work: whole clusters are ZERO, the partial ends were read-modify-written.
+    expect(ov.clusterState(1)).toBe(DATA);
+    expect(ov.clusterState(2)).toBe(ZERO);
+    expect(ov.clusterState(2 ** 20 - 1)).toBe(ZERO);
+    expect(ov.clusterState(2 ** 20)).toBe(DATA);
+    expect(ov.clusterState(2 ** 20 + 1)).toBe(BASE);
     await ov.close();
   }, 60_000);
 });
