@@ -16,7 +16,7 @@ import { OutOfRangeError } from '../../../src/errors.js';
 import { mulberry32 } from '../../helpers/prng.js';
 import { SlowMemoryDevice } from '../../helpers/slow-device.js';
 import type { BlockDevice } from '../../../src/device/types.js';
-import { ClusterLocks } from '../../../src/device/cluster-locks.js';
+import { widestLockDuring } from '../../helpers/lock-width.js';
 
 const CS = 4096;
 const SIZE = 64 * CS + 123; // the last cluster is partial
@@ -253,24 +253,14 @@ describe('OverlayDevice under a huge payload-less request', () => {
   it('a 4 GiB trim in 4 KiB clusters holds a bounded number of cluster locks and lets timers run meanwhile', async () => {
     const base = hugeBase();
     const ov = await openOverlay(base, fresh(), { clusterSize: CS });
-    const proto = ClusterLocks.prototype as unknown as { lock: (a: number, b: number) => Promise<() => void> };
-    const orig = proto.lock;
-    let widest = 0;
-    proto.lock = function (this: ClusterLocks, a: number, b: number): Promise<() => void> {
-      widest = Math.max(widest, b - a + 1);
-      return orig.call(this, a, b);
-    };
     let trimDone = false;
     let timerSawTrimRunning: boolean | null = null;
     const timer = setTimeout(() => (timerSawTrimRunning = !trimDone), 0);
-    try {
-      const len = 2 ** 32 - CS;
-      await ov.trim(CS + 100, len);
+    const widest = await widestLockDuring(async () => {
+      await ov.trim(CS + 100, 2 ** 32 - CS);
       trimDone = true;
-    } finally {
-      proto.lock = orig;
-      clearTimeout(timer);
-    }
+    });
+    clearTimeout(timer);
     expect(widest).toBeLessThanOrEqual(1024);
     expect(timerSawTrimRunning).toBe(true);
     // The trim did its work: whole clusters are ZERO, the partial ends were read-modify-written.
