@@ -3,7 +3,7 @@ import { mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ConflictError, CowstreamError, NotFoundError } from '../errors.js';
 import { listenPrivateSocket } from '../nbd/unix-socket.js';
-import { MethodNotAllowedError, readJsonBody, sendError, sendJson, sendText } from './http-util.js';
+import { MethodNotAllowedError, readJsonBody, requestUrl, sendError, sendJson, sendText } from './http-util.js';
 import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
 
@@ -80,17 +80,18 @@ export class ControlServer {
     };
 
     const server = createServer((req, res) => {
-      const url = new URL(req.url ?? '/', 'http://agent');
-      const route = routes[url.pathname.replace(/\/+$/, '') || '/'];
+      let path = '?';
       const method = req.method ?? 'GET';
       const run = async (): Promise<void> => {
-        if (!route) throw new NotFoundError(`unknown route ${url.pathname}`);
+        path = requestUrl(req).pathname;
+        const route = routes[path.replace(/\/+$/, '') || '/'];
+        if (!route) throw new NotFoundError(`unknown route ${path}`);
         const h = route[method];
-        if (!h) throw new MethodNotAllowedError(method, url.pathname, Object.keys(route));
+        if (!h) throw new MethodNotAllowedError(method, path, Object.keys(route));
         await h(req, res);
       };
       run().catch((err: unknown) => {
-        if (!(err instanceof CowstreamError) || err instanceof ConflictError) log.debug('control request failed', { method, path: url.pathname, error: String(err) });
+        if (!(err instanceof CowstreamError) || err instanceof ConflictError) log.debug('control request failed', { method, path, error: String(err) });
         if (!res.headersSent) sendError(res, err);
         else res.destroy(err as Error);
       });
