@@ -17,6 +17,7 @@ import { mulberry32 } from '../../helpers/prng.js';
 import { SlowMemoryDevice } from '../../helpers/slow-device.js';
 import type { BlockDevice } from '../../../src/device/types.js';
 import { widestLockDuring } from '../../helpers/lock-width.js';
+import { zeroDevice } from '../../helpers/zero-device.js';
 
 const CS = 4096;
 const SIZE = 64 * CS + 123; // the last cluster is partial
@@ -210,18 +211,7 @@ describe('OverlayDevice', () => {
 });
 
 /** A read-only 1 TiB base of zeroes that costs no memory. */
-function hugeBase(): BlockDevice {
-  return {
-    size: 2 ** 40,
-    readOnly: true,
-    read: async (_o, l) => Buffer.alloc(l),
-    write: () => Promise.reject(new Error('read-only')),
-    writeZeroes: () => Promise.reject(new Error('read-only')),
-    trim: () => Promise.reject(new Error('read-only')),
-    flush: async () => undefined,
-    close: async () => undefined,
-  };
-}
+const hugeBase = (): BlockDevice => zeroDevice(2 ** 40);
 
 describe('OverlayDevice allocation map of a huge, fragmented range', () => {
   it('looks at a bounded number of runs per call, whatever the request length (1 TiB base, 4 GiB request)', async () => {
