@@ -45,6 +45,9 @@ export async function startMetricsListener(
   server.maxConnections = MAX_CONNECTIONS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.headersTimeout = REQUEST_TIMEOUT_MS;
+  // requestTimeout and headersTimeout start with a request's first byte: without an
+  // idle timeout, MAX_CONNECTIONS connections that never send one shut the scraper out for good.
+  server.timeout = REQUEST_TIMEOUT_MS;
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -68,4 +68,22 @@ describe('a malformed request target', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('(metrics listener) connections that never send a byte are closed, so they cannot hold every slot for good', async () => {
+    const l = await startMetricsListener({ host: '127.0.0.1', port: 0 }, render, quiet);
+    try {
+      // Every slot (16) held by a silent connection; the server must drop them and serve a scrape.
+      const idle = Array.from({ length: 16 }, () => connect(l.address.port, '127.0.0.1'));
+      const closed = idle.map((s) => new Promise<void>((r) => s.on('close', () => r())));
+      for (const s of idle) s.on('error', () => undefined);
+      const t0 = Date.now();
+      await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 20_000))]);
+      expect(idle.every((s) => s.destroyed)).toBe(true);
+      expect(Date.now() - t0).toBeLessThan(20_000);
+      expect(await raw(() => connect(l.address.port, '127.0.0.1'), GOOD)).toMatch(/^HTTP\/1\.1 200 /);
+      for (const s of idle) s.destroy();
+    } finally {
+      await l.close();
+    }
+  }, 30_000);
 });
