@@ -3,7 +3,7 @@ import { mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ConflictError, CowstreamError, NotFoundError } from '../errors.js';
 import { listenPrivateSocket } from '../nbd/unix-socket.js';
-import { MethodNotAllowedError, readJsonBody, sendError, sendJson, sendText } from './http-util.js';
+import { MethodNotAllowedError, readJsonBody, requestUrl, sendError, sendJson, sendText } from './http-util.js';
 import { parseBackupRequest, type BackupRequest, type BackupStatus, type DiskStatus } from './backup-request.js';
 import type { Logger } from './log.js';
 import { parseExportRequest, type ArchiveExports } from './archive-exports.js';
@@ -106,24 +106,25 @@ export class ControlServer {
 
     const patterns = extra.exports ? exportRoutes(extra.exports) : [];
     const server = createServer((req, res) => {
-      const url = new URL(req.url ?? '/', 'http://agent');
-      const path = url.pathname.replace(/\/+$/, '') || '/';
-      let route: Record<string, ParamHandler> | undefined = routes[path];
-      let params: string[] = [];
-      for (const [re, r] of route ? [] : patterns) {
-        const m = re.exec(path);
-        if (m) [route, params] = [r, m.slice(1)];
-        if (m) break;
-      }
+      let path = '?';
       const method = req.method ?? 'GET';
       const run = async (): Promise<void> => {
-        if (!route) throw new NotFoundError(`unknown route ${url.pathname}`);
+        path = requestUrl(req).pathname;
+        const key = path.replace(/\/+$/, '') || '/';
+        let route: Record<string, ParamHandler> | undefined = routes[key];
+        let params: string[] = [];
+        for (const [re, r] of route ? [] : patterns) {
+          const m = re.exec(key);
+          if (m) [route, params] = [r, m.slice(1)];
+          if (m) break;
+        }
+        if (!route) throw new NotFoundError(`unknown route ${path}`);
         const h = route[method];
-        if (!h) throw new MethodNotAllowedError(method, url.pathname, Object.keys(route));
+        if (!h) throw new MethodNotAllowedError(method, path, Object.keys(route));
         await h(req, res, params);
       };
       run().catch((err: unknown) => {
-        if (!(err instanceof CowstreamError) || err instanceof ConflictError) log.debug('control request failed', { method, path: url.pathname, error: String(err) });
+        if (!(err instanceof CowstreamError) || err instanceof ConflictError) log.debug('control request failed', { method, path, error: String(err) });
         if (!res.headersSent) sendError(res, err);
         else res.destroy(err as Error);
       });

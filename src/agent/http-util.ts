@@ -41,6 +41,19 @@ export function parseRequestBody<T>(schema: z.ZodType<T>, body: unknown, what: s
   return r.data;
 }
 
+/**
+ * The request target as a URL. Node's parser lets through targets that URL
+ * rejects ("GET http://[ HTTP/1.1"), and a throw in a request listener is an
+ * uncaught exception that ends the agent: this one is a UsageError (400).
+ */
+export function requestUrl(req: IncomingMessage): URL {
+  try {
+    return new URL(req.url ?? '/', 'http://agent');
+  } catch (err) {
+    throw new UsageError(`malformed request target ${JSON.stringify((req.url ?? '').slice(0, 100))}`, { cause: err });
+  }
+}
+
 /** An error status for any thrown value: the error hierarchy maps onto HTTP codes. */
 export function statusForError(err: unknown): number {
   if (err instanceof MethodNotAllowedError) return 405;

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ConfigError, NotFoundError } from '../errors.js';
 import { metricsHandler, type ControlExtras } from './control-server.js';
-import { MethodNotAllowedError, sendError } from './http-util.js';
+import { MethodNotAllowedError, requestUrl, sendError } from './http-util.js';
 import type { Logger } from './log.js';
 
 /**
@@ -29,8 +29,9 @@ export async function startMetricsListener(
 ): Promise<MetricsListener> {
   const handler = metricsHandler(render);
   const server: Server = createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://agent').pathname;
+    let path = '?';
     const run = async (): Promise<void> => {
+      path = requestUrl(req).pathname;
       if (path !== '/metrics') throw new NotFoundError(`unknown route ${path} (only GET /metrics is served here)`);
       if (req.method !== 'GET') throw new MethodNotAllowedError(req.method ?? '?', path, ['GET']);
       await handler(req, res);
@@ -44,6 +45,9 @@ export async function startMetricsListener(
   server.maxConnections = MAX_CONNECTIONS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.headersTimeout = REQUEST_TIMEOUT_MS;
+  // requestTimeout and headersTimeout start with a request's first byte: without an
+  // idle timeout, MAX_CONNECTIONS connections that never send one shut the scraper out for good.
+  server.timeout = REQUEST_TIMEOUT_MS;
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

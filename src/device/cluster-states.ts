@@ -19,13 +19,15 @@ export class ClusterStates {
     return Math.ceil(count / 4);
   }
 
+  // Index arithmetic in doubles, not `c >>> 2` / `c & 3`: those cut c to 32 bits,
+  // and a 16 TiB disk in 4 KiB clusters already has 2^32 of them.
   get(c: number): number {
-    return (this.bytes[c >>> 2]! >>> ((c & 3) * 2)) & 3;
+    return (this.bytes[Math.floor(c / 4)]! >>> ((c % 4) * 2)) & 3;
   }
 
   set(c: number, v: number, pageBytes = 4096): void {
-    const i = c >>> 2;
-    const shift = (c & 3) * 2;
+    const i = Math.floor(c / 4);
+    const shift = (c % 4) * 2;
     const old = this.bytes[i]!;
     const next = (old & ~(3 << shift)) | ((v & 3) << shift);
     if (next === old) return;

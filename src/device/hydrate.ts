@@ -9,7 +9,8 @@
  * copied) or COPIED.
  *  - A copy of cluster c holds c's lock from reading the source to marking
  *    it COPIED.
- *  - A write through `device` holds the locks of its clusters: it marks the
+ *  - A write through `device` holds the locks of its clusters (a window of
+ *    them at a time, for a huge trim or write-zeroes): it marks the
  *    NOT_COPIED ones WRITTEN, writes the source, then writes the same bytes to
  *    the target for the clusters already COPIED.
  * So a write and the copy of the same cluster never overlap: either the copy
@@ -50,6 +51,8 @@ export const DEFAULT_HYDRATE_CONCURRENCY = 4;
 const MAP_WINDOW_CLUSTERS = 256;
 /** At most this many read clusters wait to be copied ahead of the scan; more are left to the scan. */
 const MAX_URGENT = 1024;
+/** Clusters one write, zero or trim locks at once (modify: larger requests go a window at a time). */
+const MAX_LOCKED_CLUSTERS = 1024;
 
 const NOT_COPIED = 0;
 const COPIED = 1;
@@ -321,9 +324,9 @@ class HydrationRun {
       size: this.size,
       readOnly: this.source.readOnly,
       read: (offset, length) => this.read(offset, length),
-      write: (offset, data, o) => this.modify(offset, data.length, (fh, s, e) => writeAll(fh, data.subarray(s - offset, e - offset), s), () => this.source.write(offset, data, o)),
-      writeZeroes: (offset, length, o) => this.modify(offset, length, (fh, s, e) => this.zeroFill(fh, s, e), () => this.source.writeZeroes(offset, length, o)),
-      trim: (offset, length) => this.modify(offset, length, (fh, s, e) => this.zeroFill(fh, s, e), () => this.source.trim(offset, length)),
+      write: (offset, data, o) => this.modify(offset, data.length, (fh, s, e) => writeAll(fh, data.subarray(s - offset, e - offset), s), (s, e) => this.source.write(s, data.subarray(s - offset, e - offset), o)),
+      writeZeroes: (offset, length, o) => this.modify(offset, length, (fh, s, e) => this.zeroFill(fh, s, e), (s, e) => this.source.writeZeroes(s, e - s, o)),
+      trim: (offset, length) => this.modify(offset, length, (fh, s, e) => this.zeroFill(fh, s, e), (s, e) => this.source.trim(s, e - s)),
       flush: () => this.flush(),
       close: () => this.close(),
     };
@@ -373,17 +376,35 @@ class HydrationRun {
   /**
    * A write-like change: under the cluster locks, clusters not yet copied
    * become WRITTEN, the source is changed, then `toTarget` repeats the change
-   * on the target for the clusters already COPIED.
+   * on the target for the clusters already COPIED. A window of
+   * MAX_LOCKED_CLUSTERS clusters at a time: a payload-less trim may cover
+   * 4 GiB, a million 4 KiB clusters whose locks would all be held at once.
    */
   private async modify(
     offset: number,
     length: number,
     toTarget: (fh: FileHandle, start: number, end: number) => Promise<void>,
-    toSource: () => Promise<void>,
+    toSource: (start: number, end: number) => Promise<void>,
   ): Promise<void> {
     checkRange(this.size, offset, length, `write ${this.target}`);
     if (this.closed) throw new DeviceClosedError(`hydration device ${this.target} is closed`);
-    if (length === 0) return toSource();
+    if (length === 0) return toSource(offset, offset);
+    const end = offset + length;
+    for (let pos = offset; pos < end; ) {
+      const next = Math.min(end, (Math.floor(pos / this.cs) + MAX_LOCKED_CLUSTERS) * this.cs);
+      if (pos > offset) await new Promise<void>((r) => setImmediate(r)); // let other I/O in between windows
+      await this.modifyLocked(pos, next - pos, toTarget, () => toSource(pos, next));
+      pos = next;
+    }
+  }
+
+  /** modify() of at most MAX_LOCKED_CLUSTERS clusters. */
+  private async modifyLocked(
+    offset: number,
+    length: number,
+    toTarget: (fh: FileHandle, start: number, end: number) => Promise<void>,
+    toSource: () => Promise<void>,
+  ): Promise<void> {
     const first = Math.floor(offset / this.cs);
     const last = Math.floor((offset + length - 1) / this.cs);
     const release = await this.locks.lock(first, last);

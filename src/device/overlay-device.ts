@@ -22,6 +22,7 @@
  * completed flush or a later one (states set after the copy in (1) wait for
  * the next flush, because their data may not be covered by (2)). Writes not
  * yet flushed may be lost or torn, as NBD allows; flushed ones never are.
+ * A failed fdatasync fails every later flush too (flushOnce says why).
  *
  * Concurrency. Every write, zero and trim holds the locks of the clusters it
  * touches (ascending order, FIFO; src/device/cluster-locks.ts). A partial
@@ -58,6 +59,8 @@ const HEADER_FIELDS = 48;
 const STATE_PAGE = 4096;
 /** mapExtents stops after this many extents (the contract allows a shorter answer). */
 const MAX_MAP_EXTENTS = 16 * 1024;
+/** Clusters one write, zero or trim locks at once (modify: larger requests go a window at a time). */
+const MAX_LOCKED_CLUSTERS = 1024;
 
 export const BASE = 0;
 export const DATA = 1;
@@ -204,6 +207,8 @@ export class OverlayDevice implements BlockDevice {
   private readonly locks = new ClusterLocks();
   private flushTail: Promise<void> = Promise.resolve();
   private zeroCluster: Buffer | null = null;
+  /** The first failed fdatasync (flushOnce: why it is never retried). */
+  private syncFailure: unknown = null;
 
   private constructor(private readonly base: BlockDevice, path: string, fh: FileHandle, l: Layout, states: ClusterStates) {
     this.size = base.size;
@@ -302,8 +307,12 @@ export class OverlayDevice implements BlockDevice {
   async mapExtents(offset: number, length: number): Promise<DeviceExtent[]> {
     checkRange(this.size, offset, length, `map ${this.path}`);
     this.handle();
+    // At most MAX_MAP_EXTENTS runs are looked at, however many the range holds: a
+    // 4 GiB block-status request over alternating clusters would otherwise build
+    // half a million runs (~100 MiB) and ask the base half a million times, per
+    // request. The answer is then shorter; the client asks again from its end.
     const runs: Array<[number, number, number]> = [];
-    this.forRuns(offset, length, (state, start, end) => void runs.push([state, start, end]));
+    this.forRuns(offset, length, (state, start, end) => runs.push([state, start, end]) < MAX_MAP_EXTENTS);
     const out: DeviceExtent[] = [];
     for (const [state, start, end] of runs) {
       if (out.length >= MAX_MAP_EXTENTS) break;
@@ -320,8 +329,8 @@ export class OverlayDevice implements BlockDevice {
 
   // ------------------------------------------------------------------ internals
 
-  /** Calls fn for each maximal run of clusters with one state, clipped to [offset, offset+length). */
-  private forRuns(offset: number, length: number, fn: (state: number, start: number, end: number) => void): void {
+  /** Calls fn for each maximal run of clusters with one state, clipped to [offset, offset+length), until fn returns false. */
+  private forRuns(offset: number, length: number, fn: (state: number, start: number, end: number) => boolean | void): void {
     const cs = this.clusterSize;
     const end = offset + length;
     let pos = offset;
@@ -331,7 +340,7 @@ export class OverlayDevice implements BlockDevice {
       const lastC = Math.floor((end - 1) / cs) + 1;
       const next = this.states.nextNot(c + 1, lastC, state);
       const runEnd = Math.min(end, next * cs);
-      fn(state, pos, runEnd);
+      if (fn(state, pos, runEnd) === false) return;
       pos = runEnd;
     }
   }
@@ -345,6 +354,21 @@ export class OverlayDevice implements BlockDevice {
   private async modify(offset: number, length: number, data: Uint8Array | null, allocate: boolean): Promise<void> {
     if (length === 0) return;
     const fh = this.handle();
+    // A window of clusters at a time: a trim or write-zeroes carries no payload and
+    // may cover 4 GiB, which in 4 KiB clusters is a million locks (~500 MiB) held at
+    // once and seconds of event loop to take them. NBD does not make a request atomic
+    // against overlapping ones; each cluster is still changed under its lock.
+    const end = offset + length;
+    for (let pos = offset; pos < end; ) {
+      const next = Math.min(end, (Math.floor(pos / this.clusterSize) + MAX_LOCKED_CLUSTERS) * this.clusterSize);
+      if (pos > offset) await new Promise<void>((r) => setImmediate(r)); // let other I/O in between windows
+      await this.modifyLocked(fh, pos, next - pos, data ? data.subarray(pos - offset, next - offset) : null, allocate);
+      pos = next;
+    }
+  }
+
+  /** modify() of at most MAX_LOCKED_CLUSTERS clusters, under their locks. */
+  private async modifyLocked(fh: FileHandle, offset: number, length: number, data: Uint8Array | null, allocate: boolean): Promise<void> {
     const first = Math.floor(offset / this.clusterSize);
     const last = Math.floor((offset + length - 1) / this.clusterSize);
     const release = await this.locks.lock(first, last);
@@ -410,12 +434,23 @@ export class OverlayDevice implements BlockDevice {
 
   private async flushOnce(): Promise<void> {
     const fh = this.handle();
+    if (this.syncFailure !== null) {
+      throw new DeviceError(`overlay ${this.path}: an earlier fdatasync failed, so writes since the last good flush may be lost; no later flush can vouch for them (reopen the overlay)`, { cause: this.syncFailure });
+    }
     const pages = this.states.takeDirty(STATE_PAGE);
+    const sync = (): Promise<void> =>
+      this.io('fdatasync', 0, () => fh.datasync()).catch((err: unknown) => {
+        // Linux marks the pages of a failed writeback clean and reports the error once:
+        // a retried fdatasync "succeeds" without the data, and the state pages written
+        // after it would call lost clusters DATA. So one failure fails every later flush.
+        this.syncFailure = err;
+        throw err;
+      });
     try {
-      await this.io('fdatasync', 0, () => fh.datasync());
+      await sync();
       if (pages.length === 0) return;
       for (const pg of pages) await this.io('write states', pg.offset, () => writeAll(fh, pg.data, HEADER_BYTES + pg.offset));
-      await this.io('fdatasync', 0, () => fh.datasync());
+      await sync();
     } catch (err) {
       this.states.markDirty(pages.map((pg) => pg.offset), STATE_PAGE);
       throw err;

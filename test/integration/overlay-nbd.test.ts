@@ -17,6 +17,7 @@ import type { BlockDevice } from '../../src/device/types.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import type { NbdExport } from '../../src/nbd/types.js';
 import { CaptureLogger, qemuIo, runTool } from '../helpers/nbd-tools.js';
+import { zeroDevice } from '../helpers/zero-device.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 8 * MiB;
@@ -102,6 +103,33 @@ describe('overlay and hydration over NBD', () => {
     await ov.close();
     expect(sha(base.contents())).toBe(baseSum);
   });
+
+  it('nbdinfo --map of an overlay fragmented past one reply (40,960 runs) asks again and gets the whole, exact map', async () => {
+    const CS = 4096;
+    const holes = zeroDevice(1024 * MiB, true);
+    const ov = await openOverlay(holes, join(dir, 'fragmented.overlay'), { clusterSize: CS });
+    const written = 20_480; // every other 4 KiB cluster of the first 160 MiB
+    const data = Buffer.alloc(CS, 0x5a);
+    for (let i = 0; i < written; i += 512) await Promise.all(Array.from({ length: 512 }, (_, k) => ov.write(2 * (i + k) * CS, data)));
+    const server = await serve(ov);
+    try {
+      const map = await runTool('nbdinfo', ['--map', '--json', uri()]);
+      expect(map.code, map.stderr).toBe(0);
+      const runs = JSON.parse(map.stdout) as Array<{ offset: number; length: number; type: number }>;
+      expect(runs.length).toBe(2 * written);
+      let pos = 0;
+      for (const [i, r] of runs.entries()) {
+        expect(r.offset).toBe(pos);
+        if (i < runs.length - 1) expect([r.length, r.type]).toEqual([CS, i % 2 === 0 ? 0 : 3]);
+        pos += r.length;
+      }
+      expect(pos).toBe(holes.size);
+      expect(runs.at(-1)!.type).toBe(3);
+    } finally {
+      await server.close();
+      await ov.close();
+    }
+  }, 120_000);
 
   it('hydrating an overlay while qemu-io writes ends byte-identical to the export', async () => {
     const ov = await openOverlay(base, join(dir, 'hydrate.overlay'));

@@ -13,6 +13,8 @@ import { HydrationCancelledError, startHydration } from '../../../src/device/hyd
 import { openOverlay } from '../../../src/device/overlay-device.js';
 import { mulberry32 } from '../../helpers/prng.js';
 import { SlowMemoryDevice } from '../../helpers/slow-device.js';
+import { widestLockDuring } from '../../helpers/lock-width.js';
+import type { BlockDevice } from '../../../src/device/types.js';
 
 const CS = 4096;
 
@@ -317,4 +319,35 @@ describe('startHydration refuses unsafe targets', () => {
     expect(() => startHydration(source, fresh(), { clusterSize: 1000 })).toThrow(/power of two/);
     expect(() => startHydration(source, fresh(), { concurrency: 0 })).toThrow(/concurrency/);
   });
+});
+
+describe('startHydration under a huge payload-less request', () => {
+  it('a 4 GiB trim in 4 KiB clusters holds a bounded number of cluster locks and still reaches the source whole', async () => {
+    const trims: Array<[number, number]> = [];
+    const source: BlockDevice = {
+      size: 2 ** 33,
+      readOnly: false,
+      read: async (_o, l) => Buffer.alloc(l),
+      write: async () => undefined,
+      writeZeroes: async () => undefined,
+      trim: async (o, l) => void trims.push([o, l]),
+      flush: async () => undefined,
+      close: async () => undefined,
+      mapExtents: async (_o, l) => [{ length: l, hole: true, zero: true }],
+    };
+    const h = startHydration(source, fresh(), { clusterSize: CS, concurrency: 1 });
+    const start = CS + 100;
+    const len = 2 ** 32 - CS;
+    const widest = await widestLockDuring(() => h.device.trim(start, len));
+    expect(widest).toBeLessThanOrEqual(1024);
+    // The source got the whole range, in order and without gaps.
+    let pos = start;
+    for (const [o, l] of trims) {
+      expect(o).toBe(pos);
+      pos += l;
+    }
+    expect(pos).toBe(start + len);
+    await h.device.close();
+    await h.done.catch(() => undefined);
+  }, 60_000);
 });

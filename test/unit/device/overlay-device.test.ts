@@ -15,6 +15,9 @@ import { BASE, DATA, ZERO, openOverlay, type OverlayDevice } from '../../../src/
 import { OutOfRangeError } from '../../../src/errors.js';
 import { mulberry32 } from '../../helpers/prng.js';
 import { SlowMemoryDevice } from '../../helpers/slow-device.js';
+import type { BlockDevice } from '../../../src/device/types.js';
+import { widestLockDuring } from '../../helpers/lock-width.js';
+import { zeroDevice } from '../../helpers/zero-device.js';
 
 const CS = 4096;
 const SIZE = 64 * CS + 123; // the last cluster is partial
@@ -157,6 +160,35 @@ describe('OverlayDevice', () => {
     await ov.close();
   });
 
+  it('after a failed fdatasync no later flush succeeds, so no state page ever vouches for data that writeback lost', async () => {
+    const init = randomBytes(16 * CS);
+    const base = new MemoryDevice(init, { readOnly: true });
+    const path = fresh();
+    const ov = await openOverlay(base, path, { clusterSize: CS });
+    await ov.write(3 * CS, Buffer.alloc(CS, 0x33));
+    const probe = await open(path, 'r');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    const origSync = proto.datasync;
+    let failures = 1;
+    // The kernel reports a writeback error once (and drops the dirty pages); the next fdatasync "succeeds".
+    proto.datasync = async function (this: unknown): Promise<void> {
+      if (failures-- > 0) throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+      return origSync.call(this);
+    };
+    try {
+      await expect(ov.flush()).rejects.toThrow(/fdatasync/);
+      await expect(ov.flush()).rejects.toThrow(/earlier fdatasync failed/);
+      await expect(ov.close()).rejects.toThrow(/earlier fdatasync failed/);
+    } finally {
+      proto.datasync = origSync;
+    }
+    // On disk the cluster is still BASE: nothing claims the data that may be gone.
+    const after = await openOverlay(base, path);
+    expect(after.clusterState(3)).toBe(BASE);
+    await after.close();
+  });
+
   it('mapExtents merges the base map with written and zeroed clusters', async () => {
     const init = Buffer.alloc(16 * CS);
     init.fill(7, 2 * CS, 6 * CS); // base: data in clusters 2..5, holes elsewhere
@@ -176,6 +208,59 @@ describe('OverlayDevice', () => {
     expect(await ov.mapExtents(CS + 100, 200)).toEqual([{ length: 200, hole: true, zero: true }]);
     await ov.close();
   });
+});
+
+/** A read-only 1 TiB base of zeroes that costs no memory. */
+const hugeBase = (): BlockDevice => zeroDevice(2 ** 40);
+
+describe('OverlayDevice allocation map of a huge, fragmented range', () => {
+  it('looks at a bounded number of runs per call, whatever the request length (1 TiB base, 4 GiB request)', async () => {
+    let baseMaps = 0;
+    const base: BlockDevice = {
+      ...hugeBase(),
+      mapExtents: async (_o, l) => {
+        baseMaps++;
+        return [{ length: l, hole: true, zero: true }];
+      },
+    };
+    const ov = await openOverlay(base, fresh(), { clusterSize: CS });
+    // Every other cluster trimmed (ZERO) between base holes: 40,000 runs that all merge into one hole.
+    const runs = 40_000;
+    await Promise.all(Array.from({ length: runs / 2 }, (_, i) => ov.trim(2 * i * CS, CS)));
+    const len = 2 ** 32 - CS; // the largest NBD request a block-status may cover
+    const map = await ov.mapExtents(0, len);
+    expect(baseMaps).toBeLessThanOrEqual(16 * 1024);
+    // A shorter answer is allowed; what it says must be right and contiguous from the offset.
+    const covered = map.reduce((a, e) => a + e.length, 0);
+    expect(covered).toBeGreaterThan(0);
+    expect(covered).toBeLessThanOrEqual(len);
+    expect(map.every((e) => e.hole && e.zero)).toBe(true);
+    await ov.close();
+  }, 60_000);
+});
+
+describe('OverlayDevice under a huge payload-less request', () => {
+  it('a 4 GiB trim in 4 KiB clusters holds a bounded number of cluster locks and lets timers run meanwhile', async () => {
+    const base = hugeBase();
+    const ov = await openOverlay(base, fresh(), { clusterSize: CS });
+    let trimDone = false;
+    let timerSawTrimRunning: boolean | null = null;
+    const timer = setTimeout(() => (timerSawTrimRunning = !trimDone), 0);
+    const widest = await widestLockDuring(async () => {
+      await ov.trim(CS + 100, 2 ** 32 - CS);
+      trimDone = true;
+    });
+    clearTimeout(timer);
+    expect(widest).toBeLessThanOrEqual(1024);
+    expect(timerSawTrimRunning).toBe(true);
+    // The trim did its work: whole clusters are ZERO, the partial ends were read-modify-written.
+    expect(ov.clusterState(1)).toBe(DATA);
+    expect(ov.clusterState(2)).toBe(ZERO);
+    expect(ov.clusterState(2 ** 20 - 1)).toBe(ZERO);
+    expect(ov.clusterState(2 ** 20)).toBe(DATA);
+    expect(ov.clusterState(2 ** 20 + 1)).toBe(BASE);
+    await ov.close();
+  }, 60_000);
 });
 
 describe('OverlayDevice refuses files that are not safely its own', () => {
