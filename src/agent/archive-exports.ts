@@ -106,6 +106,7 @@ export class RevocableDevice implements BlockDevice {
   private inflight = 0;
   private idle: Array<() => void> = [];
   readonly mapExtents?: (offset: number, length: number) => Promise<DeviceExtent[]>;
+  readonly readShared?: (offset: number, length: number) => Promise<Buffer>;
 
   constructor(
     private readonly inner: BlockDevice,
@@ -114,6 +115,8 @@ export class RevocableDevice implements BlockDevice {
     const map = inner.mapExtents;
     // Block status follows the device: without a map the server reports everything allocated.
     if (map) this.mapExtents = (o, l) => this.run(() => map.call(inner, o, l));
+    const shared = inner.readShared;
+    if (shared) this.readShared = (o, l) => this.run(() => shared.call(inner, o, l));
   }
 
   get size(): number {

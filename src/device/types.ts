@@ -21,6 +21,13 @@ export interface BlockDevice {
   readonly size: number;
   readonly readOnly: boolean;
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Optional read() whose result may be a view of memory the device keeps
+   * (a cache): the caller must not change it, nor hand it to anything that
+   * may (a transfer to a worker, a buffer pool). For callers that only send
+   * the bytes on.
+   */
+  readShared?(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Uint8Array, opts?: { fua?: boolean }): Promise<void>;
   /** Writes zeroes; may punch a hole. */
   writeZeroes(offset: number, length: number, opts?: { fua?: boolean; mayTrim?: boolean }): Promise<void>;

@@ -540,7 +540,9 @@ export class NbdConnection {
   private async doRead(req: NbdRequest, off: number, len: number): Promise<void> {
     let data: Buffer;
     try {
-      data = len > 0 ? await (this.exp as NbdExport).device.read(off, len) : Buffer.alloc(0);
+      const dev = (this.exp as NbdExport).device;
+      // The reply is only sent: a device's shared view saves a copy per read.
+      data = len > 0 ? await (dev.readShared ? dev.readShared(off, len) : dev.read(off, len)) : Buffer.alloc(0);
       if (data.length !== len) throw new NbdProtocolError(`device returned ${data.length} of ${len} bytes`);
     } catch (err) {
       this.deviceFailed(req, err, 'read');

@@ -11,9 +11,9 @@ import { DeviceClosedError, ReadOnlyDeviceError } from '../device/errors.js';
 import { pushExtent } from '../device/extents.js';
 import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
-import type { ClusterCache } from './cluster-cache.js';
 import { clusterLength, forEachSegment, type DeviceMap, type ServedExtent } from './cluster-map.js';
-import type { ExtentClusters, ExtentFetcher } from './extent-fetcher.js';
+import { clusterAt, type DecodedExtent, type ExtentCache } from './extent-cache.js';
+import type { ExtentFetcher } from './extent-fetcher.js';
 
 export interface ArchiveDeviceCounters {
   cacheHits: number;
@@ -30,7 +30,7 @@ export class ArchiveDevice implements BlockDevice {
     private readonly map: DeviceMap,
     private readonly pi: number,
     private readonly fetcher: ExtentFetcher,
-    private readonly cache: ClusterCache,
+    private readonly cache: ExtentCache,
     private readonly readAheadBytes: number,
     private readonly counters: ArchiveDeviceCounters,
   ) {
@@ -38,13 +38,28 @@ export class ArchiveDevice implements BlockDevice {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
+    return this.readInto(offset, length, false);
+  }
+
+  /**
+   * read() for callers that only send the bytes on (the NBD server): when
+   * the range lies in one run of one decoded extent, a view of the cached
+   * buffer instead of a copy, so a sequential copy allocates no reply per
+   * read. Views are never recycled: an evicted extent stays valid while a
+   * reply still holds it, and memory beyond the cache bound is the replies
+   * in flight, as with copies.
+   */
+  async readShared(offset: number, length: number): Promise<Buffer> {
+    return this.readInto(offset, length, true);
+  }
+
+  private async readInto(offset: number, length: number, shared: boolean): Promise<Buffer> {
     if (this.closed) throw new DeviceClosedError('archive export is closed');
     checkRange(this.size, offset, length, 'read');
-    const out = Buffer.alloc(length);
-    if (length === 0) return out;
+    if (length === 0) return Buffer.alloc(0);
     const c0 = Math.floor(offset / CLUSTER_SIZE);
     const c1 = Math.floor((offset + length - 1) / CLUSTER_SIZE);
-    const found = new Map<number, Buffer>();
+    const found = new Map<string, DecodedExtent>();
     const needed = this.missingExtents(c0, c1, found, true);
     const sequential = offset === this.nextSequential;
     this.nextSequential = offset + length;
@@ -58,30 +73,34 @@ export class ArchiveDevice implements BlockDevice {
       for (const ex of this.readAheadExtents(c1 + 1, needed)) for (const p of this.fetcher.fetch([ex])) p.catch(() => undefined);
     }
     const got = await Promise.all(pending);
-    for (const clusters of got) for (const [k, v] of clusters) found.set(k, v);
+    got.forEach((d, i) => found.set(needed[i]!.key, d));
+    const view = shared ? this.viewOf(offset, length, c0, c1, found) : undefined;
+    if (view) return view;
+    // The caller owns the reply (it may change it): a fresh buffer, every byte written below.
+    const out = Buffer.allocUnsafe(length);
     this.copyOut(out, offset, c0, c1, found);
     return out;
   }
 
   /**
-   * The uncached extents holding clusters [c0, c1], in disk order; cached
-   * clusters go to `found` (so a later eviction cannot lose them).
+   * The extents holding clusters [c0, c1] that the cache lacks (wholly or
+   * partly), in disk order; cached ones go to `found` (so a later eviction
+   * cannot lose them).
    */
-  private missingExtents(c0: number, c1: number, found: Map<number, Buffer> | null, count: boolean): ServedExtent[] {
+  private missingExtents(c0: number, c1: number, found: Map<string, DecodedExtent> | null, count: boolean): ServedExtent[] {
     const want = new Map<string, ServedExtent>();
     forEachSegment(this.map, c0, c1, (first, n, seg) => {
       if (!seg?.extent) return;
-      for (let c = first; c < first + n; c++) {
-        const key = this.fetcher.cacheKey(this.pi, c);
-        const hit = found ? this.cache.get(key) : this.cache.has(key) ? true : undefined;
-        if (hit !== undefined) {
-          if (count) this.counters.cacheHits++;
-          if (found && hit !== true) found.set(key, hit);
-        } else {
-          if (count) this.counters.cacheMisses++;
-          want.set(seg.extent.key, seg.extent);
-        }
+      const key = seg.extent.key;
+      const d = found ? (found.get(key) ?? this.cache.get(key)) : this.cache.peek(key);
+      let hits = 0;
+      if (d !== undefined) for (let c = first; c < first + n; c++) if (clusterAt(d, this.pi, c) >= 0) hits++;
+      if (count) {
+        this.counters.cacheHits += hits;
+        this.counters.cacheMisses += n - hits;
       }
+      if (hits < n) want.set(key, seg.extent);
+      else if (found && d !== undefined) found.set(key, d);
     });
     return [...want.values()];
   }
@@ -93,15 +112,38 @@ export class ArchiveDevice implements BlockDevice {
     return this.missingExtents(from, to, null, false).filter((e) => !keys.has(e.key));
   }
 
-  private copyOut(out: Buffer, offset: number, c0: number, c1: number, found: ExtentClusters): void {
+  /** [offset, offset + length) as a view of one extent's buffer, when it lies in one stored run. */
+  private viewOf(offset: number, length: number, c0: number, c1: number, found: Map<string, DecodedExtent>): Buffer | undefined {
+    let view: Buffer | undefined;
+    let segments = 0;
     forEachSegment(this.map, c0, c1, (first, n, seg) => {
-      if (!seg?.extent) return; // zeroes: `out` starts zeroed
+      if (++segments > 1 || !seg?.extent) return;
+      const d = found.get(seg.extent.key)!;
+      const at0 = clusterAt(d, this.pi, c0);
+      // Clusters of one run sit CLUSTER_SIZE apart: first and last in place means all between are.
+      if (at0 >= 0 && clusterAt(d, this.pi, c1) === at0 + (c1 - c0) * CLUSTER_SIZE) {
+        const from = at0 + offset - c0 * CLUSTER_SIZE;
+        view = d.buf.subarray(from, from + length);
+      }
+    });
+    return segments === 1 ? view : undefined;
+  }
+
+  /** Fills all of `out`: zero runs and uncovered clusters with zeroes, the rest from the extents found. */
+  private copyOut(out: Buffer, offset: number, c0: number, c1: number, found: Map<string, DecodedExtent>): void {
+    const end = offset + out.length;
+    forEachSegment(this.map, c0, c1, (first, n, seg) => {
+      if (!seg?.extent) {
+        out.fill(0, Math.max(offset, first * CLUSTER_SIZE) - offset, Math.min(end, (first + n) * CLUSTER_SIZE) - offset);
+        return;
+      }
+      const d = found.get(seg.extent.key)!;
       for (let c = first; c < first + n; c++) {
-        const data = found.get(this.fetcher.cacheKey(this.pi, c))!;
         const start = c * CLUSTER_SIZE;
         const from = Math.max(offset, start);
-        const to = Math.min(offset + out.length, start + clusterLength(this.map, c));
-        data.copy(out, from - offset, from - start, to - start);
+        const to = Math.min(end, start + clusterLength(this.map, c));
+        const at = clusterAt(d, this.pi, c);
+        d.buf.copy(out, from - offset, at + from - start, at + to - start);
       }
     });
   }

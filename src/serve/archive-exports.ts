@@ -13,9 +13,9 @@ import { parentLocator, resolveRef, sourceOpener, type ArchiveContext } from '..
 import { planRestore, type ArchiveLocator, type PlannerArchive, type RestorePlan } from '../restore/plan.js';
 import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { ArchiveDevice } from './archive-device.js';
-import { ClusterCache } from './cluster-cache.js';
 import { buildDeviceMaps } from './cluster-map.js';
 import { DiskCache } from './disk-cache.js';
+import { ExtentCache } from './extent-cache.js';
 import { ExtentFetcher, type ServeLog } from './extent-fetcher.js';
 import type { ServeStats } from './types.js';
 
@@ -102,7 +102,7 @@ export async function openArchiveExports(opts: ArchiveExportOptions): Promise<Ar
   const { chain, plan, headerTags } = opened;
   const devices = buildDeviceMaps(plan);
   const diskCache = opts.cache?.dir !== undefined ? await DiskCache.open(opts.cache.dir, diskBytes) : undefined;
-  const cache = new ClusterCache(memoryBytes);
+  const cache = new ExtentCache(memoryBytes);
   const fetcher = new ExtentFetcher({
     plan,
     devices,

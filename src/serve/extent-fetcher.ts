@@ -2,7 +2,8 @@
  * Fetches, checks and decodes the extents a served read needs:
  *
  *   extents ──coalesced ranged reads──▶ decodeExtentLeased (zstd pool: both
- *   digests, decompression, GCM) ──▶ winning clusters copied into the cache
+ *   digests, decompression, GCM) ──▶ winning clusters copied into one
+ *   buffer per extent, kept by the cache
  *
  * - Single flight: one fetch per extent, however many reads wait for it.
  * - Adjacent extents of one archive wanted at once share one ranged read
@@ -19,15 +20,13 @@ import type { RangeSource } from '../format/sink.js';
 import type { Level } from '../log.js';
 import { describeLocator } from '../restore/chain.js';
 import type { ArchiveLocator, RestorePlan } from '../restore/plan.js';
-import { ClusterCache } from './cluster-cache.js';
 import { clusterLength, type DeviceMap, type ServedExtent } from './cluster-map.js';
 import type { DiskCache } from './disk-cache.js';
 import { ExtentDamagedError, ExtentFetchError } from './errors.js';
+import type { DecodedExtent, ExtentCache, StoredRun } from './extent-cache.js';
+import { CLUSTER_SIZE } from '../format/constants.js';
 
 export type ServeLog = (level: Level, message: string, fields?: Record<string, unknown>) => void;
-
-/** Decoded winning clusters of one extent, by cache key. */
-export type ExtentClusters = Map<number, Buffer>;
 
 export interface ExtentFetcherOptions {
   plan: RestorePlan;
@@ -37,7 +36,7 @@ export interface ExtentFetcherOptions {
   key?: Buffer;
   /** Per chain index: the v2 header tag (authenticated chains only). */
   headerTags: (Buffer | null)[];
-  cache: ClusterCache;
+  cache: ExtentCache;
   diskCache?: DiskCache;
   maxFetchBytes: number;
   log: ServeLog;
@@ -45,7 +44,7 @@ export interface ExtentFetcherOptions {
 
 export class ExtentFetcher {
   private readonly sources = new Map<number, Promise<RangeSource>>();
-  private readonly inFlight = new Map<string, Promise<ExtentClusters>>();
+  private readonly inFlight = new Map<string, Promise<DecodedExtent>>();
   private readonly damaged = new Map<string, ExtentDamagedError>();
   readonly counters = { gets: 0, bytesFetched: 0, fetchErrors: 0 };
   private closed = false;
@@ -56,23 +55,18 @@ export class ExtentFetcher {
     return this.damaged.size;
   }
 
-  /** The cache key of cluster `c` of plan device `pi`. */
-  cacheKey(pi: number, c: number): number {
-    return c * this.o.devices.length + pi;
-  }
-
   /**
    * Starts (or joins) the fetch of every extent given; returns one promise
    * per extent, in order. Extents already damaged reject at once.
    */
-  fetch(extents: ServedExtent[]): Promise<ExtentClusters>[] {
-    const started = new Map<string, { resolve(v: ExtentClusters): void; reject(e: unknown): void }>();
+  fetch(extents: ServedExtent[]): Promise<DecodedExtent>[] {
+    const started = new Map<string, { resolve(v: DecodedExtent): void; reject(e: unknown): void }>();
     const result = extents.map((ex) => {
       const bad = this.damaged.get(ex.key);
       if (bad) return Promise.reject(bad);
       let p = this.inFlight.get(ex.key);
       if (!p) {
-        p = new Promise<ExtentClusters>((resolve, reject) => started.set(ex.key, { resolve, reject }));
+        p = new Promise<DecodedExtent>((resolve, reject) => started.set(ex.key, { resolve, reject }));
         p.catch(() => undefined);
         this.inFlight.set(ex.key, p);
         const done = (): void => void this.inFlight.delete(ex.key);
@@ -90,7 +84,7 @@ export class ExtentFetcher {
     return result;
   }
 
-  private async run(extents: ServedExtent[], waiters: Map<string, { resolve(v: ExtentClusters): void; reject(e: unknown): void }>): Promise<void> {
+  private async run(extents: ServedExtent[], waiters: Map<string, { resolve(v: DecodedExtent): void; reject(e: unknown): void }>): Promise<void> {
     const fromSource: ServedExtent[] = [];
     for (const ex of extents) {
       const stored = this.o.diskCache ? await this.o.diskCache.get(ex.key) : undefined;
@@ -172,8 +166,8 @@ export class ExtentFetcher {
     return p;
   }
 
-  /** Checks and decodes one extent; returns copies of the clusters it wins, also put in the cache. */
-  private async decode(ex: ServedExtent, bytes: Buffer): Promise<ExtentClusters> {
+  /** Checks and decodes one extent; returns the clusters it wins in one buffer, also put in the cache. */
+  private async decode(ex: ServedExtent, bytes: Buffer): Promise<DecodedExtent> {
     const link = this.o.plan.chain[ex.archive]!;
     const leased = await decodeExtentLeased(bytes, {
       ...(this.o.key ? { key: this.o.key } : {}),
@@ -186,27 +180,53 @@ export class ExtentFetcher {
     try {
       const byCluster = new Map<string, Buffer>();
       for (const c of leased.clusters) byCluster.set(`${c.deviceId}:${c.cluster}`, c.data);
-      const out: ExtentClusters = new Map();
-      // Highest clusters first: when the cache cannot hold the whole extent,
-      // it keeps the lowest ones, which a sequential reader wants next.
-      for (const [pi, devId, first, count] of [...ex.runs].reverse()) {
+      const runs: StoredRun[] = [];
+      let total = 0;
+      for (const [pi, , first, count] of ex.runs) {
+        runs.push({ pi, first, count, at: total });
+        total += Math.max(0, Math.min(this.o.devices[pi]!.size, (first + count) * CLUSTER_SIZE) - first * CLUSTER_SIZE);
+      }
+      // A copy: the decoded buffer goes back to the pool below.
+      const buf = Buffer.allocUnsafeSlow(total);
+      ex.runs.forEach(([pi, devId, first, count], i) => {
         const map = this.o.devices[pi]!;
-        for (let c = first + count - 1; c >= first; c--) {
+        for (let c = first; c < first + count; c++) {
           const data = byCluster.get(`${devId}:${c}`);
           const want = clusterLength(map, c);
           if (!data) throw new FormatError(`extent at ${ex.offset} of archive ${link.uuid} lacks cluster ${c} of device ${map.name} that its index promises`);
           if (data.length < want) throw new FormatError(`cluster ${c} of device ${map.name} in archive ${link.uuid} is ${data.length} bytes, expected ${want}`);
-          // A copy: the decoded buffer goes back to the pool below.
-          const copy = Buffer.allocUnsafeSlow(want);
-          data.copy(copy, 0, 0, want);
-          out.set(this.cacheKey(pi, c), copy);
-          this.o.cache.set(this.cacheKey(pi, c), copy);
+          data.copy(buf, runs[i]!.at + (c - first) * CLUSTER_SIZE, 0, want);
         }
-      }
-      return out;
+      });
+      const decoded = { buf, runs };
+      this.keep(ex.key, decoded);
+      return decoded;
     } finally {
       leased.release();
     }
+  }
+
+  /**
+   * Caches a decoded extent. When the cache cannot hold it whole, it keeps
+   * the extent's lowest clusters, which a sequential reader wants next, in a
+   * buffer of their own (a view would pin the whole extent past the bound).
+   */
+  private keep(key: string, d: DecodedExtent): void {
+    const limit = this.o.cache.limitBytes;
+    if (d.buf.length <= limit) return this.o.cache.set(key, d);
+    const runs: StoredRun[] = [];
+    let used = 0;
+    d.runs.forEach((r, i) => {
+      const runBytes = (d.runs[i + 1]?.at ?? d.buf.length) - r.at;
+      const fit = Math.min(r.count, Math.floor((limit - used) / CLUSTER_SIZE));
+      if (fit <= 0 || runs.length < i) return;
+      runs.push({ pi: r.pi, first: r.first, count: fit, at: used });
+      used += Math.min(fit * CLUSTER_SIZE, runBytes);
+    });
+    if (used === 0) return;
+    const buf = Buffer.allocUnsafeSlow(used);
+    runs.forEach((r, i) => d.buf.copy(buf, r.at, d.runs[i]!.at, d.runs[i]!.at + (runs[i + 1]?.at ?? used) - r.at));
+    this.o.cache.set(key, { buf, runs });
   }
 
   /** Format, digest, codec and key failures damage the extent for good; anything else is retried later. */

@@ -179,7 +179,8 @@ describe('archive exports (serve)', () => {
             let off = rng.int(0, disk.length - 1);
             for (let k = rng.chance(0.3) ? 4 : 1; k > 0 && off < disk.length; k--) {
               const len = Math.min(disk.length - off, rng.int(1, 300 * 1024));
-              const got = await dev.read(off, len);
+              // Both reads: the NBD server's shared views must stay right under eviction too.
+              const got = rng.chance(0.5) ? await dev.readShared!(off, len) : await dev.read(off, len);
               if (!got.equals(disk.subarray(off, off + len))) throw new Error(`seed ${seed}: ${SERVE_DEVICES[pi]!.name} differs at ${off}+${len}`);
               off += len;
             }
@@ -190,6 +191,34 @@ describe('archive exports (serve)', () => {
       expect(st.cacheBytesPeak).toBeLessThanOrEqual(limit);
       expect(st.cacheHits).toBeGreaterThan(0);
       expect(st.extentErrors + st.fetchErrors).toBe(0);
+    } finally {
+      await set.close();
+    }
+  });
+
+  it('readShared answers a read inside one extent from the cached buffer; read() answers are the caller\'s to change', async () => {
+    const set = await open({ readAheadBytes: 0 });
+    try {
+      const dev = set.exports[0]!.device;
+      const disk = fx.steps[2]!.disks.get(set.exports[0]!.name)!;
+      // The first allocated cluster: a read inside it lies in one extent.
+      let off = 0;
+      for (const e of await dev.mapExtents(0, dev.size)) {
+        if (!e.hole && e.length >= CLUSTER_SIZE) break;
+        off += e.length;
+      }
+      expect(off).toBeLessThan(dev.size);
+      const len = CLUSTER_SIZE - 1024;
+      const a = await dev.readShared!(off + 512, len);
+      const b = await dev.readShared!(off + 512, len);
+      expect(a.equals(disk.subarray(off + 512, off + 512 + len))).toBe(true);
+      // No copy per read: both answers are views of the same cached memory.
+      expect(b.buffer).toBe(a.buffer);
+      const mine = await dev.read(off + 512, len);
+      expect(mine.buffer).not.toBe(a.buffer);
+      mine.fill(0xa5);
+      expect((await dev.readShared!(off + 512, len)).equals(disk.subarray(off + 512, off + 512 + len))).toBe(true);
+      expect((await dev.read(off, 4 * CLUSTER_SIZE)).equals(disk.subarray(off, off + 4 * CLUSTER_SIZE))).toBe(true);
     } finally {
       await set.close();
     }
