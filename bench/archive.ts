@@ -94,7 +94,7 @@ async function main(): Promise<void> {
   await ensureBenchImage(work, imageMiB);
   await warm(image);
   const bytes = statSync(image).size;
-  // Per-process names: other sessions may run this bench at the same time.
+  // Per-process names: another run of this bench may share the machine.
   const cwa = join(work, `bench-${process.pid}.cwa`);
   const zst = join(work, `bench-${process.pid}.zst`);
   const chunks = await nonZeroChunks(image);

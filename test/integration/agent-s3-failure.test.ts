@@ -1,5 +1,5 @@
 /**
- * Issue 4, "Persistent failure", through the real agent:
+ * Persistent S3 failure, through the real agent:
  *
  *   agent (store → S3FaultProxy → fauxqs, which implements multipart abort)
  *   full backup OK → writes through NBD (src/nbd/client.ts) → every

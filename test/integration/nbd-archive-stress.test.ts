@@ -1,5 +1,5 @@
 /**
- * Issue 3's consistency stress, end to end through real components:
+ * The consistency stress, end to end through real components:
  *
  *   3 seeded NBD clients (MiniNbdClient, several requests in flight each)
  *     → NbdServer → CbwDevice over a FileDevice on a temp file

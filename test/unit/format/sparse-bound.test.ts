@@ -1,6 +1,6 @@
 /**
- * The metadata bound from issue 2: "A sparse 1 TiB device holding 1 GiB of
- * data must produce less than 1 MiB of archive metadata".
+ * The metadata bound: a sparse 1 TiB device holding 1 GiB of data must
+ * produce less than 1 MiB of archive metadata.
  *
  * What this measures, honestly:
  * - The device is a REAL sparse file of exactly 1 TiB (ftruncate) with 1 GiB
