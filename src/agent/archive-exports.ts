@@ -19,6 +19,7 @@ import { z } from 'zod';
 import { ConfigError, ConflictError, NotFoundError, UsageError, describeError } from '../errors.js';
 import { readKeyFile } from '../codec/crypto.js';
 import type { BlockDevice, DeviceExtent } from '../device/types.js';
+import { OverlayError } from '../device/errors.js';
 import { NbdErrnoError, type NbdExport } from '../nbd/index.js';
 import { NBD_EIO } from '../nbd/protocol.js';
 import type { ArchiveLocator } from '../restore/plan.js';
@@ -32,6 +33,7 @@ import type { AgentConfig, ExportsConfig } from './config.js';
 import type { AgentStore } from './targets.js';
 import { BadRequestError, parseRequestBody } from './http-util.js';
 import type { Logger } from './log.js';
+import { overlayBaseId } from '../serve/overlay-base.js';
 
 /** The served archive as src/serve's openArchiveExports returns it (SERVE-SPEC.md). */
 export interface ServedArchive {
@@ -51,8 +53,8 @@ export type OpenArchiveExports = (opts: {
   log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
 }) => Promise<ServedArchive>;
 
-/** src/device/overlay-device.ts openOverlay: a writable view whose writes go to a local file. */
-export type OpenOverlay = (base: BlockDevice, path: string) => Promise<BlockDevice>;
+/** src/device/overlay-device.ts openOverlay: a writable view whose writes go to a local file, made over the base `baseId` names. */
+export type OpenOverlay = (base: BlockDevice, path: string, baseId: string) => Promise<BlockDevice>;
 
 /** POST /exports body. */
 export const exportRequestSchema = z.strictObject({
@@ -288,6 +290,20 @@ export class ArchiveExports {
     }
   }
 
+  /**
+   * The request's overlay over `base`. An existing file the overlay module
+   * refuses (another base, damaged, not ours) is the caller's conflict (409),
+   * named by the path the caller gave, not the descriptor path it was opened by.
+   */
+  private async openOverlay(base: BlockDevice, openPath: string, givenPath: string, baseId: string): Promise<BlockDevice> {
+    try {
+      return await this.opts.openOverlay!(base, openPath, baseId);
+    } catch (err) {
+      if (!(err instanceof OverlayError)) throw err;
+      throw new ConflictError(`overlay: ${err.message.split(openPath).join(givenPath)}`, { cause: err });
+    }
+  }
+
   private async install(req: ExportRequest, served: ServedArchive, overlay: Awaited<ReturnType<typeof openConfinedFile>> | null, origin: { jobId?: string }): Promise<ExportInfo> {
     const id = this.newId();
     const devices: RevocableDevice[] = [];
@@ -301,7 +317,7 @@ export class ArchiveExports {
       for (const e of served.exports) {
         let dev = e.device;
         if (overlay) {
-          dev = await this.opts.openOverlay!(dev, overlay.path);
+          dev = await this.openOverlay(dev, overlay.path, req.overlay!, overlayBaseId(served.archive.uuid, e.name));
           overlays.push(dev);
         }
         const name = `export-${id}/${e.name}`;
@@ -402,7 +418,7 @@ export function createAgentExports(
     context: { store: { bucket: store.bucket, prefix: store.prefix, ...(store.endpoint ? { endpoint: store.endpoint } : {}) }, client: store.client },
     keyFile: config.restore.keyFile,
     open: seams.openExports ?? (async (o) => (await import('../serve/archive-exports.js')).openArchiveExports(o)),
-    openOverlay: seams.openOverlay ?? (async (base, path) => (await import('../device/overlay-device.js')).openOverlay(base, path)),
+    openOverlay: seams.openOverlay ?? (async (base, path, baseId) => (await import('../device/overlay-device.js')).openOverlay(base, path, { baseId })),
     uris: (name) => nbdUris(name, { unixSocket: addrs.unixSocket, tcp: addrs.tcp, tls: config.nbd.tls?.mode === 'require' }),
     log,
   });

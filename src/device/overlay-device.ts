@@ -7,7 +7,9 @@
  * One file holds everything (0600, created atomically, see `createOverlayFile`):
  *
  *   [0, 4096)                header: magic, version, cluster size, base size,
- *                            layout, SHA-256 of those fields
+ *                            layout, SHA-256 of those fields and of the base
+ *                            identity (e.g. `<archive uuid>/<disk>`), then that
+ *                            identity (u16 length + UTF-8 at offset 80)
  *   [4096, dataOffset)       cluster states, 2 bits per cluster:
  *                            0 BASE (read the base), 1 DATA (read the overlay),
  *                            2 ZERO (reads as zeroes, nothing stored)
@@ -53,9 +55,13 @@ export const MIN_OVERLAY_CLUSTER = 4096;
 export const MAX_OVERLAY_CLUSTER = 4 * 1024 * 1024;
 
 const MAGIC = Buffer.from('CWOVRLY1', 'latin1');
-const VERSION = 1;
+const VERSION = 2;
 const HEADER_BYTES = 4096;
 const HEADER_FIELDS = 48;
+/** Where the base identity starts (after the fields and their SHA-256): u16 length, then UTF-8. */
+const BASE_ID_OFFSET = HEADER_FIELDS + 32;
+/** Longest base identity in bytes: it fits the header page with room to spare. */
+export const MAX_BASE_ID_BYTES = 1024;
 const STATE_PAGE = 4096;
 /** mapExtents stops after this many extents (the contract allows a shorter answer). */
 const MAX_MAP_EXTENTS = 16 * 1024;
@@ -69,6 +75,13 @@ export const ZERO = 2;
 export interface OverlayOptions {
   /** Bytes per cluster, the unit of copy-on-write (power of two, 4 KiB..4 MiB; default 64 KiB). An existing overlay keeps its own; a different value here is an error. */
   clusterSize?: number;
+  /**
+   * What the base is (e.g. `<archive uuid>/<disk>`), recorded when the overlay
+   * is created and compared when it is reopened: an overlay's clusters only
+   * make sense over the base they were written on, and two archives of one
+   * disk have the same size. Absent: not recorded, and not checked.
+   */
+  baseId?: string;
 }
 
 interface Layout {
@@ -87,8 +100,9 @@ function layoutFor(baseSize: number, clusterSize: number): Layout {
   return { clusterSize, baseSize, clusters, stateBytes, dataOffset };
 }
 
-function encodeHeader(l: Layout): Buffer {
+function encodeHeader(l: Layout, baseId: string): Buffer {
   const h = Buffer.alloc(HEADER_BYTES);
+  const id = Buffer.from(baseId, 'utf8');
   MAGIC.copy(h, 0);
   h.writeUInt32BE(VERSION, 8);
   h.writeUInt32BE(l.clusterSize, 12);
@@ -96,16 +110,32 @@ function encodeHeader(l: Layout): Buffer {
   h.writeBigUInt64BE(BigInt(HEADER_BYTES), 24);
   h.writeBigUInt64BE(BigInt(l.stateBytes), 32);
   h.writeBigUInt64BE(BigInt(l.dataOffset), 40);
-  createHash('sha256').update(h.subarray(0, HEADER_FIELDS)).digest().copy(h, HEADER_FIELDS);
+  h.writeUInt16BE(id.length, BASE_ID_OFFSET);
+  id.copy(h, BASE_ID_OFFSET + 2);
+  headerSum(h, id.length).copy(h, HEADER_FIELDS);
   return h;
 }
 
+/** SHA-256 of the layout fields and the base identity (the bytes between them hold this sum). */
+function headerSum(h: Buffer, idLength: number): Buffer {
+  return createHash('sha256')
+    .update(h.subarray(0, HEADER_FIELDS))
+    .update(h.subarray(BASE_ID_OFFSET, BASE_ID_OFFSET + 2 + idLength))
+    .digest();
+}
+
+function checkBaseId(baseId: string): void {
+  if (Buffer.byteLength(baseId, 'utf8') > MAX_BASE_ID_BYTES) throw new OverlayError(`base identity longer than ${MAX_BASE_ID_BYTES} bytes`);
+}
+
 /** Parses and checks a header against the base; every field is recomputed, none trusted. */
-function decodeHeader(path: string, h: Buffer, baseSize: number, wantCluster: number | undefined): Layout {
+function decodeHeader(path: string, h: Buffer, baseSize: number, want: OverlayOptions): Layout {
   const notOurs = (why: string): OverlayError => new OverlayError(`${path} is not a usable cowstream overlay: ${why}`);
-  if (h.length < HEADER_FIELDS + 32 || !h.subarray(0, 8).equals(MAGIC)) throw notOurs('bad magic');
-  const sum = createHash('sha256').update(h.subarray(0, HEADER_FIELDS)).digest();
-  if (!sum.equals(h.subarray(HEADER_FIELDS, HEADER_FIELDS + 32))) throw notOurs('header checksum mismatch');
+  const wantCluster = want.clusterSize;
+  if (h.length < HEADER_BYTES || !h.subarray(0, 8).equals(MAGIC)) throw notOurs('bad magic');
+  const idLength = h.readUInt16BE(BASE_ID_OFFSET);
+  if (idLength > MAX_BASE_ID_BYTES) throw notOurs('damaged header');
+  if (!headerSum(h, idLength).equals(h.subarray(HEADER_FIELDS, HEADER_FIELDS + 32))) throw notOurs('header checksum mismatch');
   if (h.readUInt32BE(8) !== VERSION) throw notOurs(`unsupported version ${h.readUInt32BE(8)}`);
   const clusterSize = h.readUInt32BE(12);
   checkClusterSize(clusterSize);
@@ -115,7 +145,12 @@ function decodeHeader(path: string, h: Buffer, baseSize: number, wantCluster: nu
     throw notOurs(`its cluster size is ${clusterSize}, ${wantCluster} was asked for`);
   }
   const l = layoutFor(baseSize, clusterSize);
-  if (!encodeHeader(l).subarray(0, HEADER_FIELDS + 32).equals(h.subarray(0, HEADER_FIELDS + 32))) throw notOurs('inconsistent layout');
+  const baseId = h.toString('utf8', BASE_ID_OFFSET + 2, BASE_ID_OFFSET + 2 + idLength);
+  if (!encodeHeader(l, baseId).equals(h)) throw notOurs('inconsistent layout');
+  if (want.baseId !== undefined && baseId !== want.baseId) {
+    // Its clusters were written over another base: read over this one they would be a mix of two disks.
+    throw notOurs(`made over ${baseId === '' ? 'an unnamed base' : JSON.stringify(baseId)}, not over ${JSON.stringify(want.baseId)}`);
+  }
   return l;
 }
 
@@ -133,6 +168,7 @@ function checkClusterSize(cs: number): void {
  */
 export async function openOverlay(base: BlockDevice, path: string, opts: OverlayOptions = {}): Promise<OverlayDevice> {
   if (opts.clusterSize !== undefined) checkClusterSize(opts.clusterSize);
+  if (opts.baseId !== undefined) checkBaseId(opts.baseId);
   for (let attempt = 0; attempt < 3; attempt++) {
     let opened: { fh: FileHandle } | null = null;
     try {
@@ -142,12 +178,12 @@ export async function openOverlay(base: BlockDevice, path: string, opts: Overlay
     }
     if (!opened) {
       // Created, or someone else created it first: either way open it, with the same checks.
-      await createOverlayFile(path, layoutFor(base.size, opts.clusterSize ?? DEFAULT_OVERLAY_CLUSTER));
+      await createOverlayFile(path, layoutFor(base.size, opts.clusterSize ?? DEFAULT_OVERLAY_CLUSTER), opts.baseId ?? '');
       continue;
     }
     const { fh } = opened;
     try {
-      return await OverlayDevice.load(base, path, fh, opts.clusterSize);
+      return await OverlayDevice.load(base, path, fh, opts);
     } catch (err) {
       await fh.close().catch(() => undefined);
       throw err;
@@ -161,7 +197,7 @@ export async function openOverlay(base: BlockDevice, path: string, opts: Overlay
  * temporary name and links it into place, so `path` is either absent or a
  * whole overlay, even after a crash. Returns false if `path` appeared meanwhile.
  */
-async function createOverlayFile(path: string, l: Layout): Promise<boolean> {
+async function createOverlayFile(path: string, l: Layout, baseId: string): Promise<boolean> {
   const tmp = join(dirname(path), `.${randomBytes(8).toString('hex')}.overlay-tmp`);
   let fh: FileHandle;
   try {
@@ -171,7 +207,7 @@ async function createOverlayFile(path: string, l: Layout): Promise<boolean> {
   }
   try {
     await fh.truncate(l.dataOffset + l.baseSize);
-    await writeAll(fh, encodeHeader(l), 0);
+    await writeAll(fh, encodeHeader(l, baseId), 0);
     await fh.sync();
     await fh.close();
     try {
@@ -220,10 +256,10 @@ export class OverlayDevice implements BlockDevice {
   }
 
   /** Validates an opened overlay file and reads its states. */
-  static async load(base: BlockDevice, path: string, fh: FileHandle, wantCluster: number | undefined): Promise<OverlayDevice> {
+  static async load(base: BlockDevice, path: string, fh: FileHandle, want: OverlayOptions): Promise<OverlayDevice> {
     const header = Buffer.alloc(HEADER_BYTES);
     const { bytesRead } = await fh.read(header, 0, HEADER_BYTES, 0);
-    const l = decodeHeader(path, header.subarray(0, bytesRead), base.size, wantCluster);
+    const l = decodeHeader(path, header.subarray(0, bytesRead), base.size, want);
     const st = await fh.stat();
     if (st.size !== l.dataOffset + l.baseSize) {
       throw new OverlayError(`${path} is ${st.size} bytes, a valid overlay for this base has ${l.dataOffset + l.baseSize}: truncated or not ours`);

@@ -27,6 +27,8 @@ let tmp: { dir: string; cleanup(): Promise<void> };
 let agent: Agent;
 let client: AgentClient;
 let uuid: string;
+/** The full backup at the start of the chain: another archive of the same disk. */
+let fullUuid: string;
 let disk: Buffer;
 
 function http(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> { // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -71,6 +73,7 @@ beforeAll(async () => {
     expect(done.status, done.error ?? '').toBe('done');
     expect(done.mode).toBe(mode);
     uuid = st.uuid;
+    if (i === 0) fullUuid = st.uuid;
   }
   disk = await readFile(join(tmp.dir, 'a.raw'));
 }, 60_000);
@@ -209,6 +212,10 @@ describe('agent POST /exports', () => {
     const again = await http('POST', '/exports', { ref: uuid, disks: ['a'], overlay });
     expect(again.status, JSON.stringify(again.json)).toBe(201);
     expect((await qemuIo(again.json.exports[0].uris[0], ['read -P 0xcd 65536 64k'])).ok).toBe(true);
+    // Another archive of the same disk (same size) over this overlay: refused, naming both bases.
+    const other = await http('POST', '/exports', { ref: fullUuid, disks: ['a'], overlay });
+    expect(other.status, JSON.stringify(other.json)).toBe(409);
+    expect(other.json.error.message).toMatch(new RegExp(`^overlay: ${overlay} is not a usable cowstream overlay: made over "${uuid}/a", not over "${fullUuid}/a"`));
     const plain = await http('POST', '/exports', { ref: uuid, disks: ['a'] });
     const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(tmp.dir, 'a.raw'), plain.json.exports[0].uris[0]]);
     expect(cmp.code, cmp.stdout + cmp.stderr).toBe(0);

@@ -178,6 +178,12 @@ describe('cowstream serve with real NBD clients', () => {
     expect((await runTool('nbdcopy', [uri(again, 'vda'), copy2])).code).toBe(0);
     expect(readFileSync(copy2).equals(expected)).toBe(true);
     await again.stop();
+    // Another archive of the same disk (same size) over this overlay: refused, the overlay untouched.
+    const overlayBytes = readFileSync(overlay);
+    const other = await startServe([fx.steps[1]!.uuid, '--disk', 'vda', '--overlay', overlay, ...store], env);
+    expect(other.out).toMatchObject({ ok: false, error: { message: expect.stringMatching(new RegExp(`made over "${fx.steps[2]!.uuid}/vda", not over "${fx.steps[1]!.uuid}/vda"`)) } });
+    expect(await other.exited()).toBe(1);
+    expect(readFileSync(overlay).equals(overlayBytes)).toBe(true);
     expect(writesToBucket()).toBe(before);
     // The archive itself still serves the original disk.
     const ro = await serve([fx.steps[2]!.uuid, '--disk', 'vda', ...store]);

@@ -19,6 +19,7 @@ import type { StoreFlags } from '../../store/config.js';
 import { formatBytes, parseSize, printJson } from '../output.js';
 import { untilInterrupted } from '../signals.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile } from './store-options.js';
+import { overlayBaseId } from '../../serve/overlay-base.js';
 
 interface ServeFlags extends StoreFlags {
   state?: string;
@@ -108,7 +109,7 @@ async function servedDisks(set: ArchiveExportSet, o: ServeFlags): Promise<Stack>
     for (const e of set.exports) {
       let device: BlockDevice = e.device;
       if (overlays && openOverlay) {
-        device = await openOverlay(device, overlays.get(e.name)!);
+        device = await openOverlay(device, overlays.get(e.name)!, { baseId: overlayBaseId(set.archive.uuid, e.name) });
         layers.push(device);
       }
       if (targets && startHydration) {

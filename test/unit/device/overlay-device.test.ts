@@ -316,6 +316,24 @@ describe('OverlayDevice refuses files that are not safely its own', () => {
     await expect(openOverlay(base, fresh(), { clusterSize: 3000 })).rejects.toThrow(/power of two/);
   });
 
+  it('an overlay made over another base of the same size is refused; over its own base it opens', async () => {
+    const path = fresh();
+    const ov = await openOverlay(base, path, { clusterSize: CS, baseId: 'archive-a/vda' });
+    await ov.write(0, Buffer.alloc(CS, 0x5a));
+    await ov.close();
+    // Another archive of the same disk: same size, other contents.
+    await expect(openOverlay(new MemoryDevice(SIZE), path, { baseId: 'archive-b/vda' })).rejects.toThrow(/made over "archive-a\/vda", not over "archive-b\/vda"/);
+    const again = await openOverlay(base, path, { baseId: 'archive-a/vda' });
+    expect((await again.read(0, CS)).equals(Buffer.alloc(CS, 0x5a))).toBe(true);
+    await again.close();
+    // The identity is covered by the header's checksum: editing it in place is refused too.
+    const fh = await open(path, 'r+');
+    await fh.write(Buffer.from('b'), 0, 1, 82 + 'archive-'.length);
+    await fh.close();
+    await expect(openOverlay(base, path, { baseId: 'archive-b/vda' })).rejects.toThrow(/header checksum mismatch/);
+    await expect(openOverlay(base, fresh(), { baseId: 'x'.repeat(1025) })).rejects.toThrow(/longer than 1024 bytes/);
+  });
+
   it('a truncated overlay, or one with damaged states, is refused', async () => {
     const path = fresh();
     await (await openOverlay(base, path, { clusterSize: CS })).close();
