@@ -10,11 +10,11 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { startAgent, type Agent } from '../../src/agent/agent.js';
-import { parseAgentConfig } from '../../src/agent/config.js';
 import { AgentClient } from '../../src/agent/control-client.js';
 import { silentLogger } from '../../src/agent/log.js';
 import type { BackupStatus } from '../../src/agent/backup-request.js';
 import { makeDisk, makeTempDir, runCli } from '../helpers/agent-process.js';
+import { twoDiskAgentConfig } from '../helpers/agent-two-disks.js';
 import { applyArchive } from '../helpers/agent-archive.js';
 import { SlowSink } from '../helpers/agent-sinks.js';
 import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
@@ -56,13 +56,7 @@ beforeAll(async () => {
   tmp = await makeTempDir();
   diskA = await makeDisk(join(tmp.dir, 'a.raw'), SIZE, 1);
   diskB = await makeDisk(join(tmp.dir, 'b.raw'), SIZE + 12345, 2); // not a cluster multiple
-  const config = parseAgentConfig({
-    hostId: 'h1',
-    stateDir: join(tmp.dir, 'state'),
-    disks: [
-      { name: 'a', path: join(tmp.dir, 'a.raw') },
-      { name: 'b', path: join(tmp.dir, 'b.raw') },
-    ],
+  const config = twoDiskAgentConfig(tmp.dir, {
     nbd: { listen: '127.0.0.1:0' },
   });
   agent = await startAgent(config, { log: silentLogger, wrapSink: (s) => (slow.on ? new SlowSink(s, 256 * 1024) : s) });

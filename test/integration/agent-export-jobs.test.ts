@@ -12,7 +12,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type Agent } from '../../src/agent/agent.js';
-import { parseAgentConfig } from '../../src/agent/config.js';
 import { AgentClient } from '../../src/agent/control-client.js';
 import { silentLogger } from '../../src/agent/log.js';
 import { ArchiveExports } from '../../src/agent/archive-exports.js';
@@ -21,6 +20,7 @@ import { CatalogClient } from '../../src/catalog/client.js';
 import type { ExportJob } from '../../src/catalog/records.js';
 import { readEmbeddedCredentials } from '../../src/store/embedded-credentials.js';
 import { makeDisk, makeTempDir, runCli } from '../helpers/agent-process.js';
+import { twoDiskAgentConfig } from '../helpers/agent-two-disks.js';
 import { runTool } from '../helpers/nbd-tools.js';
 
 const SIZE = 1024 * 1024 + 4096;
@@ -53,13 +53,7 @@ beforeAll(async () => {
   await makeDisk(join(tmp.dir, 'a.raw'), SIZE, 21);
   await makeDisk(join(tmp.dir, 'b.raw'), SIZE, 22);
   await mkdir(join(tmp.dir, 'allowed'));
-  const config = parseAgentConfig({
-    hostId: 'h1',
-    stateDir: join(tmp.dir, 'state'),
-    disks: [
-      { name: 'a', path: join(tmp.dir, 'a.raw') },
-      { name: 'b', path: join(tmp.dir, 'b.raw') },
-    ],
+  const config = twoDiskAgentConfig(tmp.dir, {
     catalog: { embedded: true },
     restore: { allowedDirs: [join(tmp.dir, 'allowed')], pollIntervalMs: 100 },
   });

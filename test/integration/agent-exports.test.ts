@@ -14,11 +14,11 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type Agent } from '../../src/agent/agent.js';
-import { parseAgentConfig } from '../../src/agent/config.js';
 import { AgentClient } from '../../src/agent/control-client.js';
 import { silentLogger } from '../../src/agent/log.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { makeDisk, makeTempDir, runCli } from '../helpers/agent-process.js';
+import { twoDiskAgentConfig } from '../helpers/agent-two-disks.js';
 import { qemuIo, runTool } from '../helpers/nbd-tools.js';
 
 const SIZE = 2 * 1024 * 1024 + 12345;
@@ -49,13 +49,7 @@ beforeAll(async () => {
   disk = await makeDisk(join(tmp.dir, 'a.raw'), SIZE, 7);
   await makeDisk(join(tmp.dir, 'b.raw'), 1024 * 1024, 8);
   await mkdir(join(tmp.dir, 'allowed'));
-  const config = parseAgentConfig({
-    hostId: 'h1',
-    stateDir: join(tmp.dir, 'state'),
-    disks: [
-      { name: 'a', path: join(tmp.dir, 'a.raw') },
-      { name: 'b', path: join(tmp.dir, 'b.raw') },
-    ],
+  const config = twoDiskAgentConfig(tmp.dir, {
     nbd: { listen: '127.0.0.1:0' },
     restore: { allowedDirs: [join(tmp.dir, 'allowed')] },
     exports: { max: 2, maxCacheMemoryBytes: 8 * 1024 * 1024 },
