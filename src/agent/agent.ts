@@ -24,6 +24,7 @@ import type { Clock } from './scheduler.js';
 import { AgentMetrics } from './metrics.js';
 import { startMetricsListener } from './metrics-server.js';
 import { startNotifier, type Notifier } from './notify.js';
+import type { DiskLastGood } from './notify-stale.js';
 import { createAgentExports, type ArchiveExports, type OpenArchiveExports, type OpenOverlay } from './archive-exports.js';
 
 export interface StartAgentOptions {
@@ -303,14 +304,19 @@ function createMetrics(config: AgentConfig, opts: StartAgentOptions): AgentMetri
   return new AgentMetrics({ hostId: config.hostId, disks, degradedChecks: checks });
 }
 
-/** The last good backup of each disk and drive, as persisted (dirty bitmaps, QEMU history): true after a restart. */
-function lastGoodBackups(disks: AgentDisk[], config: AgentConfig, history: QemuBackupHistory): () => Array<{ disk: string; time: string | null }> {
+/**
+ * The last good backup of each disk and drive, as persisted (dirty bitmaps,
+ * QEMU history): true after a restart, and read without asking QEMU. The
+ * metrics and the staleness check both read it.
+ */
+function lastGoodBackups(disks: AgentDisk[], config: AgentConfig, history: QemuBackupHistory): () => DiskLastGood[] {
+  const entry = (disk: string, last: { uuid: string | null; time: string } | null): DiskLastGood => ({
+    disk,
+    lastGood: last?.uuid ? { uuid: last.uuid, time: last.time } : null,
+  });
   return () => [
-    ...disks.map((d) => {
-      const last = d.dirty.status().lastBackup;
-      return { disk: d.name, time: last?.uuid ? last.time : null };
-    }),
-    ...config.qemu.flatMap((q) => q.drives.map((d) => ({ disk: d.name, time: history.get(d.name)?.time ?? null }))),
+    ...disks.map((d) => entry(d.name, d.dirty.status().lastBackup)),
+    ...config.qemu.flatMap((q) => q.drives.map((d) => entry(d.name, history.get(d.name)))),
   ];
 }
 
@@ -390,7 +396,8 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     cleanups.push(() => archiveExports.close());
     const catalog = await startCatalogue(config, store, embedded, disks, { metrics, notifier, archiveExports }, log, cleanups);
     const qemu = await openQemu(config, log, cleanups);
-    metrics.sources.lastGood = lastGoodBackups(disks, config, qemu.history);
+    const lastGood = lastGoodBackups(disks, config, qemu.history);
+    metrics.sources.lastGood = lastGood;
     const endpoints = describeEndpoints(config, addrs, store, catalog);
     const backups = createBackupManager(config, opts, { disks, store, qemu, endpoints, metrics, notifier, log }, cleanups);
     let schedules: ScheduledBackups | null = null;
@@ -398,7 +405,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
     endpoints.metricsAddress = await startMetricsTcp(config, metrics, log, cleanups);
     const sched = await startSchedules(config, opts, backups, store, notifier, log, cleanups);
     schedules = sched;
-    cleanups.push(await notifier.watchStaleness(() => backups.disks()));
+    cleanups.push(await notifier.watchStaleness(async () => lastGood()));
     metrics.sources.schedules = () => sched.runs();
     logReady(config, endpoints, control, disks, log);
     return { ...agentHandle(config, endpoints, control, backups, disks, sched, metrics, cleanups), archiveExports };

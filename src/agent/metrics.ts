@@ -37,7 +37,7 @@ export interface MetricsSources {
   /** Next run of each schedule (GET /schedules). */
   schedules?: () => Array<{ name: string; next: { at: string; mode: string } | null }>;
   /** The last successful backup of each disk, from the persisted bitmaps and QEMU history (survives restarts). */
-  lastGood?: () => Array<{ disk: string; time: string | null }>;
+  lastGood?: () => Array<{ disk: string; lastGood: { time: string } | null }>;
   backupRunning?: () => boolean;
 }
 
@@ -86,7 +86,7 @@ function registerScrapedMetrics(registers: Registers, src: MetricsSources, disks
     labelNames: ['disk'],
     registers,
     collect() {
-      for (const g of src.lastGood?.() ?? []) if (disks.includes(g.disk)) this.set({ disk: g.disk }, seconds(g.time) ?? 0);
+      for (const g of src.lastGood?.() ?? []) if (disks.includes(g.disk)) this.set({ disk: g.disk }, seconds(g.lastGood?.time) ?? 0);
     },
   });
   new Gauge({

@@ -36,7 +36,7 @@ const stateSchema = z.object({ episodes: z.record(z.string().max(256), z.string(
 export interface StaleWatcherOptions {
   staleAfterMs: number;
   stateDir: string;
-  /** The disks and their last good backups (GET /disks). */
+  /** The disks and their last good backups (as persisted: dirty bitmaps, QEMU history). */
   disks(): Promise<DiskLastGood[]>;
   onStale(info: StaleInfo): void;
   clock: Clock;

@@ -11,13 +11,13 @@ import { describeError } from '../errors.js';
 import { formatAge } from '../units.js';
 import { readPrivateFile } from '../store/private-file.js';
 import type { RestoreJob } from '../catalog/records.js';
-import type { BackupStatus, DiskStatus } from './backup-request.js';
+import type { BackupStatus } from './backup-request.js';
 import { AgentConfigError, type AgentConfig } from './config.js';
 import type { Logger } from './log.js';
 import type { NotifyEvent } from './notify-config.js';
 import { hookEnv, runCommandHook } from './notify-command.js';
 import { DEFAULT_BACKOFF, DeliveryQueue, type Backoff } from './notify-queue.js';
-import { StaleWatcher, type StaleInfo } from './notify-stale.js';
+import { StaleWatcher, type DiskLastGood, type StaleInfo } from './notify-stale.js';
 import { postWebhook, webhookLabel } from './notify-webhook.js';
 import type { RestoreRunOutcome } from './restore-poller.js';
 import { systemClock, type Clock } from './scheduler.js';
@@ -69,7 +69,7 @@ export interface Notifier {
   restoreEnded(job: RestoreJob, outcome: RestoreRunOutcome, startTime: string): void;
   retentionEnded(r: RetentionResult): void;
   /** Starts the staleness check (with `staleAfter`) over the agent's disks; resolves to its stop function. */
-  watchStaleness(disks: () => Promise<DiskStatus[]>): Promise<() => Promise<void>>;
+  watchStaleness(disks: () => Promise<DiskLastGood[]>): Promise<() => Promise<void>>;
   stop(): Promise<void>;
 }
 
@@ -184,12 +184,12 @@ export async function startNotifier(o: NotifierOptions): Promise<Notifier> {
         retention: { schedule: r.schedule, removed: removed.slice(0, MAX_LISTED_REMOVALS), removedCount: removed.length, kept: r.report?.kept ?? 0 },
       });
     },
-    async watchStaleness(disks: () => Promise<DiskStatus[]>): Promise<() => Promise<void>> {
+    async watchStaleness(disks: () => Promise<DiskLastGood[]>): Promise<() => Promise<void>> {
       if (n?.staleAfterMs === undefined || stale) return async () => undefined;
       const watcher = new StaleWatcher({
         staleAfterMs: n.staleAfterMs,
         stateDir: o.config.stateDir,
-        disks: async () => (await disks()).map((d) => ({ disk: d.name, lastGood: d.lastBackup ? { uuid: d.lastBackup.uuid, time: d.lastBackup.time } : null })),
+        disks,
         onStale: (info: StaleInfo) =>
           emit('disk.stale', {
             disks: [info.disk],
