@@ -1,6 +1,4 @@
 import type { ServerResponse } from 'node:http';
-import { constants as fsc } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { v7 as uuidv7 } from 'uuid';
 import { BackupCancelledError, BackupError, BackupRunningError, ConflictError, CowstreamError, describeError } from '../errors.js';
@@ -22,6 +20,7 @@ import type { Logger } from './log.js';
 import { openTarget, type AgentStore } from './targets.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { runQemuDriveBackup } from './qemu-backup.js';
+import { readBoundedFile } from './bounded-file.js';
 import { endFailedRun, openRunTarget, type Run } from './run-state.js';
 import type { BackupObserver } from './backup-events.js';
 
@@ -39,40 +38,6 @@ export interface AgentDisk {
 
 /** Embedded config files are small text files; bound what a request can make us read. */
 const MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024;
-
-/**
- * Reads one config file named by a request: the final component is not
- * followed if it is a symlink (O_NOFOLLOW), a FIFO or device cannot block or
- * feed us (O_NONBLOCK, then fstat of what was opened must be a regular
- * file), and at most its fstat size (<= MAX_CONFIG_FILE_BYTES) is read.
- */
-async function readConfigFile(p: string): Promise<Buffer> {
-  let fh;
-  try {
-    fh = await open(p, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new Error('is a symlink (not followed)', { cause: err });
-    throw err;
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new Error('not a regular file');
-    if (st.size > MAX_CONFIG_FILE_BYTES) throw new Error(`larger than ${MAX_CONFIG_FILE_BYTES} bytes`);
-    // One byte more than fstat said: filling it means the file grew while we read it.
-    const buf = Buffer.alloc(st.size + 1);
-    let n = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
-      if (bytesRead === 0) break;
-      n += bytesRead;
-      if (n === buf.length) throw new Error('changed while it was read');
-    }
-    return Buffer.from(buf.subarray(0, n));
-  } finally {
-    await fh.close();
-  }
-}
-
 
 /** A new run in state 'active', and the function that settles its `finished` promise. */
 function newRun(
@@ -492,7 +457,7 @@ export class BackupManager implements ControlBackend {
     for (let i = 0; i < paths.length; i++) {
       const p = paths[i]!;
       try {
-        out.push({ name: basename(p), data: await readConfigFile(p) });
+        out.push({ name: basename(p), data: await readBoundedFile(p, MAX_CONFIG_FILE_BYTES) });
       } catch (err) {
         throw new BackupRequestError(`configFiles[${i}]`, `configFiles[${i}]: cannot read "${p}": ${(err as Error).message}`);
       }

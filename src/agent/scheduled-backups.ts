@@ -11,8 +11,6 @@
  * starts, logged once; it is never silently dropped. Only the agent's stop
  * ends the wait (the run is then recorded as failed).
  */
-import { constants as fsc } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
@@ -27,6 +25,7 @@ import type { Notifier } from './notify.js';
 import type { AgentSchedule } from './schedule-config.js';
 import { Scheduler, type Clock, type RunOutcome, type ScheduleState, type ScheduleStatus, type ScheduledMode } from './scheduler.js';
 import type { AgentStore } from './targets.js';
+import { readBoundedFile } from './bounded-file.js';
 
 export const SCHEDULE_STATE_FILE = 'schedules.json';
 /** The state file is a few hundred bytes per group; anything larger is not ours. */
@@ -57,14 +56,7 @@ export async function loadScheduleState(stateDir: string, log: Logger): Promise<
   const path = join(stateDir, SCHEDULE_STATE_FILE);
   let text: string;
   try {
-    const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
-    try {
-      const st = await fh.stat();
-      if (!st.isFile() || st.size > MAX_STATE_BYTES) throw new Error(`not a regular file of at most ${MAX_STATE_BYTES} bytes`);
-      text = await fh.readFile('utf8');
-    } finally {
-      await fh.close();
-    }
+    text = (await readBoundedFile(path, MAX_STATE_BYTES)).toString('utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('schedule state unreadable; starting without it (no catch-up run)', { path, error: describeError(err) });
     return { groups: {} };
