@@ -3,7 +3,6 @@ import { basename } from 'node:path';
 import { v7 as uuidv7 } from 'uuid';
 import { BackupCancelledError, BackupError, BackupRunningError, ConflictError, CowstreamError, describeError } from '../errors.js';
 import { runArchivePipeline } from '../backup/pipeline.js';
-import { ZstdPool } from '../codec/zstd-pool.js';
 import { readKeyFile } from '../codec/crypto.js';
 import {
   incrementalBlocker,
@@ -21,7 +20,7 @@ import { openTarget, type AgentStore } from './targets.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import { runQemuDriveBackup } from './qemu-backup.js';
 import { readBoundedFile } from './bounded-file.js';
-import { endFailedRun, openRunTarget, type Run } from './run-state.js';
+import { endFailedRun, liveBackupCompressor, openRunTarget, type Run } from './run-state.js';
 import type { BackupObserver } from './backup-events.js';
 
 /** One exported disk of the agent. */
@@ -505,12 +504,7 @@ export class BackupManager implements ControlBackend {
     onStarted: () => void,
   ): Promise<void> {
     const log = this.ctx.log;
-    const compressor = new ZstdPool({
-      // Every job in a worker: an inline one would hold the event loop that
-      // answers guest writes and NBD requests during a live backup.
-      inlineBytes: 0,
-      ...(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {}),
-    });
+    const compressor = liveBackupCompressor(req.compressionLevel);
     let failure: unknown = null;
     try {
       const { result: r, summary } = await runArchivePipeline({

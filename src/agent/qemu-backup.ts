@@ -7,13 +7,12 @@
  */
 import { tmpdir } from 'node:os';
 import { BackupCancelledError, describeError } from '../errors.js';
-import { ZstdPool } from '../codec/zstd-pool.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import type { ByteSink } from '../format/sink.js';
 import { runPullBackup, type PullBackupResult, type SnapshotInfo } from '../qemu/pull-backup.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { BackupRequest } from './backup-request.js';
-import { endFailedRun, openRunTarget, type Run as RunState } from './run-state.js';
+import { endFailedRun, liveBackupCompressor, openRunTarget, type Run as RunState } from './run-state.js';
 import type { Logger } from './log.js';
 import type { QemuBackupHistory, QemuHost } from './qemu-drives.js';
 import type { AgentStore } from './targets.js';
@@ -38,12 +37,7 @@ export interface QemuDriveBackupOptions {
 export async function runQemuDriveBackup(o: QemuDriveBackupOptions): Promise<void> {
   const { run, req, host, log } = o;
   const uuid = run.status.uuid;
-  const compressor = new ZstdPool({
-    // Every job in a worker: an inline one would hold the event loop that
-    // answers guest writes and NBD requests during a live backup.
-    inlineBytes: 0,
-    ...(req.compressionLevel !== undefined ? { level: req.compressionLevel } : {}),
-  });
+  const compressor = liveBackupCompressor(req.compressionLevel);
   let qmp: QmpClient | null = null;
   let snapshot = false;
   let failure: unknown = null;

@@ -5,6 +5,7 @@
  * completely over.
  */
 import { describeError } from '../errors.js';
+import { ZstdPool } from '../codec/zstd-pool.js';
 import type { ArchiveWriter } from '../format/writer.js';
 import type { BackupSession } from '../cbw/index.js';
 import type { BackupStatus, BackupTarget } from './backup-request.js';
@@ -42,4 +43,12 @@ export function endFailedRun(run: Run, failure: unknown, cancelled: boolean, log
   run.status.status = cancelled ? 'cancelled' : 'error';
   run.status.error = cancelled ? 'backup cancelled' : describeError(failure);
   log.warn(cancelled ? 'backup cancelled' : 'backup failed', { uuid: run.status.uuid, error: run.status.error });
+}
+
+/**
+ * The compressor of one live backup: every job in a worker, since an inline
+ * one would hold the event loop that answers guest writes and NBD requests.
+ */
+export function liveBackupCompressor(level: number | undefined): ZstdPool {
+  return new ZstdPool({ inlineBytes: 0, ...(level !== undefined ? { level } : {}) });
 }
