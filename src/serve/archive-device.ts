@@ -12,7 +12,7 @@ import { pushExtent } from '../device/extents.js';
 import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import { clusterLength, forEachSegment, type DeviceMap, type ServedExtent } from './cluster-map.js';
-import { clusterAt, type DecodedExtent, type ExtentCache } from './extent-cache.js';
+import { clusterAt, clustersHeld, type DecodedExtent, type ExtentCache } from './extent-cache.js';
 import type { ExtentFetcher } from './extent-fetcher.js';
 
 export interface ArchiveDeviceCounters {
@@ -93,8 +93,7 @@ export class ArchiveDevice implements BlockDevice {
       if (!seg?.extent) return;
       const key = seg.extent.key;
       const d = found ? (found.get(key) ?? this.cache.get(key)) : this.cache.peek(key);
-      let hits = 0;
-      if (d !== undefined) for (let c = first; c < first + n; c++) if (clusterAt(d, this.pi, c) >= 0) hits++;
+      const hits = d === undefined ? 0 : clustersHeld(d, this.pi, first, n);
       if (count) {
         this.counters.cacheHits += hits;
         this.counters.cacheMisses += n - hits;
