@@ -280,8 +280,7 @@ class HydrationRun {
       if (mapZero && st === NOT_COPIED) {
         this.bytesSkipped += cLen;
       } else {
-        const data = await this.source.read(cStart, cLen);
-        if (data.length !== cLen) throw new DeviceError(`source returned ${data.length} of ${cLen} bytes at ${cStart}`);
+        const data = await this.readSource(cStart, cLen);
         if (this.isZero(data)) this.bytesSkipped += cLen;
         else {
           await this.targetIo('write', cStart, (fh) => writeAll(fh, data, cStart));
@@ -341,29 +340,33 @@ class HydrationRun {
     checkRange(this.size, offset, length, `read ${this.target}`);
     if (this.closed) throw new DeviceClosedError(`hydration device ${this.target} is closed`);
     if (!this.attached || length === 0) return this.source.read(offset, length);
-    const out = Buffer.alloc(length);
-    const jobs: Array<Promise<void>> = [];
+    const runs: Array<{ start: number; end: number; copied: boolean }> = [];
     const end = offset + length;
     for (let pos = offset; pos < end; ) {
       const c = Math.floor(pos / this.cs);
       const copied = this.states.get(c) === COPIED;
       let next = Math.min(end, (c + 1) * this.cs);
       while (next < end && (this.states.get(Math.floor(next / this.cs)) === COPIED) === copied) next = Math.min(end, next + this.cs);
-      const at = pos - offset;
-      const s = pos;
-      const n = next - pos;
-      if (copied) jobs.push(this.targetIo('read', s, (fh) => readAll(fh, out.subarray(at, at + n), s)));
-      else {
-        this.prioritise(c, Math.floor((next - 1) / this.cs));
-        jobs.push(this.source.read(s, n).then((b) => {
-          if (b.length !== n) throw new DeviceError(`source returned ${b.length} of ${n} bytes at ${s}`);
-          b.copy(out, at);
-        }));
-      }
+      if (!copied) this.prioritise(c, Math.floor((next - 1) / this.cs));
+      runs.push({ start: pos, end: next, copied });
       pos = next;
     }
-    await Promise.all(jobs);
+    // Nothing of it copied yet: the source's own buffer is the answer, no second buffer and copy per read.
+    if (runs.length === 1 && !runs[0]!.copied) return this.readSource(offset, length);
+    const out = Buffer.alloc(length);
+    await Promise.all(runs.map(({ start, end: e, copied }) => {
+      const at = start - offset;
+      if (copied) return this.targetIo('read', start, (fh) => readAll(fh, out.subarray(at, at + e - start), start));
+      return this.readSource(start, e - start).then((b) => void b.copy(out, at));
+    }));
     return out;
+  }
+
+  /** source.read, checked to return all it was asked for. */
+  private async readSource(start: number, n: number): Promise<Buffer> {
+    const b = await this.source.read(start, n);
+    if (b.length !== n) throw new DeviceError(`source returned ${b.length} of ${n} bytes at ${start}`);
+    return b;
   }
 
   /** Queues clusters first..last to be copied before the sequential scan reaches them (bounded). */

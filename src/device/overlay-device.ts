@@ -284,6 +284,9 @@ export class OverlayDevice implements BlockDevice {
   async read(offset: number, length: number): Promise<Buffer> {
     checkRange(this.size, offset, length, `read ${this.path}`);
     const fh = this.handle();
+    // All of it still in the base (an overlay mostly unwritten): the base's
+    // own buffer is the answer, no second buffer and copy per read.
+    if (length > 0 && this.allBase(offset, length)) return this.readBase(offset, length);
     const out = Buffer.alloc(length);
     const jobs: Array<Promise<void>> = [];
     this.forRuns(offset, length, (state, start, end) => {
@@ -292,10 +295,7 @@ export class OverlayDevice implements BlockDevice {
       if (state === DATA) {
         jobs.push(this.io('read', start, () => readAll(fh, out.subarray(at, at + end - start), this.dataOffset + start)));
       } else {
-        jobs.push(this.base.read(start, end - start).then((b) => {
-          if (b.length !== end - start) throw new DeviceError(`base returned ${b.length} of ${end - start} bytes at ${start}`);
-          b.copy(out, at);
-        }));
+        jobs.push(this.readBase(start, end - start).then((b) => void b.copy(out, at)));
       }
     });
     await Promise.all(jobs);
@@ -364,6 +364,20 @@ export class OverlayDevice implements BlockDevice {
   }
 
   // ------------------------------------------------------------------ internals
+
+  /** True when every cluster of [offset, offset+length), length > 0, is still BASE. */
+  private allBase(offset: number, length: number): boolean {
+    const first = Math.floor(offset / this.clusterSize);
+    const end = Math.floor((offset + length - 1) / this.clusterSize) + 1;
+    return this.states.get(first) === BASE && this.states.nextNot(first + 1, end, BASE) === end;
+  }
+
+  /** base.read, checked to return all it was asked for. */
+  private async readBase(start: number, n: number): Promise<Buffer> {
+    const b = await this.base.read(start, n);
+    if (b.length !== n) throw new DeviceError(`base returned ${b.length} of ${n} bytes at ${start}`);
+    return b;
+  }
 
   /** Calls fn for each maximal run of clusters with one state, clipped to [offset, offset+length), until fn returns false. */
   private forRuns(offset: number, length: number, fn: (state: number, start: number, end: number) => boolean | void): void {
@@ -454,8 +468,7 @@ export class OverlayDevice implements BlockDevice {
       // Read-modify-write of a cluster not yet in the overlay.
       const cStart = p.c * this.clusterSize;
       const cLen = Math.min(this.size, cStart + this.clusterSize) - cStart;
-      const buf = state === ZERO ? Buffer.alloc(cLen) : await this.base.read(cStart, cLen);
-      if (buf.length !== cLen) throw new DeviceError(`base returned ${buf.length} of ${cLen} bytes at ${cStart}`);
+      const buf = state === ZERO ? Buffer.alloc(cLen) : await this.readBase(cStart, cLen);
       buf.set(data, p.start - cStart);
       await this.io('write', cStart, () => writeAll(fh, buf, this.dataOffset + cStart));
     }

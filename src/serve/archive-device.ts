@@ -11,8 +11,8 @@ import { DeviceClosedError, ReadOnlyDeviceError } from '../device/errors.js';
 import { pushExtent } from '../device/extents.js';
 import type { BlockDevice, DeviceExtent } from '../device/types.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
-import { clusterLength, forEachSegment, type DeviceMap, type ServedExtent } from './cluster-map.js';
-import { clusterAt, type DecodedExtent, type ExtentCache } from './extent-cache.js';
+import { forEachSegment, type DeviceMap, type ServedExtent } from './cluster-map.js';
+import { clusterAt, clustersHeld, type DecodedExtent, type ExtentCache } from './extent-cache.js';
 import type { ExtentFetcher } from './extent-fetcher.js';
 
 export interface ArchiveDeviceCounters {
@@ -93,8 +93,7 @@ export class ArchiveDevice implements BlockDevice {
       if (!seg?.extent) return;
       const key = seg.extent.key;
       const d = found ? (found.get(key) ?? this.cache.get(key)) : this.cache.peek(key);
-      let hits = 0;
-      if (d !== undefined) for (let c = first; c < first + n; c++) if (clusterAt(d, this.pi, c) >= 0) hits++;
+      const hits = d === undefined ? 0 : clustersHeld(d, this.pi, first, n);
       if (count) {
         this.counters.cacheHits += hits;
         this.counters.cacheMisses += n - hits;
@@ -137,14 +136,13 @@ export class ArchiveDevice implements BlockDevice {
         out.fill(0, Math.max(offset, first * CLUSTER_SIZE) - offset, Math.min(end, (first + n) * CLUSTER_SIZE) - offset);
         return;
       }
+      // A segment is one run of its extent, stored CLUSTER_SIZE apart: one copy (end <= size clips a short last cluster).
       const d = found.get(seg.extent.key)!;
-      for (let c = first; c < first + n; c++) {
-        const start = c * CLUSTER_SIZE;
-        const from = Math.max(offset, start);
-        const to = Math.min(end, start + clusterLength(this.map, c));
-        const at = clusterAt(d, this.pi, c);
-        d.buf.copy(out, from - offset, at + from - start, at + to - start);
-      }
+      const start = first * CLUSTER_SIZE;
+      const from = Math.max(offset, start);
+      const to = Math.min(end, (first + n) * CLUSTER_SIZE);
+      const at = clusterAt(d, this.pi, first);
+      d.buf.copy(out, from - offset, at + from - start, at + to - start);
     });
   }
 

@@ -27,6 +27,13 @@ export function clusterAt(d: DecodedExtent, pi: number, c: number): number {
   return -1;
 }
 
+/** How many of clusters [first, first + n) of device `pi` `d` holds (its runs are disjoint: each cluster has one winner). */
+export function clustersHeld(d: DecodedExtent, pi: number, first: number, n: number): number {
+  let held = 0;
+  for (const r of d.runs) if (r.pi === pi) held += Math.max(0, Math.min(first + n, r.first + r.count) - Math.max(first, r.first));
+  return held;
+}
+
 export class ExtentCache {
   private readonly map = new Map<string, DecodedExtent>();
   private used = 0;
