@@ -12,9 +12,8 @@ import { type FileHandle, mkdir, open, readdir, stat, unlink } from 'node:fs/pro
 import { join } from 'node:path';
 import { CowstreamError, UsageError } from '../errors.js';
 import { CLUSTER_SIZE, ZERO_BLOCK_SIZE } from '../format/constants.js';
+import { zeroMaskOf } from '../format/extent.js';
 import type { ArchiveReader } from '../format/reader.js';
-
-const ZERO_BLOCK = Buffer.alloc(ZERO_BLOCK_SIZE);
 
 export interface ExtractResult {
   dir: string;
@@ -68,9 +67,9 @@ async function writeSparse(fh: FileHandle, data: Buffer, base: number): Promise<
     written += len;
     runStart = -1;
   };
-  for (let off = 0; off < data.length; off += ZERO_BLOCK_SIZE) {
-    const end = Math.min(off + ZERO_BLOCK_SIZE, data.length);
-    const zero = data.subarray(off, end).equals(end - off === ZERO_BLOCK_SIZE ? ZERO_BLOCK : ZERO_BLOCK.subarray(0, end - off));
+  const zeroMask = zeroMaskOf(data);
+  for (let i = 0, off = 0; off < data.length; i++, off += ZERO_BLOCK_SIZE) {
+    const zero = (zeroMask & (1 << i)) !== 0;
     if (!zero && runStart < 0) runStart = off;
     else if (zero && runStart >= 0) await flush(off);
   }
