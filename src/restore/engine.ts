@@ -355,19 +355,25 @@ async function restoreExtent(run: RestoreRun, range: PlanRange, slice: Buffer, e
 
 /** The extent's winning runs on selected devices, one positional writev per ≤ WRITEV_MAX consecutive clusters. */
 async function writeExtentRuns(run: RestoreRun, archiveUuid: string, ex: PlanExtent, leased: LeasedClusters): Promise<void> {
-  // Index decoded clusters by (archive device id, cluster).
-  const byKey = new Map<string, Buffer>();
-  for (const c of leased.clusters) byKey.set(`${c.deviceId}:${c.cluster}`, c.data);
+  // Index decoded clusters by archive device id, then cluster (numeric keys:
+  // no string is built per cluster on this hot path).
+  const byDevice = new Map<number, Map<number, Buffer>>();
+  for (const c of leased.clusters) {
+    let m = byDevice.get(c.deviceId);
+    if (!m) byDevice.set(c.deviceId, (m = new Map()));
+    m.set(c.cluster, c.data);
+  }
   for (const [pi, devId, first, count] of ex.runs) {
     const t = run.targetOf.get(pi);
     if (!t) continue;
+    const byCluster = byDevice.get(devId);
     // One positional writev per run of consecutive clusters (≤ IOV_MAX
     // buffers) instead of a syscall per 64 KiB cluster.
     for (let c0 = first; c0 < first + count; c0 += WRITEV_MAX) {
       const end = Math.min(first + count, c0 + WRITEV_MAX);
       const bufs: Buffer[] = [];
       for (let c = c0; c < end; c++) {
-        const data = byKey.get(`${devId}:${c}`);
+        const data = byCluster?.get(c);
         const expectLen = clusterBytes(run.plan, pi, c, 1);
         if (!data) throw new FormatError(`extent at ${ex.offset} of archive ${archiveUuid} lacks cluster ${c} of device ${t.name} that its index promises`);
         if (data.length < expectLen) throw new FormatError(`cluster ${c} of device ${t.name} in archive ${archiveUuid} is ${data.length} bytes, expected ${expectLen}`);
