@@ -10,6 +10,7 @@
 import { constants as fsc } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeAll } from '../device/file-io.js';
 import { CowstreamError, UsageError } from '../errors.js';
 import { CLUSTER_SIZE, ZERO_BLOCK_SIZE } from '../format/constants.js';
 import { zeroMaskOf } from '../format/extent.js';
@@ -61,10 +62,8 @@ async function writeSparse(fh: FileHandle, data: Buffer, base: number): Promise<
   let written = 0;
   let runStart = -1;
   const flush = async (end: number): Promise<void> => {
-    const len = end - runStart;
-    let done = 0;
-    while (done < len) done += (await fh.write(data, runStart + done, len - done, base + runStart + done)).bytesWritten;
-    written += len;
+    await writeAll(fh, data.subarray(runStart, end), base + runStart);
+    written += end - runStart;
     runStart = -1;
   };
   const zeroMask = zeroMaskOf(data);
