@@ -21,6 +21,7 @@
  */
 import { unlink } from 'node:fs/promises';
 import type { Compressor } from '../codec/types.js';
+import { writeAll } from '../device/file-io.js';
 import { ChecksumError, CowstreamError, FormatError, RestoreError } from '../errors.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import { decodeExtentLeased, type LeasedClusters } from '../format/extent.js';
@@ -292,7 +293,7 @@ async function writeZeroRuns(run: RestoreRun, selected: number[]): Promise<void>
       if (!t.fresh) {
         for (let off = 0; off < len; off += ZERO_CHUNK.length) {
           const n = Math.min(ZERO_CHUNK.length, len - off);
-          await t.fh.write(ZERO_CHUNK, 0, n, start + off);
+          await writeAll(t.fh, ZERO_CHUNK.subarray(0, n), start + off);
           run.writtenBytes += n;
         }
       }
