@@ -29,6 +29,7 @@ import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlanExtent, PlanRange, RestorePlan } from './plan.js';
 import { describeLocator } from './chain.js';
 import { openTargets, type RestoreOutput } from './target.js';
+import { pool } from './pool.js';
 import { authenticatePlan, checkPlanKey } from './authenticate.js';
 import { DecodeSlots, decodeSlots, DEFAULT_RANGE_BUFFER_BYTES, EXTENTS_IN_FLIGHT, rangeBufferSize, splitRange } from './memory.js';
 
@@ -96,29 +97,6 @@ export interface RestoreResult {
 /** Names the clusters an extent was to supply, for error messages. */
 function clusterNames(plan: RestorePlan, ex: PlanExtent): string[] {
   return ex.runs.map(([pi, , s, c]) => `${plan.devices[pi]?.name ?? `#${pi}`}:${s}-${s + c - 1}`);
-}
-
-/** Bounded-concurrency map over an array; stops launching new work after the first error. */
-async function pool<T>(items: T[], width: number, fn: (item: T, i: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
-  let next = 0;
-  let failed: unknown = undefined;
-  let hasFailed = false;
-  const worker = async (): Promise<void> => {
-    while (!hasFailed && next < items.length) {
-      if (signal?.aborted) throw new RestoreError('restore cancelled', { cause: signal.reason });
-      const i = next++;
-      try {
-        await fn(items[i]!, i);
-      } catch (err) {
-        if (!hasFailed) {
-          hasFailed = true;
-          failed = err;
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
-  if (hasFailed) throw failed;
 }
 
 /** Everything one restore shares between its steps. */

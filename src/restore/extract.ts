@@ -15,6 +15,7 @@ import { CowstreamError, UsageError } from '../errors.js';
 import { CLUSTER_SIZE, ZERO_BLOCK_SIZE } from '../format/constants.js';
 import { zeroMaskOf } from '../format/extent.js';
 import type { ArchiveReader } from '../format/reader.js';
+import { pool } from './pool.js';
 
 export interface ExtractResult {
   dir: string;
@@ -134,23 +135,18 @@ export async function extractArchive(reader: ArchiveReader, dir: string, o: Extr
 async function extractImages(reader: ArchiveReader, outputs: Map<number, DeviceOutput>, o: ExtractOptions): Promise<void> {
   const extents = reader.index.extents;
   const total = extents.reduce((a, x) => a + x.length, 0);
-  let next = 0;
   let done = 0;
-  const worker = async (): Promise<void> => {
-    while (next < extents.length) {
-      const x = extents[next++]!;
-      const clusters = await reader.readExtent(x.offset, x.length);
-      for (const c of clusters) {
-        const out = outputs.get(c.deviceId);
-        if (!out) throw new CowstreamError(`extent ${x.seq} holds unknown device id ${c.deviceId}`);
-        // Await first, then add: `x += await f()` reads x before the await and
-        // loses the other workers' additions made meanwhile.
-        const n = await writeSparse(out.fh, c.data, c.cluster * CLUSTER_SIZE);
-        out.dev.bytesWritten += n;
-      }
-      done += x.length;
-      o.onProgress?.(done, total);
+  await pool(extents, o.concurrency, async (x) => {
+    const clusters = await reader.readExtent(x.offset, x.length);
+    for (const c of clusters) {
+      const out = outputs.get(c.deviceId);
+      if (!out) throw new CowstreamError(`extent ${x.seq} holds unknown device id ${c.deviceId}`);
+      // Await first, then add: `x += await f()` reads x before the await and
+      // loses the other workers' additions made meanwhile.
+      const n = await writeSparse(out.fh, c.data, c.cluster * CLUSTER_SIZE);
+      out.dev.bytesWritten += n;
     }
-  };
-  await Promise.all(Array.from({ length: Math.min(o.concurrency, extents.length) }, worker));
+    done += x.length;
+    o.onProgress?.(done, total);
+  });
 }
