@@ -199,7 +199,6 @@ function selectDevices(plan: RestorePlan, names: string[] | undefined): number[]
   });
 }
 
-/** Key problems are found before any target is touched. */
 /** Only ranges that supply a selected device, in pieces that fit a range buffer. */
 function rangePieces(plan: RestorePlan, selected: Set<number>, parallel: number, rangeBufferBytes: number): PlanRange[] {
   const pieceBytes = rangeBufferSize(parallel, rangeBufferBytes);
