@@ -104,10 +104,10 @@ export function open(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad
   );
 }
 
-export const FINGERPRINT_BYTES = 16;
+const FINGERPRINT_BYTES = 16;
 
 /** First 16 bytes of SHA-256(key): identifies a key without revealing it. */
-export function keyFingerprintBytes(key: Uint8Array): Buffer {
+function keyFingerprintBytes(key: Uint8Array): Buffer {
   assertKey(key);
   return sha256(key).subarray(0, FINGERPRINT_BYTES);
 }

@@ -33,7 +33,7 @@ import { availableParallelism } from 'node:os';
 import * as zlib from 'node:zlib';
 import { ChecksumError, CodecError } from '../errors.js';
 import type { CompressExtentOptions, CompressedExtent, ExtentCompressor, PayloadUnpacker, UnpackPayloadOptions } from './types.js';
-import { type JobMessage, type ZstdBackendImpl, nativeBackend, runJob } from './zstd-worker.mjs';
+import { type JobMessage, type ZstdBackendImpl, DECOMPRESS_SLACK, compressBound as zstdCompressBound, nativeBackend, runJob } from './zstd-worker.mjs';
 
 /** zstd levels this pool accepts (ZSTD_minCLevel fast levels are not exposed). */
 export const MIN_ZSTD_LEVEL = 1;
@@ -168,8 +168,6 @@ export const DEFAULT_INLINE_BYTES = 8 * 1024 * 1024;
 const DEFAULT_MAX_INPUT = 8 * 1024 * 1024;
 const DEFAULT_WASM_MEMORY = 128 * 1024 * 1024;
 const BUFFER_ROUNDING = 1024 * 1024;
-/** Room the native decoder needs past the plaintext in its output buffer (DECOMPRESS_SLACK in zstd-worker.mjs). */
-const DECOMPRESS_SLACK = 64;
 const WASM_MEMORY_STEP = 16 * 1024 * 1024;
 /**
  * Resident memory of a cowstream process before any backup or restore buffer
@@ -200,11 +198,6 @@ const NOT_A_FRAME = 'decompress input is not a zstd frame (bad magic number)';
 /** A single standard zstd frame starts with magic 0xFD2FB528 (little-endian) and is at least ZSTD_MIN_FRAME bytes. */
 function isZstdFrame(b: Uint8Array): boolean {
   return b.length >= ZSTD_MIN_FRAME && b[0] === 0x28 && b[1] === 0xb5 && b[2] === 0x2f && b[3] === 0xfd;
-}
-
-/** ZSTD_COMPRESSBOUND from zstd.h: the largest frame a valid input of `n` bytes can produce. */
-export function zstdCompressBound(n: number): number {
-  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
 }
 
 /**

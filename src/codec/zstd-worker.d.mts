@@ -1,5 +1,11 @@
 // Types of what zstd-worker.mjs exports for ZstdPool's inline jobs.
 
+/** ZSTD_COMPRESSBOUND from zstd.h: the largest frame a valid input of `n` bytes can produce. */
+export function compressBound(n: number): number;
+
+/** Room the native decoder needs past the plaintext in its output buffer. */
+export const DECOMPRESS_SLACK: number;
+
 /** A codec backend as the worker builds it (opaque to the pool). */
 export interface ZstdBackendImpl {
   readonly kind?: never;

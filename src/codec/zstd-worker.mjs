@@ -163,8 +163,8 @@ function loadBinding(memoryBytes) {
   });
 }
 
-/** ZSTD_COMPRESSBOUND from zstd.h (same as zstdCompressBound in zstd-pool.ts). */
-function compressBound(n) {
+/** ZSTD_COMPRESSBOUND from zstd.h: the largest frame a valid input of `n` bytes can produce. */
+export function compressBound(n) {
   return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
 }
 
@@ -174,7 +174,7 @@ const MIN_CHUNK = 64;
  * Room past `expected` in the decompression output: a chunk that ends exactly
  * full makes zlib allocate a second chunk to look for more output.
  */
-const DECOMPRESS_SLACK = 64;
+export const DECOMPRESS_SLACK = 64;
 
 /**
  * An ArrayBuffer holding `out` at offset 0, to transfer as a result. zlib's

@@ -65,7 +65,7 @@ import { DEVICE_NAME_PATTERN } from '../names.js';
 
 export { BITMAP_PREFIX };
 /** qcow2 cluster of the job graph's fleecing overlay: the unit a guest write copies first (cost to the guest). */
-export const FLEECE_CLUSTER = CLUSTER_SIZE;
+const FLEECE_CLUSTER = CLUSTER_SIZE;
 const JOB_POLL_MS = 50;
 const JOB_WAIT_MS = 30_000;
 const NAME_RE = DEVICE_NAME_PATTERN;

@@ -13,7 +13,7 @@ import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlannerArchive } from './plan.js';
 
 /** Chains deeper than this are refused (cycle or runaway input). */
-export const MAX_CHAIN_DEPTH = 10_000;
+const MAX_CHAIN_DEPTH = 10_000;
 
 export function describeLocator(loc: ArchiveLocator): string {
   return loc.kind === 's3' ? `s3://${loc.bucket}/${loc.key}` : loc.path;
@@ -23,7 +23,7 @@ export function describeLocator(loc: ArchiveLocator): string {
  * Reads header + footer + trailer of one archive into the planner's input.
  * The source is closed afterwards.
  */
-export async function readPlannerArchive(source: RangeSource, locator: ArchiveLocator): Promise<PlannerArchive> {
+async function readPlannerArchive(source: RangeSource, locator: ArchiveLocator): Promise<PlannerArchive> {
   try {
     return plannerArchiveOf(await openArchive(source), locator);
   } finally {

@@ -21,6 +21,7 @@
  */
 import { unlink } from 'node:fs/promises';
 import type { Compressor } from '../codec/types.js';
+import { writeAll } from '../device/file-io.js';
 import { ChecksumError, CowstreamError, FormatError, RestoreError } from '../errors.js';
 import { CLUSTER_SIZE } from '../format/constants.js';
 import { decodeExtentLeased, type LeasedClusters } from '../format/extent.js';
@@ -28,6 +29,7 @@ import type { RangeSource } from '../format/sink.js';
 import type { ArchiveLocator, PlanExtent, PlanRange, RestorePlan } from './plan.js';
 import { describeLocator } from './chain.js';
 import { openTargets, type RestoreOutput } from './target.js';
+import { pool } from './pool.js';
 import { authenticatePlan, checkPlanKey } from './authenticate.js';
 import { DecodeSlots, decodeSlots, DEFAULT_RANGE_BUFFER_BYTES, EXTENTS_IN_FLIGHT, rangeBufferSize, splitRange } from './memory.js';
 
@@ -95,29 +97,6 @@ export interface RestoreResult {
 /** Names the clusters an extent was to supply, for error messages. */
 function clusterNames(plan: RestorePlan, ex: PlanExtent): string[] {
   return ex.runs.map(([pi, , s, c]) => `${plan.devices[pi]?.name ?? `#${pi}`}:${s}-${s + c - 1}`);
-}
-
-/** Bounded-concurrency map over an array; stops launching new work after the first error. */
-async function pool<T>(items: T[], width: number, fn: (item: T, i: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
-  let next = 0;
-  let failed: unknown = undefined;
-  let hasFailed = false;
-  const worker = async (): Promise<void> => {
-    while (!hasFailed && next < items.length) {
-      if (signal?.aborted) throw new RestoreError('restore cancelled', { cause: signal.reason });
-      const i = next++;
-      try {
-        await fn(items[i]!, i);
-      } catch (err) {
-        if (!hasFailed) {
-          hasFailed = true;
-          failed = err;
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
-  if (hasFailed) throw failed;
 }
 
 /** Everything one restore shares between its steps. */
@@ -220,7 +199,6 @@ function selectDevices(plan: RestorePlan, names: string[] | undefined): number[]
   });
 }
 
-/** Key problems are found before any target is touched. */
 /** Only ranges that supply a selected device, in pieces that fit a range buffer. */
 function rangePieces(plan: RestorePlan, selected: Set<number>, parallel: number, rangeBufferBytes: number): PlanRange[] {
   const pieceBytes = rangeBufferSize(parallel, rangeBufferBytes);
@@ -292,7 +270,7 @@ async function writeZeroRuns(run: RestoreRun, selected: number[]): Promise<void>
       if (!t.fresh) {
         for (let off = 0; off < len; off += ZERO_CHUNK.length) {
           const n = Math.min(ZERO_CHUNK.length, len - off);
-          await t.fh.write(ZERO_CHUNK, 0, n, start + off);
+          await writeAll(t.fh, ZERO_CHUNK.subarray(0, n), start + off);
           run.writtenBytes += n;
         }
       }
@@ -355,19 +333,25 @@ async function restoreExtent(run: RestoreRun, range: PlanRange, slice: Buffer, e
 
 /** The extent's winning runs on selected devices, one positional writev per ≤ WRITEV_MAX consecutive clusters. */
 async function writeExtentRuns(run: RestoreRun, archiveUuid: string, ex: PlanExtent, leased: LeasedClusters): Promise<void> {
-  // Index decoded clusters by (archive device id, cluster).
-  const byKey = new Map<string, Buffer>();
-  for (const c of leased.clusters) byKey.set(`${c.deviceId}:${c.cluster}`, c.data);
+  // Index decoded clusters by archive device id, then cluster (numeric keys:
+  // no string is built per cluster on this hot path).
+  const byDevice = new Map<number, Map<number, Buffer>>();
+  for (const c of leased.clusters) {
+    let m = byDevice.get(c.deviceId);
+    if (!m) byDevice.set(c.deviceId, (m = new Map()));
+    m.set(c.cluster, c.data);
+  }
   for (const [pi, devId, first, count] of ex.runs) {
     const t = run.targetOf.get(pi);
     if (!t) continue;
+    const byCluster = byDevice.get(devId);
     // One positional writev per run of consecutive clusters (≤ IOV_MAX
     // buffers) instead of a syscall per 64 KiB cluster.
     for (let c0 = first; c0 < first + count; c0 += WRITEV_MAX) {
       const end = Math.min(first + count, c0 + WRITEV_MAX);
       const bufs: Buffer[] = [];
       for (let c = c0; c < end; c++) {
-        const data = byKey.get(`${devId}:${c}`);
+        const data = byCluster?.get(c);
         const expectLen = clusterBytes(run.plan, pi, c, 1);
         if (!data) throw new FormatError(`extent at ${ex.offset} of archive ${archiveUuid} lacks cluster ${c} of device ${t.name} that its index promises`);
         if (data.length < expectLen) throw new FormatError(`cluster ${c} of device ${t.name} in archive ${archiveUuid} is ${data.length} bytes, expected ${expectLen}`);

@@ -10,16 +10,22 @@
 import { constants as fsc } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeAll } from '../device/file-io.js';
 import { CowstreamError, UsageError } from '../errors.js';
 import { CLUSTER_SIZE, ZERO_BLOCK_SIZE } from '../format/constants.js';
+import { zeroMaskOf } from '../format/extent.js';
 import type { ArchiveReader } from '../format/reader.js';
-
-const ZERO_BLOCK = Buffer.alloc(ZERO_BLOCK_SIZE);
+import { pool } from './pool.js';
 
 export interface ExtractResult {
   dir: string;
   devices: Array<{ name: string; path: string; size: number; bytesWritten: number; absentClusters: number }>;
   configs: Array<{ name: string; path: string; size: number }>;
+}
+
+interface DeviceOutput {
+  fh: FileHandle;
+  dev: ExtractResult['devices'][number];
 }
 
 export interface ExtractOptions {
@@ -62,15 +68,13 @@ async function writeSparse(fh: FileHandle, data: Buffer, base: number): Promise<
   let written = 0;
   let runStart = -1;
   const flush = async (end: number): Promise<void> => {
-    const len = end - runStart;
-    let done = 0;
-    while (done < len) done += (await fh.write(data, runStart + done, len - done, base + runStart + done)).bytesWritten;
-    written += len;
+    await writeAll(fh, data.subarray(runStart, end), base + runStart);
+    written += end - runStart;
     runStart = -1;
   };
-  for (let off = 0; off < data.length; off += ZERO_BLOCK_SIZE) {
-    const end = Math.min(off + ZERO_BLOCK_SIZE, data.length);
-    const zero = data.subarray(off, end).equals(end - off === ZERO_BLOCK_SIZE ? ZERO_BLOCK : ZERO_BLOCK.subarray(0, end - off));
+  const zeroMask = zeroMaskOf(data);
+  for (let i = 0, off = 0; off < data.length; i++, off += ZERO_BLOCK_SIZE) {
+    const zero = (zeroMask & (1 << i)) !== 0;
     if (!zero && runStart < 0) runStart = off;
     else if (zero && runStart >= 0) await flush(off);
   }
@@ -86,7 +90,8 @@ export async function extractArchive(reader: ArchiveReader, dir: string, o: Extr
     if (fileNames.has(c.name)) throw new UsageError(`config "${c.name}" has the same file name as a device image; cannot extract both`);
   }
   const counts = deviceClusterCounts(reader);
-  const handles = new Map<number, FileHandle>();
+  /** Archive device id → its open image and its entry of the result. */
+  const outputs = new Map<number, DeviceOutput>();
   const result: ExtractResult = { dir, devices: [], configs: [] };
   const created: string[] = [];
   try {
@@ -94,14 +99,15 @@ export async function extractArchive(reader: ArchiveReader, dir: string, o: Extr
       const path = join(dir, `${d.name}.raw`);
       const fh = await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
       created.push(path);
-      handles.set(d.id, fh);
+      const info = counts.find((x) => x.id === d.id)!;
+      const dev = { name: d.name, path, size: d.size, bytesWritten: 0, absentClusters: info.absentClusters };
+      outputs.set(d.id, { fh, dev });
+      result.devices.push(dev);
       // Size first: every cluster we do not write (zero runs, zero blocks) stays a hole.
       await fh.truncate(d.size);
-      const info = counts.find((x) => x.id === d.id)!;
-      result.devices.push({ name: d.name, path, size: d.size, bytesWritten: 0, absentClusters: info.absentClusters });
     }
-    await extractImages(reader, handles, new Map(result.devices.map((d, i) => [h.devices[i]!.id, d])), o);
-    for (const fh of handles.values()) await fh.sync();
+    await extractImages(reader, outputs, o);
+    for (const { fh } of outputs.values()) await fh.sync();
     for (const c of h.configs) {
       const path = join(dir, c.name);
       const fh = await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
@@ -115,43 +121,32 @@ export async function extractArchive(reader: ArchiveReader, dir: string, o: Extr
     }
   } catch (err) {
     // Leave no half-extracted images that could be mistaken for good ones.
-    for (const fh of handles.values()) await fh.close().catch(() => undefined);
-    handles.clear();
+    for (const { fh } of outputs.values()) await fh.close().catch(() => undefined);
+    outputs.clear();
     for (const p of created) await unlink(p).catch(() => undefined);
     throw err;
   } finally {
-    for (const fh of handles.values()) await fh.close().catch(() => undefined);
+    for (const { fh } of outputs.values()) await fh.close().catch(() => undefined);
   }
   return result;
 }
 
 /** Decodes up to `concurrency` extents at once and writes their clusters, in any order. */
-async function extractImages(
-  reader: ArchiveReader,
-  handles: Map<number, FileHandle>,
-  byId: Map<number, ExtractResult['devices'][number]>,
-  o: ExtractOptions,
-): Promise<void> {
+async function extractImages(reader: ArchiveReader, outputs: Map<number, DeviceOutput>, o: ExtractOptions): Promise<void> {
   const extents = reader.index.extents;
   const total = extents.reduce((a, x) => a + x.length, 0);
-  let next = 0;
   let done = 0;
-  const worker = async (): Promise<void> => {
-    while (next < extents.length) {
-      const x = extents[next++]!;
-      const clusters = await reader.readExtent(x.offset, x.length);
-      for (const c of clusters) {
-        const fh = handles.get(c.deviceId);
-        const dev = byId.get(c.deviceId);
-        if (!fh || !dev) throw new CowstreamError(`extent ${x.seq} holds unknown device id ${c.deviceId}`);
-        // Await first, then add: `x += await f()` reads x before the await and
-        // loses the other workers' additions made meanwhile.
-        const n = await writeSparse(fh, c.data, c.cluster * CLUSTER_SIZE);
-        dev.bytesWritten += n;
-      }
-      done += x.length;
-      o.onProgress?.(done, total);
+  await pool(extents, o.concurrency, async (x) => {
+    const clusters = await reader.readExtent(x.offset, x.length);
+    for (const c of clusters) {
+      const out = outputs.get(c.deviceId);
+      if (!out) throw new CowstreamError(`extent ${x.seq} holds unknown device id ${c.deviceId}`);
+      // Await first, then add: `x += await f()` reads x before the await and
+      // loses the other workers' additions made meanwhile.
+      const n = await writeSparse(out.fh, c.data, c.cluster * CLUSTER_SIZE);
+      out.dev.bytesWritten += n;
     }
-  };
-  await Promise.all(Array.from({ length: Math.min(o.concurrency, extents.length) }, worker));
+    done += x.length;
+    o.onProgress?.(done, total);
+  });
 }

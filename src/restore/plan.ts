@@ -116,10 +116,14 @@ export const DEFAULT_MAX_GAP_BYTES = 256 * 1024;
 /** Sorted, disjoint, merged [start, end) intervals. */
 type Interval = [number, number];
 
-/** a \ b for sorted disjoint interval lists (two-pointer sweep). */
-function subtract(a: Interval[], b: Interval[]): Interval[] {
+/**
+ * a \ b for sorted disjoint interval lists (two-pointer sweep). `from`: an
+ * index of b before which every interval ends at or before a's start (a
+ * caller sweeping sorted pieces of a resumes where the last one stopped).
+ */
+function subtract(a: Interval[], b: Interval[], from = 0): Interval[] {
   const out: Interval[] = [];
-  let j = 0;
+  let j = from;
   for (const [s0, e] of a) {
     let s = s0;
     while (j < b.length && b[j]![1] <= s) j++;
@@ -278,10 +282,15 @@ function claimRuns(claims: Claims, ai: number, pi: number, deviceId: number, run
   runs.sort((a, b) => a.first - b.first);
   const taken = claims.claimed[pi]!;
   const added: Interval[] = [];
+  // Runs go in order of their first cluster, so the claimed intervals that end
+  // before a run's start only grow: skipping them once keeps this linear, not
+  // runs × claimed intervals.
+  let from = 0;
   for (const run of runs) {
     const end = Math.min(run.first + run.count, limit);
     if (end <= run.first) continue;
-    for (const [s, e] of subtract([[run.first, end]], taken)) {
+    while (from < taken.length && taken[from]![1] <= run.first) from++;
+    for (const [s, e] of subtract([[run.first, end]], taken, from)) {
       added.push([s, e]);
       if (run.data) {
         const ex = claims.extents[ai]!;
