@@ -99,7 +99,7 @@ const jobBaseShape = {
   createdAt: isoSchema,
   updatedAt: isoSchema,
   claimedAt: isoSchema.optional(),
-  /** A claimed job belongs to its agent until then; reports renew it (repository.expireLease). */
+  /** A claimed job belongs to its agent until then; reports renew it (repository.expireJobLease). */
   leaseExpiresAt: isoSchema.optional(),
   finishedAt: isoSchema.optional(),
 };
