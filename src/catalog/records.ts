@@ -177,12 +177,9 @@ export const exportReportBodySchema = z
   .strict();
 export const completeBodySchema = z.object({ ok: z.boolean(), error: z.string().max(4096).optional(), agentId: agentIdSchema }).strict();
 
-/** Renders zod issues as one line naming each bad field, e.g. `target.path: Required` (src/zod-issues.ts). */
-export const formatIssues = (issues: readonly z.core.$ZodIssue[]): string => formatZodIssues(issues);
-
 /** Parses `value` or throws UsageError with a message naming the bad fields. */
 export function parseOrUsage<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   const r = schema.safeParse(value);
-  if (!r.success) throw new UsageError(`invalid ${what}: ${formatIssues(r.error.issues)}`);
+  if (!r.success) throw new UsageError(`invalid ${what}: ${formatZodIssues(r.error.issues)}`);
   return r.data;
 }
