@@ -40,7 +40,7 @@ export interface ForgetReport {
 }
 
 /** The policy for the filtered host/disk only; everything else keeps everything. */
-export function scopedConfig(archives: readonly ArchiveRecord[], policy: RetentionPolicy, host?: string, disk?: string | readonly string[]): RetentionConfig {
+function scopedConfig(archives: readonly ArchiveRecord[], policy: RetentionPolicy, host?: string, disk?: string | readonly string[]): RetentionConfig {
   const disks = disk === undefined ? [] : typeof disk === 'string' ? [disk] : disk;
   if (host === undefined && disks.length === 0) return { ...policy };
   if (disks.length === 0) return { hosts: { [host!]: policy } };

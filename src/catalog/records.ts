@@ -62,7 +62,7 @@ export const restoreTargetSchema = z.object({ path: z.string().min(1).max(4096) 
  * allowedDirs and through symlinks; refusing here makes the mistake a 400
  * instead of a FAILED job).
  */
-export const requestPathSchema = z
+const requestPathSchema = z
   .string()
   .min(1)
   .max(4096)
@@ -78,7 +78,7 @@ export const restoreTargetRequestSchema = z.object({ path: requestPathSchema }).
  * overlay file (confined by the agent like a restore target) and cache
  * sizes (bounded by the agent's `exports` config).
  */
-export const exportCacheRequestSchema = z.strictObject({ memoryBytes: nonNegInt.optional(), diskBytes: nonNegInt.optional() });
+const exportCacheRequestSchema = z.strictObject({ memoryBytes: nonNegInt.optional(), diskBytes: nonNegInt.optional() });
 export const exportOptionsShape = {
   overlay: requestPathSchema.optional(),
   cache: exportCacheRequestSchema.optional(),
@@ -113,7 +113,7 @@ export const restoreJobSchema = z.object({
 export type RestoreJob = z.infer<typeof restoreJobSchema>;
 
 /** One disk an agent serves for an export job, as it reports it. */
-export const servedDiskSchema = z.strictObject({
+const servedDiskSchema = z.strictObject({
   name: z.string().min(1).max(300),
   disk: diskNameSchema,
   size: nonNegInt,

@@ -25,7 +25,7 @@ import { loadConsoleAssets, serveConsoleAsset, type ConsoleAssets } from './asse
 const API_PATH = /^\/(?:archives|restores|hosts)(?:\/[^/]+)*$/;
 const API_METHODS = new Set(['GET', 'POST', 'DELETE']);
 /** A page of 500 archives is ~0.5 MiB of JSON; a larger answer is not the catalogue's. */
-export const MAX_UPSTREAM_BYTES = 8 * 1024 * 1024;
+const MAX_UPSTREAM_BYTES = 8 * 1024 * 1024;
 const UPSTREAM_TIMEOUT_MS = 30_000;
 
 export interface ConsoleServerOptions {
