@@ -132,10 +132,6 @@ export type ArchiveKeyClass =
 
 const UUID_NAME = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.cwa$/i;
 
-function isHostSegment(s: string): boolean {
-  return isHostId(s);
-}
-
 /**
  * The only shape of key the catalogue indexes: the configured prefix, then
  * `archives/`, ONE host segment and `<uuid>.cwa` — nothing nested. A host
@@ -147,10 +143,10 @@ export function classifyArchiveKey(key: string, prefix: string): ArchiveKeyClass
   if (!key.startsWith(base)) return { kind: 'outside' };
   const parts = key.slice(base.length).split('/');
   const first = parts[0] ?? '';
-  const hostId = parts.length > 1 && isHostSegment(first) ? first : null;
+  const hostId = parts.length > 1 && isHostId(first) ? first : null;
   const invalid = (reason: string): ArchiveKeyClass => ({ kind: 'invalid', hostId, reason: `${reason}; archives are stored only as ${base}<hostId>/<uuid>.cwa` });
   if (parts.length === 1) return invalid(`key ${key} has no host segment`);
-  if (!isHostSegment(first)) return invalid(`key ${key} has no valid host segment ("${first}")`);
+  if (!isHostId(first)) return invalid(`key ${key} has no valid host segment ("${first}")`);
   if (parts.length > 2) return invalid(`key ${key} is nested below host ${first}`);
   const m = UUID_NAME.exec(parts[1]!);
   if (!m) return invalid(`key ${key} is not named <uuid>.cwa`);
