@@ -2,19 +2,20 @@ import { UsageError } from '../errors.js';
 import type { ChecksumMode, UploadOptions } from './upload-options.js';
 import { isHostId } from '../names.js';
 
+/*
+ * Pure configuration: no S3 SDK import here, so commands that never talk to
+ * S3 (local archives) do not load it; the client lives in s3-client.ts.
+ */
+
+/** The bucket the embedded S3 server creates (src/store/embedded-s3.ts). */
+export const DEFAULT_EMBEDDED_BUCKET = 'cowstream';
+
 /**
  * Where archives live. `prefix` may be empty (keys then start with
  * `archives/`). Anything not given here comes from the standard AWS
  * environment: AWS_REGION / AWS_DEFAULT_REGION, AWS_PROFILE and the shared
  * config/credentials files, and AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) for
  * MinIO, Ceph, Wasabi, R2 and other S3-compatible stores.
- */
-/** The bucket the embedded S3 server creates (src/store/embedded-s3.ts). */
-export const DEFAULT_EMBEDDED_BUCKET = 'cowstream';
-
-/*
- * Pure configuration: no S3 SDK import here, so commands that never talk to
- * S3 (local archives) do not load it; the client lives in s3-client.ts.
  */
 export interface StoreConfig {
   bucket: string;
@@ -77,7 +78,6 @@ export function s3RequestHandler(t: Partial<S3Timeouts> | undefined): { connecti
   const r = resolveS3Timeouts(t);
   return { connectionTimeout: r.connectMs, socketTimeout: r.requestMs };
 }
-
 
 /** True for http(s)://127.x / localhost / [::1] endpoints. */
 export function isLoopback(endpoint: string): boolean {
