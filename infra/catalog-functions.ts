@@ -29,7 +29,7 @@ import { acknowledge, acknowledgeWildcards } from './nag.js';
 import { MAX_INDEX_ENTRIES_ENV } from '../src/format/limits.js';
 
 /** Index entries a Lambda reads at most (the CLI and agents default to 1 Mi). */
-export const LAMBDA_MAX_INDEX_ENTRIES = 256 * 1024;
+const LAMBDA_MAX_INDEX_ENTRIES = 256 * 1024;
 
 /** Repository root (this file lives in `<root>/infra/`). */
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');

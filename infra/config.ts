@@ -10,7 +10,7 @@ import { ConfigError } from '../src/errors.js';
 import { parseSize } from '../src/units.js';
 import { retentionConfigSchema, type RetentionConfig, type RetentionPolicy } from '../src/catalog/retention.js';
 import { formatZodIssues } from '../src/zod-issues.js';
-import { HOST_ID_PATTERN } from '../src/names.js';
+import { isHostId } from '../src/names.js';
 
 /** A context value that does not validate; `key` is the context key. */
 export class InfraConfigError extends ConfigError {
@@ -21,13 +21,6 @@ export class InfraConfigError extends ConfigError {
     this.key = key;
   }
 }
-
-/**
- * Same alphabet as the catalogue's hostIdSchema (src/catalog/records.ts) and
- * the agent's hostId: it ends up in S3 keys (`archives/<host>/`), in IAM
- * resource ARNs (where `*` and `?` would be wildcards) and in DynamoDB keys.
- */
-export const HOST_ID_RE = HOST_ID_PATTERN;
 
 export type ObjectLockMode = 'GOVERNANCE' | 'COMPLIANCE';
 export interface ObjectLockConfig {
@@ -114,7 +107,9 @@ export function parseHosts(raw: unknown): string[] {
     if (typeof item !== 'string') throw new InfraConfigError('hosts', `host ids must be strings, got ${JSON.stringify(item)}`);
     const host = item.trim();
     if (host === '') continue;
-    if (!HOST_ID_RE.test(host)) {
+    // The agent's and the catalogue's host id rule (src/names.ts): a host id ends up in S3 keys
+    // (`archives/<host>/`), in IAM resource ARNs (where `*` and `?` would be wildcards) and in DynamoDB keys.
+    if (!isHostId(host)) {
       throw new InfraConfigError('hosts', `host id "${host}" must be 1-128 chars of [A-Za-z0-9._-] starting with a letter or digit`);
     }
     if (hosts.includes(host)) throw new InfraConfigError('hosts', `duplicate host id "${host}"`);

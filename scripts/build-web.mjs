@@ -12,24 +12,13 @@
  */
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseBuildArgs } from './build-args.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
-function parseArgs(argv) {
-  const opts = { outdir: join(ROOT, 'dist', 'web'), optional: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--optional') opts.optional = true;
-    else if (a === '--outdir' && i + 1 < argv.length) opts.outdir = resolve(argv[++i]);
-    else if (a.startsWith('--outdir=')) opts.outdir = resolve(a.slice('--outdir='.length));
-    else throw new Error(`unknown argument ${a} (usage: build-web.mjs [--outdir DIR] [--optional])`);
-  }
-  return opts;
-}
-
 let opts;
 try {
-  opts = parseArgs(process.argv.slice(2));
+  opts = parseBuildArgs(process.argv.slice(2), { script: 'build-web.mjs', outdir: join(ROOT, 'dist', 'web') });
 } catch (err) {
   process.stderr.write(`build-web: ${err.message}\n`);
   process.exit(2);

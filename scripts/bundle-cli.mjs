@@ -16,6 +16,7 @@
 import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseBuildArgs } from './build-args.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** Outputs of older builds are kept this long: a running `cowstream agent` may still lazy-load their chunks. */
@@ -30,14 +31,7 @@ const CLOCK_SLACK_MS = 50;
 const SOURCE_NAME = /^[^.].*\.(?:[cm]?ts|tsx|[cm]?js|json)$/;
 
 function parseArgs(argv) {
-  const opts = { outdir: join(ROOT, 'dist', 'cli'), optional: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--optional') opts.optional = true;
-    else if (a === '--outdir' && i + 1 < argv.length) opts.outdir = resolve(argv[++i]);
-    else if (a.startsWith('--outdir=')) opts.outdir = resolve(a.slice('--outdir='.length));
-    else throw new Error(`unknown argument ${a} (usage: bundle-cli.mjs [--outdir DIR] [--optional])`);
-  }
+  const opts = parseBuildArgs(argv, { script: 'bundle-cli.mjs', outdir: join(ROOT, 'dist', 'cli') });
   if (relative(ROOT, opts.outdir).startsWith('..')) throw new Error(`--outdir ${opts.outdir} is outside ${ROOT}: bare imports would not resolve`);
   return opts;
 }

@@ -9,9 +9,14 @@ import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http
 
 const BEARER_RE = /^Bearer ([A-Za-z0-9._~+/=-]{1,512})$/;
 
+/** The SHA-256 of a token, computed once and compared against with tokenMatches. */
+export function tokenDigest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
 /** Constant-time comparison of equal-length digests: neither length nor content leaks through timing. */
-function tokenMatches(given: string, expectedDigest: Buffer): boolean {
-  return timingSafeEqual(createHash('sha256').update(given).digest(), expectedDigest);
+export function tokenMatches(given: string, expectedDigest: Buffer): boolean {
+  return timingSafeEqual(tokenDigest(given), expectedDigest);
 }
 
 function unauthorized(res: ServerResponse, message: string): void {
@@ -22,7 +27,7 @@ function unauthorized(res: ServerResponse, message: string): void {
 /** Wraps a node:http listener so only requests bearing `token` reach it. */
 export function requireBearerToken(token: string, next: RequestListener): RequestListener {
   if (token.length < 16) throw new RangeError('catalogue token too short');
-  const expected = createHash('sha256').update(token).digest();
+  const expected = tokenDigest(token);
   return (req: IncomingMessage, res: ServerResponse) => {
     const m = BEARER_RE.exec(req.headers.authorization ?? '');
     if (!m) {

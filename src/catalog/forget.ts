@@ -40,7 +40,7 @@ export interface ForgetReport {
 }
 
 /** The policy for the filtered host/disk only; everything else keeps everything. */
-export function scopedConfig(archives: readonly ArchiveRecord[], policy: RetentionPolicy, host?: string, disk?: string | readonly string[]): RetentionConfig {
+function scopedConfig(archives: readonly ArchiveRecord[], policy: RetentionPolicy, host?: string, disk?: string | readonly string[]): RetentionConfig {
   const disks = disk === undefined ? [] : typeof disk === 'string' ? [disk] : disk;
   if (host === undefined && disks.length === 0) return { ...policy };
   if (disks.length === 0) return { hosts: { [host!]: policy } };
@@ -57,15 +57,19 @@ export async function forget(opts: ForgetOptions): Promise<ForgetReport> {
   if (opts.dryRun || plan.delete.length === 0) return { dryRun: opts.dryRun, removed: plan.delete, kept, skipped: [] };
 
   // An incremental uploaded since the listing must keep its parent: list again
-  // right before deleting, and treat every archive not planned for deletion as live.
-  const planned = new Set(plan.delete.map((d) => d.uuid));
+  // right before deleting, and treat every child not deleted by this run as live.
   const removedNow = new Set<string>();
-  const fresh = (await listBucketArchives(listingOpts)).archives.filter((a) => a.status !== 'REJECTED');
+  const childrenOf = new Map<string, string[]>();
+  for (const a of (await listBucketArchives(listingOpts)).archives) {
+    if (a.status === 'REJECTED' || a.parentUuid === null) continue;
+    const siblings = childrenOf.get(a.parentUuid);
+    if (siblings) siblings.push(a.uuid);
+    else childrenOf.set(a.parentUuid, [a.uuid]);
+  }
   const done = await applyDeletions(
     plan.delete,
     {
-      liveChildren: async (uuid) =>
-        fresh.filter((a) => a.parentUuid === uuid && !(planned.has(a.uuid) && removedNow.has(a.uuid))).map((a) => a.uuid),
+      liveChildren: async (uuid) => (childrenOf.get(uuid) ?? []).filter((c) => !removedNow.has(c)),
       remove: async (d) => {
         await opts.client.send(new DeleteObjectCommand({ Bucket: d.bucket, Key: d.key }));
         removedNow.add(d.uuid);

@@ -7,11 +7,12 @@
  * came from a bucket, so it is validated on load like any other input; a
  * file that does not validate is ignored (and rewritten), never trusted.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
+import { writeFileAtomic } from '../device/durable.js';
 import { archiveRecordSchema, type ArchiveRecord } from './records.js';
 
 const cacheFileSchema = z.object({
@@ -63,7 +64,7 @@ export class ListingCache {
     return this.entries.size;
   }
 
-  /** Drops keys no longer in the bucket, then writes atomically (temp file + rename), mode 0600. */
+  /** Drops keys no longer in the bucket, then writes atomically (writeFileAtomic), mode 0600. */
   async save(present: Set<string>): Promise<void> {
     for (const key of this.entries.keys()) {
       if (!present.has(key)) {
@@ -73,10 +74,7 @@ export class ListingCache {
     }
     if (!this.dirty) return;
     await mkdir(dirname(this.path), { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.${randomBytes(6).toString('hex')}.tmp`;
-    const body = JSON.stringify({ version: 1, entries: Object.fromEntries(this.entries) });
-    await writeFile(tmp, body, { mode: 0o600, flag: 'wx' });
-    await rename(tmp, this.path);
+    await writeFileAtomic(this.path, JSON.stringify({ version: 1, entries: Object.fromEntries(this.entries) }));
     this.dirty = false;
   }
 }

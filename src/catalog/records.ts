@@ -62,7 +62,7 @@ export const restoreTargetSchema = z.object({ path: z.string().min(1).max(4096) 
  * allowedDirs and through symlinks; refusing here makes the mistake a 400
  * instead of a FAILED job).
  */
-export const requestPathSchema = z
+const requestPathSchema = z
   .string()
   .min(1)
   .max(4096)
@@ -78,7 +78,7 @@ export const restoreTargetRequestSchema = z.object({ path: requestPathSchema }).
  * overlay file (confined by the agent like a restore target) and cache
  * sizes (bounded by the agent's `exports` config).
  */
-export const exportCacheRequestSchema = z.strictObject({ memoryBytes: nonNegInt.optional(), diskBytes: nonNegInt.optional() });
+const exportCacheRequestSchema = z.strictObject({ memoryBytes: nonNegInt.optional(), diskBytes: nonNegInt.optional() });
 export const exportOptionsShape = {
   overlay: requestPathSchema.optional(),
   cache: exportCacheRequestSchema.optional(),
@@ -99,7 +99,7 @@ const jobBaseShape = {
   createdAt: isoSchema,
   updatedAt: isoSchema,
   claimedAt: isoSchema.optional(),
-  /** A claimed job belongs to its agent until then; reports renew it (repository.expireLease). */
+  /** A claimed job belongs to its agent until then; reports renew it (repository.expireJobLease). */
   leaseExpiresAt: isoSchema.optional(),
   finishedAt: isoSchema.optional(),
 };
@@ -113,7 +113,7 @@ export const restoreJobSchema = z.object({
 export type RestoreJob = z.infer<typeof restoreJobSchema>;
 
 /** One disk an agent serves for an export job, as it reports it. */
-export const servedDiskSchema = z.strictObject({
+const servedDiskSchema = z.strictObject({
   name: z.string().min(1).max(300),
   disk: diskNameSchema,
   size: nonNegInt,
@@ -177,12 +177,9 @@ export const exportReportBodySchema = z
   .strict();
 export const completeBodySchema = z.object({ ok: z.boolean(), error: z.string().max(4096).optional(), agentId: agentIdSchema }).strict();
 
-/** Renders zod issues as one line naming each bad field, e.g. `target.path: Required` (src/zod-issues.ts). */
-export const formatIssues = (issues: readonly z.core.$ZodIssue[]): string => formatZodIssues(issues);
-
 /** Parses `value` or throws UsageError with a message naming the bad fields. */
 export function parseOrUsage<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   const r = schema.safeParse(value);
-  if (!r.success) throw new UsageError(`invalid ${what}: ${formatIssues(r.error.issues)}`);
+  if (!r.success) throw new UsageError(`invalid ${what}: ${formatZodIssues(r.error.issues)}`);
   return r.data;
 }

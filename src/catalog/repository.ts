@@ -681,9 +681,6 @@ export class CatalogRepository {
   createRestore(job: RestoreJob): Promise<void> {
     return this.createJob(RESTORE_JOBS, job);
   }
-  getRestore(id: string): Promise<RestoreJob | null> {
-    return this.getJob(RESTORE_JOBS, id);
-  }
   requireRestore(id: string): Promise<RestoreJob> {
     return this.requireJob(RESTORE_JOBS, id);
   }
@@ -698,9 +695,6 @@ export class CatalogRepository {
   }
   completeRestore(id: string, ok: boolean, error: string | undefined, agentId: string): Promise<RestoreJob> {
     return this.completeJob(RESTORE_JOBS, id, ok, error, agentId);
-  }
-  expireLease(job: RestoreJob, now?: number): Promise<RestoreJob> {
-    return this.expireJobLease(RESTORE_JOBS, job, now);
   }
   cancelRestore(id: string): Promise<RestoreJob> {
     return this.cancelJob(RESTORE_JOBS, id);

@@ -12,7 +12,8 @@
  */
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { formatIssues, type ArchiveRecord } from './records.js';
+import type { ArchiveRecord } from './records.js';
+import { formatZodIssues } from '../zod-issues.js';
 import { HOST_DISK_PATTERN, HOST_ID_PATTERN } from '../names.js';
 
 const count = z.number().int().nonnegative().max(100_000);
@@ -42,7 +43,7 @@ export type RetentionConfig = z.infer<typeof retentionConfigSchema>;
 
 export function parseRetentionConfig(value: unknown): RetentionConfig {
   const r = retentionConfigSchema.safeParse(value);
-  if (!r.success) throw new ConfigError(`invalid retention policy: ${formatIssues(r.error.issues)}`);
+  if (!r.success) throw new ConfigError(`invalid retention policy: ${formatZodIssues(r.error.issues)}`);
   return r.data;
 }
 

@@ -6,10 +6,9 @@
  * travels to another machine — that of the local agent's state directory
  * (the directory of its control socket) when this user may read it.
  */
-import { dirname } from 'node:path';
 import { isLoopback } from '../store/config.js';
 import { readEmbeddedCredentials, type EmbeddedS3Credentials } from '../store/embedded-credentials.js';
-import { agentSocket } from './agent-socket.js';
+import { localStateDir } from './state-defaults.js';
 
 export interface EmbeddedAuthFlags {
   catalogToken?: string;
@@ -23,7 +22,7 @@ export async function resolveCatalogToken(o: EmbeddedAuthFlags, url: string, env
   if (o.state !== undefined) return (await readEmbeddedCredentials(o.state)).catalogToken;
   if (!isLoopback(url)) return undefined;
   // The local agent's state directory: used when present and this user may read it; otherwise the server's 401 says what to pass.
-  return readEmbeddedCredentials(dirname(agentSocket(undefined))).then(
+  return readEmbeddedCredentials(localStateDir(env)).then(
     (c) => c.catalogToken,
     () => undefined,
   );

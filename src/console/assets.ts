@@ -16,7 +16,7 @@ import { CowstreamError } from '../errors.js';
 
 /** A console build is ~150 KiB; anything far larger is not one. */
 export const MAX_CONSOLE_BYTES = 16 * 1024 * 1024;
-export const MAX_CONSOLE_FILES = 500;
+const MAX_CONSOLE_FILES = 500;
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -34,11 +34,11 @@ const TYPES: Record<string, string> = {
  * The page may load only its own scripts and styles and talk only to its own
  * origin; nothing may frame it (clickjacking a Delete button).
  */
-export const CONSOLE_CSP =
+const CONSOLE_CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; " +
   "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-export const CONSOLE_SECURITY_HEADERS: Readonly<Record<string, string>> = {
+const CONSOLE_SECURITY_HEADERS: Readonly<Record<string, string>> = {
   'content-security-policy': CONSOLE_CSP,
   'x-content-type-options': 'nosniff',
   'x-frame-options': 'DENY',
@@ -76,7 +76,7 @@ function packageRoot(): string {
   }
 }
 
-export function defaultConsoleDir(): string {
+function defaultConsoleDir(): string {
   return join(packageRoot(), 'dist', 'web');
 }
 

@@ -11,12 +11,13 @@
  * Host header must name the loopback address: a DNS-rebinding page on a
  * foreign name is refused before the token is even looked at.
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@smithy/types';
 import { CatalogError, UsageError, describeError } from '../errors.js';
 import { MAX_BODY_BYTES } from '../catalog/api.js';
+import { tokenDigest, tokenMatches } from '../catalog/bearer-auth.js';
 import { catalogEndpoint, defaultAwsCredentials, signRequest } from '../catalog/client.js';
 import { loadConsoleAssets, serveConsoleAsset, type ConsoleAssets } from './assets.js';
 
@@ -24,7 +25,7 @@ import { loadConsoleAssets, serveConsoleAsset, type ConsoleAssets } from './asse
 const API_PATH = /^\/(?:archives|restores|hosts)(?:\/[^/]+)*$/;
 const API_METHODS = new Set(['GET', 'POST', 'DELETE']);
 /** A page of 500 archives is ~0.5 MiB of JSON; a larger answer is not the catalogue's. */
-export const MAX_UPSTREAM_BYTES = 8 * 1024 * 1024;
+const MAX_UPSTREAM_BYTES = 8 * 1024 * 1024;
 const UPSTREAM_TIMEOUT_MS = 30_000;
 
 export interface ConsoleServerOptions {
@@ -52,12 +53,10 @@ export interface ConsoleServer {
   close(): Promise<void>;
 }
 
-const digest = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
-
-/** Constant-time comparison of `Authorization: Bearer <token>` (hashes first so lengths never leak). */
-export function bearerMatches(header: string | undefined, token: string): boolean {
+/** Constant-time check of `Authorization: Bearer <token>` against the token's digest (so lengths never leak). */
+function bearerMatches(header: string | undefined, expectedDigest: Buffer): boolean {
   const m = /^Bearer ([^\s]+)$/.exec(header ?? '');
-  return m !== null && timingSafeEqual(digest(m[1]!), digest(token));
+  return m !== null && tokenMatches(m[1]!, expectedDigest);
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
@@ -86,6 +85,7 @@ export async function startConsoleServer(opts: ConsoleServerOptions): Promise<Co
   let credentials = opts.credentials;
   const resolveCredentials = async (): Promise<AwsCredentialIdentity | AwsCredentialIdentityProvider> => (credentials ??= await defaultAwsCredentials());
   const token = opts.token ?? randomBytes(32).toString('base64url');
+  const tokenSha = tokenDigest(token);
   const assets = opts.assets ?? loadConsoleAssets();
   let allowedHosts = new Set<string>();
 
@@ -134,7 +134,7 @@ export async function startConsoleServer(opts: ConsoleServerOptions): Promise<Co
       if (serveConsoleAsset(assets, req, res)) return;
       const url = new URL(req.url ?? '/', 'http://localhost');
       if (!API_PATH.test(url.pathname)) return sendError(res, 404, 'NOT_FOUND', `no route ${req.method} ${url.pathname}`);
-      if (!bearerMatches(req.headers.authorization, token)) {
+      if (!bearerMatches(req.headers.authorization, tokenSha)) {
         return sendError(res, 401, 'UNAUTHORIZED', 'the console token is missing or wrong: open the link cowstream console printed', { 'www-authenticate': 'Bearer' });
       }
       await proxy(req, res, url.pathname, url.search);

@@ -2,19 +2,20 @@ import { UsageError } from '../errors.js';
 import type { ChecksumMode, UploadOptions } from './upload-options.js';
 import { isHostId } from '../names.js';
 
+/*
+ * Pure configuration: no S3 SDK import here, so commands that never talk to
+ * S3 (local archives) do not load it; the client lives in s3-client.ts.
+ */
+
+/** The bucket the embedded S3 server creates (src/store/embedded-s3.ts). */
+export const DEFAULT_EMBEDDED_BUCKET = 'cowstream';
+
 /**
  * Where archives live. `prefix` may be empty (keys then start with
  * `archives/`). Anything not given here comes from the standard AWS
  * environment: AWS_REGION / AWS_DEFAULT_REGION, AWS_PROFILE and the shared
  * config/credentials files, and AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) for
  * MinIO, Ceph, Wasabi, R2 and other S3-compatible stores.
- */
-/** The bucket the embedded S3 server creates (src/store/embedded-s3.ts). */
-export const DEFAULT_EMBEDDED_BUCKET = 'cowstream';
-
-/*
- * Pure configuration: no S3 SDK import here, so commands that never talk to
- * S3 (local archives) do not load it; the client lives in s3-client.ts.
  */
 export interface StoreConfig {
   bucket: string;
@@ -78,7 +79,6 @@ export function s3RequestHandler(t: Partial<S3Timeouts> | undefined): { connecti
   return { connectionTimeout: r.connectMs, socketTimeout: r.requestMs };
 }
 
-
 /** True for http(s)://127.x / localhost / [::1] endpoints. */
 export function isLoopback(endpoint: string): boolean {
   try {
@@ -132,10 +132,6 @@ export type ArchiveKeyClass =
 
 const UUID_NAME = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.cwa$/i;
 
-function isHostSegment(s: string): boolean {
-  return isHostId(s);
-}
-
 /**
  * The only shape of key the catalogue indexes: the configured prefix, then
  * `archives/`, ONE host segment and `<uuid>.cwa` — nothing nested. A host
@@ -147,10 +143,10 @@ export function classifyArchiveKey(key: string, prefix: string): ArchiveKeyClass
   if (!key.startsWith(base)) return { kind: 'outside' };
   const parts = key.slice(base.length).split('/');
   const first = parts[0] ?? '';
-  const hostId = parts.length > 1 && isHostSegment(first) ? first : null;
+  const hostId = parts.length > 1 && isHostId(first) ? first : null;
   const invalid = (reason: string): ArchiveKeyClass => ({ kind: 'invalid', hostId, reason: `${reason}; archives are stored only as ${base}<hostId>/<uuid>.cwa` });
   if (parts.length === 1) return invalid(`key ${key} has no host segment`);
-  if (!isHostSegment(first)) return invalid(`key ${key} has no valid host segment ("${first}")`);
+  if (!isHostId(first)) return invalid(`key ${key} has no valid host segment ("${first}")`);
   if (parts.length > 2) return invalid(`key ${key} is nested below host ${first}`);
   const m = UUID_NAME.exec(parts[1]!);
   if (!m) return invalid(`key ${key} is not named <uuid>.cwa`);

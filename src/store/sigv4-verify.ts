@@ -111,8 +111,7 @@ export async function verifySigV4(req: IncomingMessage, keys: SigV4Keys, now: nu
     if (v === undefined) return refuse(403, 'SignatureDoesNotMatch', `signed header ${name} is missing`);
     headers[name] = v;
   }
-  const signer = new SignatureV4({ service: 's3', region, credentials: keys, sha256: NodeSha256, uriEscapePath: false, applyChecksum: false });
-  const expected = await signer.sign(
+  const expected = await signerFor(keys, region).sign(
     { method: req.method ?? 'GET', protocol: 'http:', hostname: 'localhost', path, query, headers },
     { signingDate: date, signableHeaders: new Set(signed) },
   );
@@ -122,6 +121,22 @@ export async function verifySigV4(req: IncomingMessage, keys: SigV4Keys, now: nu
     return refuse(403, 'SignatureDoesNotMatch', 'The request signature we calculated does not match the signature you provided. Check your key and signing method.');
   }
   return null;
+}
+
+/**
+ * One signer per key pair, kept while requests name the same region: the
+ * signer caches its derived signing key (four HMACs per day and scope), which
+ * a signer made per request would derive again for every request. Only the
+ * last region is kept, so forged scopes cannot grow the cache.
+ */
+const signers = new WeakMap<SigV4Keys, { region: string; signer: SignatureV4 }>();
+
+function signerFor(keys: SigV4Keys, region: string): SignatureV4 {
+  const cached = signers.get(keys);
+  if (cached?.region === region) return cached.signer;
+  const signer = new SignatureV4({ service: 's3', region, credentials: keys, sha256: NodeSha256, uriEscapePath: false, applyChecksum: false });
+  signers.set(keys, { region, signer });
+  return signer;
 }
 
 function constantTimeEqual(a: string, b: string): boolean {

@@ -95,7 +95,7 @@ interface ForgetFlags extends BucketFlags {
 const KEEP_FLAGS = ['keepLast', 'keepHourly', 'keepDaily', 'keepWeekly', 'keepMonthly', 'keepYearly'] as const;
 
 /** A policy with at least one positive rule: `forget` with none would be a no-op at best. */
-export function policyFromFlags(o: ForgetFlags): RetentionPolicy {
+function policyFromFlags(o: ForgetFlags): RetentionPolicy {
   const policy: RetentionPolicy = {};
   for (const k of KEEP_FLAGS) {
     const v = o[k];

@@ -8,6 +8,7 @@ import { DEFAULT_EMBEDDED_BUCKET, normalizePrefix, storeConfigFromFlags, type St
 import { parsePositiveInt, printJson } from '../output.js';
 import { describeVerifyReport, verifyReport } from '../verify-report.js';
 import { withProgress } from '../progress.js';
+import { untilInterrupted } from '../signals.js';
 import { addStoreOptions, archiveContextFromFlags, loadKeyFile, withStateCredentials } from './store-options.js';
 
 /** The S3 client of a command that always talks to S3 (loaded on demand). */
@@ -121,15 +122,8 @@ export function registerStoreCommands(program: Command): void {
           `embedded S3 listening on ${server.endpoint}, bucket "${server.bucket}", data in ${server.dir}\n` +
             `keys in ${info.credentials}; use: cowstream ... --state ${state} --endpoint ${server.endpoint} --bucket ${server.bucket}\n`,
         );
-      await new Promise<void>((done) => {
-        const stop = (): void => {
-          process.off('SIGINT', stop);
-          process.off('SIGTERM', stop);
-          void server.close().then(done, done);
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-      });
+      await untilInterrupted();
+      await server.close().catch(() => undefined);
     });
 }
 
