@@ -3,7 +3,7 @@ import { readKeyFile } from '../codec/crypto.js';
 import { startEmbeddedCatalog } from '../catalog/embedded.js';
 import type { Logger as CatalogLogger } from '../catalog/log.js';
 import type { EmbeddedS3 } from '../store/embedded-s3.js';
-import { loadOrCreateEmbeddedCredentials, readCatalogTokenFile } from '../store/embedded-credentials.js';
+import { loadOrCreateEmbeddedCredentials, remoteCatalogToken } from '../store/embedded-credentials.js';
 import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
 import { RestorePoller, type RestorePollerOptions } from './restore-poller.js';
@@ -69,13 +69,11 @@ export async function startCatalogIntegration(opts: {
     if ('url' in cat) {
       url = cat.url;
       // A remote `cowstream catalog serve` needs its token; an AWS (execute-api) URL is IAM-signed instead.
-      if (cat.tokenFile !== undefined) {
-        try {
-          token = await readCatalogTokenFile(cat.tokenFile);
-        } catch (err) {
-          throw new ConfigError(`catalog.tokenFile: ${describeError(err)}`, { cause: err });
-        }
-      } else if (process.env.COWSTREAM_CATALOG_TOKEN) token = process.env.COWSTREAM_CATALOG_TOKEN;
+      try {
+        token = await remoteCatalogToken(cat);
+      } catch (err) {
+        throw new ConfigError(`catalog.tokenFile: ${describeError(err)}`, { cause: err });
+      }
     } else {
       if (!opts.embeddedS3) {
         throw new ConfigError('catalog.embedded: the embedded catalogue indexes the embedded S3 store; remove `store` or set `catalog.url`');

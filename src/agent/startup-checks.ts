@@ -150,11 +150,10 @@ function classifyS3(err: unknown, op: 'list' | 'write', bucket: string, hostPref
 async function checkCatalog(config: AgentConfig, env: NodeJS.ProcessEnv): Promise<CheckResult> {
   const cat = config.catalog as { url: string; tokenFile?: string };
   const { CatalogClient } = await import('../catalog/client.js');
-  const { readCatalogTokenFile } = await import('../store/embedded-credentials.js');
+  const { remoteCatalogToken } = await import('../store/embedded-credentials.js');
   let token: string | undefined;
   try {
-    if (cat.tokenFile !== undefined) token = await readCatalogTokenFile(cat.tokenFile);
-    else if (env.COWSTREAM_CATALOG_TOKEN) token = env.COWSTREAM_CATALOG_TOKEN;
+    token = await remoteCatalogToken(cat, env);
   } catch (err) {
     const error = new CatalogCheckError('catalog.tokenFile', `cannot read the token: ${describeError(err)}`, 'point catalog.tokenFile at the catalogue\'s credentials.json (mode 0600)', { cause: err });
     return { name: 'catalog', status: 'failed', detail: error.message, error };

@@ -91,6 +91,17 @@ export async function loadOrCreateEmbeddedCredentials(stateDir: string): Promise
  * a file holding just the token. Same ownership/permission rules as the
  * credentials themselves.
  */
+/**
+ * The bearer token for a remote catalogue (`catalog.url`): read from
+ * `tokenFile` when it is set, else COWSTREAM_CATALOG_TOKEN, else none (an AWS
+ * execute-api URL is IAM-signed instead). One rule for the agent and its
+ * start-up check, so the check tries the token the agent will use.
+ */
+export async function remoteCatalogToken(cat: { tokenFile?: string }, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+  if (cat.tokenFile !== undefined) return readCatalogTokenFile(cat.tokenFile);
+  return env.COWSTREAM_CATALOG_TOKEN || undefined;
+}
+
 export async function readCatalogTokenFile(path: string): Promise<string> {
   let text: string;
   try {
